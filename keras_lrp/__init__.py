@@ -1,0 +1,39 @@
+"""keras-lrp: Layer-wise Relevance Propagation for Keras 3 LSTM models (Arras et al. 2017).
+
+The public API is listed in ``__all__``. ``cells`` is imported at once, so that ``LRP_LSTMCell`` is
+registered with Keras before any model file that uses it is loaded; the other submodules are
+imported on first use.
+"""
+import importlib
+
+from . import cells  # noqa: F401  (registers LRP_LSTMCell for keras.models.load_model)
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "explain": "explain", "LRP": "explain", "Explanation": "explain",
+    "Epsilon": "rules",
+    "UnsupportedLayerError": "walk",
+    "LRP_LSTMCell": "cells", "lstm_activations": "cells",
+    "lrpify_model": "graph",
+    "cache_lstm_forward_activations_batch": "compat", "cashe_lstm_forward_activations_batch": "compat",
+    "lrp_dense_batch": "compat", "lrp_lstm_batch": "compat", "get_target_activation": "compat",
+    "html_heatmap": "visualize", "html_page": "visualize", "display_heatmap": "visualize",
+    "ansi_heatmap": "visualize", "plot_word_heatmap": "visualize",
+    "plot_time_feature_heatmap": "visualize", "save_png": "visualize", "shared_scale": "visualize",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keras_lrp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,358 @@
+"""Reader of the Stanford Sentiment Treebank (Socher et al. 2013) in its PTB-tree text format.
+
+One tree per line, every node labelled 0 (very negative) ... 4 (very positive)::
+
+    (3 (2 it) (4 (2 's) (4 (3 a) (4 lovely) (2 film))))
+
+The root label is the sentence label; every inner node labels a phrase (a contiguous span of
+words). SST-2 (binary) drops the neutral label 2 and maps 0, 1 -> 0 (negative), 3, 4 -> 1 (positive).
+
+Leaf words are passed through :class:`keras_lrp.text.Tokenizer` one by one, so the tokens of a tree
+are exactly the tokens the same tokenizer gives for the sentence typed as plain text.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+from .text import Tokenizer
+
+__all__ = ["Tree", "SSTSentence", "SSTFormatError", "parse_tree", "read_sst", "to_binary",
+           "iter_phrases", "SentimentModel", "load_pretrained", "SST5_CLASS_NAMES", "SST2_CLASS_NAMES"]
+
+SST5_CLASS_NAMES = ("very negative", "negative", "neutral", "positive", "very positive")
+SST2_CLASS_NAMES = ("negative", "positive")
+
+# Only ASCII whitespace separates tree tokens: three SST leaves contain a no-break space ("8\xa01\/2").
+_TOKEN_RE = re.compile(r"\(|\)|[^ \t\r\n\f\v()]+")
+
+
+class SSTFormatError(ValueError):
+    """A line of an SST file is not a well-formed labelled PTB tree."""
+
+
+@dataclass
+class Tree:
+    """A node of a labelled PTB tree: a leaf holds ``word``, an inner node holds ``children``."""
+
+    label: int
+    children: List["Tree"] = field(default_factory=list)
+    word: Optional[str] = None
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.word is not None
+
+    def leaves(self) -> List[str]:
+        """The words under this node, left to right."""
+        out: List[str] = []
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            if node.is_leaf:
+                out.append(node.word)
+            else:
+                stack.extend(reversed(node.children))
+        return out
+
+    def spans(self) -> List[Tuple[int, int, int]]:
+        """``(start, end, label)`` over leaf indices (end exclusive) of every node, root first."""
+        out: List[Tuple[int, int, int]] = []
+
+        def visit(node: "Tree", start: int) -> int:
+            idx = len(out)
+            out.append((start, start, node.label))
+            if node.is_leaf:
+                end = start + 1
+            else:
+                end = start
+                for child in node.children:
+                    end = visit(child, end)
+            out[idx] = (start, end, node.label)
+            return end
+
+        visit(self, 0)
+        return out
+
+
+def parse_tree(line: str, source: str = "<string>", lineno: int = 1) -> Tree:
+    """Parse one labelled PTB tree such as ``(3 (2 it) (4 (2 's) (3 fine)))``.
+
+    Raises:
+        SSTFormatError: naming ``source`` and ``lineno``, when the tree is malformed.
+    """
+    def fail(msg: str, pos: Optional[int] = None) -> SSTFormatError:
+        where = f", column {pos + 1}" if pos is not None else ""
+        return SSTFormatError(f"{source}:{lineno}{where}: malformed SST tree: {msg}. Each line must be "
+                              "one tree like '(3 (2 it) (4 (2 works)))' with labels 0-4.")
+
+    tokens = [(m.group(0), m.start()) for m in _TOKEN_RE.finditer(line)]
+    if not tokens:
+        raise fail("the line is empty")
+    pos = 0
+
+    def parse_node() -> Tree:
+        nonlocal pos
+        if pos >= len(tokens):
+            raise fail("unexpected end of line (missing ')')")
+        tok, col = tokens[pos]
+        if tok != "(":
+            raise fail(f"expected '(' but found {tok!r}", col)
+        pos += 1
+        if pos >= len(tokens):
+            raise fail("unexpected end of line after '('", col)
+        label_tok, label_col = tokens[pos]
+        if not label_tok.isdigit() or not 0 <= int(label_tok) <= 4:
+            raise fail(f"expected a label 0-4 after '(' but found {label_tok!r}", label_col)
+        label = int(label_tok)
+        pos += 1
+        if pos >= len(tokens):
+            raise fail("unexpected end of line (missing ')')")
+        tok, col = tokens[pos]
+        if tok == ")":
+            raise fail("node with a label but no word or children", col)
+        if tok != "(":
+            pos += 1
+            if pos >= len(tokens) or tokens[pos][0] != ")":
+                found = repr(tokens[pos][0]) if pos < len(tokens) else "end of line"
+                raise fail(f"leaf {tok!r} must be followed by ')', found {found}", col)
+            pos += 1
+            return Tree(label=label, word=tok)
+        children = []
+        while pos < len(tokens) and tokens[pos][0] == "(":
+            children.append(parse_node())
+        if pos >= len(tokens):
+            raise fail("unexpected end of line (missing ')')")
+        tok, col = tokens[pos]
+        if tok != ")":
+            raise fail(f"expected '(' or ')' but found {tok!r}", col)
+        pos += 1
+        return Tree(label=label, children=children)
+
+    try:
+        tree = parse_node()
+    except RecursionError:
+        raise fail("tree nested too deeply") from None
+    if pos != len(tokens):
+        raise fail(f"unexpected text after the tree: {tokens[pos][0]!r}", tokens[pos][1])
+    return tree
+
+
+def to_binary(label: int) -> Optional[int]:
+    """SST-2 label of a five-class label: 0, 1 -> 0; 3, 4 -> 1; 2 (neutral) -> None."""
+    if label not in (0, 1, 2, 3, 4):
+        raise ValueError(f"SST labels are 0..4, got {label!r}")
+    return None if label == 2 else int(label >= 3)
+
+
+@dataclass
+class SSTSentence:
+    """One SST sentence.
+
+    Attributes:
+        words: the leaf words exactly as in the file (e.g. ``-LRB-``, ``Mr.``).
+        tokens: the tokenizer's tokens of the words (``(``, ``mr.``), what the models see.
+        label: root label (0..4, or 0/1 for SST-2).
+        phrases: when requested, ``(tokens, label)`` of every node of the tree, root first,
+            duplicates included (neutral ones dropped for SST-2); else None.
+        tree: the parsed tree.
+    """
+
+    words: List[str]
+    tokens: List[str]
+    label: int
+    phrases: Optional[List[Tuple[Tuple[str, ...], int]]]
+    tree: Tree
+
+
+def read_sst(path: Union[str, os.PathLike], binary: bool = False, phrases: bool = False,
+             tokenizer: Optional[Tokenizer] = None, max_sentences: Optional[int] = None
+             ) -> List[SSTSentence]:
+    """Read an SST file (``train.txt`` / ``dev.txt`` / ``test.txt``, one PTB tree per line).
+
+    Args:
+        path: the file.
+        binary: SST-2: drop sentences (and phrases) labelled neutral, map labels to 0/1.
+        phrases: also collect every phrase of each tree with its label.
+        tokenizer: applied to every leaf word; default ``Tokenizer()`` (lowercased, PTB style).
+        max_sentences: read only the first this many trees (before the SST-2 filter).
+
+    Returns:
+        the sentences in file order.
+
+    Raises:
+        FileNotFoundError: no such file.
+        SSTFormatError: a line is not a tree; the message names the file and line.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"SST file not found: {path} (expected train.txt / dev.txt / test.txt "
+                                "of the Stanford Sentiment Treebank in PTB tree format)")
+    if max_sentences is not None and (not isinstance(max_sentences, int) or max_sentences < 1):
+        raise ValueError(f"max_sentences must be None or an int >= 1, got {max_sentences!r}")
+    tokenizer = tokenizer or Tokenizer()
+    out: List[SSTSentence] = []
+    with open(path, encoding="utf-8") as f:
+        n_trees = 0
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if max_sentences is not None and n_trees >= max_sentences:
+                break
+            n_trees += 1
+            tree = parse_tree(line, source=path, lineno=lineno)
+            sent = _sentence_of(tree, binary, phrases, tokenizer)
+            if sent is not None:
+                out.append(sent)
+    return out
+
+
+def iter_phrases(sentences: Sequence[SSTSentence], unique: bool = True
+                 ) -> Iterator[Tuple[Tuple[str, ...], int]]:
+    """All ``(tokens, label)`` phrases of sentences read with ``phrases=True``.
+
+    With ``unique`` each distinct token sequence is yielded once, with its first label (the SST
+    labels each distinct phrase once, so repeats carry the same label).
+    """
+    seen = set()
+    for sent in sentences:
+        if sent.phrases is None:
+            raise ValueError("these sentences were read without phrases; use read_sst(..., phrases=True)")
+        for toks, label in sent.phrases:
+            if unique:
+                if toks in seen:
+                    continue
+                seen.add(toks)
+            yield toks, label
+
+
+def _sentence_of(tree: Tree, binary: bool, want_phrases: bool, tokenizer: Tokenizer
+                 ) -> Optional[SSTSentence]:
+    label = to_binary(tree.label) if binary else tree.label
+    if label is None:
+        return None
+    words = tree.leaves()
+    per_word = [tokenizer.tokenize(w) for w in words]
+    tokens = [t for toks in per_word for t in toks]
+    phrases = None
+    if want_phrases:
+        # Leaf index -> token offset (a leaf may give 0 or several tokens, e.g. "No." -> "no .").
+        offsets = [0]
+        for toks in per_word:
+            offsets.append(offsets[-1] + len(toks))
+        phrases = []
+        for start, end, lab in tree.spans():
+            lab = to_binary(lab) if binary else lab
+            toks = tuple(tokens[offsets[start]:offsets[end]])
+            if lab is not None and toks:
+                phrases.append((toks, lab))
+    return SSTSentence(words=words, tokens=tokens, label=label, phrases=phrases, tree=tree)
+
+
+# ---- shipped pretrained models ------------------------------------------------------------------
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_METADATA_FORMAT = "keras_lrp.text_classifier"
+
+
+@dataclass
+class SentimentModel:
+    """A trained sentiment classifier split for LRP: tokenizer -> vocabulary -> embeddings -> model.
+
+    Attributes:
+        model: Keras model on embedding vectors (batch, time, emb_dim) -> class scores (batch, classes)
+            (logits); this is the model to explain.
+        vocabulary: token ids (0 = padding, 1 = unknown).
+        embeddings: float32 matrix (vocab size, emb_dim); row ``ids[t]`` is the vector of token t.
+        tokenizer: the tokenizer the model was trained with.
+        class_names: name of each output class.
+        metadata: the full metadata JSON (accuracies, training settings).
+    """
+
+    model: object
+    vocabulary: "Vocabulary"
+    embeddings: "object"
+    tokenizer: Tokenizer
+    class_names: Tuple[str, ...]
+    metadata: dict
+
+    def embed(self, text: Union[str, Sequence[str]]):
+        """Tokens, vectors and OOV flags of one text.
+
+        Args:
+            text: raw text (tokenized here) or an already tokenized list of tokens.
+
+        Returns:
+            ``(tokens, vectors, oov)``: list of T tokens, float32 array (1, T, emb_dim), bool (T,).
+        """
+        tokens = self.tokenizer.tokenize(text) if isinstance(text, str) else list(text)
+        if not tokens:
+            raise ValueError(f"no tokens in {text!r}; give at least one word")
+        ids, oov = self.vocabulary.encode(tokens)
+        return tokens, self.embeddings[ids][None], oov
+
+    def predict(self, text: Union[str, Sequence[str]]):
+        """Class scores (classes,) of one text."""
+        import numpy as np
+
+        _, vectors, _ = self.embed(text)
+        return np.asarray(self.model(vectors, training=False))[0]
+
+
+def load_pretrained(name: str = "sst5", models_dir: Optional[Union[str, os.PathLike]] = None
+                    ) -> SentimentModel:
+    """Load a shipped (or :mod:`keras_lrp.train_sst`-trained) sentiment model.
+
+    Args:
+        name: ``"sst5"`` / ``"sst2"`` (reads ``{models_dir}/{name}_bilstm.json``), or the path of
+            a metadata ``.json`` file.
+        models_dir: folder of the metadata files; default the repository's ``models/``.
+
+    The Keras file is loaded in safe mode; the vocabulary is JSON and the embeddings ``.npy``
+    are loaded with ``allow_pickle=False``.
+    """
+    import json
+
+    import numpy as np
+
+    from .text import Vocabulary
+
+    if str(name).endswith(".json"):
+        meta_path = os.fspath(name)
+    else:
+        meta_path = os.path.join(os.fspath(models_dir or os.path.join(_REPO_ROOT, "models")),
+                                 f"{name}_bilstm.json")
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"model metadata not found: {meta_path}. Shipped models are 'sst5' and "
+                                "'sst2' in the repository's models/ folder; train others with "
+                                "python -m keras_lrp.train_sst DATA_DIR OUT_DIR")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(meta, dict) or meta.get("format") != _METADATA_FORMAT:
+        raise ValueError(f"{meta_path}: not a keras_lrp model metadata file (expected "
+                         f"\"format\": \"{_METADATA_FORMAT}\")")
+    base = os.path.dirname(os.path.abspath(meta_path))
+    model_path, vocab_path, emb_path = (os.path.normpath(os.path.join(base, meta[k]))
+                                        for k in ("model", "vocabulary", "embeddings"))
+    for p in (model_path, vocab_path, emb_path):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{meta_path} refers to {p}, which does not exist")
+
+    import keras
+
+    vocabulary = Vocabulary.load(vocab_path)
+    embeddings = np.load(emb_path, allow_pickle=False)
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(vocabulary) or embeddings.dtype != np.float32:
+        raise ValueError(f"{emb_path}: expected float32 (vocab size {len(vocabulary)}, emb_dim), found "
+                         f"{embeddings.dtype} {embeddings.shape}")
+    model = keras.models.load_model(model_path, safe_mode=True, compile=False)
+    if model.input_shape[-1] != embeddings.shape[1]:
+        raise ValueError(f"{model_path} takes {model.input_shape[-1]}-dim vectors but {emb_path} holds "
+                         f"{embeddings.shape[1]}-dim embeddings")
+    return SentimentModel(model=model, vocabulary=vocabulary, embeddings=embeddings,
+                          tokenizer=Tokenizer.from_config(meta.get("tokenizer", {})),
+                          class_names=tuple(meta["class_names"]), metadata=meta)

@@ -1,0 +1,372 @@
+"""Text front end for the sentiment models: a PTB-style word tokenizer and a JSON vocabulary.
+
+The tokenizer turns raw text into the tokens the Stanford Sentiment Treebank uses ("the plot's
+interesting." -> ``the plot 's interesting .``), lowercased, with the treebank's escapes mapped to
+plain characters (``-LRB-`` -> ``(``, ``\\/`` -> ``/``, both ````` and ``''`` -> ``"``).
+
+It is *context free per whitespace chunk*: ``tokenize("a b")`` is ``tokenize("a") + tokenize("b")``.
+Training applies it to every leaf word of the SST trees and concatenates the results, so a sentence
+typed at explain time gets exactly the tokens the model was trained on.
+
+:class:`Vocabulary` maps tokens to integer ids with two reserved ids, 0 = padding and 1 = unknown.
+It is stored as plain JSON (never pickle).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import unicodedata
+from collections import Counter
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ["Tokenizer", "tokenize", "Vocabulary", "VocabularyError", "PAD_ID", "UNK_ID",
+           "PAD_TOKEN", "UNK_TOKEN"]
+
+PAD_ID = 0
+UNK_ID = 1
+PAD_TOKEN = "<pad>"
+UNK_TOKEN = "<unk>"
+
+# Escapes used by the Penn Treebank / SST files, mapped to the characters they stand for.
+_PTB_ESCAPES = (
+    ("-LRB-", "("), ("-RRB-", ")"), ("-LSB-", "["), ("-RSB-", "]"), ("-LCB-", "{"), ("-RCB-", "}"),
+    ("\\/", "/"), ("\\*", "*"),
+)
+_PTB_ESCAPE_RE = re.compile("|".join(re.escape(k) for k, _ in _PTB_ESCAPES), re.IGNORECASE)
+_PTB_ESCAPE_MAP = {k.lower(): v for k, v in _PTB_ESCAPES}
+
+# Typographic characters folded to their ASCII PTB counterparts.
+_CHAR_MAP = str.maketrans({
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u00ab": '"', "\u00bb": '"',
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u2032": "'",
+    "\u2026": " ... ", "\u2014": " -- ", "\u2013": "-", "\u00a0": " ",
+})
+
+# Contraction suffixes split off a word, as in the treebank ("do n't", "plot 's", "they 're").
+_CONTRACTION_RE = re.compile(r"^(?P<stem>.*[^'])(?P<suffix>n't|'s|'re|'ll|'ve|'d|'m)$", re.IGNORECASE)
+# Chunks that start with an apostrophe but are words, not an opening quote.
+_APOSTROPHE_WORD_RE = re.compile(
+    r"^'(\d\d|\d0s|s|re|ll|ve|d|m|em|n|n'|til|cause|tis|twas|bout|round|nuff)$", re.IGNORECASE)
+# Words that end with an apostrophe that is part of the word, not a closing quote.
+_TRAILING_APOSTROPHE_WORDS = {"ol'", "'n'", "o'"}
+# Abbreviations that keep their period (single letters and dotted forms like "u.s." keep it too).
+_ABBREVIATIONS = {
+    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "inc", "co", "corp", "ltd", "bros",
+    "al", "prof", "gen", "lt", "col", "sgt", "capt", "rev", "mt", "ft", "jan", "feb", "mar", "apr",
+    "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "wash", "pa", "calif", "vol", "approx",
+}
+# Leading punctuation peeled off a chunk, longest first.
+_LEADING_RE = re.compile(r"^(\.{2,}|--|\*+|[(\[{\"`$#\u00bf\u00a1])")
+# Trailing punctuation peeled off a chunk (the period and the apostrophe are handled separately).
+_TRAILING_RE = re.compile(r"(\.{2,}|--|\*+|[?!]+|[)\]}\",;:%])$")
+# Punctuation that splits a chunk in its middle; a comma or colon between two digits does not.
+_INNER_SPLIT_RE = re.compile(
+    r"(\.{2,}|--|[()\[\]{}\"]|[?!]+|;|(?<!\d)[,:]|[,:](?!\d))")
+
+
+class Tokenizer:
+    """PTB-style word tokenizer matching the Stanford Sentiment Treebank's tokens.
+
+    Args:
+        lowercase: lowercase every token (the shipped models are trained lowercased).
+
+    Rules, applied to each whitespace-separated chunk:
+
+    * treebank escapes ``-LRB- -RRB- -LSB- -RSB- -LCB- -RCB- \\/ \\*`` become ``( ) [ ] { } / *``;
+    * double quotes (``"``, ``````, ``''``, curly quotes) become the token ``"``; a backtick or
+      curly single quote becomes ``'``;
+    * opening/closing brackets, quotes, ``, ; : ? ! % $ #``, ``...`` and ``--`` are split off;
+      a comma or colon between digits ("10,000", "10:30") is kept;
+    * contractions are split like the treebank: ``don't -> do n't``, ``can't -> ca n't``,
+      ``it's -> it 's``, ``they're -> they 're`` (also ``'ll 've 'd 'm``); ``cannot -> can not``;
+    * a final period is split off unless the word is an abbreviation ("mr.", "u.s.", "j.");
+    * hyphenated words ("coming-of-age") and slashes ("writer/director") stay one token.
+    """
+
+    def __init__(self, lowercase: bool = True):
+        if not isinstance(lowercase, bool):
+            raise TypeError(f"lowercase must be True or False, got {lowercase!r}")
+        self.lowercase = lowercase
+
+    def __call__(self, text: str) -> List[str]:
+        return self.tokenize(text)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(lowercase={self.lowercase})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Tokenizer) and other.get_config() == self.get_config()
+
+    def get_config(self) -> dict:
+        """JSON-serialisable settings; ``Tokenizer(**config)`` rebuilds the same tokenizer."""
+        return {"lowercase": self.lowercase}
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "Tokenizer":
+        unknown = set(config) - {"lowercase"}
+        if unknown:
+            raise ValueError(f"unknown tokenizer setting(s) {sorted(unknown)}; known: ['lowercase']")
+        return cls(**dict(config))
+
+    def tokenize(self, text: str) -> List[str]:
+        """Split ``text`` into a list of PTB-style tokens."""
+        if not isinstance(text, str):
+            raise TypeError(f"tokenize expects a str, got {type(text).__name__}; "
+                            "for a list of words, tokenize ' '.join(words)")
+        text = unicodedata.normalize("NFC", text).translate(_CHAR_MAP)
+        text = _PTB_ESCAPE_RE.sub(lambda m: _PTB_ESCAPE_MAP[m.group(0).lower()], text)
+        text = text.replace("``", ' " ').replace("''", ' " ')
+        if self.lowercase:
+            text = text.lower()
+        tokens: List[str] = []
+        for chunk in text.split():
+            tokens.extend(_split_chunk(chunk))
+        return tokens
+
+
+def _split_chunk(chunk: str) -> List[str]:
+    """Tokens of one whitespace-free chunk (recursive on inner punctuation)."""
+    if not chunk:
+        return []
+    head: List[str] = []
+    tail: List[str] = []
+    while chunk and not _is_apostrophe_word(chunk):
+        m = _LEADING_RE.match(chunk)
+        if m and m.end() < len(chunk):
+            tok = m.group(0)
+            head.append("'" if tok == "`" else ("..." if tok.startswith("..") else tok))
+            chunk = chunk[m.end():]
+            continue
+        m = _TRAILING_RE.search(chunk)
+        if m and m.start() > 0:
+            tok = m.group(0)
+            tail.append("..." if tok.startswith("..") else tok)
+            chunk = chunk[:m.start()]
+            continue
+        if len(chunk) > 1 and chunk.endswith(".") and not chunk.endswith(".."):
+            stem = chunk[:-1]
+            is_abbreviation = ("." in stem or (len(stem) == 1 and stem.isalpha())
+                               or stem.lower() in _ABBREVIATIONS)
+            if not is_abbreviation:
+                tail.append(".")
+                chunk = stem
+                continue
+        if len(chunk) > 1 and chunk.startswith("'"):
+            head.append("'")
+            chunk = chunk[1:]
+            continue
+        if len(chunk) > 1 and chunk.endswith("'"):
+            tail.append("'")
+            chunk = chunk[:-1]
+            continue
+        break
+    middle: List[str]
+    if chunk == "`":
+        middle = ["'"]
+    elif re.fullmatch(r"\.{2,}", chunk):
+        middle = ["..."]
+    else:
+        pieces = [p for p in _INNER_SPLIT_RE.split(chunk) if p]
+        if len(pieces) > 1:
+            middle = [t for p in pieces for t in _split_chunk(p)]
+        else:
+            middle = _split_word(chunk)
+    return head + middle + tail[::-1]
+
+
+def _is_apostrophe_word(chunk: str) -> bool:
+    """True for words whose leading/trailing apostrophe belongs to them ("'s", "'70s", "ol'")."""
+    return (_APOSTROPHE_WORD_RE.match(chunk) is not None or chunk.lower() == "n't"
+            or chunk.lower() in _TRAILING_APOSTROPHE_WORDS)
+
+
+def _split_word(word: str) -> List[str]:
+    """Split treebank contractions off a word without outer punctuation."""
+    if word.lower() == "cannot":
+        return [word[:3], word[3:]]
+    m = _CONTRACTION_RE.match(word)
+    if m and not _is_apostrophe_word(word):
+        return [m.group("stem"), m.group("suffix")]
+    return [word]
+
+
+_DEFAULT_TOKENIZER = Tokenizer()
+
+
+def tokenize(text: str, lowercase: bool = True) -> List[str]:
+    """Tokenize ``text`` with :class:`Tokenizer` (PTB / SST style, lowercased by default).
+
+    >>> tokenize("I hate the movie, though the plot's interesting.")
+    ['i', 'hate', 'the', 'movie', ',', 'though', 'the', 'plot', "'s", 'interesting', '.']
+    """
+    if lowercase:
+        return _DEFAULT_TOKENIZER.tokenize(text)
+    return Tokenizer(lowercase=False).tokenize(text)
+
+
+class VocabularyError(ValueError):
+    """A vocabulary file or definition is malformed."""
+
+
+_VOCAB_FORMAT = "keras_lrp.vocabulary"
+_VOCAB_VERSION = 1
+
+
+class Vocabulary:
+    """Token <-> integer id map with reserved ids ``0 = <pad>`` and ``1 = <unk>``.
+
+    Args:
+        tokens: the vocabulary's words in id order, WITHOUT the two reserved tokens; the first gets
+            id 2. Must be unique non-empty strings.
+        counts: optional training-corpus frequency of each token (kept in the JSON for reference).
+
+    Build one from a corpus with :meth:`from_corpus`, save with :meth:`save`, load with :meth:`load`.
+    """
+
+    def __init__(self, tokens: Iterable[str], counts: Optional[Mapping[str, int]] = None):
+        tokens = list(tokens)
+        seen: Dict[str, int] = {}
+        for i, tok in enumerate(tokens):
+            if not isinstance(tok, str) or not tok:
+                raise VocabularyError(f"token #{i} is {tok!r}; every token must be a non-empty str")
+            if tok in (PAD_TOKEN, UNK_TOKEN):
+                raise VocabularyError(f"token #{i} is the reserved token {tok!r}; pass only real words "
+                                      f"(ids {PAD_ID} and {UNK_ID} are added automatically)")
+            if tok in seen:
+                raise VocabularyError(f"token {tok!r} appears twice (#{seen[tok]} and #{i}); "
+                                      "tokens must be unique")
+            seen[tok] = i
+        self._itos: List[str] = [PAD_TOKEN, UNK_TOKEN] + tokens
+        self._stoi: Dict[str, int] = {t: i for i, t in enumerate(self._itos)}
+        self.counts: Dict[str, int] = dict(counts) if counts else {}
+
+    @classmethod
+    def from_corpus(cls, sentences: Iterable[Sequence[str]], min_freq: int = 1,
+                    max_size: Optional[int] = None) -> "Vocabulary":
+        """Vocabulary of the tokens of ``sentences`` seen at least ``min_freq`` times.
+
+        Tokens are ordered by decreasing frequency, ties alphabetically (deterministic); ``max_size``
+        caps the number of real words (reserved ids not counted).
+        """
+        if not isinstance(min_freq, int) or min_freq < 1:
+            raise ValueError(f"min_freq must be an int >= 1, got {min_freq!r}")
+        if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
+            raise ValueError(f"max_size must be None or an int >= 1, got {max_size!r}")
+        counter: Counter = Counter()
+        for sent in sentences:
+            if isinstance(sent, str):
+                raise TypeError("from_corpus expects token lists, got a str; tokenize it first")
+            counter.update(sent)
+        kept = sorted((t for t, n in counter.items() if n >= min_freq), key=lambda t: (-counter[t], t))
+        if max_size is not None:
+            kept = kept[:max_size]
+        return cls(kept, counts={t: counter[t] for t in kept})
+
+    # ---- mapping ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Number of ids, reserved ones included (= rows of the embedding matrix)."""
+        return len(self._itos)
+
+    def __contains__(self, token: str) -> bool:
+        return token in self._stoi and self._stoi[token] > UNK_ID
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Vocabulary) and other._itos == self._itos
+
+    def __repr__(self) -> str:
+        return f"Vocabulary({len(self)} ids incl. {PAD_TOKEN} and {UNK_TOKEN})"
+
+    @property
+    def tokens(self) -> List[str]:
+        """All tokens in id order, reserved ones included."""
+        return list(self._itos)
+
+    def token_to_id(self, token: str) -> int:
+        """Id of ``token``; ``UNK_ID`` when it is not in the vocabulary."""
+        return self._stoi.get(token, UNK_ID) if token not in (PAD_TOKEN, UNK_TOKEN) else UNK_ID
+
+    def id_to_token(self, idx: int) -> str:
+        if not 0 <= int(idx) < len(self._itos):
+            raise IndexError(f"id {idx} out of range for a vocabulary of {len(self)} ids")
+        return self._itos[int(idx)]
+
+    def encode(self, tokens: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """Map tokens to ids.
+
+        Returns:
+            ``(ids, oov)``: ``ids`` int32 array of shape (time,), ``oov`` bool array of shape
+            (time,), True where the token is not in the vocabulary (its id is ``UNK_ID``).
+        """
+        if isinstance(tokens, str):
+            raise TypeError("encode expects a list of tokens, got a str; call tokenize(text) first")
+        ids = np.fromiter((self.token_to_id(t) for t in tokens), dtype=np.int32, count=len(tokens))
+        return ids, ids == UNK_ID
+
+    def decode(self, ids: Iterable[int]) -> List[str]:
+        """Tokens of ``ids`` (padding included as ``<pad>``)."""
+        return [self.id_to_token(i) for i in ids]
+
+    # ---- persistence -----------------------------------------------------------------------
+    def to_json_dict(self) -> dict:
+        return {
+            "format": _VOCAB_FORMAT,
+            "version": _VOCAB_VERSION,
+            "pad_id": PAD_ID, "unk_id": UNK_ID,
+            "tokens": self._itos,
+            "counts": [self.counts.get(t, 0) for t in self._itos] if self.counts else None,
+        }
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the vocabulary as UTF-8 JSON (one token per id, reserved ones first)."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_json_dict(), f, ensure_ascii=False, indent=0)
+            f.write("\n")
+
+    @classmethod
+    def from_json_dict(cls, data, source: str = "vocabulary") -> "Vocabulary":
+        def bad(msg: str) -> VocabularyError:
+            return VocabularyError(f"{source}: {msg}. Re-create it with Vocabulary(...).save(path).")
+
+        if not isinstance(data, dict):
+            raise bad(f"expected a JSON object, found {type(data).__name__}")
+        if data.get("format") != _VOCAB_FORMAT:
+            raise bad(f"'format' is {data.get('format')!r}, expected {_VOCAB_FORMAT!r}")
+        if data.get("version") != _VOCAB_VERSION:
+            raise bad(f"unsupported 'version' {data.get('version')!r} (this keras_lrp reads "
+                      f"{_VOCAB_VERSION})")
+        tokens = data.get("tokens")
+        if not isinstance(tokens, list) or len(tokens) < 2:
+            raise bad("'tokens' must be a list starting with the reserved tokens "
+                      f"[{PAD_TOKEN!r}, {UNK_TOKEN!r}]")
+        if data.get("pad_id", PAD_ID) != PAD_ID or data.get("unk_id", UNK_ID) != UNK_ID \
+                or tokens[PAD_ID] != PAD_TOKEN or tokens[UNK_ID] != UNK_TOKEN:
+            raise bad(f"ids 0 and 1 must be {PAD_TOKEN!r} and {UNK_TOKEN!r}, found "
+                      f"{tokens[0]!r} and {tokens[1]!r}")
+        counts = data.get("counts")
+        if counts is not None and (not isinstance(counts, list) or len(counts) != len(tokens)
+                                   or not all(isinstance(c, int) for c in counts)):
+            raise bad("'counts' must be null or a list of ints as long as 'tokens'")
+        try:
+            return cls(tokens[2:], counts=dict(zip(tokens, counts)) if counts else None)
+        except VocabularyError as e:
+            raise bad(str(e)) from None
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "Vocabulary":
+        """Read a vocabulary written by :meth:`save`; raises :class:`VocabularyError` if malformed."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"vocabulary file not found: {path}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise VocabularyError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: "
+                                  f"{e.msg}). Is it a vocabulary written by Vocabulary.save?") from None
+        except UnicodeDecodeError as e:
+            raise VocabularyError(f"{path}: not UTF-8 text ({e.reason}); a vocabulary is a UTF-8 "
+                                  "JSON file written by Vocabulary.save") from None
+        return cls.from_json_dict(data, source=path)

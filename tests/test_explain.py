@@ -1,0 +1,129 @@
+"""explain() on random models of odd sizes against the independent numpy oracle (tests/oracle.py)."""
+import numpy as np
+import keras
+import pytest
+
+import oracle
+import keras_lrp
+
+FEATURES, UNITS, CLASSES = 7, 11, 3
+
+
+def random_model(kind, dense_bias=True, activation="softmax", seed=0):
+    keras.utils.set_random_seed(seed)
+    lstm = keras.layers.LSTM(UNITS, go_backwards=(kind == "backwards"))
+    rnn = keras.layers.Bidirectional(lstm) if kind == "bidi" else lstm
+    model = keras.Sequential([keras.Input((None, FEATURES)), rnn,
+                              keras.layers.Dense(CLASSES, use_bias=dense_bias, activation=activation)])
+    # Non-trivial biases (Keras initialises them to zeros / ones).
+    rng = np.random.default_rng(seed)
+    model.set_weights([w + (0.3 * rng.standard_normal(w.shape) if w.ndim == 1 else 0)
+                       for w in model.get_weights()])
+    return model
+
+
+def oracle_weights(model):
+    w = model.get_weights()
+    if len(w) in (4, 7):  # Dense without bias
+        w = w + [np.zeros(CLASSES)]
+    return [np.asarray(a, np.float64) for a in w]
+
+
+def run_oracle(model, kind, x, targets, eps, bf):
+    w = oracle_weights(model)
+    out = [oracle.explain_bilstm_dense(x[i].astype(np.float64), targets[i], w, eps, bf,
+                                       bidirectional=(kind == "bidi"), go_backwards=(kind == "backwards"))
+           for i in range(len(x))]
+    return (np.stack([o[0] for o in out]), np.array([o[1] for o in out]), np.stack([o[2] for o in out]))
+
+
+@pytest.mark.parametrize("kind", ["uni", "backwards", "bidi"])
+@pytest.mark.parametrize("eps,bf", [(1e-3, 0.0), (0.0, 1.0), (0.01, 1.0), (0.1, 0.5)])
+def test_matches_oracle_float64(kind, eps, bf):
+    model = random_model(kind, seed=hash((kind, eps)) % 1000)
+    x = np.random.default_rng(1).standard_normal((4, 5, FEATURES))
+    targets = np.array([0, 1, 2, 1])
+    e = keras_lrp.explain(model, x, targets, eps=eps, bias_factor=bf, dtype="float64")
+    r, rest, scores = run_oracle(model, kind, x, targets, eps, bf)
+    np.testing.assert_allclose(e.scores, scores, rtol=1e-10, atol=1e-12)
+    assert np.abs(e.relevance - r).max() <= 1e-8 * np.abs(r).max()
+    np.testing.assert_allclose(e.rest, rest, rtol=1e-8, atol=1e-12)
+    np.testing.assert_array_equal(e.target, targets)
+
+
+@pytest.mark.parametrize("kind", ["uni", "backwards", "bidi"])
+@pytest.mark.parametrize("dense_bias", [True, False])
+def test_conservation(kind, dense_bias):
+    """eps = 0, bias_factor = 1: sum(relevance) + rest == explained pre-activation score."""
+    model = random_model(kind, dense_bias=dense_bias, seed=3)
+    x = np.random.default_rng(2).standard_normal((6, 9, FEATURES))
+    e = keras_lrp.explain(model, x, eps=0.0, bias_factor=1.0, dtype="float64")
+    np.testing.assert_allclose(e.relevance.sum((1, 2)) + e.rest, e.explained_score, rtol=0, atol=1e-8)
+    # the bias really is redistributed: without it, conservation fails
+    e0 = keras_lrp.explain(model, x, eps=0.0, bias_factor=0.0, dtype="float64")
+    assert np.abs(e0.relevance.sum((1, 2)) + e0.rest - e0.explained_score).max() > 1e-4
+
+
+def test_scores_are_pre_activation_and_match_model():
+    model = random_model("bidi", activation="softmax")
+    x = np.random.default_rng(0).standard_normal((5, 6, FEATURES)).astype("float32")
+    e = keras_lrp.explain(model, x)
+    probs = model.predict(x, verbose=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.softmax(e.scores)), probs, atol=1e-6)
+    np.testing.assert_array_equal(e.target, probs.argmax(-1))  # None = predicted class
+
+
+def test_float32_agrees_with_float64():
+    model = random_model("bidi")
+    x = np.random.default_rng(5).standard_normal((8, 12, FEATURES))
+    e32 = keras_lrp.explain(model, x, dtype="float32")
+    e64 = keras_lrp.explain(model, x, dtype="float64")
+    assert e32.relevance.dtype == np.float32
+    assert np.abs(e32.relevance - e64.relevance).max() <= 1e-5 * np.abs(e64.relevance).max()
+
+
+def test_targets_int_and_per_sample_and_batching():
+    model = random_model("uni")
+    x = np.random.default_rng(6).standard_normal((7, 4, FEATURES))
+    all2 = keras_lrp.explain(model, x, 2, dtype="float64")
+    np.testing.assert_array_equal(all2.target, np.full(7, 2))
+    per = keras_lrp.explain(model, x, [2, 0, 1, 2, 0, 1, 2], dtype="float64")
+    for i, t in enumerate([2, 0, 1, 2, 0, 1, 2]):
+        one = keras_lrp.explain(model, x[i:i + 1], t, dtype="float64")
+        np.testing.assert_allclose(per.relevance[i], one.relevance[0], rtol=1e-12, atol=1e-15)
+    chunked = keras_lrp.explain(model, x, 2, dtype="float64", batch_size=3)
+    np.testing.assert_allclose(chunked.relevance, all2.relevance, rtol=1e-12, atol=1e-15)
+    assert all2.word_relevance.shape == (7, 4)
+    np.testing.assert_allclose(all2.word_relevance, all2.relevance.sum(-1))
+
+
+def test_explainer_reads_live_weights():
+    model = random_model("uni")
+    x = np.random.default_rng(7).standard_normal((2, 3, FEATURES))
+    before = keras_lrp.explain(model, x, 0, dtype="float64")
+    model.set_weights([w * 1.5 for w in model.get_weights()])
+    after = keras_lrp.explain(model, x, 0, dtype="float64")
+    r, _, _ = run_oracle(model, "uni", x, [0, 0], 1e-3, 0.0)
+    assert not np.allclose(before.relevance, after.relevance)
+    assert np.abs(after.relevance - r).max() <= 1e-8 * np.abs(r).max()
+
+
+def test_functional_model_and_lrp_cell_model():
+    inp = keras.Input((None, FEATURES))
+    h = keras.layers.Bidirectional(keras.layers.RNN(keras_lrp.LRP_LSTMCell(UNITS)))(inp)
+    out = keras.layers.Dense(CLASSES)(h)
+    model = keras.Model(inp, out)
+    x = np.random.default_rng(8).standard_normal((3, 5, FEATURES))
+    e = keras_lrp.explain(model, x, eps=0.0, bias_factor=1.0, dtype="float64")
+    r, rest, scores = run_oracle(model, "bidi", x, e.target, 0.0, 1.0)
+    assert np.abs(e.relevance - r).max() <= 1e-8 * np.abs(r).max()
+
+
+def test_zero_denominator_gives_no_nan():
+    """eps = 0 with exact zero pre-activations (all-zero weights): 0/0 := 0, never NaN/inf."""
+    model = random_model("bidi")
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    x = np.zeros((2, 3, FEATURES))
+    e = keras_lrp.explain(model, x, eps=0.0, bias_factor=1.0, dtype="float64")
+    assert np.all(np.isfinite(e.relevance)) and np.all(np.isfinite(e.rest))
+    assert np.all(e.relevance == 0)

@@ -1,0 +1,115 @@
+"""Exact agreement with the authors' reference implementation (Arras et al. 2017) on the paper's SST bi-LSTM."""
+import numpy as np
+import keras
+import pytest
+
+import oracle
+from conftest import GOLDEN_WEIGHT_KEYS, golden_cases
+
+import keras_lrp
+
+
+def paper_model(dtype="float32"):
+    model = keras.Sequential([
+        keras.Input((None, 60), dtype=dtype),
+        keras.layers.Bidirectional(keras.layers.LSTM(60, dtype=dtype), dtype=dtype),
+        keras.layers.Dense(5, use_bias=False, dtype=dtype),
+    ])
+    return model
+
+
+def max_rel_err(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+@pytest.fixture(scope="module")
+def weights(golden):
+    return [golden[k] for k in GOLDEN_WEIGHT_KEYS]
+
+
+def test_oracle_reproduces_golden(golden, weights):
+    """The test oracle itself is validated against the reference implementation's numbers."""
+    for name, x, target, eps, bf, scores, relevance, rest in golden_cases(golden):
+        r, rest_o, scores_o = oracle.explain_bilstm_dense(x, target, weights, eps, bf)
+        assert max_rel_err(r, relevance) < 1e-12, name
+        assert abs(rest_o - rest) < 1e-12 and np.allclose(scores_o, scores, rtol=0, atol=1e-12), name
+
+
+def test_explain_float64_matches_golden(golden, weights):
+    model = paper_model()
+    model.set_weights(weights[:-1])
+    cases = list(golden_cases(golden))
+    assert len(cases) == 48
+    for name, x, target, eps, bf, scores, relevance, rest in cases:
+        e = keras_lrp.explain(model, x[None], target, eps=eps, bias_factor=bf, dtype="float64")
+        assert e.relevance.dtype == np.float64
+        assert max_rel_err(e.relevance[0], relevance) <= 1e-8, name
+        assert max_rel_err(e.word_relevance[0], relevance.sum(-1)) <= 1e-8, name
+        assert abs(e.rest[0] - rest) <= 1e-8 * max(1.0, abs(rest)), name
+        np.testing.assert_allclose(e.scores[0], scores, rtol=1e-10, atol=1e-12)
+        if eps == 0.0 and bf == 1.0:
+            assert abs(e.relevance[0].sum() + e.rest[0] - scores[target]) <= 1e-8, name
+
+
+def test_explain_float32_close_to_golden(golden, weights):
+    """float32 in the paper's setting (eps > 0). With eps = 0 the rule divides by cancelling sums
+    (c_t = f c_{t-1} + i g near 0) and float32 rounding is amplified: use dtype="float64" there."""
+    model = paper_model()
+    model.set_weights(weights[:-1])
+    for name, x, target, eps, bf, scores, relevance, rest in golden_cases(golden):
+        if eps == 0:
+            continue
+        e = keras_lrp.explain(model, x[None], target, eps=eps, bias_factor=bf)
+        assert e.relevance.dtype == np.float32
+        assert max_rel_err(e.relevance[0], relevance) <= 1e-4, name
+
+
+def seed_flow(model, x, target, eps, bias_factor):
+    """The seed notebook's flow, written as the notebook does it (batched helpers from LRP_utils)."""
+    from LRP_utils import cache_lstm_forward_activations_batch, lrp_dense_batch, lrp_lstm_batch
+
+    batch_size, seq_len, input_dim = x.shape
+    hidden_dim = 60
+    bilstm, dense = model.layers[0], model.layers[1]
+    activations = cache_lstm_forward_activations_batch(bilstm, x, True, hidden_dim)
+    scores = model.predict(x, verbose=0)
+    mask = np.zeros_like(scores)
+    mask[np.arange(batch_size), target] = 1.0
+    w_dense = dense.get_weights()[0]
+    b_dense = np.zeros(w_dense.shape[1])
+    r_final = lrp_dense_batch(activations["final"], w_dense, b_dense, scores, scores * mask,
+                              2 * hidden_dim, eps, bias_factor, "dense")
+    Rx, Rx_rev, rest = lrp_lstm_batch(activations, x, r_final[:, :hidden_dim], batch_size, seq_len,
+                                      hidden_dim, input_dim, bilstm.get_weights(), True, "bilstm",
+                                      Rout_Right_last=r_final[:, hidden_dim:], eps=eps,
+                                      bias_factor=bias_factor)
+    return Rx + Rx_rev, np.sum(Rx + Rx_rev, axis=-1), rest
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_seed_notebook_flow_matches_golden(golden, weights, dtype, monkeypatch):
+    """The seed flow on Keras 3: Bidirectional(RNN(LRP_LSTMCell(60, recurrent_activation='sigmoid',
+    implementation=1))) + Dense(5), set_weights, cache, lrp_dense_batch, lrp_lstm_batch, np.sum.
+
+    The helpers compute in float64, so even on a float32 model they reach the float64 bound
+    (the issue asks <= 1e-4 for float32 models); only the Dense scores come from the float32 model."""
+    tol = 1e-8
+    from conftest import ROOT
+    monkeypatch.syspath_prepend(str(ROOT / "common_utils"))
+    from LRP_utils import LRP_LSTMCell
+
+    model = keras.Sequential([
+        keras.Input((None, 60), dtype=dtype),
+        keras.layers.Bidirectional(keras.layers.RNN(
+            LRP_LSTMCell(60, recurrent_activation="sigmoid", implementation=1, dtype=dtype), dtype=dtype),
+            dtype=dtype),
+        keras.layers.Dense(5, use_bias=False, dtype=dtype),
+    ])
+    model.set_weights(weights[:-1])
+    cases = list(golden_cases(golden))
+    # Batch the equal-length cases together, as the notebook batches sentences.
+    for name, x, target, eps, bf, scores, relevance, rest in cases:
+        r, word_r, rest_s = seed_flow(model, x[None], np.array([target]), eps, bf)
+        assert max_rel_err(r[0], relevance) <= tol, name
+        assert max_rel_err(word_r[0], relevance.sum(-1)) <= tol, name
+        assert abs(rest_s[0] - rest) <= tol * max(1.0, abs(rest)), name
