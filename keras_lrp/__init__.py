@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "explain": "explain", "LRP": "explain", "Explanation": "explain",
     "Epsilon": "rules",
-    "UnsupportedLayerError": "walk",
+    "UnsupportedLayerError": "propagators",
     "LRP_LSTMCell": "cells", "lstm_activations": "cells",
     "lrpify_model": "graph",
     "cache_lstm_forward_activations_batch": "compat", "cashe_lstm_forward_activations_batch": "compat",

@@ -151,7 +151,7 @@ def lrp_lstm_batch(activations: Dict[str, np.ndarray], hin, Rout_Left_last, batc
                 "c": time_major(c[:, :seq_len]),
                 "fc": time_major(gates[..., d:2 * d] * c[:, np.r_[-1, 0:seq_len - 1]]),   # f_t c_{t-1}
                 "ig": time_major(gates[..., 0:d] * gates[..., 2 * d:3 * d]),             # i_t g_t
-                "z_g": time_major(activations[f"gates_pre_{side}"][..., 2 * d:3 * d])}
+                "z": time_major(activations[f"gates_pre_{side}"][..., 2 * d:3 * d])}
         r_x_side, rest_side = lstm_relevance(
             time_major(xs), acts, _f64(kernel), _f64(recurrent), _f64(bias[0]) if bias else None,
             _f64(r), rule)

@@ -9,7 +9,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .graph import layer_chain
+from .graph import model_graph
+from .propagators import Context
+from .recurrent import GATE_RULES
 from .rules import Epsilon
 from .walk import Walk
 
@@ -24,18 +26,22 @@ class Explanation:
     """What :func:`explain` returns (numpy arrays).
 
     Attributes:
-        relevance: (batch, time, features) input relevance.
-        scores: (batch, outputs) pre-activation outputs of the model.
+        relevance: input relevance, (batch, time, features); for token-id models, the relevance
+            of the embedding vectors, (batch, time, embedding_dim).
+        scores: (batch, outputs) pre-activation outputs of the model (at ``timestep`` for models
+            whose output has a time axis).
         target: (batch,) the explained output index per sample.
         rest: (batch,) relevance left on the recurrent layers' zero initial states. With
-            ``eps = 0, bias_factor = 1``: ``relevance.sum((1, 2)) + rest == scores[target]``;
+            ``eps = 0, bias_factor = 1``: ``relevance.sum() + rest == scores[target]`` per sample;
             otherwise the stabiliser and the dropped bias terms absorb the difference.
+        timestep: (batch,) the explained output timestep, or None for models without a time axis.
     """
 
     relevance: np.ndarray
     scores: np.ndarray
     target: np.ndarray
     rest: np.ndarray
+    timestep: Optional[np.ndarray] = None
 
     @property
     def word_relevance(self) -> np.ndarray:
@@ -52,74 +58,115 @@ class LRP:
     """A compiled LRP explainer for one model (Captum-style: build once, ``attribute`` many times).
 
     Args:
-        model: a built Keras model Input -> LSTM | Bidirectional(LSTM) -> Dense (any activation;
-            the Dense pre-activation is explained).
+        model: a built single-input single-output Keras model of supported layers
+            (see :mod:`keras_lrp.propagators`); the output layer's pre-activation is explained.
         eps: epsilon-rule stabiliser, ``>= 0``.
         bias_factor: share of bias and stabiliser redistributed to the inputs (0 = paper, 1 = conserving).
         dtype: "float32" or "float64"; the computation runs in this dtype from the model's weights
             (read live, so an explainer stays valid after further training).
+        rule: gate rule for every gate x signal product: "all" (signal-take-all, Arras et al.
+            2017, the default), "half" or "prop" (see :data:`keras_lrp.recurrent.GATE_RULES`).
     """
 
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", rule: str = "all"):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}.")
+        if rule not in GATE_RULES:
+            raise ValueError(f"rule must be one of {GATE_RULES}, got {rule!r}.")
         self.rule = Epsilon(eps=eps, bias_factor=bias_factor)
-        self.dtype = dtype
-        self.model = model
-        self._walk = Walk(layer_chain(model), dtype)
-        shape = model.inputs[0].shape if model.inputs else None
-        if shape is None or len(shape) != 3 or shape[-1] is None:
-            raise ValueError(
-                f"model {model.name!r} must take (batch, time, features) inputs with a known "
-                f"feature size; its input shape is {shape}.")
-        self.n_features = int(shape[-1])
-        self.n_outputs = int(model.outputs[0].shape[-1])
+        self.gate_rule, self.dtype, self.model = rule, dtype, model
+        graph = model_graph(model)
+        self._walk = Walk(graph, Context(dtype, self.rule, rule))
+        self.tokens = self._walk.embedding is not None
+        self.input_shape = graph.input_shape
+        out_shape = tuple(model.outputs[0].shape)
+        if len(out_shape) not in (2, 3) or out_shape[-1] is None:
+            raise ValueError(f"model {model.name!r} has output shape {out_shape}; explain needs "
+                             "(batch, outputs) or, for sequence outputs, (batch, time, outputs).")
+        self.n_outputs = int(out_shape[-1])
+        self.has_time_axis = len(out_shape) == 3
+        in_dtype = tf.int32 if self.tokens else dtype
         self._fn = tf.function(
             self._run, reduce_retracing=True,
-            input_signature=[tf.TensorSpec((None, None, self.n_features), dtype),
-                             tf.TensorSpec((None,), tf.int32)])
+            input_signature=[tf.TensorSpec((None,) + self.input_shape[1:], in_dtype),
+                             tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)])
 
-    def _run(self, x, target):
-        scores, caches = self._walk.forward(x)
+    def _run(self, x, target, timestep):
+        out, _, caches = self._walk.forward(x)
+        if self.has_time_axis:
+            steps = tf.shape(out)[1]
+            timestep = tf.where(timestep < 0, timestep + steps, timestep)
+            scores = tf.gather(out, timestep, axis=1, batch_dims=1)
+        else:
+            scores = out
         target = tf.where(target < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), target)
-        r_out = tf.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores
-        relevance, rest = self._walk.relevance(caches, r_out, self.rule)
-        return relevance, scores, target, rest
+        r_scores = tf.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores
+        if self.has_time_axis:
+            r_out = r_scores[:, None, :] * tf.one_hot(timestep, tf.shape(out)[1], dtype=scores.dtype)[:, :, None]
+        else:
+            r_out = r_scores
+        relevance, rest = self._walk.relevance(caches, r_out)
+        return relevance, scores, target, rest, timestep
 
-    def attribute(self, inputs, target: Target = None, batch_size: int = 256) -> Explanation:
-        """Explain ``inputs`` (batch, time, features) for ``target`` (None = predicted class,
-        an int, or one int per sample), ``batch_size`` samples at a time."""
+    def attribute(self, inputs, target: Target = None, timestep=None, batch_size: int = 256) -> Explanation:
+        """Explain ``inputs`` for ``target`` (None = predicted class, an int, or one int per
+        sample), at output ``timestep`` (an int or one per sample; only for models whose output
+        has a time axis), ``batch_size`` samples per compiled call."""
         x = self._check_inputs(inputs)
-        t = self._check_target(target, x.shape[0])
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        n = x.shape[0]
+        t = self._check_target(target, n)
+        steps = self._check_timestep(timestep, n, x)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        parts = [self._fn(tf.constant(x[i:i + batch_size]), tf.constant(t[i:i + batch_size]))
-                 for i in range(0, x.shape[0], batch_size)]
-        relevance, scores, target_out, rest = (np.concatenate([p[k].numpy() for p in parts])
-                                               for k in range(4))
-        return Explanation(relevance=relevance, scores=scores, target=target_out.astype(np.int64),
-                           rest=rest)
+        parts = [[a.numpy() for a in self._fn(tf.constant(x[i:i + batch_size]), tf.constant(t[i:i + batch_size]),
+                                              tf.constant(steps[i:i + batch_size]))]
+                 for i in range(0, n, batch_size)]
+        relevance, scores, target_out, rest, step_out = (np.concatenate([p[k] for p in parts]) for k in range(5))
+        return Explanation(relevance=relevance, scores=scores, target=target_out.astype(np.int64), rest=rest,
+                           timestep=step_out.astype(np.int64) if self.has_time_axis else None)
+
+    # ----------------------------------------------------------------------------- validation
 
     def _check_inputs(self, inputs) -> np.ndarray:
         try:
             x = np.asarray(inputs)
         except Exception as err:  # ragged lists etc.
-            raise TypeError(f"inputs must be an array of shape (batch, time, features): {err}") from None
-        if x.dtype == object or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise TypeError(f"inputs must be an array of shape {self._shape_text()}: {err}") from None
+        if x.dtype == object or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+                                     or x.dtype == bool):
             raise TypeError(f"inputs must be numeric, got dtype {x.dtype}; pad sequences to one length.")
-        if x.ndim != 3:
-            raise ValueError(f"inputs must have shape (batch, time, features={self.n_features}), "
-                             f"got shape {x.shape}; add a batch axis with x[None] for one sequence.")
-        if x.shape[-1] != self.n_features:
-            raise ValueError(f"inputs have {x.shape[-1]} features but the model expects {self.n_features}.")
+        expected = self.input_shape
+        if x.ndim != len(expected):
+            hint = " add a batch axis with x[None] for one sequence." if x.ndim == len(expected) - 1 else ""
+            raise ValueError(f"inputs must have shape {self._shape_text()}, got shape {x.shape};{hint}")
+        for axis, (got, want) in enumerate(zip(x.shape[1:], expected[1:]), start=1):
+            if want is not None and got != want:
+                name = "features" if axis == len(expected) - 1 and not self.tokens else f"axis {axis}"
+                raise ValueError(f"inputs have {got} {name} but the model expects {want} "
+                                 f"(input shape {self._shape_text()}).")
         if x.shape[0] == 0:
             raise ValueError("inputs is an empty batch: nothing to explain.")
-        if x.shape[1] == 0:
+        if x.ndim > 1 and x.shape[1] == 0:
             raise ValueError("inputs has zero-length sequences: give at least one timestep.")
+        if self.tokens:
+            if not np.issubdtype(x.dtype, np.integer):
+                if not np.all(np.isfinite(x)) or np.any(x != np.round(x)):
+                    raise TypeError("this model starts with an Embedding: inputs must be integer token ids.")
+            vocab = self._walk.embedding.input_dim
+            if x.min() < 0 or x.max() >= vocab:
+                raise ValueError(f"token ids must be in 0..{vocab - 1} (the Embedding's input_dim), "
+                                 f"got values from {x.min()} to {x.max()}.")
+            return x.astype(np.int32)
         if not np.all(np.isfinite(x)):
             raise ValueError("inputs contain NaN or inf values.")
         return x.astype(self.dtype, copy=False)
+
+    def _shape_text(self) -> str:
+        dims = ["batch"] + ["time" if d is None else str(d) for d in self.input_shape[1:]]
+        if not self.tokens and len(dims) == 3 and self.input_shape[-1] is not None:
+            dims[-1] = f"features={self.input_shape[-1]}"
+        return "(" + ", ".join(dims) + ")"
 
     def _check_target(self, target: Target, batch: int) -> np.ndarray:
         if target is None:
@@ -137,6 +184,28 @@ class LRP:
                              f"(valid targets 0..{self.n_outputs - 1}).")
         return t.astype(np.int32)
 
+    def _check_timestep(self, timestep, batch: int, x: np.ndarray) -> np.ndarray:
+        if not self.has_time_axis:
+            if timestep is not None:
+                raise ValueError("timestep is only for models whose output has a time axis "
+                                 f"(batch, time, outputs); this model's output is (batch, {self.n_outputs}).")
+            return np.zeros(batch, np.int32)
+        if timestep is None:
+            raise ValueError("this model's output has a time axis (batch, time, outputs): pass "
+                             "timestep= (an int, or one per sample) to say which output step to explain.")
+        t = np.asarray(timestep)
+        if t.dtype == object or not np.issubdtype(t.dtype, np.integer):
+            raise TypeError(f"timestep must be an int or a sequence of ints, got {timestep!r}.")
+        if t.ndim == 0:
+            t = np.full(batch, int(t))
+        if t.shape != (batch,):
+            raise ValueError(f"timestep has shape {t.shape}, expected one int per sample ({batch},) or a single int.")
+        steps = x.shape[1]
+        if np.any(t >= steps) or np.any(t < -steps):
+            raise ValueError(f"timestep out of range: the sequences have {steps} steps "
+                             f"(valid 0..{steps - 1}, or negative from the end).")
+        return t.astype(np.int32)
+
 
 # The most recently used explainers, so that repeated explain() calls reuse the compiled function.
 # Bounded, because each explainer holds its model alive.
@@ -144,28 +213,33 @@ _CACHE: "OrderedDict[tuple, LRP]" = OrderedDict()
 _CACHE_SIZE = 8
 
 
-def explain(model: keras.Model, inputs, target: Target = None, *, eps: float = 1e-3,
-            bias_factor: float = 0.0, dtype: str = "float32", batch_size: int = 256) -> Explanation:
+def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None, eps: float = 1e-3,
+            bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32",
+            batch_size: int = 256) -> Explanation:
     """Explain a model's outputs with LRP (Arras et al. 2017).
 
     Args:
-        model: Input -> LSTM | Bidirectional(LSTM) -> Dense Keras model.
-        inputs: (batch, time, features) array.
+        model: a built single-input single-output Keras model (LSTM / GRU / Bidirectional, Dense,
+            Conv1D, pooling, Embedding, ...; see :mod:`keras_lrp.propagators`).
+        inputs: (batch, time, features) floats, or (batch, time) token ids for models that start
+            with an Embedding.
         target: None (the predicted class), an int, or one int per sample.
+        timestep: for models whose output has a time axis: the output step(s) to explain.
         eps, bias_factor: the epsilon-rule's parameters (see :mod:`keras_lrp.rules`).
+        rule: gate rule, "all" (default), "half" or "prop".
         dtype: "float32" or "float64".
-        batch_size: samples per compiled call.
+        batch_size: samples per compiled call; memory stays flat in the number of inputs.
 
     Returns:
-        :class:`Explanation` with ``relevance`` (batch, time, features), ``word_relevance``
-        (batch, time), ``scores`` (batch, outputs), ``target`` (batch,), ``rest`` (batch,).
+        :class:`Explanation` with ``relevance``, ``word_relevance`` (batch, time), ``scores``,
+        ``target``, ``rest``.
     """
-    key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype)
+    key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule)
     explainer = _CACHE.get(key)
     if explainer is None or explainer.model is not model:
-        explainer = LRP(model, eps=eps, bias_factor=bias_factor, dtype=dtype)
+        explainer = LRP(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule)
     _CACHE[key] = explainer
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
-    return explainer.attribute(inputs, target=target, batch_size=batch_size)
+    return explainer.attribute(inputs, target=target, timestep=timestep, batch_size=batch_size)

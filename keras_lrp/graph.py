@@ -1,13 +1,14 @@
 """Model graph handling: reading a Keras model as a chain of layers, and swapping in LRP_LSTMCell."""
 from __future__ import annotations
 
-from typing import List
+from dataclasses import dataclass
+from typing import List, Optional
 
 import keras
 
 from .cells import LRP_LSTMCell
 
-__all__ = ["layer_chain", "lrpify_model"]
+__all__ = ["Graph", "Node", "model_graph", "lrpify_model"]
 
 # Arguments of keras.layers.LSTM that belong to the RNN wrapper rather than the cell.
 _RNN_KEYS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll",
@@ -16,39 +17,67 @@ _RNN_KEYS = ("return_sequences", "return_state", "go_backwards", "stateful", "un
 _DROPPED_KEYS = ("use_cudnn", "implementation")
 
 
+@dataclass
+class Node:
+    """One layer call: the keys of the tensors it reads and writes."""
+
+    layer: keras.layers.Layer
+    inputs: List[int]
+    outputs: List[int]
+
+
+@dataclass
+class Graph:
+    """A single-input single-output model as layer calls in topological order."""
+
+    nodes: List[Node]
+    input: int
+    output: int
+    input_shape: tuple
+    input_dtype: str
+
+    def producer(self, key: int) -> Optional[Node]:
+        return next((n for n in self.nodes if key in n.outputs), None)
+
+
 def _is_input(layer) -> bool:
     return isinstance(layer, keras.layers.InputLayer)
 
 
-def layer_chain(model: keras.Model) -> List[keras.layers.Layer]:
-    """The model's layers from input to output, for a single-input single-output plain chain.
-
-    Raises:
-        ValueError: if the model is not built, has several inputs or outputs, or branches.
-    """
+def _check_model(model):
     if not isinstance(model, keras.Model):
         raise TypeError(f"expected a keras.Model, got {type(model).__name__}.")
-    if not model.built:
+    if not model.built or not model.inputs:
         raise ValueError("the model is not built: call it on data (or give it an Input) first.")
-    if isinstance(model, keras.Sequential):
-        return [l for l in model.layers if not _is_input(l)]
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(f"model {model.name!r} has {len(model.inputs)} inputs and "
                          f"{len(model.outputs)} outputs; keras_lrp explains single-input "
                          "single-output models.")
-    chain, previous = [], model.inputs[0]
+
+
+def model_graph(model: keras.Model) -> Graph:
+    """Read a built single-input single-output Sequential or functional model as a :class:`Graph`.
+
+    Raises:
+        TypeError / ValueError: for non-models, unbuilt models, several inputs or outputs, or a
+            layer called more than once (shared layers).
+    """
+    _check_model(model)
+    inp = model.inputs[0]
+    if isinstance(model, keras.Sequential):
+        layers = [l for l in model.layers if not _is_input(l)]
+        nodes = [Node(l, [i], [i + 1]) for i, l in enumerate(layers)]
+        return Graph(nodes, 0, len(layers), tuple(inp.shape), inp.dtype)
+    nodes = []
     for op in model.operations:
         if _is_input(op):
             continue
-        if len(op._inbound_nodes) != 1 or op.input is not previous:
-            raise ValueError(
-                f"layer {op.name!r} ({type(op).__name__}) is not fed by the layer before it: "
-                "only plain chains of layers are supported for now.")
-        chain.append(op)
-        previous = op.output
-    if previous is not model.outputs[0]:
-        raise ValueError(f"model {model.name!r} is not a plain chain of layers.")
-    return chain
+        if len(op._inbound_nodes) != 1:
+            raise ValueError(f"layer {op.name!r} ({type(op).__name__}) is called "
+                             f"{len(op._inbound_nodes)} times; shared layers are not supported.")
+        node = op._inbound_nodes[0]
+        nodes.append(Node(op, [id(t) for t in node.input_tensors], [id(t) for t in node.output_tensors]))
+    return Graph(nodes, id(inp), id(model.outputs[0]), tuple(inp.shape), inp.dtype)
 
 
 def _lrp_rnn_from_lstm(layer) -> keras.layers.RNN:

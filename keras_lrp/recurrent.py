@@ -1,4 +1,4 @@
-"""LSTM forward pass with cached activations, and LRP backward through time (Arras et al. 2017).
+"""LSTM and GRU: forward pass with cached activations, and LRP backward through time.
 
 One direction at a time (a Bidirectional layer runs two independent loops, which TensorFlow may
 run in parallel), vectorised over the batch and kept time-major: tensors are (time, batch, .),
@@ -6,8 +6,21 @@ the sequence in its processing order (reversed time for ``go_backwards``). Only 
 itself is a loop over time (``tf.scan``); everything that does not depend on it (input
 projections, denominators, input relevance) is computed for all timesteps at once.
 
-Shapes: x (time, batch, e); states (time, batch, d); kernel (e, 4d); recurrent_kernel (d, 4d);
-bias (4d,) or None. Gate order i, f, c (= g), o.
+Shapes: x (time, batch, e); states (time, batch, d); mask (time, batch, 1) bool or None.
+LSTM: kernel (e, 4d), recurrent_kernel (d, 4d), bias (4d,) or None, gate order i, f, c (= g), o.
+GRU: kernel (e, 3d), recurrent_kernel (d, 3d), bias (3d,), (2, 3d) with ``reset_after``, or None;
+gate order z, r, h.
+
+The rules (Arras et al. 2017; gate rules from Arras et al. 2019, "Evaluating Recurrent Neural
+Network Explanations"):
+
+* every sum of contributions (a linear map, the cell update ``c_t = f c_{t-1} + i g``, the GRU
+  update ``h_t = z h_{t-1} + (1 - z) hh``) uses the epsilon-rule of :mod:`keras_lrp.rules`, with
+  fan-in N = the number of units summed (2d for a two-term update, d + e for ``[x_t, h_{t-1}]``);
+* element-wise activations (tanh, sigmoid) pass relevance unchanged;
+* every gate x signal product ``p = gate * signal`` follows the gate rule (:class:`GateRule`).
+* a masked timestep copies its states, so it passes the relevance of its states back unchanged
+  and gives its input exactly 0.
 """
 from __future__ import annotations
 
@@ -18,53 +31,107 @@ import tensorflow as tf
 from .cells import lstm_step
 from .rules import Epsilon, bias_share, inverse_denominator
 
-__all__ = ["lstm_forward", "lstm_relevance"]
+__all__ = ["GATE_RULES", "gate_split", "lstm_forward", "lstm_relevance", "gru_forward", "gru_relevance"]
 
+#: Gate rules for a product p = gate * signal carrying relevance R:
+#:   "all"  (signal-take-all, Arras et al. 2017):  R_signal = R,                R_gate = 0
+#:   "half" (Arjona-Medina et al. 2018):           R_signal = R / 2,            R_gate = R / 2
+#:   "prop" (Ding et al. 2017):                    R_signal = s / (g + s) * R,  R_gate = g / (g + s) * R
+#: with g, s the forward values of gate and signal and the denominator stabilised by eps like the
+#: epsilon-rule (0/0 := 0).
+GATE_RULES = ("all", "half", "prop")
+
+
+def gate_split(r, gate, signal, rule: str, eps: Epsilon):
+    """Split the relevance ``r`` of ``gate * signal`` into ``(r_gate, r_signal)`` (see GATE_RULES)."""
+    if rule == "all":
+        return None, r
+    if rule == "half":
+        return 0.5 * r, 0.5 * r
+    k = r * inverse_denominator(gate + signal, eps)
+    return gate * k, signal * k
+
+
+def _shift(t: tf.Tensor) -> tf.Tensor:
+    """The value at t-1 for every t (zeros, the initial state, at t = 0); time axis 0."""
+    return tf.concat([tf.zeros_like(t[:1]), t[:-1]], axis=0)
+
+
+def _carry_where_masked(mask, new, old):
+    return new if mask is None else tf.where(mask, new, old)
+
+
+def _input_relevance(x, m, w, share, mask):
+    """``x * (m @ w.T) + share`` for all timesteps at once; exactly 0 at masked steps."""
+    r = x * tf.einsum("tbm,em->tbe", m, w)
+    if share is not None:
+        r = r + share
+    return r if mask is None else tf.where(mask, r, tf.zeros_like(r))
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM
+# ---------------------------------------------------------------------------------------------
 
 def lstm_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor, bias,
-                 activation: Callable, recurrent_activation: Callable) -> Dict[str, tf.Tensor]:
+                 activation: Callable, recurrent_activation: Callable,
+                 mask: Optional[tf.Tensor] = None, gate_rule: str = "all") -> Dict[str, tf.Tensor]:
     """Run an LSTM over its (already ordered) input sequence from zero states.
 
-    Returns the (time, batch, d) tensors the backward pass needs: hidden states ``h``, cell
-    states ``c``, the two products of the cell update ``fc`` = f_t c_{t-1} and ``ig`` = i_t g_t, and
-    the cell candidate's pre-activation ``z_g``.
+    Returns (time, batch, .) tensors: hidden states ``h``, cell states ``c`` (both carried over
+    masked steps), the two products of the cell update ``fc`` = f_t c_{t-1} and ``ig`` = i_t g_t,
+    and the pre-activations ``z`` of the maps that receive relevance under ``gate_rule``: the cell
+    candidate's (d) for "all"; all four (4d), plus the gate activations ``gates`` [i, f, g, o],
+    otherwise.
     """
     xz = tf.einsum("tbe,ef->tbf", x, kernel)
     if bias is not None:
         xz = xz + bias
     d = recurrent_kernel.shape[0]
+    keep = slice(2 * d, 3 * d) if gate_rule == "all" else slice(0, 4 * d)
     zeros = tf.zeros_like(xz[0, :, :d])
+    elems = (xz,) if mask is None else (xz, mask)
 
-    def step(carry, xz_t):
+    def step(carry, e):
         h_tm1, c_tm1 = carry[0], carry[1]
-        z = xz_t + tf.matmul(h_tm1, recurrent_kernel)
+        z = e[0] + tf.matmul(h_tm1, recurrent_kernel)
         s = lstm_step(z, c_tm1, activation, recurrent_activation)
-        return s.h, s.c, s.fc, s.ig, z[..., 2 * d:3 * d]
+        if mask is not None:
+            s = s._replace(h=tf.where(e[1], s.h, h_tm1), c=tf.where(e[1], s.c, c_tm1))
+        out = (s.h, s.c, s.fc, s.ig, z[..., keep])
+        return out if gate_rule == "all" else out + (tf.concat([s.i, s.f, s.g, s.o], axis=-1),)
 
-    h, c, fc, ig, z_g = tf.scan(step, xz, initializer=(zeros,) * 5)
-    return {"h": h, "c": c, "fc": fc, "ig": ig, "z_g": z_g}
+    init = (zeros,) * 4 + (xz[0, :, keep],) + ((xz[0],) if gate_rule != "all" else ())
+    out = tf.scan(step, elems, initializer=init)
+    acts = dict(zip(("h", "c", "fc", "ig", "z", "gates"), out))
+    return acts
 
 
 def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
-                   recurrent_kernel: tf.Tensor, bias, r_h_last: tf.Tensor, rule: Epsilon,
-                   r_h_seq: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Signal-take-all LRP from the hidden states back to the inputs, through time.
+                   recurrent_kernel: tf.Tensor, bias, r_h_last: tf.Tensor, eps: Epsilon,
+                   gate_rule: str = "all", r_h_seq: Optional[tf.Tensor] = None,
+                   mask: Optional[tf.Tensor] = None,
+                   activation: Callable = tf.tanh) -> Tuple[tf.Tensor, tf.Tensor]:
+    """LRP from the hidden states back to the inputs, through time.
 
     Per step, in reverse (Arras et al. 2017, Sect. 3, with the reference implementation's
-    conventions):
+    conventions for ``gate_rule="all"``):
 
-    * ``h_t = o_t * tanh(c_t)``: the gate gets nothing, ``c_t`` receives all of R(h_t);
-    * ``c_t = f_t * c_{t-1} + i_t * g_t``: epsilon-rule over the two products (fan-in N = 2d),
-      each product passes all of its relevance to its signal (``c_{t-1}``, resp. ``g_t``);
-    * ``g_t = tanh(x_t W_g + h_{t-1} U_g + b_g)``: the activation passes relevance unchanged,
-      then the epsilon-rule over ``[x_t, h_{t-1}]`` (fan-in N = d + e).
+    * ``h_t = o_t * tanh(c_t)``: a product; with "all" the gate gets nothing and ``c_t`` all;
+    * ``c_t = f_t * c_{t-1} + i_t * g_t``: epsilon-rule over the two products (N = 2d), then each
+      product is split by the gate rule (to ``c_{t-1}`` / ``f_t`` and ``g_t`` / ``i_t``);
+    * ``g_t = tanh(x_t W_g + h_{t-1} U_g + b_g)`` (and, for the "half" / "prop" rules, the three
+      gates likewise): the activation passes relevance unchanged, then the epsilon-rule over
+      ``[x_t, h_{t-1}]`` (N = d + e).
 
     Args:
         x: inputs (time, batch, e) in processing order.
-        acts: ``h``, ``c``, ``fc``, ``ig``, ``z_g`` as returned by :func:`lstm_forward`.
+        acts: the dict of :func:`lstm_forward` for the same ``gate_rule``.
         r_h_last: relevance on the last hidden state, (batch, d).
-        rule: the epsilon-rule's parameters.
-        r_h_seq: optional relevance arriving on every hidden state, (time, batch, d).
+        eps: the epsilon-rule's parameters.
+        gate_rule: one of :data:`GATE_RULES`.
+        r_h_seq: optional relevance arriving on every output h_t, (time, batch, d).
+        mask: optional (time, batch, 1) bool; masked steps copy their states.
 
     Returns:
         ``(r_x, rest)``: input relevance (time, batch, e) and the relevance left on the zero
@@ -72,44 +139,233 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
     """
     d = recurrent_kernel.shape[0]
     e = x.shape[-1]
-    w_g = kernel[:, 2 * d:3 * d]               # (e, d)
-    u_g = recurrent_kernel[:, 2 * d:3 * d]     # (d, d)
-    b_g = None if bias is None else bias[2 * d:3 * d]
-    h, c, z_g = acts["h"], acts["c"], acts["z_g"]
-    share = rule.has_bias_share
+    # With signal-take-all only the cell candidate's linear map carries relevance.
+    sel = slice(2 * d, 3 * d) if gate_rule == "all" else slice(0, 4 * d)
+    w, u = kernel[:, sel], recurrent_kernel[:, sel]
+    b = None if bias is None else bias[sel]
+    h, c, z = acts["h"], acts["c"], acts["z"]
+    share = eps.has_bias_share
 
-    # Everything the recurrence needs that does not depend on it, for all timesteps at once.
-    per_step = {"fc": acts["fc"], "ig": acts["ig"],
-                "inv_c": inverse_denominator(c, rule), "inv_g": inverse_denominator(z_g, rule),
-                "h_prev": tf.concat([tf.zeros_like(h[:1]), h[:-1]], axis=0)}
+    per_step = {"fc": acts["fc"], "ig": acts["ig"], "inv_c": inverse_denominator(c, eps),
+                "inv_z": inverse_denominator(z, eps), "h_prev": _shift(h)}
     if share:
-        per_step.update(c=c, z_g=z_g)
+        per_step.update(c=c, z=z)
+    if gate_rule != "all":
+        per_step.update(gates=acts["gates"], c_prev=_shift(c), tanh_c=activation(c))
     if r_h_seq is not None:
         per_step["r_h"] = r_h_seq
+    if mask is not None:
+        per_step["mask"] = mask
     zeros = tf.zeros_like(r_h_last)
 
     def step(carry, s):
         r_h, r_c = carry[0], carry[1]
         if r_h_seq is not None:
             r_h = r_h + s["r_h"]
-        m_c = (r_h + r_c) * s["inv_c"]
-        r_c_prev = s["fc"] * m_c
-        r_g = s["ig"] * m_c
+        if gate_rule != "all":
+            i, f, g, o = tf.split(s["gates"], 4, axis=-1)
+        # h_t = o_t * tanh(c_t)
+        if gate_rule == "all":
+            r_o, r_c_t = None, r_c + r_h
+        else:
+            r_o, r_tanh = gate_split(r_h, o, s["tanh_c"], gate_rule, eps)
+            r_c_t = r_c + r_tanh
+        # c_t = f_t c_{t-1} + i_t g_t: epsilon-rule over the two products
+        m_c = r_c_t * s["inv_c"]
+        r_fc, r_ig = s["fc"] * m_c, s["ig"] * m_c
         if share:
-            share_c = bias_share(m_c, s["c"], None, rule, 2 * d)
-            r_c_prev, r_g = r_c_prev + share_c, r_g + share_c
-        m_g = r_g * s["inv_g"]
-        r_h_prev = s["h_prev"] * tf.matmul(m_g, u_g, transpose_b=True)
-        if not share:
-            return r_h_prev, r_c_prev, m_g
-        share_g = bias_share(m_g, s["z_g"], b_g, rule, d + e)
-        return r_h_prev + share_g, r_c_prev, m_g, share_g
+            share_c = bias_share(m_c, s["c"], None, eps, 2 * d)
+            r_fc, r_ig = r_fc + share_c, r_ig + share_c
+        if gate_rule == "all":
+            r_c_prev, r_pre = r_fc, r_ig
+        else:
+            r_f, r_c_prev = gate_split(r_fc, f, s["c_prev"], gate_rule, eps)
+            r_i, r_g = gate_split(r_ig, i, g, gate_rule, eps)
+            r_pre = tf.concat([r_i, r_f, r_g, r_o], axis=-1)
+        # pre-activations -> [x_t, h_{t-1}]
+        m_z = r_pre * s["inv_z"]
+        r_h_prev = s["h_prev"] * tf.matmul(m_z, u, transpose_b=True)
+        share_z = bias_share(m_z, s["z"], b, eps, d + e) if share else zeros[..., :1]
+        r_h_prev = r_h_prev + share_z
+        if mask is not None:
+            m = s["mask"]
+            r_h_prev = tf.where(m, r_h_prev, r_h)
+            r_c_prev = tf.where(m, r_c_prev, r_c)
+        return r_h_prev, r_c_prev, m_z, share_z
 
-    init = (r_h_last, zeros, zeros) + ((zeros[..., :1],) if share else ())
-    out = tf.scan(step, per_step, initializer=init, reverse=True)
-    # out[0] / out[1] are stacked over time; index 0 holds what reached the initial states.
-    rest = tf.reduce_sum(out[0][0] + out[1][0], axis=-1)
-    r_x = x * tf.einsum("tbd,ed->tbe", out[2], w_g)
+    init = (r_h_last, zeros, tf.zeros_like(z[0]), zeros[..., :1])
+    r_h0, r_c0, m_z, share_z = tf.scan(step, per_step, initializer=init, reverse=True)
+    rest = tf.reduce_sum(r_h0[0] + r_c0[0], axis=-1)
+    return _input_relevance(x, m_z, w, share_z if share else None, mask), rest
+
+
+# ---------------------------------------------------------------------------------------------
+# GRU (Keras GRUCell equations)
+#   z = sig(x W_z + h U_z + b),  r = sig(x W_r + h U_r + b)
+#   reset_after:      hh = tanh(x W_h + b_in + r * (h U_h + b_rec))
+#   not reset_after:  hh = tanh(x W_h + (r * h) U_h + b)
+#   h_t = z * h_{t-1} + (1 - z) * hh
+# ---------------------------------------------------------------------------------------------
+
+def _gru_biases(bias, d):
+    """(input bias (3d,) or None, recurrent bias (3d,) or None)."""
+    if bias is None:
+        return None, None
+    if len(bias.shape) == 2:
+        return bias[0], bias[1]
+    return bias, None
+
+
+def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activation,
+                reset_after: bool, mask=None) -> Dict[str, tf.Tensor]:
+    """Run a GRU over its (already ordered) input sequence from a zero state.
+
+    Returns (time, batch, .) tensors: ``h`` (carried over masked steps), gates ``zg``, ``rg``,
+    candidate ``hh`` and its pre-activation ``pre_h``, the recurrent candidate term ``s_h``
+    (``h U_h + b_rec`` with reset_after, ``r * h`` without), the update's two products ``zh`` =
+    z h_{t-1} and ``zhh`` = (1 - z) hh, and the gates' pre-activations ``pre_zr`` (2d).
+    """
+    d = recurrent_kernel.shape[0]
+    b_in, b_rec = _gru_biases(bias, d)
+    xz = tf.einsum("tbe,ef->tbf", x, kernel)
+    if b_in is not None:
+        xz = xz + b_in
+    zeros = tf.zeros_like(xz[0, :, :d])
+    elems = (xz,) if mask is None else (xz, mask)
+
+    def step(carry, e):
+        h_tm1 = carry[0]
+        x_z, x_r, x_h = tf.split(e[0], 3, axis=-1)
+        if reset_after:
+            rec = tf.matmul(h_tm1, recurrent_kernel)
+            if b_rec is not None:
+                rec = rec + b_rec
+            r_z, r_r, s_h = tf.split(rec, 3, axis=-1)
+            pre_z, pre_r = x_z + r_z, x_r + r_r
+            rg = recurrent_activation(pre_r)
+            pre_h = x_h + rg * s_h
+        else:
+            pre_zr = x_z + tf.matmul(h_tm1, recurrent_kernel[:, :d]), x_r + tf.matmul(h_tm1, recurrent_kernel[:, d:2 * d])
+            pre_z, pre_r = pre_zr
+            rg = recurrent_activation(pre_r)
+            s_h = rg * h_tm1
+            pre_h = x_h + tf.matmul(s_h, recurrent_kernel[:, 2 * d:])
+        zg = recurrent_activation(pre_z)
+        hh = activation(pre_h)
+        zh, zhh = zg * h_tm1, (1 - zg) * hh
+        h = zh + zhh
+        m = e[1] if mask is not None else None
+        return (_carry_where_masked(m, h, h_tm1), zg, rg, hh, pre_h, s_h, zh, zhh,
+                tf.concat([pre_z, pre_r], axis=-1))
+
+    init = (zeros,) * 8 + (tf.concat([zeros, zeros], axis=-1),)
+    names = ("h", "zg", "rg", "hh", "pre_h", "s_h", "zh", "zhh", "pre_zr")
+    return dict(zip(names, tf.scan(step, elems, initializer=init)))
+
+
+def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilon,
+                  reset_after: bool, gate_rule: str = "all", r_h_seq=None,
+                  mask=None) -> Tuple[tf.Tensor, tf.Tensor]:
+    """LRP through a GRU, in reverse over time (same conventions as :func:`lstm_relevance`).
+
+    * ``h_t = z h_{t-1} + (1 - z) hh``: epsilon-rule over the two products (N = 2d), each split by
+      the gate rule (gate ``1 - z`` counts as gate z);
+    * ``hh = tanh(pre_h)`` passes relevance unchanged; reset_after:
+      ``pre_h = x W_h + b_in + P`` with ``P = r * s_h``, ``s_h = h U_h + b_rec``: epsilon-rule over
+      ``[x_t, P]`` (N = e + d), P split by the gate rule, then epsilon-rule ``s_h -> h`` (N = d);
+      not reset_after: ``pre_h = x W_h + (r * h) U_h + b``: epsilon-rule over ``[x_t, r * h]``
+      (N = e + d), ``r * h`` split by the gate rule;
+    * gate relevance (rules "half" / "prop") goes through the gates' maps
+      ``[x_t, h_{t-1}] -> (pre_z, pre_r)`` by the epsilon-rule (N = e + d).
+
+    Returns:
+        ``(r_x, rest)`` as :func:`lstm_relevance` (rest = relevance on the zero initial state).
+    """
+    d = recurrent_kernel.shape[0]
+    e = x.shape[-1]
+    b_in, b_rec = _gru_biases(bias, d)
+    w_h, u_h = kernel[:, 2 * d:], recurrent_kernel[:, 2 * d:]
+    w_zr, u_zr = kernel[:, :2 * d], recurrent_kernel[:, :2 * d]
+    b_h = None if b_in is None else b_in[2 * d:]
+    b_zr = None
+    if b_in is not None:
+        b_zr = b_in[:2 * d] + (b_rec[:2 * d] if b_rec is not None else 0)
+    b_rh = None if b_rec is None else b_rec[2 * d:]
+    share = eps.has_bias_share
+    gates = gate_rule != "all"
+
+    h = acts["h"]
+    h_t = acts["zh"] + acts["zhh"]
+    per_step = {"zh": acts["zh"], "zhh": acts["zhh"], "inv_h": inverse_denominator(h_t, eps),
+                "inv_pre_h": inverse_denominator(acts["pre_h"], eps), "h_prev": _shift(h),
+                "rg": acts["rg"], "s_h": acts["s_h"]}
+    if reset_after:
+        per_step["inv_s_h"] = inverse_denominator(acts["s_h"], eps)
+    if gates:
+        per_step.update(zg=acts["zg"], hh=acts["hh"], inv_zr=inverse_denominator(acts["pre_zr"], eps),
+                        pre_zr=acts["pre_zr"])
     if share:
-        r_x = r_x + out[3]
+        per_step.update(h_t=h_t, pre_h=acts["pre_h"])
+    if r_h_seq is not None:
+        per_step["r_h"] = r_h_seq
+    if mask is not None:
+        per_step["mask"] = mask
+    zeros = tf.zeros_like(r_h_last)
+    no_share = zeros[..., :1]
+
+    def step(carry, s):
+        r_h = carry[0]
+        if r_h_seq is not None:
+            r_h = r_h + s["r_h"]
+        # h_t = z h_{t-1} + (1 - z) hh
+        m = r_h * s["inv_h"]
+        r_zh, r_zhh = s["zh"] * m, s["zhh"] * m
+        if share:
+            sh = bias_share(m, s["h_t"], None, eps, 2 * d)
+            r_zh, r_zhh = r_zh + sh, r_zhh + sh
+        r_z1, r_h_direct = gate_split(r_zh, s["zg"] if gates else None, s["h_prev"], gate_rule, eps)
+        r_z2, r_hh = gate_split(r_zhh, (1 - s["zg"]) if gates else None, s["hh"] if gates else None,
+                                gate_rule, eps)
+        # pre_h = x W_h + [b_in] + (P = r * s_h)   or   x W_h + (r h) U_h + b
+        m_h = r_hh * s["inv_pre_h"]
+        share_h = no_share
+        if reset_after:
+            p = s["rg"] * s["s_h"]
+            r_p = p * m_h
+            if share:
+                share_h = bias_share(m_h, s["pre_h"], b_h, eps, d + e)
+                r_p = r_p + share_h
+            r_r, r_s = gate_split(r_p, s["rg"] if gates else None, s["s_h"], gate_rule, eps)
+            m_s = r_s * s["inv_s_h"]
+            r_h_prev = s["h_prev"] * tf.matmul(m_s, u_h, transpose_b=True)
+            if share:
+                r_h_prev = r_h_prev + bias_share(m_s, s["s_h"], b_rh, eps, d)
+        else:
+            r_rh = s["s_h"] * tf.matmul(m_h, u_h, transpose_b=True)
+            if share:
+                share_h = bias_share(m_h, s["pre_h"], b_h, eps, d + e)
+                r_rh = r_rh + share_h
+            r_r, r_h_prev = gate_split(r_rh, s["rg"] if gates else None, s["h_prev"], gate_rule, eps)
+        r_h_prev = r_h_prev + r_h_direct
+        # gates (half / prop): [x_t, h_{t-1}] -> (pre_z, pre_r)
+        m_zr = zeros if not gates else None
+        share_zr = no_share
+        if gates:
+            m_zr = tf.concat([r_z1 + r_z2, r_r], axis=-1) * s["inv_zr"]
+            r_h_prev = r_h_prev + s["h_prev"] * tf.matmul(m_zr, u_zr, transpose_b=True)
+            if share:
+                share_zr = bias_share(m_zr, s["pre_zr"], b_zr, eps, d + e)
+                r_h_prev = r_h_prev + share_zr
+        if mask is not None:
+            r_h_prev = tf.where(s["mask"], r_h_prev, r_h)
+        outs = (r_h_prev, m_h, share_h + share_zr)
+        return outs + ((m_zr,) if gates else ())
+
+    init = (r_h_last, zeros, no_share) + ((tf.concat([zeros, zeros], -1),) if gates else ())
+    out = tf.scan(step, per_step, initializer=init, reverse=True)
+    r_h0, m_h, share_all = out[0], out[1], out[2]
+    rest = tf.reduce_sum(r_h0[0], axis=-1)
+    r_x = _input_relevance(x, m_h, w_h, share_all if share else None, mask)
+    if gates:
+        r_x = r_x + _input_relevance(x, out[3], w_zr, None, mask)
     return r_x, rest

@@ -50,18 +50,72 @@ def test_bad_options(model, kwargs, exc, match):
         keras_lrp.explain(model, X, **kwargs)
 
 
+def _lambda_model():
+    inp = keras.Input((None, 4))
+    h = keras.layers.Lambda(lambda t: t * 2)(inp)
+    return keras.Model(inp, keras.layers.Dense(2)(keras.layers.LSTM(3)(h)))
+
+
+def _shared_layer_model():
+    inp = keras.Input((None, 4))
+    dense = keras.layers.Dense(4)
+    return keras.Model(inp, keras.layers.Dense(2)(keras.layers.LSTM(3)(dense(dense(inp)))))
+
+
 @pytest.mark.parametrize("build,match", [
-    (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.GRU(3), keras.layers.Dense(2)]),
-     r"'gru.*' \(GRU\).*LSTM"),
-    (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.LSTM(3, return_sequences=True),
-                               keras.layers.LSTM(3), keras.layers.Dense(2)]), "return_sequences=True"),
-    (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.Bidirectional(keras.layers.LSTM(3), merge_mode="sum"),
-                               keras.layers.Dense(2)]), "merge_mode='sum'"),
-    (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.LSTM(3)]), "must end in a Dense"),
+    (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.SimpleRNN(3), keras.layers.Dense(2)]),
+     r"'simple_rnn.*' \(SimpleRNN\).*supported cells are LSTM and GRU"),
+    (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.Bidirectional(keras.layers.LSTM(3), merge_mode="mul"),
+                               keras.layers.Dense(2)]), "merge_mode='mul'"),
+    (lambda: keras.Sequential([keras.Input((2, None, 4)), keras.layers.TimeDistributed(keras.layers.LSTM(3)),
+                               keras.layers.Dense(2)]), "TimeDistributed is supported around Dense only"),
+    (lambda: keras.Sequential([keras.Input((None, 4), batch_size=2), keras.layers.LSTM(3, stateful=True),
+                               keras.layers.Dense(2)]), "stateful=True"),
+    (_lambda_model, "Lambda layers run arbitrary code"),
+    (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.LayerNormalization(), keras.layers.LSTM(3),
+                               keras.layers.Dense(2)]), "no LRP rule for this layer type"),
 ])
 def test_unsupported_models(build, match):
     with pytest.raises(keras_lrp.UnsupportedLayerError, match=match):
         keras_lrp.explain(build(), X)
+
+
+def test_shared_layers_refused():
+    with pytest.raises(ValueError, match="shared layers are not supported"):
+        keras_lrp.explain(_shared_layer_model(), X)
+
+
+def test_return_state_refused():
+    inp = keras.Input((None, 4))
+    out, h, c = keras.layers.LSTM(3, return_state=True)(inp)
+    model = keras.Model(inp, keras.layers.Dense(2)(out))
+    with pytest.raises(keras_lrp.UnsupportedLayerError, match="return_state=True"):
+        keras_lrp.explain(model, X)
+
+
+def test_timestep_errors(model):
+    with pytest.raises(ValueError, match="timestep is only for models whose output has a time axis"):
+        keras_lrp.explain(model, X, timestep=1)
+    tagger = keras.Sequential([keras.Input((None, 4)), keras.layers.LSTM(3, return_sequences=True),
+                               keras.layers.TimeDistributed(keras.layers.Dense(2))])
+    with pytest.raises(ValueError, match="pass timestep="):
+        keras_lrp.explain(tagger, X)
+    with pytest.raises(ValueError, match="timestep out of range"):
+        keras_lrp.explain(tagger, X, timestep=5)
+
+
+def test_token_errors():
+    model = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(10, 4),
+                              keras.layers.LSTM(3), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"token ids must be in 0\.\.9"):
+        keras_lrp.explain(model, np.array([[1, 10]]))
+    with pytest.raises(TypeError, match="integer token ids"):
+        keras_lrp.explain(model, np.array([[1.5, 2.0]]))
+
+
+def test_unknown_rule(model):
+    with pytest.raises(ValueError, match="rule must be one of"):
+        keras_lrp.explain(model, X, rule="bogus")
 
 
 def test_unbuilt_model():
