@@ -3,8 +3,10 @@
     python bench/bench_explain.py            # the README table
     python bench/bench_explain.py --quick    # one small setting
 
-Prints, per setting: forward time (tf.function(model)), explain time, their ratio (target <= 3x),
-and sequences/s. Every timing is the median of several repeats after a warm-up call.
+Prints, per setting: forward time (tf.function(model) on a tf.Tensor), explain time (LRP.attribute on
+the numpy batch, everything included), their ratio (target <= 3x), and sequences/s. Each timing is the
+median of --repeats calls after a warm-up call, the two calls interleaved so that a change of machine
+load affects both.
 """
 import argparse
 import os
@@ -20,42 +22,55 @@ import tensorflow as tf  # noqa: E402
 import keras_lrp  # noqa: E402
 
 
-def median_time(fn, repeats):
-    fn()  # warm-up (tracing)
-    times = []
+def interleaved_medians(fns, repeats):
+    """Median wall time of each function, calls interleaved so that load changes hit all alike."""
+    for fn in fns:
+        fn()  # warm-up (tracing)
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
-def bench(T, units, batch=256, features=60, classes=5, repeats=5, dtype="float32"):
+ARCHITECTURES = {
+    "bilstm": lambda u: [keras.layers.Bidirectional(keras.layers.LSTM(u))],
+    "stack3": lambda u: [keras.layers.LSTM(u, return_sequences=True),
+                         keras.layers.Bidirectional(keras.layers.LSTM(u, return_sequences=True)),
+                         keras.layers.LSTM(u)],
+    "bigru": lambda u: [keras.layers.Bidirectional(keras.layers.GRU(u))],
+}
+
+
+def bench(T, units, arch="bilstm", batch=256, features=60, classes=5, repeats=5, dtype="float32", rule="all"):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, features)),
-                              keras.layers.Bidirectional(keras.layers.LSTM(units)),
-                              keras.layers.Dense(classes, use_bias=False)])
+    model = keras.Sequential([keras.Input((None, features))] + ARCHITECTURES[arch](units)
+                             + [keras.layers.Dense(classes, use_bias=False)])
     x = np.random.default_rng(0).standard_normal((batch, T, features)).astype("float32")
     forward = tf.function(model)
     xt = tf.constant(x)
-    t_fwd = median_time(lambda: forward(xt).numpy(), repeats)
-    explainer = keras_lrp.LRP(model, dtype=dtype)
-    t_lrp = median_time(lambda: explainer.attribute(x, batch_size=batch), repeats)
-    return t_fwd, t_lrp
+    explainer = keras_lrp.LRP(model, dtype=dtype, rule=rule)
+    return interleaved_medians([lambda: forward(xt).numpy(), lambda: explainer.attribute(x, batch_size=batch)],
+                               repeats)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one small setting only")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=11)
     args = parser.parse_args()
-    settings = [(20, 60)] if args.quick else [(20, 60), (50, 60), (100, 60), (100, 256)]
+    settings = [("bilstm", 20, 60)] if args.quick else [
+        ("bilstm", 20, 60), ("bilstm", 50, 60), ("bilstm", 100, 60), ("bilstm", 200, 60), ("bilstm", 100, 256),
+        ("stack3", 50, 60), ("bigru", 50, 60)]
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPUs; "
-          "Bidirectional(LSTM(units)) + Dense(5), batch 256, 60 features, float32")
-    print(f"{'T':>4} {'units':>5} {'forward s':>10} {'explain s':>10} {'ratio':>6} {'explain seq/s':>14}")
-    for T, units in settings:
-        t_fwd, t_lrp = bench(T, units, repeats=args.repeats)
-        print(f"{T:>4} {units:>5} {t_fwd:>10.4f} {t_lrp:>10.4f} {t_lrp / t_fwd:>6.2f} {256 / t_lrp:>14.0f}")
+          "bilstm = Bidirectional(LSTM(units)), stack3 = LSTM > Bidirectional(LSTM) > LSTM, bigru = Bidirectional(GRU(units)); each + Dense(5), batch 256, 60 features, float32, rule 'all'")
+    print(f"{'model':>7} {'T':>4} {'units':>5} {'forward s':>10} {'explain s':>10} {'ratio':>6} {'explain seq/s':>14}")
+    for arch, T, units in settings:
+        t_fwd, t_lrp = bench(T, units, arch=arch, repeats=args.repeats)
+        print(f"{arch:>7} {T:>4} {units:>5} {t_fwd:>10.4f} {t_lrp:>10.4f} {t_lrp / t_fwd:>6.2f} {256 / t_lrp:>14.0f}",
+              flush=True)
 
 
 if __name__ == "__main__":

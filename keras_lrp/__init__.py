@@ -16,6 +16,8 @@ _EXPORTS = {
     "UnsupportedLayerError": "propagators",
     "LRP_LSTMCell": "cells", "lstm_activations": "cells",
     "lrpify_model": "graph",
+    "load_model": "io", "ModelFileError": "io", "ModelFileNotFoundError": "io", "UnsafeModelError": "io",
+    "UnsupportedModelError": "io",
     "cache_lstm_forward_activations_batch": "compat", "cashe_lstm_forward_activations_batch": "compat",
     "lrp_dense_batch": "compat", "lrp_lstm_batch": "compat", "get_target_activation": "compat",
     "html_heatmap": "visualize", "html_page": "visualize", "display_heatmap": "visualize",

@@ -35,9 +35,10 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import warnings
 import zipfile
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import h5py
 import keras
@@ -225,8 +226,8 @@ _NOT_REBUILDABLE = {
 }
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+def _one_line(text: Any) -> str:
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(text)).split())
 
 
 def _decode(value: Any) -> str:
@@ -292,8 +293,11 @@ class _Translator:
         for key in (registered, name):
             if key and key in self.custom_objects:
                 return self.custom_objects[key]
-        if name in ("keras2_hard_sigmoid",) or registered == "keras_lrp>keras2_hard_sigmoid":
+        if name in ("keras2_hard_sigmoid", "keras_lrp>keras2_hard_sigmoid") or (
+                registered == "keras_lrp>keras2_hard_sigmoid"):
             return keras2_hard_sigmoid
+        if ">" in name and keras.saving.get_registered_object(name) is not None:
+            return keras.saving.get_registered_object(name)  # registered by imported code
         if name == "hard_sigmoid":
             return keras2_hard_sigmoid if self.keras2 else "hard_sigmoid"
         if name in KERAS2_ACTIVATIONS or (not self.keras2 and registered in (None, "function")
@@ -592,9 +596,18 @@ def _plan_model(translator: _Translator, config: Mapping[str, Any]) -> _Plan:
             raise translator._unsupported(
                 f"the model itself is a custom class {class_name!r}; only Sequential and "
                 "functional models can be rebuilt from an .h5 file.")
-    raise translator._unsafe(
+    raise translator._unsupported(
         f"the model is of class {class_name!r}, not Sequential or functional (a subclassed "
         "model); it cannot be rebuilt from the file.")
+
+
+def _plan_checked(translator: _Translator, config: Any) -> _Plan:
+    """:func:`_plan_model`, with malformed JSON structures reported as a ModelFileError."""
+    try:
+        return _plan_model(translator, config)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ModelFileError(f"{translator.path}: model_config is malformed "
+                             f"({type(exc).__name__}: {_one_line(exc)[:150]}).") from exc
 
 
 def _plan_sequential(translator: _Translator, body: Any) -> _Plan:
@@ -908,7 +921,8 @@ def _load_h5(path: str, custom_objects: Dict[str, Any], safe_mode: bool) -> kera
                                  f"{_one_line(exc)[:200]}") from exc
         if raw is None:
             hint = (" It holds weights only (model.save_weights): build the model in code and "
-                    "call model.load_weights()." if "layer_names" in handle.attrs else
+                    "call model.load_weights()." if ("layer_names" in handle.attrs or "layers" in handle
+                                        or "vars" in handle) else
                     " It is not a Keras model file.")
             raise ModelFileError(f"{path}: has no 'model_config' attribute.{hint}")
         try:
@@ -918,7 +932,7 @@ def _load_h5(path: str, custom_objects: Dict[str, Any], safe_mode: bool) -> kera
                                  f"{_one_line(exc)[:200]}") from exc
         translator = _Translator(path, _is_keras2(None if version is None else _decode(version)),
                                  custom_objects, safe_mode)
-        plan = _plan_model(translator, config)
+        plan = _plan_checked(translator, config)
         group = handle["model_weights"] if "model_weights" in handle else handle
         weights = _read_h5_weights(path, group)
     missing = sorted(n for n, layer in plan.layers.items() if n not in weights and
@@ -951,13 +965,15 @@ def _screen_keras_config(path: str, config: Any, custom_objects: Mapping[str, An
         registered = obj.get("registered_name")
         if cls in custom_objects or (registered and registered in custom_objects):
             return True
-        if cls == "function" and obj.get("config") in custom_objects:
-            return True
+        if cls == "function":
+            fn_name = str(obj.get("config"))
+            short = fn_name.split(">")[-1]
+            return (fn_name in custom_objects or short in custom_objects
+                    or keras.saving.get_registered_object(fn_name) is not None
+                    or (module in (None, "builtins") and _Translator._keras3_activation(fn_name))
+                    or (isinstance(module, str) and module.startswith("keras.")))
         if isinstance(module, str) and (module == "keras" or module.startswith("keras.")):
             return True
-        if module in (None, "builtins") and cls in ("function",) and registered in (None,
-                                                                                    "function"):
-            return _Translator._keras3_activation(str(obj.get("config")))
         if registered and "keras_lrp>" in registered:
             return keras.saving.get_registered_object(registered) is not None
         return bool(registered) and keras.saving.get_registered_object(registered) is not None
@@ -979,6 +995,12 @@ def _screen_keras_config(path: str, config: Any, custom_objects: Mapping[str, An
                     f"{path}: layer {layer!r} is a Lambda layer, i.e. Python code stored in the "
                     "file; it is refused in safe mode. If you trust this file, call "
                     "load_model(..., safe_mode=False).")
+            if cls == "function" and not known(obj):
+                fn_name = str(obj.get("config")).split(">")[-1]
+                raise UnsafeModelError(
+                    f"{path}: layer {layer!r} uses function {obj.get('config')!r}, which is not "
+                    "built into Keras; if you trust this file, pass "
+                    f"custom_objects={{{fn_name!r}: function}}.")
             if cls not in _INTERNAL_MARKERS and cls != "__lambda__" and not known(obj):
                 what = obj.get("registered_name") or cls
                 raise UnsafeModelError(
@@ -1021,14 +1043,19 @@ def _load_keras_zip(path: str, custom_objects: Dict[str, Any], safe_mode: bool) 
             first_error = exc
     translator = _Translator(path, _is_keras2(version), custom_objects, safe_mode)
     try:
-        plan = _plan_model(translator, config)
-        model = _build(translator, plan, {})
+        model = _build(translator, _plan_checked(translator, config), {})
+    except (UnsafeModelError, UnsupportedModelError, ModelFileError) as exc:
+        if first_error is None:
+            raise
+        raise UnsupportedModelError(
+            f"{path}: Keras 3 could not load this .keras file ({_one_line(first_error)[:200]}) "
+            f"and it could not be rebuilt either ({_one_line(exc)[:200]}).") from exc
+    try:
         model.load_weights(path)
     except Exception as exc:
-        reason = first_error if first_error is not None else exc
-        raise UnsupportedModelError(
-            f"{path}: Keras {version or '?'} .keras file could not be loaded: "
-            f"{_one_line(reason)[:300]}") from exc
+        reason = f"; Keras 3 load_model said: {_one_line(first_error)[:150]}" if first_error else ""
+        raise ModelFileError(f"{path}: the weights of this Keras {version or '?'} .keras file "
+                             f"could not be loaded: {_one_line(exc)[:200]}{reason}") from exc
     return model
 
 

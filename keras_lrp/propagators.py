@@ -336,7 +336,7 @@ class RecurrentProp(Propagator):
                                 ctx.gate_rule)
         else:
             acts = gru_forward(x_tm, k, u, b, cell.activation, cell.recurrent_activation,
-                               cell.reset_after, mask_tm)
+                               cell.reset_after, mask_tm, ctx.gate_rule)
         h = acts["h"]
         if self.return_sequences:
             if mask_tm is not None and rnn.zero_output_for_mask:

@@ -217,14 +217,16 @@ def _gru_biases(bias, d):
 
 
 def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activation,
-                reset_after: bool, mask=None) -> Dict[str, tf.Tensor]:
+                reset_after: bool, mask=None, gate_rule: str = "all") -> Dict[str, tf.Tensor]:
     """Run a GRU over its (already ordered) input sequence from a zero state.
 
     Returns (time, batch, .) tensors: ``h`` (carried over masked steps), gates ``zg``, ``rg``,
     candidate ``hh`` and its pre-activation ``pre_h``, the recurrent candidate term ``s_h``
     (``h U_h + b_rec`` with reset_after, ``r * h`` without), the update's two products ``zh`` =
-    z h_{t-1} and ``zhh`` = (1 - z) hh, and the gates' pre-activations ``pre_zr`` (2d).
+    z h_{t-1} and ``zhh`` = (1 - z) hh, and the gates' pre-activations ``pre_zr`` (2d); ``zg``,
+    ``hh`` and ``pre_zr`` only for the gate rules that give gates relevance.
     """
+    gates = gate_rule != "all"
     d = recurrent_kernel.shape[0]
     b_in, b_rec = _gru_biases(bias, d)
     xz = tf.einsum("tbe,ef->tbf", x, kernel)
@@ -255,11 +257,11 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activat
         zh, zhh = zg * h_tm1, (1 - zg) * hh
         h = zh + zhh
         m = e[1] if mask is not None else None
-        return (_carry_where_masked(m, h, h_tm1), zg, rg, hh, pre_h, s_h, zh, zhh,
-                tf.concat([pre_z, pre_r], axis=-1))
+        out = (_carry_where_masked(m, h, h_tm1), rg, pre_h, s_h, zh, zhh)
+        return out + ((zg, hh, tf.concat([pre_z, pre_r], axis=-1)) if gates else ())
 
-    init = (zeros,) * 8 + (tf.concat([zeros, zeros], axis=-1),)
-    names = ("h", "zg", "rg", "hh", "pre_h", "s_h", "zh", "zhh", "pre_zr")
+    init = (zeros,) * 6 + ((zeros, zeros, tf.concat([zeros, zeros], axis=-1)) if gates else ())
+    names = ("h", "rg", "pre_h", "s_h", "zh", "zhh", "zg", "hh", "pre_zr")
     return dict(zip(names, tf.scan(step, elems, initializer=init)))
 
 

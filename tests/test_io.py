@@ -122,16 +122,56 @@ def test_keras2_activation_names_mean_the_same_in_keras3():
                   - np.asarray(tf_keras.activations.hard_sigmoid(tx))).max() > 0.05
 
 
-def test_tf_keras_dot_keras_file(tmp_path):
+def test_tf_keras_dot_keras_file(tfk):
     """A .keras written by tf.keras 2.x (Keras 3 cannot read it) is rebuilt and loads."""
-    gen = _load_generator()
-    rng = np.random.default_rng(3)
-    model, x = gen.build_models(rng)["seq_stacked_lstm"]
-    gen._randomise(model, rng)
-    path = str(tmp_path / "tfk.keras")
-    model.save(path)
-    np.testing.assert_allclose(_outputs(load_model(path), x)[0], gen.predict(model, x),
+    item = tfk["seq_stacked_lstm_keras"]
+    assert item["path"].endswith(".keras")
+    np.testing.assert_allclose(_outputs(load_model(item["path"]), item["x"])[0], item["y"],
                                atol=1e-5, rtol=0)
+
+
+def _strip_keras3_keys(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_keras3_keys(v) for k, v in obj.items()
+                if k not in ("module", "registered_name", "build_config")}
+    if isinstance(obj, list):
+        return [_strip_keras3_keys(v) for v in obj]
+    return obj
+
+
+def _rewrite_config(src, dst, edit, version="2.3.1"):
+    with open(src, "rb") as f_in, open(dst, "wb") as f_out:
+        f_out.write(f_in.read())
+    with h5py.File(dst, "r+") as f:
+        config = _strip_keras3_keys(json.loads(f.attrs["model_config"]))
+        f.attrs["model_config"] = np.bytes_(json.dumps(edit(config)))
+        f.attrs["keras_version"] = np.bytes_(version)
+
+
+def test_older_keras2_config_layouts(tfk, tmp_path):
+    """Keras 2.3 functional "Model" configs and Keras <= 2.2.2 Sequential layer lists."""
+    def as_model(config):
+        config["class_name"] = "Model"
+        return config
+
+    item = tfk["fn_bi_lstm_gru"]
+    path = str(tmp_path / "model_class.h5")
+    _rewrite_config(item["path"], path, as_model)
+    np.testing.assert_allclose(_outputs(load_model(path), item["x"])[0], item["y"], atol=1e-5)
+
+    def as_layer_list(config):
+        layers = config["config"]["layers"]
+        first = layers.pop(0)  # InputLayer -> batch_input_shape on the first layer
+        assert first["class_name"] == "InputLayer"
+        layers[0]["config"]["batch_input_shape"] = first["config"]["batch_input_shape"]
+        return {"class_name": "Sequential", "config": layers}
+
+    item = tfk["seq_stacked_lstm"]
+    path = str(tmp_path / "layer_list.h5")
+    _rewrite_config(item["path"], path, as_layer_list, version="2.1.6")
+    model = load_model(path)
+    assert model.input_shape == (None, None)
+    np.testing.assert_allclose(_outputs(model, item["x"])[0], item["y"], atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------
@@ -329,6 +369,36 @@ def test_time_major_and_unknown_activation_refused(tmp_path):
         load_model(path)
     model = load_model(path, custom_objects={"my_gate": keras.activations.sigmoid})
     assert model.layers[0].forward_layer.cell.recurrent_activation is keras.activations.sigmoid
+
+
+def test_loaded_keras2_model_resaves_in_keras3(tfk, tmp_path):
+    """keras2_hard_sigmoid is registered: the translated model round-trips through .keras/.h5."""
+    item = tfk["seq_misc"]
+    model = load_model(item["path"])
+    for ext in ("keras", "h5"):
+        path = str(tmp_path / f"resaved.{ext}")
+        model.save(path)
+        again = load_model(path)
+        np.testing.assert_allclose(_outputs(again, item["x"])[0], item["y"], atol=1e-5)
+        lstm = [l for l in again.layers if isinstance(l, keras.layers.LSTM)][0]
+        assert lstm.cell.recurrent_activation is keras2_hard_sigmoid
+
+
+@pytest.mark.parametrize("entry, pattern", [
+    ({"class_name": "Sequential", "config": {"name": "inner", "layers": []}},
+     r"'inner'.*nested Sequential"),
+    ({"class_name": "TFOpLambda", "config": {"name": "tf.math.add", "function": "math.add"}},
+     r"'tf.math.add' \(TFOpLambda\)"),
+    ({"class_name": "CuDNNLSTM", "config": {"name": "cu", "units": 3}}, r"'cu' \(CuDNNLSTM\)"),
+])
+def test_unsupported_layers_refused_by_name(tmp_path, entry, pattern):
+    config = _seed_era_config()
+    config["config"]["layers"].insert(1, entry)
+    path = str(tmp_path / "unsupported.h5")
+    _write_keras2_h5(path, config, _seed_era_weights(np.random.default_rng(8)))
+    with pytest.raises(UnsupportedModelError, match=pattern) as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ def build_models(rng) -> Dict[str, Tuple[object, np.ndarray]]:
         L.GaussianNoise(0.1),
         L.SimpleRNN(4, return_sequences=True),
         L.RNN(L.LSTMCell(3), return_sequences=True),
+        L.RNN(L.GRUCell(3, reset_after=False), return_sequences=True),
         L.LSTM(3, recurrent_activation="hard_sigmoid"),
         L.Dense(6),
         L.Reshape((2, 3)),
@@ -160,6 +161,10 @@ def write_all(outdir: str, seed: int = 0) -> Dict[str, dict]:
             warnings.simplefilter("ignore")
             model.save(path)
         result[name] = {"path": path, "x": x, "y": predict(model, x)}
+        if name == "seq_stacked_lstm":  # the same model in tf.keras's own .keras format
+            keras_path = os.path.join(outdir, f"{name}.keras")
+            model.save(keras_path)
+            result[f"{name}_keras"] = {**result[name], "path": keras_path}
     return result
 
 
