@@ -1,17 +1,16 @@
 """keras-lrp: Layer-wise Relevance Propagation for Keras 3 LSTM models (Arras et al. 2017).
 
-The public API is listed in ``__all__``. ``cells`` is imported at once, so that ``LRP_LSTMCell`` is
-registered with Keras before any model file that uses it is loaded; the other submodules are
-imported on first use.
+The public API is listed in ``__all__``; submodules (and with them TensorFlow) are imported on
+first use. ``LRP_LSTMCell`` is registered with Keras when ``keras_lrp.cells`` is imported: use
+``keras_lrp.load_model`` (which does so), or touch ``keras_lrp.LRP_LSTMCell`` before calling
+``keras.models.load_model`` on a file that contains the cell.
 """
 import importlib
-
-from . import cells  # noqa: F401  (registers LRP_LSTMCell for keras.models.load_model)
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "explain": "explain", "LRP": "explain", "Explanation": "explain",
+    "explain": "explain", "LRP": "explain", "Explainer": "explain", "Explanation": "explain",
     "Epsilon": "rules",
     "UnsupportedLayerError": "propagators",
     "LRP_LSTMCell": "cells", "lstm_activations": "cells",

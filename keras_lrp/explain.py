@@ -15,10 +15,15 @@ from .recurrent import GATE_RULES
 from .rules import Epsilon
 from .walk import Walk
 
-__all__ = ["Explanation", "LRP", "explain"]
+__all__ = ["Explanation", "Explainer", "LRP", "explain", "METHODS"]
+
+#: "lrp": layer-wise relevance propagation; "gi": gradient x input; "sa": sensitivity analysis
+#: (squared gradient, so word_relevance is the squared gradient norm, Arras et al. 2017).
+METHODS = ("lrp", "gi", "sa")
 
 Target = Union[None, int, Sequence[int], np.ndarray]
 _DTYPES = ("float32", "float64")
+_ROWS = 32   # compiled calls see batches of a multiple of this many rows (see Explainer._call_padded)
 
 
 @dataclass
@@ -54,8 +59,8 @@ class Explanation:
         return np.take_along_axis(self.scores, self.target[:, None], axis=1)[:, 0]
 
 
-class LRP:
-    """A compiled LRP explainer for one model (Captum-style: build once, ``attribute`` many times).
+class Explainer:
+    """A compiled explainer for one model (Captum-style: build once, ``attribute`` many times).
 
     Args:
         model: a built single-input single-output Keras model of supported layers
@@ -66,10 +71,15 @@ class LRP:
             (read live, so an explainer stays valid after further training).
         rule: gate rule for every gate x signal product: "all" (signal-take-all, Arras et al.
             2017, the default), "half" or "prop" (see :data:`keras_lrp.recurrent.GATE_RULES`).
+        method: "lrp" (default), or the gradient baselines "gi" (gradient x input) and "sa"
+            (sensitivity analysis: squared gradient) of the same pre-activation score.
     """
 
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
-                 dtype: str = "float32", rule: str = "all"):
+                 dtype: str = "float32", rule: str = "all", method: str = "lrp"):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+        self.method = method
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}.")
         if rule not in GATE_RULES:
@@ -92,14 +102,17 @@ class LRP:
             input_signature=[tf.TensorSpec((None,) + self.input_shape[1:], in_dtype),
                              tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)])
 
+    def _scores(self, out, timestep):
+        if not self.has_time_axis:
+            return out, timestep
+        timestep = tf.where(timestep < 0, timestep + tf.shape(out)[1], timestep)
+        return tf.gather(out, timestep, axis=1, batch_dims=1), timestep
+
     def _run(self, x, target, timestep):
+        if self.method != "lrp":
+            return self._run_gradient(x, target, timestep)
         out, _, caches = self._walk.forward(x)
-        if self.has_time_axis:
-            steps = tf.shape(out)[1]
-            timestep = tf.where(timestep < 0, timestep + steps, timestep)
-            scores = tf.gather(out, timestep, axis=1, batch_dims=1)
-        else:
-            scores = out
+        scores, timestep = self._scores(out, timestep)
         target = tf.where(target < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), target)
         r_scores = tf.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores
         if self.has_time_axis:
@@ -108,6 +121,18 @@ class LRP:
             r_out = r_scores
         relevance, rest = self._walk.relevance(caches, r_out)
         return relevance, scores, target, rest, timestep
+
+    def _run_gradient(self, x, target, timestep):
+        start = self._walk.embed(x)
+        with tf.GradientTape() as tape:
+            tape.watch(start)
+            out, _, _ = self._walk.forward(x, start=start)
+            scores, timestep = self._scores(out, timestep)
+            target = tf.where(target < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), target)
+            explained = tf.reduce_sum(tf.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores)
+        grad = tape.gradient(explained, start)
+        relevance = grad * start if self.method == "gi" else grad * grad
+        return relevance, scores, target, tf.zeros_like(scores[:, 0]), timestep
 
     def attribute(self, inputs, target: Target = None, timestep=None, batch_size: int = 256) -> Explanation:
         """Explain ``inputs`` for ``target`` (None = predicted class, an int, or one int per
@@ -119,12 +144,22 @@ class LRP:
         steps = self._check_timestep(timestep, n, x)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        parts = [[a.numpy() for a in self._fn(tf.constant(x[i:i + batch_size]), tf.constant(t[i:i + batch_size]),
-                                              tf.constant(steps[i:i + batch_size]))]
+        parts = [self._call_padded(x[i:i + batch_size], t[i:i + batch_size], steps[i:i + batch_size])
                  for i in range(0, n, batch_size)]
         relevance, scores, target_out, rest, step_out = (np.concatenate([p[k] for p in parts]) for k in range(5))
         return Explanation(relevance=relevance, scores=scores, target=target_out.astype(np.int64), rest=rest,
                            timestep=step_out.astype(np.int64) if self.has_time_axis else None)
+
+    def _call_padded(self, x, t, steps):
+        """One compiled call on a batch padded to a multiple of ``_ROWS`` rows (copies of its last
+        sample), sliced back. Matrix-product kernels pick different code paths (and so round
+        differently) for small or odd row counts; with the batch always a multiple of ``_ROWS``,
+        each sample's result does not depend on the batch it was explained in."""
+        n = x.shape[0]
+        pad = -n % _ROWS
+        if pad:
+            x, t, steps = (np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (x, t, steps))
+        return [a.numpy()[:n] for a in self._fn(tf.constant(x), tf.constant(t), tf.constant(steps))]
 
     # ----------------------------------------------------------------------------- validation
 
@@ -207,15 +242,23 @@ class LRP:
         return t.astype(np.int32)
 
 
+class LRP(Explainer):
+    """The LRP explainer: :class:`Explainer` with ``method="lrp"``."""
+
+    def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
+                 dtype: str = "float32", rule: str = "all"):
+        super().__init__(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method="lrp")
+
+
 # The most recently used explainers, so that repeated explain() calls reuse the compiled function.
 # Bounded, because each explainer holds its model alive.
-_CACHE: "OrderedDict[tuple, LRP]" = OrderedDict()
+_CACHE: "OrderedDict[tuple, Explainer]" = OrderedDict()
 _CACHE_SIZE = 8
 
 
 def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None, eps: float = 1e-3,
             bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32",
-            batch_size: int = 256) -> Explanation:
+            batch_size: int = 256, method: str = "lrp") -> Explanation:
     """Explain a model's outputs with LRP (Arras et al. 2017).
 
     Args:
@@ -229,15 +272,16 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
         rule: gate rule, "all" (default), "half" or "prop".
         dtype: "float32" or "float64".
         batch_size: samples per compiled call; memory stays flat in the number of inputs.
+        method: "lrp" (default), "gi" (gradient x input) or "sa" (squared gradient) baselines.
 
     Returns:
         :class:`Explanation` with ``relevance``, ``word_relevance`` (batch, time), ``scores``,
         ``target``, ``rest``.
     """
-    key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule)
+    key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule, method)
     explainer = _CACHE.get(key)
     if explainer is None or explainer.model is not model:
-        explainer = LRP(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule)
+        explainer = Explainer(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method=method)
     _CACHE[key] = explainer
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:

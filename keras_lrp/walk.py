@@ -60,16 +60,21 @@ class Walk:
                 return marked
             key = node.inputs[0]
 
-    def forward(self, x) -> Tuple[tf.Tensor, tf.Tensor, Dict]:
+    def embed(self, x) -> tf.Tensor:
+        """The tensor relevance is computed for: the input itself, or its embedding vectors."""
+        if self.embedding is None:
+            return x
+        return tf.gather(self.ctx.weight(self.embedding.embeddings), x)
+
+    def forward(self, x, start=None) -> Tuple[tf.Tensor, tf.Tensor, Dict]:
         """Returns ``(output, start, caches)``: the model output (pre-activation), the tensor the
-        relevance is computed for (the input or the embedding vectors), and the caches."""
-        values: Dict[int, tf.Tensor] = {self.graph.input: x}
+        relevance is computed for (the input or the embedding vectors, ``start`` if given), and
+        the caches."""
+        start = self.embed(x) if start is None else start
+        values: Dict[int, tf.Tensor] = {self.graph.input: x, self.start: start}
         masks: Dict[int, tf.Tensor] = {}
-        if self.embedding is not None:
-            table = self.ctx.weight(self.embedding.embeddings)
-            values[self.start] = tf.gather(table, x)
-            if self.embedding.mask_zero:
-                masks[self.start] = tf.not_equal(x, 0)
+        if self.embedding is not None and self.embedding.mask_zero:
+            masks[self.start] = tf.not_equal(x, 0)
         caches = []
         for node, prop in zip(self.nodes, self.propagators):
             outs, out_masks, cache = prop.forward([values[k] for k in node.inputs],
