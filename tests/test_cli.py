@@ -1,0 +1,144 @@
+"""The keras-lrp command line, run as a subprocess on tiny models made here."""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_lrp import cli
+from keras_lrp.text import Vocabulary
+
+WORDS = "i hate the movie though plot is interesting love boring".split()
+
+
+def run(*args, stdin=None):
+    """The command as a user runs it: a new process."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "keras_lrp.cli", *args], input=stdin, capture_output=True,
+                          text=True, env=env, timeout=180)
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def call(capsys, monkeypatch):
+    """The command's main() in this process (fast: TensorFlow is already loaded)."""
+    def _call(*args, stdin=None):
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+    return _call
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    vocab = Vocabulary(WORDS)
+    vocab.save(d / "vocab.json")
+    keras.utils.set_random_seed(0)
+    tokens = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(len(vocab), 4, mask_zero=True),
+                               keras.layers.Bidirectional(keras.layers.LSTM(3)), keras.layers.Dense(2)])
+    tokens.save(d / "tokens.keras")
+    vectors = keras.Sequential([keras.Input((None, 4)), keras.layers.LSTM(3), keras.layers.Dense(2)])
+    vectors.save(d / "vectors.h5")
+    np.save(d / "emb.npy", np.random.default_rng(0).standard_normal((len(vocab), 4)).astype("float32"))
+    series = keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(3), keras.layers.Dense(1)])
+    series.save(d / "series.keras")
+    np.save(d / "x.npy", np.random.default_rng(1).standard_normal((2, 5, 3)).astype("float32"))
+    return d
+
+
+def test_text_with_token_model_json_html_png(files):
+    out = files / "out.jsonl"
+    r = run("explain", "I hate the movie, though the plot is interesting.", "--model", str(files / "tokens.keras"),
+            "--vocab", str(files / "vocab.json"), "--classes", "neg,pos", "--json", str(out),
+            "--html", str(files / "h.html"), "--png", str(files / "h.png"), "--no-color")
+    assert r.returncode == 0, r.stderr
+    assert "prediction:" in r.stdout and "Traceback" not in r.stderr
+    rec = json.loads(out.read_text().splitlines()[0])
+    assert rec["tokens"] == ["i", "hate", "the", "movie", ",", "though", "the", "plot", "is", "interesting", "."]
+    assert len(rec["relevance"]) == len(rec["tokens"]) and rec["oov_tokens"] == [",", "."]
+    assert set(rec["scores"]) == {"neg", "pos"} and rec["prediction"] in ("neg", "pos")
+    assert "<span" in (files / "h.html").read_text()
+    assert (files / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_stdin_many_sentences_in_order_and_target_name(files, call):
+    text = "i love the movie\n\nboring\nthe plot is interesting though i hate it\n"
+    out = files / "many.jsonl"
+    r = call("explain", "--model", str(files / "vectors.h5"), "--vocab", str(files / "vocab.json"),
+            "--embeddings", str(files / "emb.npy"), "--classes", "neg,pos", "--target", "pos",
+            "--json", str(out), "--batch-size", "1", stdin=text)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["text"] for x in recs] == ["i love the movie", "boring", "the plot is interesting though i hate it"]
+    assert all(x["target"] == "pos" for x in recs)
+
+
+def test_methods_and_rules(files, call):
+    for extra in (["--method", "gi"], ["--method", "sa"], ["--rule", "half"], ["--eps", "0", "--bias-factor", "1"]):
+        r = call("explain", "i love it", "--model", str(files / "tokens.keras"), "--vocab", str(files / "vocab.json"),
+                "--json", str(files / "m.jsonl"), *extra)
+        assert r.returncode == 0, (extra, r.stderr)
+
+
+def test_numeric_npy(files):
+    r = run("explain", "--model", str(files / "series.keras"), "--npy", str(files / "x.npy"),
+            "--png", str(files / "tf.png"), "--out", str(files / "r.npy"))
+    assert r.returncode == 0, r.stderr
+    assert np.load(files / "r.npy").shape == (2, 5, 3)
+    assert (files / "tf.png").stat().st_size > 1000
+
+
+def test_all_unknown_words_warns_but_succeeds(files, call):
+    r = call("explain", "zzz qqq", "--model", str(files / "tokens.keras"), "--vocab", str(files / "vocab.json"))
+    assert r.returncode == 0, r.stderr
+    assert "warning: every word" in r.stderr
+
+
+@pytest.mark.parametrize("args,stdin,message", [
+    (["", "--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json"], None, "the text is empty"),
+    (["x", "--model", "{d}/missing.h5", "--vocab", "{d}/vocab.json"], None, "missing.h5"),
+    (["x", "--model", "{d}/vocab.json", "--vocab", "{d}/vocab.json"], None, "vocab.json"),
+    (["x", "--model", "{d}/tokens.keras", "--vocab", "{d}/emb.npy"], None, "emb.npy"),
+    (["x", "--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json", "--target", "great"], None, "unknown class"),
+    (["x", "--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json", "--target", "7"], None, "out of range"),
+    (["--input", "{d}/nope.txt", "--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json"], None, "cannot read --input"),
+    (["x", "--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json", "--json", "{d}/no/such/dir/o.jsonl"], None,
+     "does not exist"),
+    (["x", "--model", "{d}/vectors.h5", "--vocab", "{d}/vocab.json"], None, "pass --embeddings"),
+    (["--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json"], "\n\n", "no sentences"),
+])
+def test_errors_are_one_line_without_traceback(files, args, stdin, message, call):
+    r = call("explain", *[a.format(d=files) for a in args], stdin=stdin)
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("keras-lrp: error:") and message in lines[0], lines[0]
+
+
+def test_vocabulary_larger_than_embedding_is_refused(files, tmp_path, call):
+    Vocabulary(WORDS + [f"w{i}" for i in range(50)]).save(tmp_path / "big.json")
+    r = call("explain", "i love it", "--model", str(files / "tokens.keras"), "--vocab", str(tmp_path / "big.json"))
+    assert r.returncode == 2 and "do not belong together" in r.stderr
+
+
+def test_truncated_model_file(files, tmp_path, call):
+    data = (files / "vectors.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 3])
+    r = call("explain", "x", "--model", str(tmp_path / "cut.h5"), "--vocab", str(files / "vocab.json"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "cut.h5" in r.stderr
+
+
+def test_debug_shows_traceback(files, call):
+    with pytest.raises(Exception, match="missing.h5"):
+        call("explain", "x", "--model", str(files / "missing.h5"), "--vocab", str(files / "vocab.json"), "--debug")
