@@ -1,0 +1,667 @@
+"""Plain numpy LRP oracles for every layer keras_lrp covers (tests only; shares no code with it).
+
+Written from the rules as the library documents them (keras_lrp.rules, keras_lrp.propagators,
+keras_lrp.recurrent), one sample at a time, with explicit loops: clarity over speed, for tiny sizes.
+
+Conventions: no batch axis. Sequences are (T, features); relevance arrays have the shape of the
+values they belong to; masks are (T,) bool or None. Every layer oracle has
+
+    forward(x, mask) -> (y, out_mask)      (caches what it needs)
+    backward(r_y)    -> (r_x, rest)        (rest: relevance left on recurrent initial states)
+
+and :func:`explain_chain` composes them for Sequential models (built by :func:`from_keras`).
+
+The epsilon-rule (``Ctx.eps``, ``Ctx.bias_factor``) for ``z_m = sum_k x_k w_km + b_m`` with fan-in N:
+
+    R_k = sum_m (x_k w_km + bias_factor (b_m + eps sign z_m) / N) / (z_m + eps sign z_m) R_m,
+
+sign(0) = +1, and an output with a zero denominator passes nothing (0/0 := 0). Fully connected maps
+(Dense, the LSTM / GRU maps, the two-term state updates) spread each output's bias share over all
+their N inputs; maps with local connectivity (Conv1D, pooling, Add, Bidirectional sum / ave) spread
+it over the inputs actually connected to that output.
+"""
+from collections import namedtuple
+
+import numpy as np
+
+#: eps, bias_factor: the epsilon-rule; gate: "all" / "half" / "prop" for gate x signal products.
+Ctx = namedtuple("Ctx", "eps bias_factor gate")
+
+
+def sgn(v):
+    return 1.0 if v >= 0 else -1.0
+
+
+def sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+ACTIVATIONS = {
+    "linear": lambda v: v,
+    "tanh": np.tanh,
+    "sigmoid": sigmoid,
+    "relu": lambda v: np.maximum(v, 0.0),
+    "hard_sigmoid": lambda v: np.clip(v / 6.0 + 0.5, 0.0, 1.0),
+    "softmax": lambda v: v,   # only ever on an output layer, whose activation is not applied
+}
+
+
+# --------------------------------------------------------------------------- the rules
+
+def eps_linear(blocks, bias, z, r_out, fan_in, ctx):
+    """Epsilon-rule for a fully connected map ``z_m = sum over blocks of sum_k x_k w_km + b_m``.
+
+    blocks: list of (x (D,), w (D, M)); bias (M,) or None; z (M,) the full pre-activation;
+    r_out (M,). Each output's bias/stabiliser share goes to every input of every block (1/N each).
+    Returns one (D,) relevance array per block.
+    """
+    out = [np.zeros(len(x)) for x, _ in blocks]
+    for m in range(len(z)):
+        den = z[m] + ctx.eps * sgn(z[m])
+        if den == 0.0:
+            continue
+        b = 0.0 if bias is None else bias[m]
+        share = ctx.bias_factor * (b + ctx.eps * sgn(z[m])) / fan_in
+        for (x, w), rx in zip(blocks, out):
+            for k in range(len(x)):
+                rx[k] += (x[k] * w[k, m] + share) / den * r_out[m]
+    return out
+
+
+def eps_elementwise_sum(parts, z, r_out, ctx):
+    """Epsilon-rule for an element-wise sum ``z = sum_i parts[i]`` (any shape): output unit m's
+    share is spread over the len(parts) summands of unit m."""
+    n = len(parts)
+    res = [np.zeros_like(p) for p in parts]
+    for idx in np.ndindex(*z.shape):
+        den = z[idx] + ctx.eps * sgn(z[idx])
+        if den == 0.0:
+            continue
+        share = ctx.bias_factor * ctx.eps * sgn(z[idx]) / n
+        for p, rp in zip(parts, res):
+            rp[idx] = (p[idx] + share) / den * r_out[idx]
+    return res
+
+
+def gate_split(r, gate, signal, ctx):
+    """Relevance of ``gate * signal`` (element-wise) -> (R_gate, R_signal) by the gate rule."""
+    r_gate, r_sig = np.zeros_like(r), np.zeros_like(r)
+    for j in range(len(r)):
+        if ctx.gate == "all":
+            r_sig[j] = r[j]
+        elif ctx.gate == "half":
+            r_gate[j] = r[j] / 2.0
+            r_sig[j] = r[j] / 2.0
+        elif ctx.gate == "prop":
+            tot = gate[j] + signal[j]
+            den = tot + ctx.eps * sgn(tot)
+            if den != 0.0:
+                r_gate[j] = gate[j] / den * r[j]
+                r_sig[j] = signal[j] / den * r[j]
+        else:
+            raise ValueError(ctx.gate)
+    return r_gate, r_sig
+
+
+# --------------------------------------------------------------------------- feed-forward layers
+
+class Dense:
+    """y = act(x W + b) on the last axis (any leading axes); epsilon-rule, N = input units."""
+
+    def __init__(self, kernel, bias, activation="linear", is_output=False):
+        self.w, self.b = kernel, bias
+        self.act = ACTIVATIONS["linear" if is_output else activation]
+
+    def forward(self, x, mask):
+        self.x = x
+        self.z = np.zeros(x.shape[:-1] + (self.w.shape[1],))
+        for idx in np.ndindex(*x.shape[:-1]):
+            self.z[idx] = x[idx] @ self.w + (0.0 if self.b is None else self.b)
+        return self.act(self.z), mask
+
+    def backward(self, r):
+        r_x = np.zeros_like(self.x)
+        for idx in np.ndindex(*self.x.shape[:-1]):
+            r_x[idx] = eps_linear([(self.x[idx], self.w)], self.b, self.z[idx], r[idx],
+                                  self.x.shape[-1], self.ctx)[0]
+        return r_x, 0.0
+
+
+def conv_windows(length, k, stride, padding, dilation=1):
+    """Input indices of every output position's window (indices outside 0..length-1 are padding),
+    with TensorFlow's conventions ("same": total padding split left = total // 2)."""
+    eff = dilation * (k - 1) + 1
+    if padding == "valid":
+        left, n_out = 0, (length - eff) // stride + 1
+    elif padding == "causal":
+        left = eff - 1
+        n_out = (length + left - eff) // stride + 1
+    elif padding == "same":
+        n_out = -(-length // stride)
+        left = max((n_out - 1) * stride + eff - length, 0) // 2
+    else:
+        raise ValueError(padding)
+    return [[p * stride - left + j * dilation for j in range(k)] for p in range(n_out)]
+
+
+class Conv1D:
+    """z[p, m] = sum over the real inputs of window p of x[q, c] W[j, c, m] + b[m];
+    epsilon-rule with output (p, m)'s share spread over N = (real window inputs) x in_channels."""
+
+    def __init__(self, kernel, bias, strides, padding, dilation, activation="linear", is_output=False):
+        self.w, self.b = kernel, bias
+        self.strides, self.padding, self.dilation = strides, padding, dilation
+        self.act = ACTIVATIONS["linear" if is_output else activation]
+
+    def forward(self, x, mask):
+        T, C = x.shape
+        k, _, M = self.w.shape
+        self.x = x
+        self.windows = conv_windows(T, k, self.strides, self.padding, self.dilation)
+        self.z = np.zeros((len(self.windows), M))
+        for p, win in enumerate(self.windows):
+            for m in range(M):
+                acc = 0.0 if self.b is None else self.b[m]
+                for j, q in enumerate(win):
+                    if 0 <= q < T:
+                        for c in range(C):
+                            acc += x[q, c] * self.w[j, c, m]
+                self.z[p, m] = acc
+        return self.act(self.z), None   # Conv1D drops the mask
+
+    def backward(self, r):
+        x, w, ctx = self.x, self.w, self.ctx
+        T, C = x.shape
+        r_x = np.zeros_like(x)
+        for p, win in enumerate(self.windows):
+            real = [(j, q) for j, q in enumerate(win) if 0 <= q < T]
+            n = len(real) * C
+            for m in range(w.shape[2]):
+                z = self.z[p, m]
+                den = z + ctx.eps * sgn(z)
+                if den == 0.0:
+                    continue
+                share = ctx.bias_factor * ((0.0 if self.b is None else self.b[m]) + ctx.eps * sgn(z)) / n
+                for j, q in real:
+                    for c in range(C):
+                        r_x[q, c] += (x[q, c] * w[j, c, m] + share) / den * r[p, m]
+        return r_x, 0.0
+
+
+class Pool1D:
+    """MaxPooling1D (winner-take-all, the first maximum of the window) or AveragePooling1D
+    (mean over the window's real inputs: epsilon-rule with weights 1/n, share spread over the n)."""
+
+    def __init__(self, kind, pool_size, strides, padding):
+        self.kind, self.k, self.s, self.padding = kind, pool_size, strides, padding
+
+    def forward(self, x, mask):
+        T, C = x.shape
+        self.x = x
+        self.windows = [[q for q in win if 0 <= q < T]
+                        for win in conv_windows(T, self.k, self.s, self.padding)]
+        y = np.zeros((len(self.windows), C))
+        for p, win in enumerate(self.windows):
+            for c in range(C):
+                vals = [x[q, c] for q in win]
+                y[p, c] = max(vals) if self.kind == "max" else sum(vals) / len(vals)
+        self.y = y
+        return y, None
+
+    def backward(self, r):
+        x, ctx = self.x, self.ctx
+        r_x = np.zeros_like(x)
+        for p, win in enumerate(self.windows):
+            for c in range(x.shape[1]):
+                if self.kind == "max":
+                    winner = next(q for q in win if x[q, c] == self.y[p, c])
+                    r_x[winner, c] += r[p, c]
+                    continue
+                z = self.y[p, c]
+                den = z + ctx.eps * sgn(z)
+                if den == 0.0:
+                    continue
+                n = len(win)
+                for q in win:
+                    r_x[q, c] += (x[q, c] / n + ctx.bias_factor * ctx.eps * sgn(z) / n) / den * r[p, c]
+        return r_x, 0.0
+
+
+class GlobalPool1D:
+    """GlobalAveragePooling1D (masked mean: weights 1/n_real on real steps) or GlobalMaxPooling1D."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def forward(self, x, mask):
+        self.x = x
+        T, C = x.shape
+        self.real = [t for t in range(T) if mask is None or mask[t]]
+        steps = range(T) if self.kind == "max" else self.real
+        y = np.zeros(C)
+        for c in range(C):
+            vals = [x[t, c] for t in steps]
+            y[c] = max(vals) if self.kind == "max" else sum(vals) / len(vals)
+        self.y = y
+        return y, None
+
+    def backward(self, r):
+        x, ctx = self.x, self.ctx
+        r_x = np.zeros_like(x)
+        for c in range(x.shape[1]):
+            if self.kind == "max":
+                winner = next(t for t in range(x.shape[0]) if x[t, c] == self.y[c])
+                r_x[winner, c] = r[c]
+                continue
+            z = self.y[c]
+            den = z + ctx.eps * sgn(z)
+            if den == 0.0:
+                continue
+            n = len(self.real)
+            for t in self.real:
+                r_x[t, c] = (x[t, c] / n + ctx.bias_factor * ctx.eps * sgn(z) / n) / den * r[c]
+        return r_x, 0.0
+
+
+class Reshape:
+    """Flatten / Reshape: relevance is reshaped back."""
+
+    def __init__(self, target_shape=None):
+        self.target_shape = target_shape
+
+    def forward(self, x, mask):
+        self.shape = x.shape
+        return x.reshape(self.target_shape if self.target_shape is not None else -1), None
+
+    def backward(self, r):
+        return r.reshape(self.shape), 0.0
+
+
+class Identity:
+    """Dropout & co. at inference; an Activation (not applied on the output layer)."""
+
+    def __init__(self, activation="linear", is_output=False):
+        self.act = ACTIVATIONS["linear" if is_output else activation]
+
+    def forward(self, x, mask):
+        return self.act(x), mask
+
+    def backward(self, r):
+        return r, 0.0
+
+
+class Masking:
+    """y = x with masked timesteps (all features == mask_value) set to 0; R passes where kept."""
+
+    def __init__(self, mask_value):
+        self.v = mask_value
+
+    def forward(self, x, mask):
+        self.keep = np.array([np.any(x[t] != self.v) for t in range(x.shape[0])])
+        return x * self.keep[:, None], self.keep
+
+    def backward(self, r):
+        return r * self.keep[:, None], 0.0
+
+
+def add_relevance(inputs, r, ctx):
+    """Add: epsilon-rule over the summands (N = number of summands, per output unit)."""
+    z = sum(inputs)
+    return eps_elementwise_sum(list(inputs), z, r, ctx)
+
+
+# --------------------------------------------------------------------------- recurrent cells
+
+class LSTMCellOracle:
+    """One LSTM direction over an already ordered sequence (Keras layout, gates i, f, g, o)."""
+
+    def __init__(self, kernel, recurrent_kernel, bias, activation="tanh", recurrent_activation="sigmoid"):
+        self.W, self.U = kernel, recurrent_kernel
+        self.d = recurrent_kernel.shape[0]
+        self.b = np.zeros(4 * self.d) if bias is None else bias
+        self.act, self.ract = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
+
+    def forward(self, x, mask):
+        """Returns h (T, d); h[t] is the state after step t (carried over masked steps)."""
+        T, d = x.shape[0], self.d
+        self.x, self.mask = x, mask
+        self.h = np.zeros((T + 1, d))   # row 0: the zero initial state; row t+1: after step t
+        self.c = np.zeros((T + 1, d))
+        self.pre = np.zeros((T, 4 * d))
+        self.gates = np.zeros((T, 4 * d))
+        for t in range(T):
+            if mask is not None and not mask[t]:
+                self.h[t + 1], self.c[t + 1] = self.h[t], self.c[t]
+                continue
+            z = x[t] @ self.W + self.h[t] @ self.U + self.b
+            i, f = self.ract(z[:d]), self.ract(z[d:2 * d])
+            g, o = self.act(z[2 * d:3 * d]), self.ract(z[3 * d:])
+            self.pre[t], self.gates[t] = z, np.concatenate([i, f, g, o])
+            self.c[t + 1] = f * self.c[t] + i * g
+            self.h[t + 1] = o * self.act(self.c[t + 1])
+        return self.h[1:]
+
+    def backward(self, r_h_seq, ctx):
+        """r_h_seq (T, d): relevance arriving on every h_t. Returns (r_x (T, e), rest)."""
+        x, d = self.x, self.d
+        T, e = x.shape
+        eye = np.eye(d)
+        r_x = np.zeros_like(x)
+        r_h, r_c = np.zeros(d), np.zeros(d)     # carried from step t+1 to the states of step t
+        for t in reversed(range(T)):
+            r_h = r_h + r_h_seq[t]
+            if self.mask is not None and not self.mask[t]:
+                continue   # states copied: their relevance goes back unchanged, x_t gets 0
+            i, f, g, o = (self.gates[t, n * d:(n + 1) * d] for n in range(4))
+            c_prev, c_t = self.c[t], self.c[t + 1]
+            # h_t = o * act(c_t)
+            r_o, r_act = gate_split(r_h, o, self.act(c_t), ctx)
+            r_ct = r_c + r_act
+            # c_t = f c_{t-1} + i g: epsilon-rule over the two products (N = 2d)
+            r_fc, r_ig = eps_linear([(f * c_prev, eye), (i * g, eye)], None, c_t, r_ct, 2 * d, ctx)
+            r_f, r_c = gate_split(r_fc, f, c_prev, ctx)
+            r_i, r_g = gate_split(r_ig, i, g, ctx)
+            # all four pre-activations over [x_t, h_{t-1}] (N = d + e); "all" gives the gates 0
+            r_pre = np.concatenate([r_i, r_f, r_g, r_o])
+            r_x[t], r_h = eps_linear([(x[t], self.W), (self.h[t], self.U)], self.b, self.pre[t],
+                                     r_pre, d + e, ctx)
+        return r_x, r_h.sum() + r_c.sum()
+
+
+class GRUCellOracle:
+    """One GRU direction (Keras GRUCell equations, gates z, r, h; both reset_after values)."""
+
+    def __init__(self, kernel, recurrent_kernel, bias, reset_after, activation="tanh",
+                 recurrent_activation="sigmoid"):
+        self.W, self.U = kernel, recurrent_kernel
+        d = self.d = recurrent_kernel.shape[0]
+        self.reset_after = reset_after
+        if bias is None:
+            self.b_in, self.b_rec = np.zeros(3 * d), np.zeros(3 * d)
+        elif bias.ndim == 2:
+            self.b_in, self.b_rec = bias[0], bias[1]
+        else:
+            self.b_in, self.b_rec = bias, np.zeros(3 * d)
+        self.act, self.ract = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
+
+    def forward(self, x, mask):
+        T, d = x.shape[0], self.d
+        W, U, bi, br = self.W, self.U, self.b_in, self.b_rec
+        self.x, self.mask = x, mask
+        self.h = np.zeros((T + 1, d))
+        self.st = [None] * T
+        for t in range(T):
+            hp = self.h[t]
+            if mask is not None and not mask[t]:
+                self.h[t + 1] = hp
+                continue
+            pre_z = x[t] @ W[:, :d] + bi[:d] + hp @ U[:, :d] + br[:d]
+            pre_r = x[t] @ W[:, d:2 * d] + bi[d:2 * d] + hp @ U[:, d:2 * d] + br[d:2 * d]
+            z, r = self.ract(pre_z), self.ract(pre_r)
+            if self.reset_after:
+                s_h = hp @ U[:, 2 * d:] + br[2 * d:]           # h U_h + b_rec
+                rec = r * s_h                                   # P
+            else:
+                s_h = r * hp                                    # r * h
+                rec = s_h @ U[:, 2 * d:]
+            pre_h = x[t] @ W[:, 2 * d:] + bi[2 * d:] + rec
+            hh = self.act(pre_h)
+            self.h[t + 1] = z * hp + (1 - z) * hh
+            self.st[t] = dict(pre_z=pre_z, pre_r=pre_r, z=z, r=r, s_h=s_h, pre_h=pre_h, hh=hh)
+        return self.h[1:]
+
+    def backward(self, r_h_seq, ctx):
+        x, d, W, U = self.x, self.d, self.W, self.U
+        T, e = x.shape
+        eye = np.eye(d)
+        r_x = np.zeros_like(x)
+        r_h = np.zeros(d)
+        for t in reversed(range(T)):
+            r_h = r_h + r_h_seq[t]
+            if self.mask is not None and not self.mask[t]:
+                continue
+            s, hp, h_t = self.st[t], self.h[t], self.h[t + 1]
+            z, r, hh = s["z"], s["r"], s["hh"]
+            # h_t = z h_{t-1} + (1 - z) hh (N = 2d)
+            r_zh, r_zhh = eps_linear([(z * hp, eye), ((1 - z) * hh, eye)], None, h_t, r_h, 2 * d, ctx)
+            r_z1, r_hp = gate_split(r_zh, z, hp, ctx)
+            r_z2, r_hh = gate_split(r_zhh, 1 - z, hh, ctx)
+            if self.reset_after:
+                # pre_h = x W_h + b_in_h + P (N = e + d); P = r * s_h; s_h = h U_h + b_rec_h (N = d)
+                p = r * s["s_h"]
+                r_xh, r_p = eps_linear([(x[t], W[:, 2 * d:]), (p, eye)], self.b_in[2 * d:], s["pre_h"],
+                                       r_hh, e + d, ctx)
+                r_r, r_s = gate_split(r_p, r, s["s_h"], ctx)
+                r_hp = r_hp + eps_linear([(hp, U[:, 2 * d:])], self.b_rec[2 * d:], s["s_h"], r_s, d, ctx)[0]
+            else:
+                # pre_h = x W_h + (r h) U_h + b_h (N = e + d); r h split by the gate rule
+                r_xh, r_rh = eps_linear([(x[t], W[:, 2 * d:]), (s["s_h"], U[:, 2 * d:])], self.b_in[2 * d:],
+                                        s["pre_h"], r_hh, e + d, ctx)
+                r_r, r_hp2 = gate_split(r_rh, r, hp, ctx)
+                r_hp = r_hp + r_hp2
+            # gates: [x_t, h_{t-1}] -> (pre_z, pre_r) (N = e + d); zero relevance under "all"
+            r_gates = np.concatenate([r_z1 + r_z2, r_r])
+            pre_zr = np.concatenate([s["pre_z"], s["pre_r"]])
+            b_zr = self.b_in[:2 * d] + self.b_rec[:2 * d]
+            r_xg, r_hg = eps_linear([(x[t], W[:, :2 * d]), (hp, U[:, :2 * d])], b_zr, pre_zr, r_gates,
+                                    e + d, ctx)
+            r_x[t] = r_xh + r_xg
+            r_h = r_hp + r_hg
+        return r_x, r_h.sum()
+
+
+class Recurrent:
+    """LSTM / GRU layer, or Bidirectional of two, with go_backwards, return_sequences, masks and the
+    merge modes concat / sum / ave (merge_mode None followed by Concatenate is concat)."""
+
+    def __init__(self, cells, go_backwards, return_sequences, merge=None, zero_output_for_mask=False):
+        self.cells = cells                  # one cell oracle, or two (forward, backward) when merge
+        self.go_backwards = go_backwards    # per cell
+        self.rs, self.merge, self.zero_out = return_sequences, merge, zero_output_for_mask
+
+    def _order(self, a, back):
+        return a if a is None or not back else a[::-1]
+
+    def forward(self, x, mask):
+        self.T = x.shape[0]
+        self.mask = mask
+        self.ys = []
+        for cell, back in zip(self.cells, self.go_backwards):
+            h = cell.forward(self._order(x, back), self._order(mask, back))
+            if self.rs:
+                if mask is not None and self.zero_out:
+                    h = h * self._order(mask, back)[:, None]
+                y = h[::-1] if (back and self.merge is not None) else h   # Bidirectional re-reverses
+            else:
+                y = h[-1]
+            self.ys.append(y)
+        if self.merge is None or self.merge == "concat":
+            out = np.concatenate(self.ys, axis=-1)
+        elif self.merge == "sum":
+            out = self.ys[0] + self.ys[1]
+        elif self.merge == "ave":
+            out = (self.ys[0] + self.ys[1]) / 2
+        else:
+            raise ValueError(self.merge)
+        return out, (mask if self.rs else None)
+
+    def backward(self, r):
+        ctx = self.ctx
+        if self.merge is None or self.merge == "concat":
+            sizes = np.cumsum([y.shape[-1] for y in self.ys])[:-1]
+            parts = np.split(r, sizes, axis=-1)
+        else:
+            scale = 0.5 if self.merge == "ave" else 1.0
+            ps = [scale * y for y in self.ys]
+            parts = eps_elementwise_sum(ps, ps[0] + ps[1], r, ctx)
+        r_x, rest = np.zeros((self.T, self.cells[0].x.shape[1])), 0.0
+        for cell, back, rp in zip(self.cells, self.go_backwards, parts):
+            if self.rs:
+                seq = rp[::-1] if (back and self.merge is not None) else rp   # processing order
+            else:
+                seq = np.zeros((self.T, cell.d))
+                seq[-1] = rp
+            rx, rs = cell.backward(seq, ctx)
+            r_x += rx[::-1] if back else rx
+            rest += rs
+        return r_x, rest
+
+
+# --------------------------------------------------------------------------- Keras models
+
+def _f64(a):
+    return None if a is None else np.asarray(a, np.float64)
+
+
+def _act_name(layer):
+    return layer.get_config().get("activation", "linear")
+
+
+def _cell_oracle(rnn):
+    import keras
+    cell = rnn.cell
+    cfg = cell.get_config()
+    k, u = _f64(cell.kernel.numpy()), _f64(cell.recurrent_kernel.numpy())
+    b = _f64(cell.bias.numpy()) if cell.use_bias else None
+    if isinstance(cell, keras.layers.LSTMCell):
+        return LSTMCellOracle(k, u, b, cfg["activation"], cfg["recurrent_activation"])
+    return GRUCellOracle(k, u, b, cfg["reset_after"], cfg["activation"], cfg["recurrent_activation"])
+
+
+def from_keras(layer, is_output=False):
+    """The oracle for one Keras layer (read weights and configuration only)."""
+    import keras
+    L = keras.layers
+    if isinstance(layer, L.TimeDistributed):
+        layer = layer.layer
+    if isinstance(layer, L.Dense):
+        return Dense(_f64(layer.kernel.numpy()), _f64(layer.bias.numpy()) if layer.use_bias else None,
+                     _act_name(layer), is_output)
+    if isinstance(layer, L.Conv1D):
+        return Conv1D(_f64(layer.kernel.numpy()), _f64(layer.bias.numpy()) if layer.use_bias else None,
+                      layer.strides[0], layer.padding, layer.dilation_rate[0], _act_name(layer), is_output)
+    if isinstance(layer, (L.MaxPooling1D, L.AveragePooling1D)):
+        return Pool1D("max" if isinstance(layer, L.MaxPooling1D) else "avg", layer.pool_size[0],
+                      layer.strides[0], layer.padding)
+    if isinstance(layer, L.GlobalMaxPooling1D):
+        return GlobalPool1D("max")
+    if isinstance(layer, L.GlobalAveragePooling1D):
+        return GlobalPool1D("avg")
+    if isinstance(layer, L.Flatten):
+        return Reshape()
+    if isinstance(layer, L.Reshape):
+        return Reshape(tuple(layer.target_shape))
+    if isinstance(layer, L.Masking):
+        return Masking(layer.mask_value)
+    if isinstance(layer, L.Activation):
+        return Identity(_act_name(layer), is_output)
+    if isinstance(layer, (L.Dropout, L.SpatialDropout1D, L.GaussianNoise, L.GaussianDropout)):
+        return Identity()
+    if isinstance(layer, L.Bidirectional):
+        f, b = layer.forward_layer, layer.backward_layer
+        return Recurrent([_cell_oracle(f), _cell_oracle(b)], [f.go_backwards, b.go_backwards],
+                         f.return_sequences, layer.merge_mode or "concat",
+                         zero_output_for_mask=f.return_sequences)
+    if isinstance(layer, L.RNN):
+        return Recurrent([_cell_oracle(layer)], [layer.go_backwards], layer.return_sequences, None,
+                         zero_output_for_mask=layer.zero_output_for_mask)
+    raise NotImplementedError(type(layer).__name__)
+
+
+def explain_chain(model, inputs, targets, ctx, timesteps=None):
+    """LRP of a Sequential model (optionally starting with an Embedding) sample by sample.
+
+    inputs: (batch, T, features) floats or (batch, T) token ids; targets: one int per sample;
+    timesteps: one int per sample for models whose output has a time axis.
+    Returns (relevance (batch, T, features or emb_dim), rest (batch,), scores (batch, outputs)).
+    """
+    import keras
+    layers = list(model.layers)
+    emb = None
+    if isinstance(layers[0], keras.layers.Embedding):
+        emb, layers = layers[0], layers[1:]
+    # the output layer is the last one that is not an identity / activation layer
+    out_idx = len(layers) - 1
+    while isinstance(layers[out_idx], (keras.layers.Activation, keras.layers.Dropout)):
+        out_idx -= 1
+    oracles = [from_keras(l, is_output=(n >= out_idx)) for n, l in enumerate(layers)]
+    for o in oracles:
+        o.ctx = ctx
+    rels, rests, scores = [], [], []
+    for i in range(len(inputs)):
+        if emb is not None:
+            ids = np.asarray(inputs[i])
+            x = _f64(emb.embeddings.numpy())[ids]
+            mask = (ids != 0) if emb.mask_zero else None
+        else:
+            x, mask = np.asarray(inputs[i], np.float64), None
+        v = x
+        for o in oracles:
+            v, mask = o.forward(v, mask)
+        r = np.zeros_like(v)
+        if v.ndim == 2:
+            step = timesteps[i]
+            r[step, targets[i]] = v[step, targets[i]]
+            scores.append(v[step])
+        else:
+            r[targets[i]] = v[targets[i]]
+            scores.append(v)
+        rest = 0.0
+        for o in reversed(oracles):
+            r, rs = o.backward(r)
+            rest += rs
+        rels.append(r)
+        rests.append(rest)
+    return np.stack(rels), np.array(rests), np.stack(scores)
+
+
+# --------------------------------------------------------------------------- test helpers
+
+def perturb(model, seed, scale=0.3):
+    """Add Gaussian noise to every weight (Keras initialises biases to zeros / ones)."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([w + scale * rng.standard_normal(w.shape).astype(w.dtype) for w in model.get_weights()])
+    return model
+
+
+def model_output(model, x):
+    """The model's own (float32) forward pass, as numpy."""
+    import keras
+    x = np.asarray(x)
+    x = x.astype("int32") if np.issubdtype(x.dtype, np.integer) else x.astype("float32")
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def assert_close_rel(got, want, tol=1e-8, what="relevance"):
+    """max |got - want| <= tol * max |want| (and exact agreement when want is all zeros)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    scale = np.abs(want).max()
+    err = np.abs(got - want).max()
+    assert err <= tol * scale, f"{what}: max error {err:.3e} > {tol:g} x {scale:.3e}"
+
+
+def check_explain(model, x, targets, ctx, timesteps=None, tol=1e-8, against_model=True):
+    """keras_lrp.explain (float64) vs :func:`explain_chain` for a Sequential model: scores,
+    targets, relevance (``tol`` relative to max |relevance|), rest; the scores also against the
+    model's own forward pass (``against_model``, when its output layer has no activation), and
+    conservation when eps = 0, bias_factor = 1. Returns the Explanation."""
+    import keras_lrp
+    e = keras_lrp.explain(model, x, targets, timestep=timesteps, eps=ctx.eps, bias_factor=ctx.bias_factor,
+                          rule=ctx.gate, dtype="float64")
+    r, rest, scores = explain_chain(model, x, targets, ctx, timesteps)
+    np.testing.assert_array_equal(e.target, targets)
+    assert_close_rel(e.scores, scores, 1e-10, "scores")
+    assert_close_rel(e.relevance, r, tol)
+    scale = max(np.abs(r).max(), np.abs(rest).max())
+    assert np.abs(e.rest - rest).max() <= tol * scale, ("rest", e.rest, rest)
+    if against_model:
+        out = model_output(model, x)
+        if out.ndim == 3:
+            out = out[np.arange(len(out)), timesteps]
+        np.testing.assert_allclose(out, scores, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(scores).max()))
+    if ctx.eps == 0 and ctx.bias_factor == 1:
+        total = e.relevance.reshape(len(r), -1).sum(1) + e.rest
+        np.testing.assert_allclose(total, e.explained_score, rtol=0,
+                                   atol=1e-8 * max(1.0, np.abs(e.explained_score).max()))
+    return e
