@@ -350,7 +350,7 @@ class Vocabulary:
                                    or not all(isinstance(c, int) for c in counts)):
             raise bad("'counts' must be null or a list of ints as long as 'tokens'")
         try:
-            return cls(tokens[2:], counts=dict(zip(tokens, counts)) if counts else None)
+            return cls(tokens[2:], counts=dict(zip(tokens[2:], counts[2:])) if counts else None)
         except VocabularyError as e:
             raise bad(str(e)) from None
 
