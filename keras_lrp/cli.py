@@ -51,6 +51,10 @@ __all__ = ["main"]
 PROG = "keras-lrp"
 
 
+#: Sentences per input-order chunk: JSON lines are written chunk by chunk.
+_CHUNK = 1024
+
+
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
@@ -217,7 +221,7 @@ def _explain_text(args) -> int:
         raise CLIError(f"sentence {empty[0] + 1} has no tokens after tokenization: {sentences[empty[0]]!r}")
     results: List[Optional[dict]] = [None] * len(sentences)
     progress = Progress(len(sentences), enabled=len(sentences) > 1 and not args.quiet)
-    chunk = max(4 * args.batch_size, 1024)
+    chunk = max(4 * args.batch_size, _CHUNK)
     with (open(args.json, "w", encoding="utf-8") if args.json else _NoFile()) as json_file:
         # Input-order chunks (so JSON lines are written as they are done); inside a chunk, sentences
         # of equal length are explained together: no padding, so nothing depends on the batch.

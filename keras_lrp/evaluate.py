@@ -27,7 +27,8 @@ numbers, so the ideal relevance of each timestep is known. :func:`marked_input_m
 * ``corr_first`` / ``corr_second``: Pearson correlation, over samples, between the relevance of the
   first (second) marked timestep and its contribution to the target (``n_a``; ``n_b`` for "add",
   ``-n_b`` for "subtract");
-* ``marked_share``: the mean fraction of the total ``|relevance|`` that falls on the marked timesteps.
+* ``marked_share``: the mean fraction of the total ``|relevance|`` that falls on the marked timesteps
+  (over the samples whose relevance is finite).
 
 The relevance of a timestep is its relevance summed over the three input features.
 """
@@ -40,7 +41,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, TextIO, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple, Union
 
 import numpy as np
 
@@ -118,7 +119,8 @@ def method_relevance(model, inputs, target, method: str, *, eps: float = 1e-3,
 
     e = explain(model, x, target, eps=eps, bias_factor=bias_factor, dtype=dtype,
                 batch_size=batch_size, **_METHOD_KWARGS[method])
-    return e.word_relevance
+    with np.errstate(over="ignore", invalid="ignore"):   # an exploding rule (prop) may overflow
+        return e.word_relevance
 
 
 def deletion_order(relevance: np.ndarray, descending) -> np.ndarray:
@@ -129,11 +131,13 @@ def deletion_order(relevance: np.ndarray, descending) -> np.ndarray:
         descending: a bool, or one bool per sample: True = most relevant word first (for correctly
             classified sentences), False = least relevant first (misclassified ones).
 
-    Ties are broken by position (earlier timestep first).
+    Ties are broken by position (earlier timestep first). NaN relevance (an overflow of the
+    method) ranks like 0; +-inf rank as the largest / smallest values.
     """
     r = np.asarray(relevance, dtype=np.float64)
     if r.ndim != 2:
         raise ValueError(f"relevance must be (batch, time), got shape {r.shape}")
+    r = np.where(np.isnan(r), 0.0, r)
     desc = np.broadcast_to(np.asarray(descending, dtype=bool), (r.shape[0],))
     key = np.where(desc[:, None], -r, r)
     return np.argsort(key, axis=1, kind="stable")
@@ -162,6 +166,21 @@ def _quiet_retracing():
         yield
     finally:
         logger.setLevel(level)
+
+
+def _figure(**kwargs):
+    """A pyplot-free matplotlib Figure that Jupyter shows inline (as PNG) without ``%matplotlib``."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    class _InlineFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            buf = io.BytesIO()
+            self.savefig(buf, format="png")
+            return buf.getvalue()
+
+    return _InlineFigure(**kwargs)
 
 
 class _Progress:
@@ -197,6 +216,8 @@ class WordDeletionResult:
         misclassified: method -> accuracy on the initially misclassified sentences, least
             relevant words deleted first (starts at 0.0).
         n_correct, n_misclassified: the number of sentences in each group.
+        nonfinite: method -> number of sentences whose relevance had NaN or inf values (an
+            overflowing rule; such words are ordered as described in :func:`deletion_order`).
         settings: replacement, eps, bias_factor, seed, ... (for the record).
     """
 
@@ -206,6 +227,7 @@ class WordDeletionResult:
     misclassified: Dict[str, np.ndarray]
     n_correct: int
     n_misclassified: int
+    nonfinite: Dict[str, int] = field(default_factory=dict)
     settings: Dict[str, object] = field(default_factory=dict)
 
     @property
@@ -220,7 +242,7 @@ class WordDeletionResult:
                 "correct": {m: v.tolist() for m, v in self.correct.items()},
                 "misclassified": {m: v.tolist() for m, v in self.misclassified.items()},
                 "n_correct": self.n_correct, "n_misclassified": self.n_misclassified,
-                "accuracy": self.accuracy, "settings": dict(self.settings)}
+                "accuracy": self.accuracy, "nonfinite": dict(self.nonfinite), "settings": dict(self.settings)}
 
     def table(self) -> str:
         """Markdown tables (accuracy in %) of both experiments."""
@@ -238,13 +260,16 @@ class WordDeletionResult:
                 vals = " | ".join("–" if n == 0 else f"{100 * v:.1f}" for v in curves[m])
                 out.append(f"| {_LABELS.get(m, m)} | {vals} |")
             out.append("")
+        broken = {m: n for m, n in self.nonfinite.items() if n}
+        if broken:
+            out.append("Sentences with non-finite (overflowing) relevance: " +
+                       ", ".join(f"{_LABELS.get(m, m)} {n}" for m, n in broken.items()) + "")
+            out.append("")
         return "\n".join(out)
 
     def plot(self, title: Optional[str] = None):
         """Two panels (correct, misclassified) of accuracy vs number of deleted words; a Figure."""
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(10.0, 4.2), layout="constrained")
+        fig = _figure(figsize=(10.0, 4.2), layout="constrained")
         axes = fig.subplots(1, 2)
         for ax, curves, n, name in ((axes[0], self.correct, self.n_correct, "correctly classified"),
                                     (axes[1], self.misclassified, self.n_misclassified, "misclassified")):
@@ -289,7 +314,9 @@ def _equal_length_groups(lengths: np.ndarray, batch_size: int) -> List[np.ndarra
 
 def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[int], *,
                   embeddings: Optional[np.ndarray] = None,
-                  methods: Union[str, Sequence[str]] = DELETION_METHODS, max_deletions: int = 5,
+                  methods: Union[str, Sequence[str]] = DELETION_METHODS,
+                  extra_methods: Optional[Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]] = None,
+                  max_deletions: int = 5,
                   replacement: Optional[str] = None, unk_id: int = 1, pad_id: int = 0,
                   eps: float = 1e-3, bias_factor: float = 0.0, dtype: str = "float32",
                   batch_size: int = 256, seed: int = 0, progress: bool = False) -> WordDeletionResult:
@@ -302,6 +329,9 @@ def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[in
         labels: the true class of each sentence.
         embeddings: (vocab size, emb_dim) matrix for vector models; None for token-id models.
         methods: names from :data:`DELETION_METHODS` (a list or a comma-separated string).
+        extra_methods: your own methods, ``name -> fn(inputs, targets) -> (batch, time) relevance``,
+            called with one batch of equal-length sentences (the model's inputs: vectors or ids)
+            and their true classes; evaluated after ``methods``.
         max_deletions: the curves run from 0 to this many deleted words.
         replacement: "zero", "unk" or "pad" (default "zero" for vector models, "unk" for token ones).
         unk_id, pad_id: the unknown and padding ids of the vocabulary.
@@ -320,6 +350,11 @@ def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[in
     from .explain import Explainer
 
     methods = _check_methods(methods, DELETION_METHODS)
+    extra = dict(extra_methods or {})
+    for name, fn in extra.items():
+        if not isinstance(name, str) or name in methods or not callable(fn):
+            raise ValueError(f"extra_methods must map new names to functions fn(inputs, targets); got {name!r}")
+    methods = methods + tuple(extra)
     max_deletions = _check_int("max_deletions", max_deletions, 0)
     batch_size = _check_int("batch_size", batch_size, 1)
     seed = _check_int("seed", seed, 0)
@@ -376,6 +411,7 @@ def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[in
     k_range = np.arange(max_deletions + 1)
     hits = {m: np.zeros((2, max_deletions + 1), np.int64) for m in methods}  # [correct, misclassified]
     counts = np.zeros(2, np.int64)                                            # [correct, misclassified]
+    nonfinite = {m: 0 for m in methods}
 
     def delete_group(group: np.ndarray) -> None:
         """All methods and all deletion counts for one batch of equal-length sentences."""
@@ -388,9 +424,15 @@ def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[in
         for m in methods:
             if m == "random":
                 rel = np.stack([np.random.default_rng([seed, int(i)]).random(len(ids[i])) for i in group])
+            elif m in extra:
+                rel = np.asarray(extra[m](x, g_y.astype(np.int64)), dtype=np.float64)
+                if rel.shape != g_ids.shape:
+                    raise ValueError(f"extra method {m!r} returned shape {rel.shape}, expected (batch, time) = "
+                                     f"{g_ids.shape}")
             else:
                 rel = method_relevance(model, x, g_y.astype(np.int64), m, eps=eps, bias_factor=bias_factor,
                                        dtype=dtype, batch_size=batch_size)
+                nonfinite[m] += int((~np.isfinite(rel)).any(axis=1).sum())
             masks = deletion_masks(deletion_order(rel, correct), max_deletions)[1:]   # (K, B, T)
             if tokens:
                 xk = np.where(masks, fill, x[None])                                     # (K, B, T)
@@ -418,7 +460,7 @@ def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[in
         methods=methods, deletions=k_range,
         correct={m: rate(hits[m][0], n_correct) for m in methods},
         misclassified={m: rate(hits[m][1], n_wrong) for m in methods},
-        n_correct=n_correct, n_misclassified=n_wrong,
+        n_correct=n_correct, n_misclassified=n_wrong, nonfinite=nonfinite,
         settings=dict(replacement=replacement, eps=eps, bias_factor=bias_factor, dtype=dtype, seed=seed,
                       max_deletions=max_deletions, n_sentences=len(ids), relevance_target="true class"))
 
@@ -435,12 +477,13 @@ def find_sst_dir() -> Optional[str]:
 
 
 def sst_word_deletion(sentiment_model, path: Union[str, os.PathLike], *, max_sentences: Optional[int] = None,
-                      **kwargs) -> WordDeletionResult:
+                      subset_seed: int = 0, **kwargs) -> WordDeletionResult:
     """:func:`word_deletion` of a :class:`keras_lrp.sst.SentimentModel` (the shipped model) on an SST
     file (e.g. ``test.txt``), with the zero-vector replacement by default.
 
     SST-2 models (two classes) are evaluated on the non-neutral sentences with binary labels.
-    ``max_sentences`` takes the first sentences of the file (after dropping neutral ones for SST-2).
+    ``max_sentences`` evaluates a random subset of that many sentences, drawn with ``subset_seed``
+    (the SST files are ordered by sentiment, so their first lines are no fair sample).
     Other keyword arguments go to :func:`word_deletion`.
     """
     from .sst import read_sst
@@ -450,13 +493,18 @@ def sst_word_deletion(sentiment_model, path: Union[str, os.PathLike], *, max_sen
         _check_int("max_sentences", max_sentences, 1)
     binary = len(sentiment_model.class_names) == 2
     sents = read_sst(path, binary=binary, tokenizer=sentiment_model.tokenizer)
-    sents = [s for s in sents if s.tokens][:max_sentences]
+    sents = [s for s in sents if s.tokens]
+    if max_sentences is not None and max_sentences < len(sents):
+        keep = np.sort(np.random.default_rng(subset_seed).choice(len(sents), max_sentences, replace=False))
+        sents = [sents[i] for i in keep]
     ids = [sentiment_model.vocabulary.encode(s.tokens)[0] for s in sents]
     kwargs.setdefault("unk_id", UNK_ID)
     kwargs.setdefault("pad_id", PAD_ID)
     result = word_deletion(sentiment_model.model, ids, np.array([s.label for s in sents], np.int64),
                            embeddings=sentiment_model.embeddings, **kwargs)
     result.settings["data"] = os.fspath(path)
+    if max_sentences is not None:
+        result.settings["subset"] = f"{len(sents)} sentences drawn with seed {subset_seed}"
     return result
 
 
@@ -472,7 +520,9 @@ def marked_input_metrics(relevance: np.ndarray, positions: np.ndarray, contribut
         contributions: (n, 2) what each marked input adds to the target (``ToyData.contributions``).
 
     Returns:
-        dict with ``top2_accuracy``, ``corr_first``, ``corr_second``, ``marked_share``.
+        dict with ``top2_accuracy``, ``corr_first``, ``corr_second``, ``marked_share`` and
+        ``nonfinite`` (the fraction of samples with NaN or inf relevance; the correlations are NaN
+        when there are any).
     """
     r = np.asarray(relevance, dtype=np.float64)
     if r.ndim == 3:
@@ -485,13 +535,17 @@ def marked_input_metrics(relevance: np.ndarray, positions: np.ndarray, contribut
     if r.shape[1] < 2 or pos.min() < 0 or pos.max() >= r.shape[1]:
         raise ValueError(f"positions must be timesteps 0..{r.shape[1] - 1}")
     rows = np.arange(r.shape[0])
-    a = np.abs(r)
+    with np.errstate(invalid="ignore", over="ignore"):
+        a = np.nan_to_num(np.abs(r), nan=0.0)
     # The two largest |relevance| positions (a stable sort: ties go to the earlier timestep).
     top2 = np.sort(np.argsort(-a, axis=1, kind="stable")[:, :2], axis=1)
     hit = np.all(top2 == np.sort(pos, axis=1), axis=1)
+    finite = np.isfinite(r).all(axis=1)
     marked = a[rows, pos[:, 0]] + a[rows, pos[:, 1]]
-    total = a.sum(axis=1)
-    share = np.divide(marked, total, out=np.zeros_like(marked), where=total > 0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = a.sum(axis=1)
+    # Share on the rows with finite relevance (0 where all relevance is 0).
+    share = np.divide(marked, total, out=np.zeros_like(marked), where=finite & (total > 0))[finite]
 
     def corr(u, v):
         if r.shape[0] < 2 or np.std(u) == 0 or np.std(v) == 0 or not np.all(np.isfinite(u)):
@@ -499,7 +553,8 @@ def marked_input_metrics(relevance: np.ndarray, positions: np.ndarray, contribut
         return float(np.corrcoef(u, v)[0, 1])
 
     return {"top2_accuracy": float(hit.mean()), "corr_first": corr(r[rows, pos[:, 0]], c[:, 0]),
-            "corr_second": corr(r[rows, pos[:, 1]], c[:, 1]), "marked_share": float(share.mean())}
+            "corr_second": corr(r[rows, pos[:, 1]], c[:, 1]), "marked_share": float(share.mean()) if share.size else float("nan"),
+            "nonfinite": float((~finite).mean())}
 
 
 @dataclass
@@ -547,12 +602,10 @@ class ToyResult:
 
     def plot(self, max_points: int = 500):
         """Relevance of the two marked timesteps against their contribution, one panel per method."""
-        from matplotlib.figure import Figure
-
         n = len(self.methods)
         cols = min(n, 3)
         rows = (n + cols - 1) // cols
-        fig = Figure(figsize=(3.6 * cols, 3.3 * rows), layout="constrained")
+        fig = _figure(figsize=(3.6 * cols, 3.3 * rows), layout="constrained")
         axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
         idx = np.arange(min(max_points, self.positions.shape[0]))
         r_rows = np.arange(self.positions.shape[0])[idx]
@@ -651,7 +704,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--data", help="SST file or folder (default: test.txt in $KERAS_LRP_SST_DIR or ../shared/data/sst)")
     g.add_argument("--split", default="test", choices=["train", "dev", "test"], help="SST split when --data is "
                    "a folder (default test)")
-    g.add_argument("--max-sentences", type=int, help="use only the first N sentences (default all)")
+    g.add_argument("--max-sentences", type=int, help="use a random subset of N sentences, drawn with --seed "
+                   "(default all)")
     g.add_argument("--max-deletions", type=int, default=5, help="delete up to this many words (default 5)")
     g.add_argument("--replacement", default="zero", choices=list(REPLACEMENTS),
                    help="a deleted word becomes the zero vector (default), the unknown token's or the padding's vector")
@@ -717,7 +771,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         except ImportError:  # pragma: no cover - the CLI module is part of the package
             folder = None
         model = load_pretrained(args.shipped, models_dir=folder)
-        result = sst_word_deletion(model, path, max_sentences=args.max_sentences, methods=methods,
+        result = sst_word_deletion(model, path, max_sentences=args.max_sentences, subset_seed=args.seed,
+                                   methods=methods,
                                    max_deletions=args.max_deletions, replacement=args.replacement,
                                    eps=args.eps, bias_factor=args.bias_factor, batch_size=args.batch_size,
                                    seed=args.seed, progress=not args.quiet)

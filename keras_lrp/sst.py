@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .text import Tokenizer
 
@@ -27,19 +27,30 @@ SST2_CLASS_NAMES = ("negative", "positive")
 
 # Only ASCII whitespace separates tree tokens: three SST leaves contain a no-break space ("8\xa01\/2").
 _TOKEN_RE = re.compile(r"\(|\)|[^ \t\r\n\f\v()]+")
+_LABELS = frozenset("01234")
 
 
 class SSTFormatError(ValueError):
     """A line of an SST file is not a well-formed labelled PTB tree."""
 
 
-@dataclass
 class Tree:
     """A node of a labelled PTB tree: a leaf holds ``word``, an inner node holds ``children``."""
 
-    label: int
-    children: List["Tree"] = field(default_factory=list)
-    word: Optional[str] = None
+    __slots__ = ("label", "children", "word")
+
+    def __init__(self, label: int, children: Optional[List["Tree"]] = None, word: Optional[str] = None):
+        self.label = label
+        self.children: List["Tree"] = children if children is not None else []
+        self.word = word
+
+    def __repr__(self) -> str:
+        if self.is_leaf:
+            return f"({self.label} {self.word})"
+        return f"({self.label} {' '.join(map(repr, self.children))})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Tree) and repr(self) == repr(other)
 
     @property
     def is_leaf(self) -> bool:
@@ -83,61 +94,64 @@ def parse_tree(line: str, source: str = "<string>", lineno: int = 1) -> Tree:
     Raises:
         SSTFormatError: naming ``source`` and ``lineno``, when the tree is malformed.
     """
-    def fail(msg: str, pos: Optional[int] = None) -> SSTFormatError:
-        where = f", column {pos + 1}" if pos is not None else ""
+    tokens = _TOKEN_RE.findall(line)
+
+    def fail(msg: str, index: Optional[int] = None) -> SSTFormatError:
+        where = ""
+        if index is not None and index < len(tokens):
+            col = [m.start() for m in _TOKEN_RE.finditer(line)][index]
+            where = f", column {col + 1}"
         return SSTFormatError(f"{source}:{lineno}{where}: malformed SST tree: {msg}. Each line must be "
                               "one tree like '(3 (2 it) (4 (2 works)))' with labels 0-4.")
 
-    tokens = [(m.group(0), m.start()) for m in _TOKEN_RE.finditer(line)]
     if not tokens:
         raise fail("the line is empty")
-    pos = 0
-
-    def parse_node() -> Tree:
-        nonlocal pos
-        if pos >= len(tokens):
-            raise fail("unexpected end of line (missing ')')")
-        tok, col = tokens[pos]
-        if tok != "(":
-            raise fail(f"expected '(' but found {tok!r}", col)
-        pos += 1
-        if pos >= len(tokens):
-            raise fail("unexpected end of line after '('", col)
-        label_tok, label_col = tokens[pos]
-        if not label_tok.isdigit() or not 0 <= int(label_tok) <= 4:
-            raise fail(f"expected a label 0-4 after '(' but found {label_tok!r}", label_col)
-        label = int(label_tok)
-        pos += 1
-        if pos >= len(tokens):
-            raise fail("unexpected end of line (missing ')')")
-        tok, col = tokens[pos]
-        if tok == ")":
-            raise fail("node with a label but no word or children", col)
-        if tok != "(":
-            pos += 1
-            if pos >= len(tokens) or tokens[pos][0] != ")":
-                found = repr(tokens[pos][0]) if pos < len(tokens) else "end of line"
-                raise fail(f"leaf {tok!r} must be followed by ')', found {found}", col)
-            pos += 1
-            return Tree(label=label, word=tok)
-        children = []
-        while pos < len(tokens) and tokens[pos][0] == "(":
-            children.append(parse_node())
-        if pos >= len(tokens):
-            raise fail("unexpected end of line (missing ')')")
-        tok, col = tokens[pos]
-        if tok != ")":
-            raise fail(f"expected '(' or ')' but found {tok!r}", col)
-        pos += 1
-        return Tree(label=label, children=children)
-
-    try:
-        tree = parse_node()
-    except RecursionError:
-        raise fail("tree nested too deeply") from None
-    if pos != len(tokens):
-        raise fail(f"unexpected text after the tree: {tokens[pos][0]!r}", tokens[pos][1])
-    return tree
+    n = len(tokens)
+    stack: List[Tree] = []   # open inner nodes, innermost last
+    root: Optional[Tree] = None
+    i = 0
+    while i < n:
+        tok = tokens[i]
+        if root is not None:
+            raise fail(f"unexpected text after the tree: {tok!r}", i)
+        if tok == "(":
+            label_tok = tokens[i + 1] if i + 1 < n else None
+            if label_tok is None:
+                raise fail("unexpected end of line after '('", i)
+            if label_tok not in _LABELS:
+                raise fail(f"expected a label 0-4 after '(' but found {label_tok!r}", i + 1)
+            nxt = tokens[i + 2] if i + 2 < n else None
+            if nxt is None:
+                raise fail("unexpected end of line (missing ')')")
+            if nxt == ")":
+                raise fail("node with a label but no word or children", i + 2)
+            node = Tree(int(label_tok))
+            if stack:
+                stack[-1].children.append(node)
+            if nxt == "(":
+                stack.append(node)
+                i += 2
+                continue
+            if i + 3 >= n or tokens[i + 3] != ")":
+                found = repr(tokens[i + 3]) if i + 3 < n else "end of line"
+                raise fail(f"leaf {nxt!r} must be followed by ')', found {found}", i + 2)
+            node.word = nxt
+            if not stack:
+                root = node
+            i += 4
+        elif tok == ")":
+            if not stack:
+                raise fail("unexpected ')' (unbalanced parentheses)", i)
+            node = stack.pop()
+            if not stack:
+                root = node
+            i += 1
+        else:
+            raise fail(f"expected '(' but found {tok!r}" if not stack
+                       else f"expected '(' or ')' but found {tok!r}", i)
+    if root is None:
+        raise fail("unexpected end of line (missing ')')")
+    return root
 
 
 def to_binary(label: int) -> Optional[int]:
@@ -194,6 +208,7 @@ def read_sst(path: Union[str, os.PathLike], binary: bool = False, phrases: bool 
         raise ValueError(f"max_sentences must be None or an int >= 1, got {max_sentences!r}")
     tokenizer = tokenizer or Tokenizer()
     out: List[SSTSentence] = []
+    cache: Dict[str, Tuple[str, ...]] = {}
     with open(path, encoding="utf-8") as f:
         n_trees = 0
         for lineno, line in enumerate(f, start=1):
@@ -203,7 +218,7 @@ def read_sst(path: Union[str, os.PathLike], binary: bool = False, phrases: bool 
                 break
             n_trees += 1
             tree = parse_tree(line, source=path, lineno=lineno)
-            sent = _sentence_of(tree, binary, phrases, tokenizer)
+            sent = _sentence_of(tree, binary, phrases, tokenizer, cache)
             if sent is not None:
                 out.append(sent)
     return out
@@ -228,13 +243,18 @@ def iter_phrases(sentences: Sequence[SSTSentence], unique: bool = True
             yield toks, label
 
 
-def _sentence_of(tree: Tree, binary: bool, want_phrases: bool, tokenizer: Tokenizer
-                 ) -> Optional[SSTSentence]:
+def _sentence_of(tree: Tree, binary: bool, want_phrases: bool, tokenizer: Tokenizer,
+                 cache: Dict[str, Tuple[str, ...]]) -> Optional[SSTSentence]:
     label = to_binary(tree.label) if binary else tree.label
     if label is None:
         return None
     words = tree.leaves()
-    per_word = [tokenizer.tokenize(w) for w in words]
+    per_word = []
+    for w in words:  # memoised: ~160k leaves but ~20k distinct words
+        toks = cache.get(w)
+        if toks is None:
+            toks = cache[w] = tuple(tokenizer.tokenize(w))
+        per_word.append(toks)
     tokens = [t for toks in per_word for t in toks]
     phrases = None
     if want_phrases:

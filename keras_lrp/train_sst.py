@@ -226,7 +226,8 @@ def train(cfg: TrainConfig, command: Optional[str] = None) -> TrainResult:
                            max_sentences=cfg.max_sentences)
     dev_sents = read_sst(paths["dev"], binary=binary, tokenizer=tokenizer,
                          max_sentences=cfg.max_sentences)
-    test_sents = read_sst(paths["test"], binary=binary, tokenizer=tokenizer)
+    test_sents = read_sst(paths["test"], binary=binary, tokenizer=tokenizer,
+                          max_sentences=cfg.max_sentences)
     if not train_sents or not dev_sents:
         raise ValueError("no training or dev sentences left (too small --max-sentences?)")
 
@@ -401,7 +402,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--unk-rate", type=float, default=d.unk_rate,
                    help="chance a train-singleton token is replaced by <unk> (trains <unk>)")
     p.add_argument("--max-sentences", type=int, default=None,
-                   help="use only the first N train and dev trees (quick runs)")
+                   help="use only the first N trees of each split (quick runs)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop after the epoch that passes this wall-clock budget")
     p.add_argument("--seed", type=int, default=d.seed)

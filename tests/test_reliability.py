@@ -1,0 +1,160 @@
+"""Determinism, numerics and robustness (issue: reliability)."""
+import io
+import json
+import string
+import sys
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import keras_lrp
+from keras_lrp import cli
+from keras_lrp.text import Tokenizer, Vocabulary
+from keras_lrp.visualize import ansi_heatmap, html_heatmap
+
+L = keras.layers
+
+
+def _perturbed(model, seed=0):
+    rng = np.random.default_rng(seed)
+    model.set_weights([w + 0.3 * rng.standard_normal(w.shape) for w in model.get_weights()])
+    return model
+
+
+ARCHITECTURES = {
+    "bilstm": lambda: keras.Sequential([keras.Input((None, 5)), L.Bidirectional(L.LSTM(4)), L.Dense(3)]),
+    "gru_stack": lambda: keras.Sequential([keras.Input((None, 5)), L.GRU(4, return_sequences=True),
+                                           L.Bidirectional(L.GRU(3), merge_mode="sum"), L.Dense(3)]),
+    "conv": lambda: keras.Sequential([keras.Input((6, 5)), L.Conv1D(4, 3, padding="same", activation="relu"),
+                                      L.MaxPooling1D(2), L.Flatten(), L.Dense(3)]),
+    "tokens": lambda: keras.Sequential([keras.Input((None,), dtype="int32"), L.Embedding(30, 5, mask_zero=True),
+                                        L.LSTM(4), L.Dense(3)]),
+}
+
+
+def _inputs(name, n, seed=0):
+    rng = np.random.default_rng(seed)
+    if name == "tokens":
+        return rng.integers(0, 30, (n, 6))
+    return rng.standard_normal((n, 6, 5))
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_bit_identical_across_runs_and_batch_sizes_float64(name):
+    model = _perturbed(ARCHITECTURES[name]())
+    x = _inputs(name, 40)
+    ref = keras_lrp.explain(model, x, 1, dtype="float64", batch_size=40)
+    again = keras_lrp.explain(model, x, 1, dtype="float64", batch_size=40)
+    np.testing.assert_array_equal(again.relevance, ref.relevance)
+    for bs in (1, 3, 7, 33):
+        e = keras_lrp.LRP(model, dtype="float64").attribute(x, 1, batch_size=bs)
+        np.testing.assert_array_equal(e.relevance, ref.relevance, err_msg=f"batch_size={bs}")
+        np.testing.assert_array_equal(e.rest, ref.rest)
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_float32_agrees_with_float64(name):
+    model = _perturbed(ARCHITECTURES[name](), seed=1)
+    x = _inputs(name, 8, seed=2)
+    e64 = keras_lrp.explain(model, x, 0, dtype="float64")
+    e32 = keras_lrp.explain(model, x, 0, dtype="float32")
+    assert np.abs(e32.relevance - e64.relevance).max() <= 1e-5 * max(1.0, np.abs(e64.relevance).max())
+
+
+@pytest.mark.parametrize("name", ["bilstm", "gru_stack", "conv"])
+@pytest.mark.parametrize("rule", ["all", "half", "prop"])
+def test_exact_zero_denominators_give_finite_zero_relevance(name, rule):
+    """All-zero weights and inputs: every denominator is exactly 0 with eps = 0; 0/0 := 0."""
+    model = ARCHITECTURES[name]()
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    e = keras_lrp.explain(model, np.zeros((2, 6, 5)), eps=0.0, bias_factor=1.0, dtype="float64", rule=rule)
+    assert np.all(np.isfinite(e.relevance)) and np.all(np.isfinite(e.rest))
+    assert np.all(e.relevance == 0)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.integers(1, 4), time=st.integers(1, 7), scale=st.floats(1e-3, 1e3),
+       eps=st.sampled_from([0.0, 1e-6, 1e-3, 0.5]), bias_factor=st.sampled_from([0.0, 0.5, 1.0]),
+       seed=st.integers(0, 2 ** 16))
+def test_explain_random_shapes_and_values(batch, time, scale, eps, bias_factor, seed):
+    model = _MODEL
+    x = scale * np.random.default_rng(seed).standard_normal((batch, time, 5))
+    e = keras_lrp.explain(model, x, eps=eps, bias_factor=bias_factor, dtype="float64")
+    assert e.relevance.shape == (batch, time, 5) and e.word_relevance.shape == (batch, time)
+    assert np.all(np.isfinite(e.relevance)) and np.all(np.isfinite(e.rest))
+    # Conservation, where no gate saturates to exactly 0 (with |x| in the hundreds, sigmoid(z)
+    # underflows to 0.0, c_t = i_t g_t = 0 exactly, and the defined 0/0 := 0 drops that relevance).
+    if eps == 0.0 and bias_factor == 1.0 and scale <= 10:
+        total = e.relevance.sum((1, 2)) + e.rest
+        np.testing.assert_allclose(total, e.explained_score, rtol=1e-7, atol=1e-7 * scale)
+
+
+_MODEL = _perturbed(ARCHITECTURES["bilstm"](), seed=3)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=8), st.floats(-1e6, 1e6)), min_size=0, max_size=12))
+def test_heatmaps_never_crash_on_text_and_scores(pairs):
+    words = [w for w, _ in pairs]
+    scores = np.array([s for _, s in pairs])
+    out = html_heatmap(words, scores)
+    assert out.count("<span") == len(words)
+    assert "<script" not in out.lower()   # words are escaped
+    plain = ansi_heatmap(words, scores, color=False)
+    assert "\x1b[" not in plain
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.text())
+def test_tokenizer_total_on_arbitrary_text(text):
+    tokens = Tokenizer().tokenize(text)
+    assert all(isinstance(t, str) and t and not any(c.isspace() for c in t) for t in tokens)
+    assert Tokenizer().tokenize(" ".join(tokens)) == tokens
+
+
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rel")
+    vocab = Vocabulary(list("abcdefgh") + ["good", "bad"])
+    vocab.save(d / "vocab.json")
+    model = keras.Sequential([keras.Input((None,), dtype="int32"), L.Embedding(len(vocab), 3), L.LSTM(2), L.Dense(2)])
+    model.save(d / "m.keras")
+    return d
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_cli_never_crashes_on_arbitrary_utf8(tiny_text_model, text, capsys):
+    code = cli.main(["explain", text, "--model", str(tiny_text_model / "m.keras"), "--vocab",
+                     str(tiny_text_model / "vocab.json"), "--no-color"])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    if text.strip() and Tokenizer().tokenize(text):
+        assert code == 0, err
+    else:
+        assert code == 2 and err.startswith("keras-lrp: error:")
+
+
+def test_ctrl_c_keeps_written_json_lines(tiny_text_model, tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    real = keras_lrp.explain
+
+    def interrupted_after_four(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(keras_lrp, "explain", interrupted_after_four)
+    monkeypatch.setattr(cli, "_CHUNK", 2)
+    # chunks of max(4 * batch_size, _CHUNK) = 4 sentences, one explain call per sentence
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a b\nc d\ne f\ng h\ngood bad\nb a\n"))
+    out = tmp_path / "o.jsonl"
+    code = cli.main(["explain", "--model", str(tiny_text_model / "m.keras"), "--vocab",
+                     str(tiny_text_model / "vocab.json"), "--json", str(out), "--batch-size", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in lines] == ["a b", "c d", "e f", "g h"]   # the first chunk, in order
