@@ -4,6 +4,8 @@ Masked timesteps carry their states, so with pre- or post-padding the padded pos
 0 relevance and the real tokens get exactly what the unpadded sentence gets. Without a mask the
 padding is ordinary input: positions stay aligned with the input and pads may get relevance.
 """
+import functools
+
 import numpy as np
 import keras
 import pytest
@@ -75,11 +77,22 @@ RECURRENT = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def cached_token_model(name):
+    """One model per architecture for both padding sides (and one compiled explainer)."""
+    return token_model(RECURRENT[name](), seed=len(name))
+
+
+@functools.lru_cache(maxsize=None)
+def cached_float_model(name):
+    return float_model(RECURRENT[name](), seed=len(name) + 20)
+
+
 @pytest.mark.parametrize("side", ["pre", "post"])
 @pytest.mark.parametrize("name", sorted(RECURRENT))
 def test_embedding_mask_zero(name, side):
     rule = OL.Ctx(0.01, 1.0, ("all", "half", "prop")[len(name) % 3])
-    model = token_model(RECURRENT[name](), seed=len(name))
+    model = cached_token_model(name)
     ids = np.random.default_rng(len(name)).integers(1, VOCAB, (3, N_REAL))
     check_padding_invariance(model, ids, side, rule)
 
@@ -87,7 +100,7 @@ def test_embedding_mask_zero(name, side):
 @pytest.mark.parametrize("side", ["pre", "post"])
 @pytest.mark.parametrize("name", ["lstm", "bigru_sum", "bilstm_seq_ave_gap"])
 def test_masking_layer(name, side):
-    model = float_model(RECURRENT[name](), seed=len(name) + 20)
+    model = cached_float_model(name)
     x = np.random.default_rng(3).standard_normal((3, N_REAL, F))
     check_padding_invariance(model, x, side, OL.Ctx(0.0, 1.0, "half" if name == "lstm" else "all"))
 
@@ -111,12 +124,17 @@ def test_float32_pads_are_exactly_zero():
     assert np.all(e.word_relevance[:, N_PAD:] != 0)
 
 
+@functools.lru_cache(maxsize=None)
+def masked_tagger():
+    return token_model([L.Bidirectional(L.LSTM(2, return_sequences=True))], seed=7,
+                       head=L.TimeDistributed(L.Dense(CLASSES)))
+
+
 @pytest.mark.parametrize("side", ["pre", "post"])
 def test_masked_tagger_timesteps_shift_with_padding(side):
     """Bidirectional(LSTM(return_sequences)) -> TimeDistributed(Dense) with a mask: explaining
     word k of the padded sentence is explaining word k of the unpadded one."""
-    model = token_model([L.Bidirectional(L.LSTM(2, return_sequences=True))], seed=7,
-                        head=L.TimeDistributed(L.Dense(CLASSES)))
+    model = masked_tagger()
     ids = np.random.default_rng(7).integers(1, VOCAB, (3, N_REAL))
     steps = np.array([0, 3, 1])
     check_padding_invariance(model, ids, side, OL.Ctx(0.01, 1.0, "half"), timesteps=steps,
