@@ -19,6 +19,8 @@ _EXPORTS = {
     "UnsupportedModelError": "io",
     "cache_lstm_forward_activations_batch": "compat", "cashe_lstm_forward_activations_batch": "compat",
     "lrp_dense_batch": "compat", "lrp_lstm_batch": "compat", "get_target_activation": "compat",
+    "Tokenizer": "text", "tokenize": "text", "Vocabulary": "text", "VocabularyError": "text",
+    "read_sst": "sst", "load_pretrained": "sst", "SentimentModel": "sst", "SSTFormatError": "sst",
     "html_heatmap": "visualize", "html_page": "visualize", "display_heatmap": "visualize",
     "ansi_heatmap": "visualize", "plot_word_heatmap": "visualize",
     "plot_time_feature_heatmap": "visualize", "save_png": "visualize", "shared_scale": "visualize",

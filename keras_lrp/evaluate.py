@@ -600,7 +600,7 @@ class ToyResult:
                          f"{d['corr_second']:.3f} | {100 * d['marked_share']:.1f} |")
         return "\n".join(lines) + "\n"
 
-    def plot(self, max_points: int = 500):
+    def plot(self, max_points: int = 300):
         """Relevance of the two marked timesteps against their contribution, one panel per method."""
         n = len(self.methods)
         cols = min(n, 3)
@@ -647,11 +647,12 @@ def toy_evaluation(model, data, methods: Union[str, Sequence[str]] = TOY_METHODS
     if pred.shape[1] != 1:
         raise ValueError(f"the toy model must have one output (a regression), this one has {pred.shape[1]}")
     metrics, relevance = {}, {}
-    for m in methods:
-        r = method_relevance(model, data.x, 0, m, eps=eps, bias_factor=bias_factor, dtype=dtype,
-                             batch_size=batch_size, rng=np.random.default_rng(seed))
-        relevance[m] = r
-        metrics[m] = marked_input_metrics(r, data.positions, data.contributions)
+    with _quiet_retracing():
+        for m in methods:
+            r = method_relevance(model, data.x, 0, m, eps=eps, bias_factor=bias_factor, dtype=dtype,
+                                 batch_size=batch_size, rng=np.random.default_rng(seed))
+            relevance[m] = r
+            metrics[m] = marked_input_metrics(r, data.positions, data.contributions)
     return ToyResult(methods=methods, metrics=metrics, relevance=relevance, positions=data.positions,
                      contributions=data.contributions, mse=float(np.mean((pred[:, 0] - data.y) ** 2)),
                      target_variance=float(np.var(data.y)), operation=data.operation,
@@ -757,8 +758,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                               args.bidirectional, args.epochs, methods, args.seed,
                                               verbose=not args.quiet)
         print(result.table())
-        stem = f"toy_{args.operation}"
-        title = f"Toy task '{args.operation}' (Arras et al. 2019)"
+        stem = f"toy_{args.operation}" + ("_bilstm" if args.bidirectional else "")
+        title = (f"Toy task '{args.operation}' (Arras et al. 2019), "
+                 f"{'Bidirectional(LSTM' if args.bidirectional else 'LSTM('}{args.units}){')' if args.bidirectional else ''}")
     else:
         if args.max_sentences is not None:
             _check_int("--max-sentences", args.max_sentences, 1)
@@ -779,7 +781,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"model accuracy on the {result.n_correct + result.n_misclassified} sentences: "
               f"{100 * result.accuracy:.1f}%\n")
         print(result.table())
-        stem = f"word_deletion_{args.shipped}"
+        stem = f"word_deletion_{args.shipped}" + ("" if args.replacement == "zero" else f"_{args.replacement}")
         title = f"Word deletion, shipped {args.shipped} model, {os.path.basename(path)}"
     for path in _write_outputs(args.out_dir, stem, result, title):
         print(f"wrote {path}")

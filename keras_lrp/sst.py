@@ -317,7 +317,7 @@ class SentimentModel:
         import numpy as np
 
         _, vectors, _ = self.embed(text)
-        return np.asarray(self.model(vectors, training=False))[0]
+        return np.asarray(self.model.predict_on_batch(vectors))[0]
 
 
 def load_pretrained(name: str = "sst5", models_dir: Optional[Union[str, os.PathLike]] = None

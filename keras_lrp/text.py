@@ -174,6 +174,9 @@ def _split_chunk(chunk: str) -> List[str]:
             middle = [t for p in pieces for t in _split_chunk(p)]
         else:
             middle = _split_word(chunk)
+            if len(middle) == 2 and middle[1] != "not":
+                # contraction split off: its stem may end in punctuation of its own ("0.'s")
+                middle = _split_chunk(middle[0]) + [middle[1]]
     return head + middle + tail[::-1]
 
 

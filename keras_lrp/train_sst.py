@@ -31,11 +31,11 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .sst import SST2_CLASS_NAMES, SST5_CLASS_NAMES, SSTSentence, iter_phrases, read_sst
+from .sst import SST2_CLASS_NAMES, SST5_CLASS_NAMES, iter_phrases, read_sst
 from .text import PAD_ID, UNK_ID, Tokenizer, Vocabulary
 
 __all__ = ["TrainConfig", "TrainResult", "train", "build_token_model", "build_vector_model",

@@ -11,6 +11,7 @@ TESTS = pathlib.Path(__file__).resolve().parent
 ROOT = TESTS.parent
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(ROOT))   # test this checkout's keras_lrp, whatever else is installed
 
 
 def shared_file(relative: str) -> pathlib.Path:

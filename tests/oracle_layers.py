@@ -555,7 +555,8 @@ def from_keras(layer, is_output=False):
         return Masking(layer.mask_value)
     if isinstance(layer, L.Activation):
         return Identity(_act_name(layer), is_output)
-    if isinstance(layer, (L.Dropout, L.SpatialDropout1D, L.GaussianNoise, L.GaussianDropout)):
+    if isinstance(layer, (L.Dropout, L.SpatialDropout1D, L.GaussianNoise, L.GaussianDropout, L.AlphaDropout,
+                          L.ActivityRegularization)):
         return Identity()
     if isinstance(layer, L.Bidirectional):
         f, b = layer.forward_layer, layer.backward_layer

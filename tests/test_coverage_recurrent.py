@@ -72,6 +72,15 @@ def test_other_activations_and_no_bias(kind, rule):
     OL.check_explain(model, x_float(4), TARGETS, OL.Ctx(0.01, 1.0, rule))
 
 
+@pytest.mark.parametrize("cell,rule", [("lstm", "half"), ("gru", "prop")])
+def test_rnn_wrapping_keras_cells(cell, rule):
+    """keras.layers.RNN(LSTMCell / GRUCell), also inside Bidirectional."""
+    make = {"lstm": L.LSTMCell, "gru": L.GRUCell}[cell]
+    model = sequential([L.RNN(make(UNITS), return_sequences=True),
+                        L.Bidirectional(L.RNN(make(2))), L.Dense(CLASSES)], seed=13)
+    OL.check_explain(model, x_float(13), TARGETS, OL.Ctx(0.01, 1.0, rule))
+
+
 @pytest.mark.parametrize("direction", ["forward", "backwards", "bidi"])
 def test_lstm_oracle_all_rule_agrees_with_arras_oracle(direction):
     """Cross-check of the two independent oracles (tests/oracle.py, tests/oracle_layers.py)."""

@@ -44,6 +44,18 @@ def test_tokenizer_is_context_free_per_chunk():
     assert tokenize(" ".join(words)) == [t for w in words for t in tokenize(w)]
 
 
+@pytest.mark.parametrize("text", [
+    "0.'S", "it's.", "(mr.", "'70s,", "'em.", "'good.'", "don't/can't", "a--b...c", "x,y;z", "\u00a0--",
+    "\u2018quote\u2019s\u201d", "no.", "'", "`", "''", "`` ''", "ol'.", "$5.50,",
+])
+def test_tokenization_is_idempotent(text):
+    # re-tokenizing the joined tokens changes nothing (what train/explain agreement rests on)
+    for tok in (Tokenizer(), Tokenizer(lowercase=False)):
+        tokens = tok(text)
+        assert all(t and not any(c.isspace() for c in t) for t in tokens)
+        assert tok(" ".join(tokens)) == tokens
+
+
 def test_lowercase_switch_and_config_round_trip():
     tok = Tokenizer(lowercase=False)
     assert tok("The Plot's FINE.") == ["The", "Plot", "'s", "FINE", "."]
