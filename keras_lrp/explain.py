@@ -206,18 +206,12 @@ class Explainer:
     def _check_target(self, target: Target, batch: int) -> np.ndarray:
         if target is None:
             return np.full(batch, -1, np.int32)
-        t = np.asarray(target)
-        if t.dtype == object or not np.issubdtype(t.dtype, np.integer):
-            raise TypeError(f"target must be None, an int or a sequence of ints, got {target!r}.")
-        if t.ndim == 0:
-            t = np.full(batch, int(t))
-        if t.shape != (batch,):
-            raise ValueError(f"target has shape {t.shape}, expected one int per sample ({batch},) or a single int.")
+        t = _per_sample_ints(target, "target", batch)
         bad = (t < 0) | (t >= self.n_outputs)
         if bad.any():
             raise ValueError(f"target {t[bad][0]} is out of range: the model has {self.n_outputs} outputs "
                              f"(valid targets 0..{self.n_outputs - 1}).")
-        return t.astype(np.int32)
+        return t
 
     def _check_timestep(self, timestep, batch: int, x: np.ndarray) -> np.ndarray:
         if not self.has_time_axis:
@@ -228,18 +222,24 @@ class Explainer:
         if timestep is None:
             raise ValueError("this model's output has a time axis (batch, time, outputs): pass "
                              "timestep= (an int, or one per sample) to say which output step to explain.")
-        t = np.asarray(timestep)
-        if t.dtype == object or not np.issubdtype(t.dtype, np.integer):
-            raise TypeError(f"timestep must be an int or a sequence of ints, got {timestep!r}.")
-        if t.ndim == 0:
-            t = np.full(batch, int(t))
-        if t.shape != (batch,):
-            raise ValueError(f"timestep has shape {t.shape}, expected one int per sample ({batch},) or a single int.")
+        t = _per_sample_ints(timestep, "timestep", batch)
         steps = x.shape[1]
         if np.any(t >= steps) or np.any(t < -steps):
             raise ValueError(f"timestep out of range: the sequences have {steps} steps "
                              f"(valid 0..{steps - 1}, or negative from the end).")
-        return t.astype(np.int32)
+        return t
+
+
+def _per_sample_ints(value, name: str, batch: int) -> np.ndarray:
+    """An int or one int per sample -> int32 array (batch,), or a TypeError/ValueError naming ``name``."""
+    t = np.asarray(value)
+    if t.dtype == object or not np.issubdtype(t.dtype, np.integer):
+        raise TypeError(f"{name} must be an int or a sequence of ints (None for the default), got {value!r}.")
+    if t.ndim == 0:
+        t = np.full(batch, int(t))
+    if t.shape != (batch,):
+        raise ValueError(f"{name} has shape {t.shape}, expected one int per sample ({batch},) or a single int.")
+    return t.astype(np.int32)
 
 
 class LRP(Explainer):

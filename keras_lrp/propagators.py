@@ -164,6 +164,22 @@ class AddProp(Propagator):
 
 # --------------------------------------------------------------------------- linear layers
 
+def _last_axis_matmul(w):
+    return lambda t: tf.einsum("...d,dm->...m", t, w)
+
+
+def linear_forward(prop: Propagator, layer, linear_map, x):
+    """``y = activation(f(x) + b)`` for a layer with ``kernel`` / ``bias`` / ``activation``, where
+    ``linear_map(kernel)`` gives ``f``; the output layer returns the pre-activation.
+    Returns ``(y, (x, kernel, bias, z))``."""
+    w = prop.ctx.weight(layer.kernel)
+    b = prop.ctx.weight(layer.bias) if layer.use_bias else None
+    z = linear_map(w)(x)
+    if b is not None:
+        z = z + b
+    return (z if prop.is_output else layer.activation(z)), (x, w, b, z)
+
+
 class DenseProp(Propagator):
     """``y = activation(x W + b)`` on the last axis, epsilon-rule over W (N = input units)."""
 
@@ -173,13 +189,7 @@ class DenseProp(Propagator):
         self.dense = inner
 
     def forward1(self, x, mask):
-        w = self.ctx.weight(self.dense.kernel)
-        b = self.ctx.weight(self.dense.bias) if self.dense.use_bias else None
-        z = tf.einsum("...d,dm->...m", x, w)
-        if b is not None:
-            z = z + b
-        y = z if self.is_output else self.dense.activation(z)
-        return y, (x, w, b, z)
+        return linear_forward(self, self.dense, _last_axis_matmul, x)
 
     def relevance1(self, cache, r):
         x, w, b, z = cache
@@ -231,13 +241,7 @@ class Conv1DProp(Propagator):
         return f
 
     def forward1(self, x, mask):
-        w = self.ctx.weight(self.layer.kernel)
-        b = self.ctx.weight(self.layer.bias) if self.layer.use_bias else None
-        z = self._conv(w)(x)
-        if b is not None:
-            z = z + b
-        y = z if self.is_output else self.layer.activation(z)
-        return y, (x, w, b, z)
+        return linear_forward(self, self.layer, self._conv, x)
 
     def relevance1(self, cache, r):
         x, w, b, z = cache
