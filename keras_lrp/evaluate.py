@@ -605,7 +605,7 @@ class ToyResult:
         n = len(self.methods)
         cols = min(n, 3)
         rows = (n + cols - 1) // cols
-        fig = _figure(figsize=(3.6 * cols, 3.3 * rows), layout="constrained")
+        fig = _figure(figsize=(3.3 * cols, 3.0 * rows), layout="constrained")
         axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
         idx = np.arange(min(max_points, self.positions.shape[0]))
         r_rows = np.arange(self.positions.shape[0])[idx]
@@ -613,7 +613,7 @@ class ToyResult:
             r = self.relevance[m]
             for j, (color, name) in enumerate((("#d62728", "first"), ("#1f77b4", "second"))):
                 ax.scatter(self.contributions[idx, j], r[r_rows, self.positions[idx, j]], s=6, alpha=0.5,
-                           color=color, label=f"{name} marked")
+                           linewidths=0, color=color, label=f"{name} marked")
             d = self.metrics[m]
             ax.set_title(f"{_LABELS.get(m, m)}: top-2 {100 * d['top2_accuracy']:.0f}%, "
                          f"ρ {d['corr_first']:.2f}/{d['corr_second']:.2f}", fontsize=9)
@@ -729,7 +729,10 @@ def _write_outputs(out_dir: Optional[str], stem: str, result, title: str) -> Lis
 
     os.makedirs(out_dir, exist_ok=True)
     png = os.path.join(out_dir, f"{stem}.png")
-    save_png(result.plot() if stem.startswith("toy") else result.plot(title=title), png)
+    if stem.startswith("toy"):
+        save_png(result.plot(), png, dpi=110)
+    else:
+        save_png(result.plot(title=title), png)
     md = os.path.join(out_dir, f"{stem}.md")
     with open(md, "w", encoding="utf-8") as f:
         f.write(f"# {title}\n\n{result.table()}\n")
@@ -759,8 +762,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                               verbose=not args.quiet)
         print(result.table())
         stem = f"toy_{args.operation}" + ("_bilstm" if args.bidirectional else "")
-        title = (f"Toy task '{args.operation}' (Arras et al. 2019), "
-                 f"{'Bidirectional(LSTM' if args.bidirectional else 'LSTM('}{args.units}){')' if args.bidirectional else ''}")
+        layer = f"Bidirectional(LSTM({args.units}))" if args.bidirectional else f"LSTM({args.units})"
+        title = f"Toy task '{args.operation}' (Arras et al. 2019), {layer} -> Dense(1)"
     else:
         if args.max_sentences is not None:
             _check_int("--max-sentences", args.max_sentences, 1)

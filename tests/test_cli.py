@@ -72,16 +72,27 @@ def test_text_with_token_model_json_html_png(files):
     assert (files / "h.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_stdin_many_sentences_in_order_and_target_name(files, call):
+def test_stdin_many_sentences_in_order_and_target_name(files):
     text = "i love the movie\n\nboring\nthe plot is interesting though i hate it\n"
     out = files / "many.jsonl"
-    r = call("explain", "--model", str(files / "vectors.h5"), "--vocab", str(files / "vocab.json"),
+    r = run("explain", "--model", str(files / "vectors.h5"), "--vocab", str(files / "vocab.json"),
             "--embeddings", str(files / "emb.npy"), "--classes", "neg,pos", "--target", "pos",
             "--json", str(out), "--batch-size", "1", stdin=text)
     assert r.returncode == 0, r.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert [x["text"] for x in recs] == ["i love the movie", "boring", "the plot is interesting though i hate it"]
     assert all(x["target"] == "pos" for x in recs)
+
+
+def test_input_file_shows_progress_and_writes_every_line(files, tmp_path):
+    sentences = [" ".join(WORDS[i % 7:i % 7 + 1 + i % 4]) for i in range(40)]
+    (tmp_path / "in.txt").write_text("\n".join(sentences) + "\n")
+    r = run("explain", "--input", str(tmp_path / "in.txt"), "--model", str(files / "tokens.keras"),
+            "--vocab", str(files / "vocab.json"), "--json", str(tmp_path / "o.jsonl"), "--batch-size", "8")
+    assert r.returncode == 0, r.stderr
+    assert "explaining: 40/40 sentences (100%" in r.stderr
+    recs = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [x["text"] for x in recs] == sentences
 
 
 def test_methods_and_rules(files, call):

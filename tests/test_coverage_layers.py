@@ -1,7 +1,7 @@
 """Feed-forward layers: keras_lrp.explain vs the plain numpy oracles of tests/oracle_layers.py.
 
 Each layer in a tiny model (Input((T, F)) -> layer -> Flatten / pooling -> Dense(3)), float64, random
-perturbed weights, for three epsilon-rule settings; plus the seed's text CNN, functional models with
+perturbed weights, for two of three epsilon-rule settings; plus the seed's text CNN, functional models with
 Concatenate / Add (a tensor feeding two layers), TimeDistributed(Dense) and Reshape.
 """
 import numpy as np
@@ -49,9 +49,12 @@ LAYERS = {
     "avgpool_2_s1": lambda: [L.AveragePooling1D(2, strides=1), L.Flatten()],
     "global_avg": lambda: [L.GlobalAveragePooling1D()],
     "global_max": lambda: [L.GlobalMaxPooling1D()],
+    "global_avg_keepdims": lambda: [L.GlobalAveragePooling1D(keepdims=True), L.Flatten()],
+    "global_max_keepdims": lambda: [L.GlobalMaxPooling1D(keepdims=True), L.Flatten()],
     "time_distributed_dense": lambda: [L.TimeDistributed(L.Dense(4, activation="tanh")), L.Flatten()],
     "reshape_9x2_conv": lambda: [L.Reshape((9, 2)), L.Conv1D(3, 2), L.Flatten()],
     "reshape_3x6_dense": lambda: [L.Reshape((3, 6)), L.Dense(2), L.Flatten()],
+    "reshape_auto_dim": lambda: [L.Reshape((-1, 2)), L.Conv1D(2, 3, padding="same"), L.Flatten()],
     "identities": lambda: [L.Dropout(0.5), L.SpatialDropout1D(0.3), L.GaussianNoise(1.0), L.GaussianDropout(0.2),
                            L.AlphaDropout(0.2), L.ActivityRegularization(0.1), L.Activation("tanh"), L.Flatten()],
     "conv_pool_conv_chain": lambda: [L.Conv1D(4, 2, padding="causal", activation="tanh"),
@@ -60,8 +63,21 @@ LAYERS = {
 }
 
 
-@pytest.mark.parametrize("eps,bf", SETTINGS)
-@pytest.mark.parametrize("name", sorted(LAYERS))
+RESHAPE_BUG = pytest.mark.xfail(
+    strict=True, reason="Reshape((-1, 2)): the propagator reshapes to the raw target (-1, 2), the static "
+    "shape is lost, Flatten gives (batch, None) and the Dense bias share divides by fan_in None (TypeError)")
+
+
+def _layer_cases():
+    """Every layer with (0.01, 1) (stabiliser and bias share) and, alternating, the paper's setting
+    (1e-3, 0) or the conserving one (0, 1)."""
+    for n, name in enumerate(sorted(LAYERS)):
+        for eps, bf in [SETTINGS[2], SETTINGS[n % 2]]:
+            marks = [RESHAPE_BUG] if (name == "reshape_auto_dim" and bf != 0) else []
+            yield pytest.param(name, eps, bf, marks=marks, id=f"{name}-{eps}-{bf}")
+
+
+@pytest.mark.parametrize("name,eps,bf", list(_layer_cases()))
 def test_layer_matches_oracle(name, eps, bf):
     model = sequential(LAYERS[name]() + [L.Dense(CLASSES)], seed=len(name))
     OL.check_explain(model, x_float(seed=len(name) + 1), TARGETS, OL.Ctx(eps, bf, "all"))
@@ -106,9 +122,10 @@ def test_text_cnn(eps, bf):
     assert e.relevance.shape == (3, LEN, EMB)
     assert e.word_relevance.shape == (3, LEN)
     # scores are the pre-softmax logits of the model's own forward pass
-    logits = np.log(OL.model_output(model, ids))
-    np.testing.assert_allclose(logits - logits.mean(1, keepdims=True),
-                               e.scores - e.scores.mean(1, keepdims=True), atol=1e-5)
+    logits = OL.model_output(keras.Model(model.inputs[0], model.layers[-2].output), ids)
+    np.testing.assert_allclose(e.scores, logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.softmax(e.scores)),
+                               OL.model_output(model, ids), atol=1e-6)
     if bf == 1.0 and eps == 0.0:
         np.testing.assert_allclose(e.relevance.sum((1, 2)) + e.rest, e.explained_score, atol=1e-10)
         np.testing.assert_array_equal(e.rest, 0)

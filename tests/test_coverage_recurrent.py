@@ -196,6 +196,29 @@ def test_tagger_per_sample_timesteps(eps, bf):
     np.testing.assert_array_equal(e.target, out.argmax(-1))
 
 
+def pooled_tagger():
+    """The output time axis is shorter than the input's: (batch, T // 2, classes)."""
+    return sequential([L.MaxPooling1D(2), L.LSTM(UNITS, return_sequences=True),
+                       L.TimeDistributed(L.Dense(CLASSES))], seed=6, steps=6)
+
+
+def test_tagger_after_pooling_output_timesteps():
+    model = pooled_tagger()
+    x = x_float(14, steps=6)
+    OL.check_explain(model, x, TARGETS, OL.Ctx(0.01, 1.0, "all"), timesteps=np.array([2, 0, 1]))
+    e = keras_lrp.explain(model, x, TARGETS, timestep=-1, dtype="float64")
+    np.testing.assert_array_equal(e.timestep, 2)
+
+
+@pytest.mark.xfail(strict=True, reason="timestep is validated against the input length (6), not the "
+                   "output's time axis (3): a TensorFlow InvalidArgumentError from the gather instead")
+@pytest.mark.parametrize("timestep", [3, 5, -4])
+def test_tagger_after_pooling_rejects_timestep_beyond_output(timestep):
+    model = pooled_tagger()
+    with pytest.raises(ValueError, match="timestep"):
+        keras_lrp.explain(model, x_float(14, steps=6), TARGETS, timestep=timestep, dtype="float64")
+
+
 def test_stacked_gru_tagger_half_rule():
     model = sequential([L.GRU(UNITS, return_sequences=True), L.Bidirectional(L.GRU(2, return_sequences=True),
                                                                              merge_mode="sum"),
@@ -203,6 +226,14 @@ def test_stacked_gru_tagger_half_rule():
     x = x_float(11)
     OL.check_explain(model, x, TARGETS, OL.Ctx(0.0, 1.0, "half"), timesteps=np.array([1, 4, 2]),
                      against_model=False)
+
+
+def test_recurrent_layer_as_output():
+    """No Dense head: the explained scores are the hidden states themselves."""
+    model = sequential([L.LSTM(UNITS, return_sequences=True), L.Bidirectional(L.GRU(2, return_sequences=True),
+                                                                                merge_mode="ave")], seed=15)
+    OL.check_explain(model, x_float(15), np.array([0, 1, 1]), OL.Ctx(0.0, 1.0, "half"),
+                     timesteps=np.array([4, 0, 2]))
 
 
 # --------------------------------------------------------------------------- regression

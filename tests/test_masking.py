@@ -33,10 +33,10 @@ def float_model(layers, seed):
     return OL.perturb(model, seed + 1)
 
 
-def pad(x, side):
+def pad(x, side, value=0):
     shape = (x.shape[0], N_PAD) + x.shape[2:]
-    zeros = np.zeros(shape, x.dtype)
-    return np.concatenate([zeros, x] if side == "pre" else [x, zeros], axis=1)
+    pads = np.full(shape, value, x.dtype)
+    return np.concatenate([pads, x] if side == "pre" else [x, pads], axis=1)
 
 
 def real_slice(side):
@@ -47,9 +47,9 @@ def pad_slice(side):
     return slice(0, N_PAD) if side == "pre" else slice(N_REAL, N_REAL + N_PAD)
 
 
-def check_padding_invariance(model, x, side, ctx, timesteps=None, shift=0):
+def check_padding_invariance(model, x, side, ctx, timesteps=None, shift=0, value=0):
     """The padded batch vs the unpadded one, and vs the oracle on the padded batch."""
-    xp = pad(x, side)
+    xp = pad(x, side, value)
     steps_p = None if timesteps is None else timesteps + shift
     e_pad = OL.check_explain(model, xp, TARGETS, ctx, timesteps=steps_p)
     e = keras_lrp.explain(model, x, TARGETS, timestep=timesteps, eps=ctx.eps, bias_factor=ctx.bias_factor,
@@ -74,6 +74,11 @@ RECURRENT = {
     "bilstm_seq_ave_gap": lambda: [L.Bidirectional(L.LSTM(2, return_sequences=True), merge_mode="ave"),
                                    L.GlobalAveragePooling1D()],
     "bigru_seq_lstm": lambda: [L.Bidirectional(L.GRU(2, return_sequences=True)), L.LSTM(3)],
+    # layers in between that pass the mask on
+    "td_dense_dropout_lstm": lambda: [L.TimeDistributed(L.Dense(3, activation="tanh")), L.Dropout(0.5),
+                                      L.LSTM(3)],
+    "lstm_seq_dense_gap": lambda: [L.LSTM(3, return_sequences=True), L.Dense(2, activation="tanh"),
+                                   L.GlobalAveragePooling1D()],
 }
 
 
@@ -103,6 +108,15 @@ def test_masking_layer(name, side):
     model = cached_float_model(name)
     x = np.random.default_rng(3).standard_normal((3, N_REAL, F))
     check_padding_invariance(model, x, side, OL.Ctx(0.0, 1.0, "half" if name == "lstm" else "all"))
+
+
+def test_masking_layer_non_zero_mask_value():
+    keras.utils.set_random_seed(21)
+    model = keras.Sequential([keras.Input((None, F)), L.Masking(-1.0), L.Bidirectional(L.GRU(2)),
+                              L.Dense(CLASSES)])
+    OL.perturb(model, 22)
+    x = np.random.default_rng(21).standard_normal((3, N_REAL, F))
+    check_padding_invariance(model, x, "post", OL.Ctx(0.01, 1.0, "prop"), value=-1.0)
 
 
 def test_interior_masked_step_gets_zero_and_matches_oracle():
