@@ -371,6 +371,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-color", action="store_true", help="no ANSI colours")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    from .evaluate import add_evaluate_parser
+    add_evaluate_parser(sub)
     return parser
 
 
@@ -379,6 +381,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if not args.debug:
             _start_tensorflow_quietly()
+        if args.command == "evaluate":
+            from .evaluate import run_evaluate
+            return run_evaluate(args)
         if args.batch_size < 1:
             raise CLIError("--batch-size must be >= 1")
         if args.npy:

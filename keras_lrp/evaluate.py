@@ -263,7 +263,7 @@ class WordDeletionResult:
         broken = {m: n for m, n in self.nonfinite.items() if n}
         if broken:
             out.append("Sentences with non-finite (overflowing) relevance: " +
-                       ", ".join(f"{_LABELS.get(m, m)} {n}" for m, n in broken.items()) + "")
+                       ", ".join(f"{_LABELS.get(m, m)} {n}" for m, n in broken.items()))
             out.append("")
         return "\n".join(out)
 
@@ -553,7 +553,8 @@ def marked_input_metrics(relevance: np.ndarray, positions: np.ndarray, contribut
         return float(np.corrcoef(u, v)[0, 1])
 
     return {"top2_accuracy": float(hit.mean()), "corr_first": corr(r[rows, pos[:, 0]], c[:, 0]),
-            "corr_second": corr(r[rows, pos[:, 1]], c[:, 1]), "marked_share": float(share.mean()) if share.size else float("nan"),
+            "corr_second": corr(r[rows, pos[:, 1]], c[:, 1]),
+            "marked_share": float(share.mean()) if share.size else float("nan"),
             "nonfinite": float((~finite).mean())}
 
 
@@ -700,6 +701,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--bias-factor", type=float, default=0.0, help="bias share, 0 (default) to 1")
     p.add_argument("--batch-size", type=int, default=256, help="sentences per batch (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks")
     g = p.add_argument_group("word deletion")
     g.add_argument("--shipped", default="sst5", choices=["sst5", "sst2"], help="shipped model (default sst5)")
     g.add_argument("--data", help="SST file or folder (default: test.txt in $KERAS_LRP_SST_DIR or ../shared/data/sst)")
@@ -785,7 +787,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
               f"{100 * result.accuracy:.1f}%\n")
         print(result.table())
         stem = f"word_deletion_{args.shipped}" + ("" if args.replacement == "zero" else f"_{args.replacement}")
-        title = f"Word deletion, shipped {args.shipped} model, {os.path.basename(path)}"
+        title = (f"Word deletion, shipped {args.shipped} model, {os.path.basename(path)}, deleted word = "
+                 + {"zero": "zero vector", "unk": "unknown token", "pad": "padding token"}[args.replacement])
     for path in _write_outputs(args.out_dir, stem, result, title):
         print(f"wrote {path}")
     if not args.quiet:

@@ -1,6 +1,7 @@
 """The entry point: ``explain(model, inputs, target=...)`` and the reusable ``LRP`` explainer."""
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -147,6 +148,12 @@ class Explainer:
         parts = [self._call_padded(x[i:i + batch_size], t[i:i + batch_size], steps[i:i + batch_size])
                  for i in range(0, n, batch_size)]
         relevance, scores, target_out, rest, step_out = (np.concatenate([p[k] for p in parts]) for k in range(5))
+        bad = ~np.isfinite(relevance.reshape(n, -1)).all(axis=1)
+        if bad.any():
+            warnings.warn(f"{int(bad.sum())} of {n} explanations contain inf/NaN: the relevance overflowed "
+                          f"{self.dtype} (rule={self.gate_rule!r}, eps={self.rule.eps}); the 'prop' rule divides "
+                          "by gate + signal and can amplify relevance step after step. Use dtype='float64', "
+                          "a larger eps, or rule='all'.", RuntimeWarning, stacklevel=2)
         return Explanation(relevance=relevance, scores=scores, target=target_out.astype(np.int64), rest=rest,
                            timestep=step_out.astype(np.int64) if self.has_time_axis else None)
 
@@ -223,11 +230,19 @@ class Explainer:
             raise ValueError("this model's output has a time axis (batch, time, outputs): pass "
                              "timestep= (an int, or one per sample) to say which output step to explain.")
         t = _per_sample_ints(timestep, "timestep", batch)
-        steps = x.shape[1]
+        steps = self._output_steps(x.shape)
         if np.any(t >= steps) or np.any(t < -steps):
-            raise ValueError(f"timestep out of range: the sequences have {steps} steps "
-                             f"(valid 0..{steps - 1}, or negative from the end).")
+            raise ValueError(f"timestep out of range: for inputs of {x.shape[1]} steps the model outputs "
+                             f"{steps} steps (valid 0..{steps - 1}, or negative from the end).")
         return t
+
+    def _output_steps(self, input_shape) -> int:
+        """Length of the output's time axis for inputs of ``input_shape`` (pooling may shorten it)."""
+        try:
+            steps = self.model.compute_output_shape((1,) + tuple(input_shape[1:]))[1]
+        except Exception:  # a layer without static shape inference: assume time is kept
+            steps = None
+        return int(steps) if steps is not None else int(input_shape[1])
 
 
 def _per_sample_ints(value, name: str, batch: int) -> np.ndarray:

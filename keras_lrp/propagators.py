@@ -124,11 +124,12 @@ class ReshapeProp(Propagator):
     """Flatten and Reshape: relevance is reshaped back."""
 
     def forward1(self, x, mask):
+        # the static output shape where Keras can resolve it (a -1 or None stays dynamic)
+        static = self.layer.compute_output_shape((None,) + tuple(x.shape[1:]))[1:]
         if isinstance(self.layer, keras.layers.Flatten):
-            known = all(d is not None for d in x.shape[1:])
-            target = [int(np.prod(x.shape[1:])) if known else -1]
+            target = [static[0] if static[0] is not None else -1]
         else:
-            target = list(self.layer.target_shape)
+            target = [d if d is not None else -1 for d in static]
         return tf.reshape(x, [tf.shape(x)[0]] + target), tf.shape(x)
 
     def relevance1(self, shape, r):
@@ -193,7 +194,7 @@ class DenseProp(Propagator):
 
     def relevance1(self, cache, r):
         x, w, b, z = cache
-        return rules.linear(x, w, b, z, r, self.ctx.eps), None
+        return rules.linear(x, w, b, z, r, self.ctx.eps, fan_in=w.shape[0]), None
 
 
 def gradient_linear(f, x, z, bias, r, eps: Epsilon, connections=None):
@@ -387,11 +388,16 @@ class RecurrentProp(Propagator):
         r_in, rest = 0, 0
         for rnn, (x_tm, mask_tm, acts, k, u, b), r in zip(
                 self.directions, caches, self._split_output_relevance(ys, r_outs)):
+            dropped = 0
             if self.return_sequences:
                 r_seq = tf.transpose(r, [1, 0, 2])
                 if rnn.go_backwards and self.merge_mode != "single":
                     r_seq = tf.reverse(r_seq, [0])
-                r_last, r_seq = tf.zeros_like(r_seq[0]), r_seq
+                if mask_tm is not None and rnn.zero_output_for_mask:
+                    # the output is the constant 0 at masked steps: what reaches it is parked in rest
+                    dropped = tf.reduce_sum(tf.where(mask_tm, tf.zeros_like(r_seq), r_seq), axis=[0, 2])
+                    r_seq = tf.where(mask_tm, r_seq, tf.zeros_like(r_seq))
+                r_last = tf.zeros_like(r_seq[0])
             else:
                 r_last, r_seq = r, None
             if self.kind == _LSTM:
@@ -401,7 +407,7 @@ class RecurrentProp(Propagator):
                 r_x, r0 = gru_relevance(x_tm, acts, k, u, b, r_last, self.ctx.eps, rnn.cell.reset_after,
                                         self.ctx.gate_rule, r_seq, mask_tm)
             r_in += tf.reverse(r_x, [0]) if rnn.go_backwards else r_x
-            rest += r0
+            rest += r0 + dropped
         return [tf.transpose(r_in, [1, 0, 2])], rest
 
 

@@ -63,18 +63,12 @@ LAYERS = {
 }
 
 
-RESHAPE_BUG = pytest.mark.xfail(
-    strict=True, reason="Reshape((-1, 2)): the propagator reshapes to the raw target (-1, 2), the static "
-    "shape is lost, Flatten gives (batch, None) and the Dense bias share divides by fan_in None (TypeError)")
-
-
 def _layer_cases():
     """Every layer with (0.01, 1) (stabiliser and bias share) and, alternating, the paper's setting
     (1e-3, 0) or the conserving one (0, 1)."""
     for n, name in enumerate(sorted(LAYERS)):
         for eps, bf in [SETTINGS[2], SETTINGS[n % 2]]:
-            marks = [RESHAPE_BUG] if (name == "reshape_auto_dim" and bf != 0) else []
-            yield pytest.param(name, eps, bf, marks=marks, id=f"{name}-{eps}-{bf}")
+            yield pytest.param(name, eps, bf, id=f"{name}-{eps}-{bf}")
 
 
 @pytest.mark.parametrize("name,eps,bf", list(_layer_cases()))

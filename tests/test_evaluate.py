@@ -1,6 +1,5 @@
 """Word deletion and the toy task (keras_lrp.evaluate, keras_lrp.toy) on tiny models made here."""
 import argparse
-import itertools
 import json
 import os
 

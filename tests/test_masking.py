@@ -17,7 +17,6 @@ L = keras.layers
 VOCAB, EMB, F, CLASSES = 12, 3, 3, 3
 N_REAL, N_PAD = 4, 3
 TARGETS = np.array([0, 2, 1])
-CTX = OL.Ctx(0.01, 1.0, "all")
 
 
 def token_model(layers, seed, mask_zero=True, head=None):
@@ -179,3 +178,21 @@ def test_masked_global_average_pooling_excludes_pads():
     nomask.set_weights(model.get_weights())
     e_nomask = keras_lrp.explain(nomask, pad(ids, "post"), TARGETS, dtype="float64")
     assert not np.allclose(e_nomask.scores, e_pad.scores)
+
+
+def test_masked_bidirectional_tagger_at_a_pad_explains_nothing_on_the_tokens():
+    """Bidirectional(return_sequences) outputs the constant 0 at masked steps (zero_output_for_mask):
+    explaining a pad position gives the real tokens no relevance; what reaches the zeros is in rest."""
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((None,), dtype="int32"), L.Embedding(10, 3, mask_zero=True),
+                              L.Bidirectional(L.LSTM(2, return_sequences=True)), L.TimeDistributed(L.Dense(2))])
+    rng = np.random.default_rng(0)
+    model.set_weights([w + 0.3 * rng.standard_normal(w.shape) for w in model.get_weights()])
+    e = keras_lrp.explain(model, np.array([[3, 4, 5, 0, 0]]), [0], timestep=4, eps=0.0, bias_factor=1.0,
+                          dtype="float64")
+    np.testing.assert_array_equal(e.word_relevance, 0)
+    np.testing.assert_allclose(e.relevance.sum() + e.rest, e.explained_score, atol=1e-12)
+    real = keras_lrp.explain(model, np.array([[3, 4, 5, 0, 0]]), [0], timestep=1, eps=0.0, bias_factor=1.0,
+                             dtype="float64")
+    assert np.abs(real.word_relevance[0, :3]).sum() > 0 and np.all(real.word_relevance[0, 3:] == 0)

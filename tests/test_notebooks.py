@@ -1,5 +1,4 @@
 """Every notebook in notebooks/ runs end to end (in fast mode, KERAS_LRP_NB_FAST=1) and shows figures."""
-import os
 import pathlib
 
 import pytest
