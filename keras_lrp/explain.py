@@ -37,7 +37,8 @@ class Explanation:
         scores: (batch, outputs) pre-activation outputs of the model (at ``timestep`` for models
             whose output has a time axis).
         target: (batch,) the explained output index per sample.
-        rest: (batch,) relevance left on the recurrent layers' zero initial states. With
+        rest: (batch,) relevance left on the recurrent layers' zero initial states (and on the
+            constant zero outputs of masked steps of Bidirectional return_sequences layers). With
             ``eps = 0, bias_factor = 1``: ``relevance.sum() + rest == scores[target]`` per sample;
             otherwise the stabiliser and the dropped bias terms absorb the difference.
         timestep: (batch,) the explained output timestep, or None for models without a time axis.
