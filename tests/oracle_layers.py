@@ -618,6 +618,18 @@ def explain_chain(model, inputs, targets, ctx, timesteps=None):
 
 # --------------------------------------------------------------------------- test helpers
 
+def random_sequences(seed, batch, steps, features):
+    """Standard-normal float inputs (batch, steps, features)."""
+    return np.random.default_rng(seed).standard_normal((batch, steps, features))
+
+
+def sequential_model(layers, features, seed=0, steps=None):
+    """Input((steps, features)) -> layers, with Keras's initial weights perturbed (non-zero biases)."""
+    import keras
+    keras.utils.set_random_seed(seed)
+    return perturb(keras.Sequential([keras.Input((steps, features))] + layers), seed + 100)
+
+
 def perturb(model, seed, scale=0.3):
     """Add Gaussian noise to every weight (Keras initialises biases to zeros / ones)."""
     rng = np.random.default_rng(seed)

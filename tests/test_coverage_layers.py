@@ -18,13 +18,11 @@ TARGETS = np.array([0, 2, 1])
 
 
 def x_float(seed=0, batch=3, steps=T):
-    return np.random.default_rng(seed).standard_normal((batch, steps, F))
+    return OL.random_sequences(seed, batch, steps, F)
 
 
 def sequential(layers, seed=0, steps=T):
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((steps, F))] + layers)
-    return OL.perturb(model, seed + 100)
+    return OL.sequential_model(layers, F, seed, steps)
 
 
 LAYERS = {
