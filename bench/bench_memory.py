@@ -9,8 +9,6 @@ loading TensorFlow and building the model, after explain, the growth, and the ra
 smallest N. The inputs and the returned relevance (N x 20 x 60 float32 each) are part of the peak.
 """
 import argparse
-import os
-import resource
 import subprocess
 import sys
 

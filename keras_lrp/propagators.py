@@ -26,10 +26,9 @@ Anything else raises :class:`UnsupportedLayerError` before any computation.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from . import rules

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .text import Tokenizer
+from .text import Tokenizer, Vocabulary
 
 __all__ = ["Tree", "SSTSentence", "SSTFormatError", "parse_tree", "read_sst", "to_binary",
            "iter_phrases", "SentimentModel", "load_pretrained", "SST5_CLASS_NAMES", "SST2_CLASS_NAMES"]

@@ -1,7 +1,6 @@
 """Determinism, numerics and robustness (issue: reliability)."""
 import io
 import json
-import string
 import sys
 
 import keras

@@ -1,5 +1,4 @@
 """Tests of keras_lrp.visualize: colour semantics, HTML, ANSI, figures, validation."""
-import html as html_lib
 import re
 import struct
 import subprocess
