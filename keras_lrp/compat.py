@@ -83,7 +83,7 @@ def _f64(a) -> tf.Tensor:
     return tf.constant(np.asarray(a, np.float64))
 
 
-def time_major(a) -> tf.Tensor:
+def _time_major(a) -> tf.Tensor:
     """(batch, T, .) array -> (T, batch, .) float64 tensor."""
     return _f64(np.asarray(a).swapaxes(0, 1))
 
@@ -147,13 +147,13 @@ def lrp_lstm_batch(activations: Dict[str, np.ndarray], hin, Rout_Left_last, batc
     for side, (kernel, recurrent, *bias), xs, r in zip(sides, weights, [x, x[:, ::-1]], r_last):
         gates = np.asarray(activations[f"gates_{side}"], np.float64)
         c = np.asarray(activations[f"c_{side}"], np.float64)
-        acts = {"h": time_major(activations[f"h_{side}"][:, :seq_len]),
-                "c": time_major(c[:, :seq_len]),
-                "fc": time_major(gates[..., d:2 * d] * c[:, np.r_[-1, 0:seq_len - 1]]),   # f_t c_{t-1}
-                "ig": time_major(gates[..., 0:d] * gates[..., 2 * d:3 * d]),             # i_t g_t
-                "z": time_major(activations[f"gates_pre_{side}"][..., 2 * d:3 * d])}
+        acts = {"h": _time_major(activations[f"h_{side}"][:, :seq_len]),
+                "c": _time_major(c[:, :seq_len]),
+                "fc": _time_major(gates[..., d:2 * d] * c[:, np.r_[-1, 0:seq_len - 1]]),   # f_t c_{t-1}
+                "ig": _time_major(gates[..., 0:d] * gates[..., 2 * d:3 * d]),             # i_t g_t
+                "z": _time_major(activations[f"gates_pre_{side}"][..., 2 * d:3 * d])}
         r_x_side, rest_side = lstm_relevance(
-            time_major(xs), acts, _f64(kernel), _f64(recurrent), _f64(bias[0]) if bias else None,
+            _time_major(xs), acts, _f64(kernel), _f64(recurrent), _f64(bias[0]) if bias else None,
             _f64(r), rule)
         r_x.append(r_x_side.numpy().swapaxes(0, 1))
         rest += rest_side.numpy()

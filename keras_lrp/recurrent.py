@@ -96,9 +96,8 @@ def lstm_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor, b
         h_tm1, c_tm1 = carry[0], carry[1]
         z = e[0] + tf.matmul(h_tm1, recurrent_kernel)
         s = lstm_step(z, c_tm1, activation, recurrent_activation)
-        if mask is not None:
-            s = s._replace(h=tf.where(e[1], s.h, h_tm1), c=tf.where(e[1], s.c, c_tm1))
-        out = (s.h, s.c, s.fc, s.ig, z[..., keep])
+        m = e[1] if mask is not None else None
+        out = (_carry_where_masked(m, s.h, h_tm1), _carry_where_masked(m, s.c, c_tm1), s.fc, s.ig, z[..., keep])
         return out if gate_rule == "all" else out + (tf.concat([s.i, s.f, s.g, s.o], axis=-1),)
 
     init = (zeros,) * 4 + (xz[0, :, keep],) + ((xz[0],) if gate_rule != "all" else ())

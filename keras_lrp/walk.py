@@ -42,18 +42,18 @@ class Walk:
                 if isinstance(n.layer, keras.layers.Embedding):
                     raise UnsupportedLayerError(n.layer, "an Embedding must be the model's first layer.")
         self.start = first.outputs[0] if self.embedding is not None else graph.input
-        outputs = self._output_nodes(graph, nodes)
+        outputs = self._output_nodes(graph)
         self.nodes = nodes
         self.propagators = [propagator_for(n.layer, ctx, is_output=id(n) in outputs) for n in nodes]
 
     @staticmethod
-    def _output_nodes(graph: Graph, nodes) -> set:
+    def _output_nodes(graph: Graph) -> set:
         """The output node and, through trailing identity/activation layers, the layer whose
         pre-activation is explained."""
         marked, key = set(), graph.output
         while True:
-            node = next((n for n in nodes if key in n.outputs), None)
-            if node is None:
+            node = graph.producer(key)
+            if node is None or isinstance(node.layer, keras.layers.Embedding):
                 return marked
             marked.add(id(node))
             if not isinstance(node.layer, IDENTITY_LAYERS):
@@ -90,8 +90,7 @@ class Walk:
         """Relevance at the start tensor, and ``rest`` (batch,): relevance parked on initial states."""
         values = caches["values"]
         relevance: Dict[int, tf.Tensor] = {self.graph.output: r_out}
-        rest = tf.zeros_like(values[self.start][:, 0, 0] if len(values[self.start].shape) > 2
-                             else values[self.start][:, 0])
+        rest = tf.zeros(tf.shape(r_out)[:1], r_out.dtype)
         for node, prop, cache in zip(reversed(self.nodes), reversed(self.propagators),
                                      reversed(caches["layers"])):
             if not any(k in relevance for k in node.outputs):
