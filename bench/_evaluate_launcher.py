@@ -1,0 +1,21 @@
+"""Shared by the bench/evaluate_*.py launchers: run ``keras-lrp evaluate`` with docs/evaluation as the
+default output folder."""
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from keras_lrp.evaluate import add_evaluate_parser, run_evaluate  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "evaluation")
+
+
+def evaluate(prog: str, argv: list) -> tuple:
+    """(parser, run) for ``prog``: ``run(extra_args)`` runs ``keras-lrp evaluate`` on argv + extra_args,
+    writing to docs/evaluation unless argv names ``--out-dir``."""
+    parser = argparse.ArgumentParser(prog=prog)
+    add_evaluate_parser(parser.add_subparsers(dest="command"))
+    argv = list(argv)
+    if "--out-dir" not in argv:
+        argv += ["--out-dir", OUT]
+    return parser, lambda *extra: run_evaluate(parser.parse_args(["evaluate", *argv, *extra]))
