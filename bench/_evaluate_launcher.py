@@ -2,6 +2,7 @@
 default output folder."""
 import argparse
 import os
+from typing import Callable, List, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -10,8 +11,8 @@ from keras_lrp.evaluate import add_evaluate_parser, run_evaluate  # noqa: E402
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "evaluation")
 
 
-def evaluate(prog: str, argv: list) -> tuple:
-    """(parser, run) for ``prog``: ``run(extra_args)`` runs ``keras-lrp evaluate`` on argv + extra_args,
+def evaluate(prog: str, argv: List[str]) -> Tuple[argparse.ArgumentParser, Callable[..., int]]:
+    """(parser, run) for ``prog``: ``run(*extra_args)`` runs ``keras-lrp evaluate`` on argv + extra_args,
     writing to docs/evaluation unless argv names ``--out-dir``."""
     parser = argparse.ArgumentParser(prog=prog)
     add_evaluate_parser(parser.add_subparsers(dest="command"))
