@@ -10,7 +10,7 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "explain": "explain", "LRP": "explain", "Explainer": "explain", "Explanation": "explain",
+    "explain": "explainer", "LRP": "explainer", "Explainer": "explainer", "Explanation": "explainer",
     "Epsilon": "rules",
     "UnsupportedLayerError": "propagators",
     "LRP_LSTMCell": "cells", "lstm_activations": "cells",

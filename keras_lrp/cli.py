@@ -207,7 +207,7 @@ def _explain_kwargs(args) -> dict:
 
 
 def _explain_text(args) -> int:
-    from . import explain
+    from .explainer import explain
     from .visualize import ansi_color_supported, ansi_heatmap
 
     sentences = _read_sentences(args)
@@ -313,7 +313,7 @@ def _write_figures(args, results):
 
 
 def _explain_numeric(args) -> int:
-    from . import explain
+    from .explainer import explain
     from .visualize import plot_time_feature_heatmap, save_png
 
     if args.model is None:

@@ -115,7 +115,7 @@ def method_relevance(model, inputs, target, method: str, *, eps: float = 1e-3,
         if rng is None:
             raise ValueError("method 'random' needs rng=np.random.default_rng(seed)")
         return rng.random(x.shape[:2])
-    from .explain import explain
+    from .explainer import explain
 
     e = explain(model, x, target, eps=eps, bias_factor=bias_factor, dtype=dtype,
                 batch_size=batch_size, **_METHOD_KWARGS[method])
@@ -347,7 +347,7 @@ def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[in
     """
     import tensorflow as tf
 
-    from .explain import Explainer
+    from .explainer import Explainer
 
     methods = _check_methods(methods, DELETION_METHODS)
     extra = dict(extra_methods or {})
@@ -466,10 +466,10 @@ def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[in
 
 
 def find_sst_dir() -> Optional[str]:
-    """The SST data folder: ``$KERAS_LRP_SST_DIR``, else ``../shared/data/sst`` beside the source
-    checkout, else None."""
+    """The SST data folder: ``$KERAS_LRP_SST_DIR``, else ``tests/data/sst`` of the source checkout
+    (a copy of the Stanford Sentiment Treebank shipped with the repository), else None."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    candidates = [os.environ.get("KERAS_LRP_SST_DIR", ""), os.path.join(here, "..", "shared", "data", "sst")]
+    candidates = [os.environ.get("KERAS_LRP_SST_DIR", ""), os.path.join(here, "tests", "data", "sst")]
     for c in candidates:
         if c and os.path.isfile(os.path.join(c, "test.txt")):
             return os.path.normpath(c)
@@ -704,7 +704,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show Python tracebacks")
     g = p.add_argument_group("word deletion")
     g.add_argument("--shipped", default="sst5", choices=["sst5", "sst2"], help="shipped model (default sst5)")
-    g.add_argument("--data", help="SST file or folder (default: test.txt in $KERAS_LRP_SST_DIR or ../shared/data/sst)")
+    g.add_argument("--data", help="SST file or folder (default: test.txt in $KERAS_LRP_SST_DIR or tests/data/sst)")
     g.add_argument("--split", default="test", choices=["train", "dev", "test"], help="SST split when --data is "
                    "a folder (default test)")
     g.add_argument("--max-sentences", type=int, help="use a random subset of N sentences, drawn with --seed "

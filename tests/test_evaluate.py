@@ -316,7 +316,7 @@ def test_cli_errors_before_work(tmp_path):
 @pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "models", "sst5_bilstm.json")),
                     reason="the shipped SST model is not in models/")
 def test_cli_word_deletion_on_the_shipped_model(tmp_path, capsys):
-    sst = os.path.join(ROOT, "..", "shared", "data", "sst", "test.txt")
+    sst = os.path.join(ROOT, "tests", "data", "sst", "test.txt")
     code = ev.run_evaluate(_args("--data", sst, "--max-sentences", "24", "--max-deletions", "2",
                                  "--methods", "lrp,random", "--quiet", "--out-dir", str(tmp_path)))
     assert code == 0

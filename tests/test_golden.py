@@ -4,7 +4,7 @@ import keras
 import pytest
 
 import oracle
-from conftest import GOLDEN_WEIGHT_KEYS, golden_cases
+from conftest import GOLDEN_WEIGHT_KEYS, conditioned_bound, golden_cases
 
 import keras_lrp
 
@@ -28,11 +28,20 @@ def weights(golden):
 
 
 def test_oracle_reproduces_golden(golden, weights):
-    """The test oracle itself is validated against the reference implementation's numbers."""
+    """The test oracle itself is validated against the reference implementation's numbers.
+
+    The bound of each case comes from its own conditioning (``conditioned_bound``): the eps = 0
+    cases divide by near-cancelling sums, and CPUs / BLAS builds differ there in the last digits
+    (case 1_cons differs by 5.2e-12 on AMD EPYC, where a fixed 1e-12 failed; its bound is ~2e-10)."""
     for name, x, target, eps, bf, scores, relevance, rest in golden_cases(golden):
+        def relevance_of(x, *w):
+            return oracle.explain_bilstm_dense(x, target, list(w), eps, bf)[0]
+        bound = conditioned_bound(relevance_of, [x] + weights)
+        assert bound <= 1e-9, (name, bound)   # the golden cases are all well enough conditioned
         r, rest_o, scores_o = oracle.explain_bilstm_dense(x, target, weights, eps, bf)
-        assert max_rel_err(r, relevance) < 1e-12, name
-        assert abs(rest_o - rest) < 1e-12 and np.allclose(scores_o, scores, rtol=0, atol=1e-12), name
+        assert max_rel_err(r, relevance) < bound, (name, max_rel_err(r, relevance), bound)
+        assert abs(rest_o - rest) < bound * max(1.0, abs(rest)), name
+        assert np.allclose(scores_o, scores, rtol=0, atol=1e-12), name
 
 
 def test_explain_float64_matches_golden(golden, weights):

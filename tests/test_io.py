@@ -23,9 +23,9 @@ from keras_lrp.io import (
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.path.join(HERE, "..", "..", "shared", "fixtures")
-SST_H5 = os.path.join(SHARED, "keras2_sst_bilstm.h5")
-GOLDEN = os.path.join(SHARED, "arras2017_golden.npz")
+FIXTURES = os.path.join(HERE, "data", "fixtures")
+SST_H5 = os.path.join(FIXTURES, "keras2_sst_bilstm.h5")
+GOLDEN = os.path.join(FIXTURES, "arras2017_golden.npz")
 
 
 def _load_generator():

@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import ROOT, shared_file
+from conftest import ROOT, data_file
 
 from keras_lrp.sst import (SSTFormatError, iter_phrases, load_pretrained, parse_tree, read_sst,
                            to_binary)
@@ -16,7 +16,7 @@ TREE = "(3 (2 (2 The) (2 -LRB-plot-RRB-)) (4 (2 's) (4 (3 (2 n't) (1 bad)) (2 .)
 
 @pytest.fixture(scope="module")
 def sst_dir():
-    return shared_file("data/sst")
+    return data_file("sst")
 
 
 def test_parse_handcrafted_tree():

@@ -1,0 +1,127 @@
+"""The propagator interface, the rule context and the one registry of layer type -> propagator.
+
+A propagator is a Keras layer's forward pass (with what its rule needs cached) and its rule. Every
+propagator registers the layer types it handles with :func:`register`; :func:`propagator_for`
+looks a layer up (most specific class first), and :func:`supported_layers` lists the registry, so
+the README table, the error messages and the code read from the same place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple, Type
+
+import keras
+import tensorflow as tf
+
+from ..recurrent import GATE_RULES
+from ..rules import Epsilon
+
+__all__ = ["UnsupportedLayerError", "Context", "Propagator", "register", "refuse", "propagator_for",
+           "supported_layers", "RegistryRow"]
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer the reverse walk has no propagation rule for (or in a configuration it cannot handle)."""
+
+    def __init__(self, layer, why: str):
+        super().__init__(
+            f"layer {layer.name!r} ({type(layer).__name__}) is not supported by keras_lrp: {why}")
+        self.layer = layer
+
+
+class Context:
+    """What every propagator needs to know: dtype and the rules."""
+
+    def __init__(self, dtype: str, eps: Epsilon, gate_rule: str):
+        if gate_rule not in GATE_RULES:
+            raise ValueError(f"rule must be one of {GATE_RULES}, got {gate_rule!r}.")
+        self.dtype, self.eps, self.gate_rule = dtype, eps, gate_rule
+
+    def weight(self, variable) -> tf.Tensor:
+        return tf.cast(variable.value, self.dtype)
+
+
+class Propagator:
+    """Base: a single-input single-output layer. Subclasses implement ``forward1`` and ``relevance1``."""
+
+    def __init__(self, layer, ctx: Context, is_output: bool = False):
+        self.layer, self.ctx, self.is_output = layer, ctx, is_output
+
+    def out_mask(self, x, mask):
+        if mask is None or not self.layer.supports_masking:
+            return None
+        return self.layer.compute_mask(x, mask)
+
+    def forward(self, inputs: List, masks: List):
+        y, cache = self.forward1(inputs[0], masks[0])
+        return [y], [self.out_mask(inputs[0], masks[0])], cache
+
+    def relevance(self, cache, r_outs: List):
+        r_in, rest = self.relevance1(cache, r_outs[0])
+        return [r_in], rest
+
+    def forward1(self, x, mask):
+        raise NotImplementedError
+
+    def relevance1(self, cache, r):
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RegistryRow:
+    """One registry entry: the layer types, the propagator class and the rule in words."""
+
+    layers: Tuple[type, ...]
+    propagator: Type[Propagator]
+    rule: str
+
+
+_REGISTRY: Dict[type, RegistryRow] = {}
+_ROWS: List[RegistryRow] = []
+_REFUSED: Dict[type, str] = {}
+
+
+def register(*layer_types: type, rule: str) -> Callable[[Type[Propagator]], Type[Propagator]]:
+    """Class decorator: ``propagator`` handles ``layer_types`` (and their subclasses, unless a
+    subclass has a row of its own); ``rule`` says in words what it does, for the docs."""
+    def deco(propagator: Type[Propagator]) -> Type[Propagator]:
+        row = RegistryRow(tuple(layer_types), propagator, rule)
+        for t in layer_types:
+            if t in _REGISTRY:
+                raise ValueError(f"{t.__name__} is registered twice ({_REGISTRY[t].propagator.__name__}, "
+                                 f"{propagator.__name__}).")
+            _REGISTRY[t] = row
+        _ROWS.append(row)
+        return propagator
+    return deco
+
+
+def refuse(layer_type: type, why: str) -> None:
+    """Layers of ``layer_type`` are refused with ``why`` (rather than the generic message)."""
+    _REFUSED[layer_type] = why
+
+
+def lookup(layer) -> Optional[RegistryRow]:
+    for cls in type(layer).__mro__:
+        if cls in _REFUSED:
+            return None
+        if cls in _REGISTRY:
+            return _REGISTRY[cls]
+    return None
+
+
+def propagator_for(layer, ctx: Context, is_output: bool = False) -> Propagator:
+    """The propagator for ``layer``, or :class:`UnsupportedLayerError` saying why there is none."""
+    row = lookup(layer)
+    if row is not None:
+        return row.propagator(layer, ctx, is_output)
+    why = next((w for cls, w in _REFUSED.items() if isinstance(layer, cls)), None)
+    if why is None:
+        names = ", ".join(sorted(t.__name__ for t in _REGISTRY))
+        why = f"there is no LRP rule for this layer type. Supported: {names}."
+    raise UnsupportedLayerError(layer, why)
+
+
+def supported_layers() -> List[RegistryRow]:
+    """The registry, in registration order: one row per propagator."""
+    return list(_ROWS)

@@ -1,0 +1,139 @@
+"""Linear layers (Dense, TimeDistributed(Dense), Conv1D) and pooling: the epsilon-rule."""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from .. import rules
+from ..rules import Epsilon
+from .base import Propagator, UnsupportedLayerError, register
+
+__all__ = ["DenseProp", "Conv1DProp", "PoolingProp", "linear_forward", "gradient_linear"]
+
+
+def _last_axis_matmul(w):
+    return lambda t: tf.einsum("...d,dm->...m", t, w)
+
+
+def linear_forward(prop: Propagator, layer, linear_map, x):
+    """``y = activation(f(x) + b)`` for a layer with ``kernel`` / ``bias`` / ``activation``, where
+    ``linear_map(kernel)`` gives ``f``; the output layer returns the pre-activation.
+    Returns ``(y, (x, kernel, bias, z))``."""
+    w = prop.ctx.weight(layer.kernel)
+    b = prop.ctx.weight(layer.bias) if layer.use_bias else None
+    z = linear_map(w)(x)
+    if b is not None:
+        z = z + b
+    return (z if prop.is_output else layer.activation(z)), (x, w, b, z)
+
+
+@register(keras.layers.Dense, keras.layers.TimeDistributed, rule="epsilon-rule over the kernel (N = input units); the activation passes R unchanged; TimeDistributed around Dense only")
+class DenseProp(Propagator):
+    """``y = activation(x W + b)`` on the last axis, epsilon-rule over W (N = input units)."""
+
+    def __init__(self, layer, ctx, is_output=False):
+        inner = layer.layer if isinstance(layer, keras.layers.TimeDistributed) else layer
+        if not isinstance(inner, keras.layers.Dense):
+            raise UnsupportedLayerError(layer, "TimeDistributed is supported around Dense only.")
+        super().__init__(layer, ctx, is_output)
+        self.dense = inner
+
+    def forward1(self, x, mask):
+        return linear_forward(self, self.dense, _last_axis_matmul, x)
+
+    def relevance1(self, cache, r):
+        x, w, b, z = cache
+        return rules.linear(x, w, b, z, r, self.ctx.eps, fan_in=w.shape[0]), None
+
+
+def gradient_linear(f, x, z, bias, r, eps: Epsilon, connections=None):
+    """Epsilon-rule through a linear map given as a function ``f(x)`` (no bias), ``z = f(x) + bias``.
+
+    ``R_x = x * (f^T s) + share`` with ``s = R / (z + eps sign z)``; ``f^T s`` is the gradient of
+    ``<f(x), s>``. The bias/stabiliser share of output m goes to the N_m inputs connected to it,
+    ``connections`` being ``f`` with every weight set to 1 (default: ``f`` itself, right for maps
+    with equal positive weights such as average pooling).
+    """
+    s = tf.stop_gradient(r * rules.inverse_denominator(z, eps))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = f(x)
+    r_x = x * tape.gradient(y, x, output_gradients=s)
+    if eps.has_bias_share:
+        conn = connections or f
+        a = rules.stabilizer(z, eps.eps) + (0 if bias is None else bias)
+        counts = conn(tf.ones_like(x))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = conn(x)
+        r_x += tape.gradient(y, x, output_gradients=eps.bias_factor * tf.math.divide_no_nan(a * s, counts))
+    return r_x
+
+
+@register(keras.layers.Conv1D, rule="epsilon-rule over the kernel (N = connected inputs)")
+class Conv1DProp(Propagator):
+    """Conv1D (channels_last, groups=1): epsilon-rule over the kernel, N = connected inputs."""
+
+    def __init__(self, layer, ctx, is_output=False):
+        super().__init__(layer, ctx, is_output)
+        if layer.data_format != "channels_last" or layer.groups != 1:
+            raise UnsupportedLayerError(layer, "only channels_last Conv1D with groups=1 is supported.")
+
+    def _conv(self, kernel):
+        layer = self.layer
+
+        def f(x):
+            if layer.padding == "causal":
+                left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+                x = tf.pad(x, [[0, 0], [left, 0], [0, 0]])
+            padding = "valid" if layer.padding == "causal" else layer.padding
+            return keras.ops.conv(x, kernel, strides=layer.strides, padding=padding,
+                                  dilation_rate=layer.dilation_rate)
+        return f
+
+    def forward1(self, x, mask):
+        return linear_forward(self, self.layer, self._conv, x)
+
+    def relevance1(self, cache, r):
+        x, w, b, z = cache
+        return gradient_linear(self._conv(w), x, z, b, r, self.ctx.eps, self._conv(tf.ones_like(w))), None
+
+
+@register(keras.layers.MaxPooling1D, keras.layers.AveragePooling1D, keras.layers.GlobalMaxPooling1D,
+          keras.layers.GlobalAveragePooling1D,
+          rule="average: epsilon-rule over the (masked) average; max: winner-take-all, R goes to the maximum")
+class PoolingProp(Propagator):
+    """Average pooling (epsilon-rule over the average) and max pooling (winner-take-all)."""
+
+    def __init__(self, layer, ctx, is_output=False):
+        super().__init__(layer, ctx, is_output)
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            raise UnsupportedLayerError(layer, "only channels_last pooling is supported.")
+        self.is_max = isinstance(layer, (keras.layers.MaxPooling1D, keras.layers.GlobalMaxPooling1D))
+
+    def _f(self, mask):
+        layer = self.layer
+        if isinstance(layer, keras.layers.GlobalMaxPooling1D):
+            return lambda x: tf.reduce_max(x, axis=1, keepdims=layer.keepdims)
+        if isinstance(layer, keras.layers.GlobalAveragePooling1D):
+            def mean(x):   # the masked mean, as Keras computes it
+                m = tf.ones_like(x[..., :1]) if mask is None else tf.cast(mask, x.dtype)[:, :, None]
+                return (tf.reduce_sum(x * m, axis=1, keepdims=layer.keepdims)
+                        / tf.reduce_sum(m, axis=1, keepdims=layer.keepdims))
+            return mean
+        pool = keras.ops.max_pool if self.is_max else keras.ops.average_pool
+        return lambda x: pool(x, layer.pool_size, layer.strides, layer.padding)
+
+    def forward1(self, x, mask):
+        f = self._f(mask)
+        return f(x), (x, f)
+
+    def relevance1(self, cache, r):
+        x, f = cache
+        if self.is_max:
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = f(x)
+            # the gradient of a max routes each output's relevance to its (first) maximum
+            return tape.gradient(y, x, output_gradients=r), None
+        return gradient_linear(f, x, f(x), None, r, self.ctx.eps), None

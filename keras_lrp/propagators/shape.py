@@ -1,0 +1,90 @@
+"""Identity, masking, reshaping and merging layers."""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from .. import rules
+from .base import Propagator, register
+
+__all__ = ["IDENTITY_LAYERS", "Identity", "MaskingProp", "ReshapeProp", "ConcatenateProp", "AddProp"]
+
+
+IDENTITY_LAYERS = (keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.GaussianNoise,
+                   keras.layers.GaussianDropout, keras.layers.AlphaDropout, keras.layers.Activation,
+                   keras.layers.ActivityRegularization)
+
+
+@register(*IDENTITY_LAYERS, rule="identity at inference: R passes unchanged (Activation: element-wise, R unchanged)")
+class Identity(Propagator):
+    """Layers that are the identity (or element-wise) at inference: R passes unchanged."""
+
+    def forward1(self, x, mask):
+        if self.is_output or not isinstance(self.layer, keras.layers.Activation):
+            return x, None
+        return self.layer.activation(x), None
+
+    def relevance1(self, cache, r):
+        return r, None
+
+
+@register(keras.layers.Masking, rule="R passes where kept, exactly 0 at masked steps")
+class MaskingProp(Propagator):
+    """``y = x * keep`` with keep = 0 at timesteps equal to ``mask_value``: R passes where kept."""
+
+    def out_mask(self, x, mask):
+        return self.layer.compute_mask(x, mask)
+
+    def forward1(self, x, mask):
+        keep = tf.reduce_any(tf.not_equal(x, tf.cast(self.layer.mask_value, x.dtype)), axis=-1, keepdims=True)
+        keep = tf.cast(keep, x.dtype)
+        return x * keep, keep
+
+    def relevance1(self, keep, r):
+        return r * keep, None
+
+
+@register(keras.layers.Flatten, keras.layers.Reshape, rule="R is reshaped back, unchanged")
+class ReshapeProp(Propagator):
+    """Flatten and Reshape: relevance is reshaped back."""
+
+    def forward1(self, x, mask):
+        # the static output shape where Keras can resolve it (a -1 or None stays dynamic)
+        static = self.layer.compute_output_shape((None,) + tuple(x.shape[1:]))[1:]
+        if isinstance(self.layer, keras.layers.Flatten):
+            target = [static[0] if static[0] is not None else -1]
+        else:
+            target = [d if d is not None else -1 for d in static]
+        return tf.reshape(x, [tf.shape(x)[0]] + target), tf.shape(x)
+
+    def relevance1(self, shape, r):
+        return tf.reshape(r, shape), None
+
+
+@register(keras.layers.Concatenate, rule="R is split back onto the inputs, unchanged")
+class ConcatenateProp(Propagator):
+    def forward(self, inputs, masks):
+        y = tf.concat(inputs, axis=self.layer.axis)
+        out_mask = self.layer.compute_mask(inputs, masks) if any(m is not None for m in masks) else None
+        return [y], [out_mask], [x.shape[self.layer.axis] for x in inputs]
+
+    def relevance(self, sizes, r_outs):
+        return tf.split(r_outs[0], sizes, axis=self.layer.axis), None
+
+
+@register(keras.layers.Add, rule="epsilon-rule over the summands (N = number of inputs)")
+class AddProp(Propagator):
+    """z = sum of the inputs: epsilon-rule, each input a contribution (N = number of inputs)."""
+
+    def forward(self, inputs, masks):
+        z = tf.add_n(inputs)
+        out_mask = self.layer.compute_mask(inputs, masks) if any(m is not None for m in masks) else None
+        return [z], [out_mask], (inputs, z)
+
+    def relevance(self, cache, r_outs):
+        inputs, z = cache
+        s = r_outs[0] * rules.inverse_denominator(z, self.ctx.eps)
+        share = 0.0
+        if self.ctx.eps.has_bias_share:
+            share = self.ctx.eps.bias_factor * rules.stabilizer(z, self.ctx.eps.eps) * s / len(inputs)
+        return [x * s + share for x in inputs], None
