@@ -19,6 +19,7 @@ _EXPORTS = {
     "UnsupportedModelError": "io",
     "cache_lstm_forward_activations_batch": "compat", "cashe_lstm_forward_activations_batch": "compat",
     "lrp_dense_batch": "compat", "lrp_lstm_batch": "compat", "get_target_activation": "compat",
+    "lrp_lstm_batch_parts": "compat", "lrp_concat": "compat", "lrp_slice": "compat",
     "Tokenizer": "text", "tokenize": "text", "Vocabulary": "text", "VocabularyError": "text",
     "read_sst": "sst", "load_pretrained": "sst", "SentimentModel": "sst", "SSTFormatError": "sst",
     "html_heatmap": "visualize", "html_page": "visualize", "display_heatmap": "visualize",
