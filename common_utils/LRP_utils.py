@@ -10,10 +10,10 @@ re-exports it. Richer variants keep their own names there, e.g.
 import os
 import sys
 
-try:
-    import keras_lrp  # noqa: F401
-except ImportError:  # running from a checkout without `pip install .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Use the keras_lrp of the checkout this file belongs to (its matching version), else the installed one.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isfile(os.path.join(_ROOT, "keras_lrp", "__init__.py")) and _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 from keras_lrp.cells import LRP_LSTMCell  # noqa: E402,F401
 from keras_lrp.graph import lrpify_model  # noqa: E402,F401

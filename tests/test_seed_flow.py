@@ -19,6 +19,7 @@ import pytest
 import oracle
 from conftest import GOLDEN_WEIGHT_KEYS, ROOT, data_file, golden_cases
 
+import keras_lrp
 from keras_lrp import compat
 
 COMMON_UTILS = ROOT / "common_utils"
@@ -183,6 +184,9 @@ def test_seed_cells_keys_and_shapes(golden, notebook):
         assert not lstm_acts[f"h_{side}"][:, T].any() and not lstm_acts[f"c_{side}"][:, T].any()
     np.testing.assert_array_equal(lstm_acts["final"],
                                   np.concatenate([lstm_acts["h_Left"][:, T - 1], lstm_acts["h_Right"][:, T - 1]], -1))
+    import LRP_utils                                   # the module the notebook imports from
+    for name in LRP_utils.__all__:
+        assert getattr(LRP_utils, name) is getattr(keras_lrp, name), name
     dense_out = acts[ns["dense_layer"].name]
     assert isinstance(dense_out, list) and len(dense_out) == 1 and dense_out[0].dtype == np.float64
     np.testing.assert_allclose(dense_out[0], ns["model"].predict(ns["data"], verbose=0), rtol=1e-5, atol=1e-6)
