@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "explain": "explainer", "LRP": "explainer", "Explainer": "explainer", "Explanation": "explainer",
-    "Epsilon": "rules",
+    "Epsilon": "rules", "ZPlus": "rules", "AlphaBeta": "rules", "Gamma": "rules", "Composite": "composites",
     "UnsupportedLayerError": "propagators",
     "LRP_LSTMCell": "cells", "lstm_activations": "cells",
     "lrpify_model": "graph",

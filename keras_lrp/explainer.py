@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .composites import Composite, as_composite
 from .graph import model_graph
 from .propagators import Context
 from .recurrent import GATE_RULES
@@ -75,10 +76,14 @@ class Explainer:
             2017, the default), "half" or "prop" (see :data:`keras_lrp.recurrent.GATE_RULES`).
         method: "lrp" (default), or the gradient baselines "gi" (gradient x input) and "sa"
             (sensitivity analysis: squared gradient) of the same pre-activation score.
+        layer_rules: per-layer rules, ``{layer name or layer class: rule}`` or a
+            :class:`~keras_lrp.composites.Composite` (e.g. ``{"head": ZPlus()}``); the others keep
+            the epsilon-rule above.
     """
 
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
-                 dtype: str = "float32", rule: str = "all", method: str = "lrp"):
+                 dtype: str = "float32", rule: str = "all", method: str = "lrp",
+                 layer_rules: Union[None, dict, Composite] = None):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
         self.method = method
@@ -88,8 +93,10 @@ class Explainer:
             raise ValueError(f"rule must be one of {GATE_RULES}, got {rule!r}.")
         self.rule = Epsilon(eps=eps, bias_factor=bias_factor)
         self.gate_rule, self.dtype, self.model = rule, dtype, model
+        self.composite = as_composite(layer_rules)
         graph = model_graph(model)
-        self._walk = Walk(graph, Context(dtype, self.rule, rule))
+        self._walk = Walk(graph, Context(dtype, self.rule, rule, self.composite))
+        self.composite.check(self._walk.propagators)
         self.tokens = self._walk.embedding is not None
         self.input_shape = graph.input_shape
         out_shape = tuple(model.outputs[0].shape)
@@ -262,8 +269,9 @@ class LRP(Explainer):
     """The LRP explainer: :class:`Explainer` with ``method="lrp"``."""
 
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
-                 dtype: str = "float32", rule: str = "all"):
-        super().__init__(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method="lrp")
+                 dtype: str = "float32", rule: str = "all", layer_rules: Union[None, dict, Composite] = None):
+        super().__init__(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method="lrp",
+                         layer_rules=layer_rules)
 
 
 # The most recently used explainers, so that repeated explain() calls reuse the compiled function.
@@ -274,7 +282,8 @@ _CACHE_SIZE = 8
 
 def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None, eps: float = 1e-3,
             bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32",
-            batch_size: int = 256, method: str = "lrp") -> Explanation:
+            batch_size: int = 256, method: str = "lrp",
+            layer_rules: Union[None, dict, Composite] = None) -> Explanation:
     """Explain a model's outputs with LRP (Arras et al. 2017).
 
     Args:
@@ -289,15 +298,18 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
         dtype: "float32" or "float64".
         batch_size: samples per compiled call; memory stays flat in the number of inputs.
         method: "lrp" (default), "gi" (gradient x input) or "sa" (squared gradient) baselines.
+        layer_rules: per-layer rule overrides (see :class:`~keras_lrp.composites.Composite`).
 
     Returns:
         :class:`Explanation` with ``relevance``, ``word_relevance`` (batch, time), ``scores``,
         ``target``, ``rest``.
     """
-    key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule, method)
+    composite = as_composite(layer_rules)
+    key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule, method, composite.key())
     explainer = _CACHE.get(key)
     if explainer is None or explainer.model is not model:
-        explainer = Explainer(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method=method)
+        explainer = Explainer(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method=method,
+                              layer_rules=composite)
     _CACHE[key] = explainer
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:

@@ -1,4 +1,6 @@
-"""Propagation rules: the epsilon-rule for linear maps (Arras et al. 2017, Bach et al. 2015).
+"""Propagation rules for linear maps: the epsilon-rule (Arras et al. 2017, Bach et al. 2015), and the
+z+ / alpha-beta (Bach et al. 2015; Montavon et al. 2017) and gamma (Montavon et al. 2019) rules that a
+:class:`~keras_lrp.composites.Composite` can put on chosen Dense / Conv1D layers.
 
 For a linear map ``z_m = sum_k x_k w_km + b_m`` (``z`` may also collect other inputs, as the LSTM
 gates do for x_t and h_{t-1}) with relevance ``R_m`` on its outputs, the epsilon-rule gives
@@ -21,13 +23,14 @@ no relevance, so the result is never NaN or inf.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass, field
+from typing import Callable, Union
 
 import tensorflow as tf
 
-__all__ = ["Epsilon", "stabilizer", "inverse_denominator", "bias_share", "linear"]
+__all__ = ["Epsilon", "ZPlus", "AlphaBeta", "Gamma", "LinearRule", "LINEAR_RULES", "stabilizer",
+           "inverse_denominator", "bias_share", "linear"]
 
 
 @dataclass(frozen=True)
@@ -101,3 +104,100 @@ def linear(x: tf.Tensor, w: tf.Tensor, bias, z: tf.Tensor, r_out: tf.Tensor, rul
     s = r_out * inverse_denominator(z, rule)
     share = bias_share(s, z, bias, rule, x.shape[-1] if fan_in is None else fan_in)
     return x * tf.einsum("...m,dm->...d", s, w) + share
+
+
+# --------------------------------------------------------------------------- other rules for linear maps
+#
+# For ``z_j = sum_k x_k w_kj + b_j`` write the contributions ``z_kj = x_k w_kj`` and their positive and
+# negative parts ``z_kj^+ = max(z_kj, 0)``, ``z_kj^- = min(z_kj, 0)``. Through a linear map given as a
+# function ``f_w(x)`` (Dense, Conv1D), sums over k of such parts are computed without materialising
+# z_kj: ``sum_k z_kj^+ = f_{w+}(x+) + f_{w-}(x-)`` (w+ = max(w, 0), x- = min(x, 0), ...), and the
+# relevance ``sum_j z_kj^+ s_j`` is ``x+ * f_{w+}^T s + x- * f_{w-}^T s`` (vector-Jacobian products).
+
+def _vjp(f: Callable, x: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+    """``f^T s`` for a linear map ``f`` at any point: the gradient of ``<f(x), s>``."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = f(x)
+    return tape.gradient(y, x, output_gradients=s)
+
+
+@dataclass(frozen=True)
+class AlphaBeta:
+    """The alpha-beta rule (Bach et al. 2015, Eq. 60), ``alpha - beta = 1``:
+
+    ``R_k = sum_j (alpha z_kj^+ / sum_k' z_k'j^+  -  beta z_kj^- / sum_k' z_k'j^-) R_j``
+
+    The bias is left out of both sums (it receives no relevance), and an empty sum passes nothing
+    (0/0 := 0). With ``R_j >= 0`` and both sums non-empty, ``sum_k R_k = sum_j R_j``.
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.0
+
+    def __post_init__(self):
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TypeError(f"AlphaBeta {name} must be a finite number, got {value!r}.")
+        if self.beta < 0 or abs(self.alpha - self.beta - 1.0) > 1e-12:
+            raise ValueError(f"AlphaBeta needs alpha - beta = 1 and beta >= 0 (conservation), got "
+                             f"alpha={self.alpha}, beta={self.beta}.")
+
+    def relevance(self, linear_map: Callable, x: tf.Tensor, w: tf.Tensor, bias, r: tf.Tensor) -> tf.Tensor:
+        w_pos, w_neg = tf.maximum(w, 0), tf.minimum(w, 0)
+        x_pos, x_neg = tf.maximum(x, 0), tf.minimum(x, 0)
+        f_pos, f_neg = linear_map(w_pos), linear_map(w_neg)
+        z_pos = f_pos(x_pos) + f_neg(x_neg)
+        out = self.alpha * _parts(f_pos, f_neg, x_pos, x_neg, tf.math.divide_no_nan(r, z_pos))
+        if self.beta:
+            z_neg = f_pos(x_neg) + f_neg(x_pos)
+            out -= self.beta * _parts(f_pos, f_neg, x_neg, x_pos, tf.math.divide_no_nan(r, z_neg))
+        return out
+
+
+def _parts(f_pos, f_neg, a, b, s):
+    """``a * f_pos^T s + b * f_neg^T s``: the relevance of one sign part of the contributions."""
+    return a * _vjp(f_pos, a, s) + b * _vjp(f_neg, b, s)
+
+
+@dataclass(frozen=True)
+class ZPlus(AlphaBeta):
+    """The z+ rule (Montavon et al. 2017, deep Taylor decomposition): AlphaBeta(1, 0), only the
+    positive contributions ``z_kj^+`` share ``R_j``."""
+
+    alpha: float = field(default=1.0, init=False)
+    beta: float = field(default=0.0, init=False)
+
+
+@dataclass(frozen=True)
+class Gamma:
+    """The gamma rule (Montavon et al. 2019, "Layer-Wise Relevance Propagation: An Overview", Eq. 4.3):
+    positive weights are boosted,
+
+    ``R_k = sum_j x_k (w_kj + gamma w_kj^+) / (sum_k' x_k' (w_k'j + gamma w_k'j^+) + b_j + gamma b_j^+ + eps sign) R_j``
+
+    The bias term stays in the denominator and keeps its share (conservation holds for b = 0, eps = 0).
+    """
+
+    gamma: float = 0.25
+    eps: float = 0.0
+
+    def __post_init__(self):
+        for name in ("gamma", "eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"Gamma {name} must be a finite number >= 0, got {value!r}.")
+
+    def relevance(self, linear_map: Callable, x: tf.Tensor, w: tf.Tensor, bias, r: tf.Tensor) -> tf.Tensor:
+        w_mod = w + self.gamma * tf.maximum(w, 0)
+        f = linear_map(w_mod)
+        z = f(x)
+        if bias is not None:
+            z = z + bias + self.gamma * tf.maximum(bias, 0)
+        s = r * tf.math.reciprocal_no_nan(z + stabilizer(z, self.eps))
+        return x * _vjp(f, x, s)
+
+
+LinearRule = Union[Epsilon, AlphaBeta, Gamma]
+LINEAR_RULES = (Epsilon, AlphaBeta, Gamma)

@@ -14,7 +14,8 @@ import keras
 import tensorflow as tf
 
 from ..recurrent import GATE_RULES
-from ..rules import Epsilon
+from ..composites import Composite
+from ..rules import Epsilon, LinearRule
 
 __all__ = ["UnsupportedLayerError", "Context", "Propagator", "register", "refuse", "propagator_for",
            "supported_layers", "RegistryRow"]
@@ -30,12 +31,25 @@ class UnsupportedLayerError(ValueError):
 
 
 class Context:
-    """What every propagator needs to know: dtype and the rules."""
+    """What every propagator needs to know: dtype and the rules.
 
-    def __init__(self, dtype: str, eps: Epsilon, gate_rule: str):
+    Args:
+        dtype: the compute dtype.
+        eps: the default epsilon-rule of every linear map.
+        gate_rule: the rule of every gate x signal product (one of ``GATE_RULES``).
+        composite: per-layer rule overrides (:class:`~keras_lrp.composites.Composite`).
+    """
+
+    def __init__(self, dtype: str, eps: Epsilon, gate_rule: str, composite: Optional[Composite] = None):
         if gate_rule not in GATE_RULES:
             raise ValueError(f"rule must be one of {GATE_RULES}, got {gate_rule!r}.")
         self.dtype, self.eps, self.gate_rule = dtype, eps, gate_rule
+        self.composite = composite if composite is not None else Composite()
+
+    def linear_rule(self, layer) -> LinearRule:
+        """The rule of ``layer``'s linear map: the composite's choice, else the default epsilon-rule."""
+        rule = self.composite.rule_for(layer)
+        return self.eps if rule is None else rule
 
     def weight(self, variable) -> tf.Tensor:
         return tf.cast(variable.value, self.dtype)
@@ -43,6 +57,9 @@ class Context:
 
 class Propagator:
     """Base: a single-input single-output layer. Subclasses implement ``forward1`` and ``relevance1``."""
+
+    #: whether a Composite may give this layer a rule object (ZPlus, AlphaBeta, Gamma, Epsilon)
+    accepts_rules = False
 
     def __init__(self, layer, ctx: Context, is_output: bool = False):
         self.layer, self.ctx, self.is_output = layer, ctx, is_output

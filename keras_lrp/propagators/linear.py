@@ -31,6 +31,8 @@ def linear_forward(prop: Propagator, layer, linear_map, x):
 class DenseProp(Propagator):
     """``y = activation(x W + b)`` on the last axis, epsilon-rule over W (N = input units)."""
 
+    accepts_rules = True   # a Composite may give it ZPlus, AlphaBeta, Gamma or its own Epsilon
+
     def __init__(self, layer, ctx, is_output=False):
         inner = layer.layer if isinstance(layer, keras.layers.TimeDistributed) else layer
         if not isinstance(inner, keras.layers.Dense):
@@ -43,7 +45,10 @@ class DenseProp(Propagator):
 
     def relevance1(self, cache, r):
         x, w, b, z = cache
-        return rules.linear(x, w, b, z, r, self.ctx.eps, fan_in=w.shape[0]), None
+        rule = self.ctx.linear_rule(self.layer)
+        if isinstance(rule, Epsilon):
+            return rules.linear(x, w, b, z, r, rule, fan_in=w.shape[0]), None
+        return rule.relevance(_last_axis_matmul, x, w, b, r), None
 
 
 def gradient_linear(f, x, z, bias, r, eps: Epsilon, connections=None):
@@ -74,6 +79,8 @@ def gradient_linear(f, x, z, bias, r, eps: Epsilon, connections=None):
 class Conv1DProp(Propagator):
     """Conv1D (channels_last, groups=1): epsilon-rule over the kernel, N = connected inputs."""
 
+    accepts_rules = True
+
     def __init__(self, layer, ctx, is_output=False):
         super().__init__(layer, ctx, is_output)
         if layer.data_format != "channels_last" or layer.groups != 1:
@@ -96,7 +103,10 @@ class Conv1DProp(Propagator):
 
     def relevance1(self, cache, r):
         x, w, b, z = cache
-        return gradient_linear(self._conv(w), x, z, b, r, self.ctx.eps, self._conv(tf.ones_like(w))), None
+        rule = self.ctx.linear_rule(self.layer)
+        if isinstance(rule, Epsilon):
+            return gradient_linear(self._conv(w), x, z, b, r, rule, self._conv(tf.ones_like(w))), None
+        return rule.relevance(self._conv, x, w, b, r), None
 
 
 @register(keras.layers.MaxPooling1D, keras.layers.AveragePooling1D, keras.layers.GlobalMaxPooling1D,
