@@ -329,14 +329,17 @@ class Explanation:
         head = f"predicted {self.class_name(pred)}"
         if probs is not None:
             head += f" (p={probs[i, pred]:.2f})"
-        what = {"lrp": "relevance", "gi": "gradient x input", "sa": "sensitivity"}.get(self.method,
-                                                                                      self.method)
-        tail = f"{what} for {self.class_name(tgt)}"
+        tail = f"{self._what} for {self.class_name(tgt)}"
         tail += f" (p={probs[i, tgt]:.2f}, score {score:+.3g})" if probs is not None and tgt != pred \
             else f" (score {score:+.3g})"
         if self.timestep is not None:
             tail += f" at output step {int(self.timestep[i])}"
         return f"{head}; {tail}"
+
+    @property
+    def _what(self) -> str:
+        """What the values are, for captions and colour bars."""
+        return {"lrp": "relevance", "gi": "gradient x input", "sa": "sensitivity"}.get(self.method, self.method)
 
     @property
     def _sequential(self) -> bool:
@@ -358,7 +361,7 @@ class Explanation:
         return shared_scale(rel[i][: self._length_of(i, rel)] for i in rows) or 1.0
 
     def html(self, scale: ScaleArg = None, *, max_samples: int = 50, input_index: Optional[int] = None,
-             full_page: bool = False, page_title: str = "LRP relevance heatmaps") -> str:
+             full_page: bool = False, page_title: Optional[str] = None) -> str:
         """An HTML heatmap per sample (tokens coloured by relevance; a time x feature image for
         models without tokens), each titled with :meth:`title`.
 
@@ -368,7 +371,11 @@ class Explanation:
             max_samples: draw at most this many samples (a note says how many were left out).
             input_index: which input to show for multi-input models.
             full_page: a standalone ``<!DOCTYPE html>`` page instead of a ``<div>`` fragment.
+            page_title: its title (default from the method, e.g. "LRP relevance heatmaps").
         """
+        if page_title is None:
+            page_title = {"lrp": "LRP relevance heatmaps", "gi": "Gradient x input heatmaps",
+                          "sa": "Sensitivity heatmaps"}.get(self.method, "Heatmaps")
         from .visualize import html_heatmap, html_legend, html_page
 
         rel = self._one(input_index)
@@ -453,12 +460,13 @@ class Explanation:
             return plot_word_heatmaps([(self._labels(i), self._word_scores(i, rel)) for i in rows],
                                       titles=titles, scale=common, sequential=self._sequential,
                                       oov=[self.oov[i] for i in rows] if self.oov is not None else None,
-                                      width=width)
+                                      width=width, label=self._what)
         maps = []
         for i in rows:
             r = rel[i][: self._length_of(i, rel)]
             maps.append(r if r.ndim == 2 else r.reshape(len(r), -1))
-        return plot_time_feature_heatmaps(maps, titles=titles, scale=common, sequential=self._sequential)
+        return plot_time_feature_heatmaps(maps, titles=titles, scale=common, sequential=self._sequential,
+                                          label=self._what)
 
     # ------------------------------------------------------------------ files
 

@@ -8,7 +8,7 @@ is mapped to the colormap position ``0.5 + 0.5 * r / scale``, where ``scale`` is
 that their heatmaps can be compared; relevances beyond ``scale`` saturate.
 
 Non-negative maps (sensitivity analysis, ``method="sa"``) are drawn with ``sequential=True``: a
-sequential colormap (default ``"Reds"``) from white at 0 to full colour at ``scale``, position
+sequential colormap (default: white at 0, then matplotlib's ``"Reds"``) to full colour at ``scale``, position
 ``r / scale``. Words unknown to the vocabulary (``oov=`` masks) are drawn with a ``*`` after them,
 in HTML, figures and the terminal alike. Grids of several heatmaps (:func:`plot_word_heatmaps`,
 :func:`plot_time_feature_heatmaps`) always have colour bars and say whether their panels share
@@ -62,7 +62,7 @@ ScaleLike = Optional[float]
 
 #: Default colormaps: diverging (signed relevance, white at 0) and sequential (non-negative maps).
 DIVERGING_CMAP = "bwr"
-SEQUENTIAL_CMAP = "Reds"
+SEQUENTIAL_CMAP = "lrp_reds"   # white at 0 (matplotlib's "Reds" starts at a pink #fff5f0), then "Reds"
 #: Appended to words unknown to the vocabulary, as in the terminal output of the CLI.
 OOV_MARK = "*"
 
@@ -136,11 +136,22 @@ def _check_scale(scale: Any) -> Optional[float]:
     return value
 
 
+def _white_reds() -> Colormap:
+    """Sequential map for non-negative values: exactly white at 0, matplotlib's "Reds" above."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    reds = mpl.colormaps["Reds"]
+    stops = [(0.0, (1.0, 1.0, 1.0, 1.0))] + [(p, reds(0.1 + 0.9 * p)) for p in np.linspace(0.1, 1.0, 10)]
+    return LinearSegmentedColormap.from_list(SEQUENTIAL_CMAP, stops, N=257)
+
+
 def _get_cmap(cmap_name: CmapLike, sequential: bool = False) -> Colormap:
     """The named colormap (None: the default diverging or sequential one), resampled so that the
     centre 0.5 maps exactly to the middle colour."""
     if cmap_name is None:
-        cmap_name = SEQUENTIAL_CMAP if sequential else DIVERGING_CMAP
+        if sequential:
+            return _white_reds()
+        cmap_name = DIVERGING_CMAP
     if isinstance(cmap_name, Colormap):
         cmap = cmap_name
     else:
@@ -217,7 +228,7 @@ def relevance_to_rgba(scores: Any, scale: ScaleLike = None, cmap_name: CmapLike 
     Each score ``r`` maps to colormap position ``0.5 + 0.5 * r / scale`` (clipped to [0, 1]);
     ``scale`` defaults to ``max |r|``. All-zero scores give the centre colour (white for "bwr",
     the default). With ``sequential=True`` (non-negative maps) the position is ``r / scale`` on
-    a sequential colormap (default "Reds", white at 0).
+    a sequential colormap (default white at 0, then "Reds").
     """
     arr = np.asarray(scores, dtype=np.float64)
     if arr.ndim != 1:
@@ -860,11 +871,12 @@ def _grid_scales(arrays: Sequence[np.ndarray], scale: Union[None, str, float]) -
     return [_resolve_scale(np.asarray(a, dtype=np.float64).ravel(), None) for a in arrays], None
 
 
-def _scale_note(common: Optional[float], n: int) -> str:
+def _scale_note(common: Optional[float], n: int, sequential: bool = False) -> str:
     if n == 1:
         return ""
     if common is not None:
-        return f"all {n} panels share one colour scale (\u00b1{common:.3g})" if common else \
+        span = f"0 to {common:.3g}" if sequential else f"\u00b1{common:.3g}"
+        return f"all {n} panels share one colour scale ({span})" if common else \
             f"all {n} panels share one colour scale"
     return f"each of the {n} panels has its own colour scale"
 
@@ -879,6 +891,7 @@ def plot_word_heatmaps(
     sequential: bool = False,
     fontsize: float = 12.0,
     width: float = 9.0,
+    label: str = "relevance",
 ) -> Figure:
     """Several word heatmaps stacked in one figure, each with its title.
 
@@ -891,6 +904,7 @@ def plot_word_heatmaps(
         oov: optional, one bool mask per sentence (unknown words get a ``*``).
         sequential: non-negative maps: sequential colormap, white at 0.
         fontsize, width: word font size (points) and figure width (inches).
+        label: what the colours show (colour bar label), e.g. "relevance" or "sensitivity".
 
     Returns:
         The Figure.
@@ -935,7 +949,7 @@ def plot_word_heatmaps(
         title_h = 2.0 * fs if titles is not None else 0.0
         # a little slack so that plot_word_heatmap never needs to shrink the font
         heights.append(max(len(lines), 1) * line_h + 2 * margin + title_h + 2.0 + own_bar_h)
-    note = _scale_note(common, len(pairs))
+    note = _scale_note(common, len(pairs), sequential)
     oov_note = (f"{OOV_MARK} unknown to the vocabulary"
                 if oov is not None and any(m is not None and m.any() for m in oov) else "")
     header_h = 1.6 * 10.0 if (note or oov_note) else 0.0
@@ -956,7 +970,7 @@ def plot_word_heatmaps(
         if common is None:
             cax = fig.add_axes((0.55, (top - h + 0.55 * own_bar_h) / fig_h_pt, 0.35, 0.1 * 72.0 / fig_h_pt))
             _word_colorbar(fig, cax, scales[k], cmap_name, sequential,
-                           "relevance (this panel)" if len(pairs) > 1 else "relevance")
+                           f"{label} (this panel)" if len(pairs) > 1 else label)
         if k < len(pairs) - 1:
             fig.add_artist(mpl.lines.Line2D([0.01, 0.99], [(top - h) / fig_h_pt] * 2, color="#dddddd",
                                             linewidth=0.6))
@@ -964,7 +978,7 @@ def plot_word_heatmaps(
     if common is not None:
         cax = fig.add_axes((0.3, 0.5 * bottom_h / fig_h_pt, 0.4, 0.16 * 72.0 / fig_h_pt))
         _word_colorbar(fig, cax, common, cmap_name, sequential,
-                       "relevance (shared scale)" if len(pairs) > 1 else "relevance")
+                       f"{label} (shared scale)" if len(pairs) > 1 else label)
     return fig
 
 
@@ -977,6 +991,7 @@ def plot_time_feature_heatmaps(
     cmap_name: CmapLike = None,
     sequential: bool = False,
     width: Optional[float] = None,
+    label: str = "relevance",
 ) -> Figure:
     """Several (time, features) relevance maps as stacked heatmaps with colour bars.
 
@@ -987,6 +1002,7 @@ def plot_time_feature_heatmaps(
             number): one scale and one colour bar for all. The figure's title says which.
         feature_names, cmap_name, sequential: as in :func:`plot_time_feature_heatmap`.
         width: figure width in inches (default from the longest time axis).
+        label: what the colours show (colour bar label).
 
     Returns:
         The Figure.
@@ -1010,13 +1026,13 @@ def plot_time_feature_heatmaps(
                                   scale=scales[k] if scales[k] > 0 else None,
                                   title=titles[k] if titles is not None else None,
                                   colorbar=common is None, sequential=sequential,
-                                  colorbar_label="relevance (this panel)" if n > 1 else "relevance")
+                                  colorbar_label=f"{label} (this panel)" if n > 1 else label)
         ax.set_xlim(-0.5, n_time - 0.5)  # one time axis for all panels, so steps line up
     if common is not None:
         cb = fig.colorbar(axes[0].images[0], ax=list(axes), shrink=0.9, fraction=0.05, pad=0.02,
                           aspect=25 * n)
-        cb.set_label("relevance (shared scale)" if n > 1 else "relevance")
-    note = _scale_note(common, n)
+        cb.set_label(f"{label} (shared scale)" if n > 1 else label)
+    note = _scale_note(common, n, sequential)
     if note:
         fig.suptitle(note, fontsize=9, color="#555555")
     return fig

@@ -234,7 +234,7 @@ def test_sensitivity_uses_a_sequential_map(model, x):
     assert (e.relevance >= 0).all()
     fig = e.plot()
     image = fig.axes[0].images[0]
-    assert image.norm.vmin == 0.0 and image.cmap.name.startswith("Reds")
+    assert image.norm.vmin == 0.0 and image.cmap.name == "lrp_reds"
 
 
 def test_save_png_html_json_round_trip(conserving, tmp_path):
