@@ -326,6 +326,10 @@ class Explanation:
         tgt = int(self.target[i])
         probs = self.probabilities
         score = float(self.scores[i, tgt])
+        if self.scores.shape[1] == 1 and self.class_names is None and self.output_activation is None:
+            # a single-output regressor: no class was "predicted"
+            step = f" at output step {int(self.timestep[i])}" if self.timestep is not None else ""
+            return f"{self._what} for the output (score {score:+.3g}){step}"
         head = f"predicted {self.class_name(pred)}"
         if probs is not None:
             head += f" (p={probs[i, pred]:.2f})"

@@ -292,3 +292,12 @@ def test_progress_bar_rule(model, x, capsys, monkeypatch):
     assert capsys.readouterr().out == ""
     with pytest.raises(TypeError, match="verbose"):
         keras_lrp.explain(model, x, verbose="yes")
+
+
+def test_titles_of_classifiers_and_regressors():
+    cls = Explanation(np.zeros((1, 2, 1)), np.array([[0.0, 2.0]]), np.array([0]), np.zeros(1),
+                      class_names=["neg", "pos"], output_activation="softmax")
+    p = np.exp(2.0) / (1 + np.exp(2.0))
+    assert cls.title(0) == f"predicted pos (p={p:.2f}); relevance for neg (p={1 - p:.2f}, score +0)"
+    reg = Explanation(np.zeros((1, 2, 1)), np.array([[0.25]]), np.array([0]), np.zeros(1))
+    assert reg.title(0) == "relevance for the output (score +0.25)"
