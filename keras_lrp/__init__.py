@@ -10,7 +10,8 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "explain": "explainer", "LRP": "explainer", "Explainer": "explainer", "Explanation": "explainer",
+    "explain": "explainer", "LRP": "explainer", "Explainer": "explainer", "Explanation": "explanation",
+    "explain_text": "text_explainer",
     "Epsilon": "rules", "ZPlus": "rules", "AlphaBeta": "rules", "Gamma": "rules", "Composite": "composites",
     "UnsupportedLayerError": "propagators",
     "LRP_LSTMCell": "cells", "lstm_activations": "cells",
@@ -25,6 +26,7 @@ _EXPORTS = {
     "html_heatmap": "visualize", "html_page": "visualize", "display_heatmap": "visualize",
     "ansi_heatmap": "visualize", "plot_word_heatmap": "visualize",
     "plot_time_feature_heatmap": "visualize", "save_png": "visualize", "shared_scale": "visualize",
+    "plot_word_heatmaps": "visualize", "plot_time_feature_heatmaps": "visualize", "html_legend": "visualize",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,9 +1,9 @@
 """The entry point: ``explain(model, inputs, target=...)`` and the reusable ``LRP`` explainer."""
 from __future__ import annotations
 
+import sys
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import keras
@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from .composites import Composite, as_composite
+from .explanation import Explanation, output_activation
 from .graph import model_graph
 from .propagators import Context
 from .recurrent import GATE_RULES
@@ -26,40 +27,6 @@ METHODS = ("lrp", "gi", "sa")
 Target = Union[None, int, Sequence[int], np.ndarray]
 _DTYPES = ("float32", "float64")
 _ROWS = 32   # compiled calls see batches of a multiple of this many rows (see Explainer._call_padded)
-
-
-@dataclass
-class Explanation:
-    """What :func:`explain` returns (numpy arrays).
-
-    Attributes:
-        relevance: input relevance, (batch, time, features); for token-id models, the relevance
-            of the embedding vectors, (batch, time, embedding_dim).
-        scores: (batch, outputs) pre-activation outputs of the model (at ``timestep`` for models
-            whose output has a time axis).
-        target: (batch,) the explained output index per sample.
-        rest: (batch,) relevance left on the recurrent layers' zero initial states (and on the
-            constant zero outputs of masked steps of Bidirectional return_sequences layers). With
-            ``eps = 0, bias_factor = 1``: ``relevance.sum() + rest == scores[target]`` per sample;
-            otherwise the stabiliser and the dropped bias terms absorb the difference.
-        timestep: (batch,) the explained output timestep, or None for models without a time axis.
-    """
-
-    relevance: np.ndarray
-    scores: np.ndarray
-    target: np.ndarray
-    rest: np.ndarray
-    timestep: Optional[np.ndarray] = None
-
-    @property
-    def word_relevance(self) -> np.ndarray:
-        """(batch, time): relevance summed over the feature (embedding) axis."""
-        return self.relevance.sum(axis=-1)
-
-    @property
-    def explained_score(self) -> np.ndarray:
-        """(batch,): the score of each sample's target."""
-        return np.take_along_axis(self.scores, self.target[:, None], axis=1)[:, 0]
 
 
 class Explainer:
@@ -143,18 +110,27 @@ class Explainer:
         relevance = grad * start if self.method == "gi" else grad * grad
         return relevance, scores, target, tf.zeros_like(scores[:, 0]), timestep
 
-    def attribute(self, inputs, target: Target = None, timestep=None, batch_size: int = 256) -> Explanation:
+    def attribute(self, inputs, target: Target = None, timestep=None, batch_size: int = 256,
+                  verbose: Optional[bool] = None) -> Explanation:
         """Explain ``inputs`` for ``target`` (None = predicted class, an int, or one int per
         sample), at output ``timestep`` (an int or one per sample; only for models whose output
-        has a time axis), ``batch_size`` samples per compiled call."""
+        has a time axis), ``batch_size`` samples per compiled call.
+
+        ``verbose``: True shows one ``keras.utils.Progbar`` over the samples, False never; None
+        (default) shows it only when the inputs take more than one batch and stdout is a
+        terminal or a Jupyter kernel (see :func:`progress_wanted`)."""
         x = self._check_inputs(inputs)
         n = x.shape[0]
         t = self._check_target(target, n)
         steps = self._check_timestep(timestep, n, x)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        parts = [self._call_padded(x[i:i + batch_size], t[i:i + batch_size], steps[i:i + batch_size])
-                 for i in range(0, n, batch_size)]
+        bar = keras.utils.Progbar(n, unit_name="sample") if progress_wanted(verbose, n, batch_size) else None
+        parts = []
+        for i in range(0, n, batch_size):
+            parts.append(self._call_padded(x[i:i + batch_size], t[i:i + batch_size], steps[i:i + batch_size]))
+            if bar is not None:
+                bar.update(min(i + batch_size, n), finalize=i + batch_size >= n)
         relevance, scores, target_out, rest, step_out = (np.concatenate([p[k] for p in parts]) for k in range(5))
         bad = ~np.isfinite(relevance.reshape(n, -1)).all(axis=1)
         if bad.any():
@@ -163,7 +139,8 @@ class Explainer:
                           "by gate + signal and can amplify relevance step after step. Use dtype='float64', "
                           "a larger eps, or rule='all'.", RuntimeWarning, stacklevel=2)
         return Explanation(relevance=relevance, scores=scores, target=target_out.astype(np.int64), rest=rest,
-                           timestep=step_out.astype(np.int64) if self.has_time_axis else None)
+                           timestep=step_out.astype(np.int64) if self.has_time_axis else None,
+                           method=self.method, output_activation=output_activation(self.model))
 
     def _call_padded(self, x, t, steps):
         """One compiled call on a batch padded to a multiple of ``_ROWS`` rows (copies of its last
@@ -253,6 +230,24 @@ class Explainer:
         return int(steps) if steps is not None else int(input_shape[1])
 
 
+def progress_wanted(verbose: Optional[bool], n: int, batch_size: int) -> bool:
+    """The progress-bar rule: ``verbose=True`` always, False never; None only for inputs of more
+    than one batch when stdout is interactive (a terminal, or a Jupyter / IPython kernel)."""
+    if verbose is not None:
+        if not isinstance(verbose, (bool, int, np.integer)):
+            raise TypeError(f"verbose must be True, False or None, got {verbose!r}.")
+        return bool(verbose)
+    if n <= batch_size:
+        return False
+    if "ipykernel" in sys.modules:
+        return True
+    isatty = getattr(sys.stdout, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (ValueError, OSError):
+        return False
+
+
 def _per_sample_ints(value, name: str, batch: int) -> np.ndarray:
     """An int or one int per sample -> int32 array (batch,), or a TypeError/ValueError naming ``name``."""
     t = np.asarray(value)
@@ -283,7 +278,7 @@ _CACHE_SIZE = 8
 def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None, eps: float = 1e-3,
             bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32",
             batch_size: int = 256, method: str = "lrp",
-            layer_rules: Union[None, dict, Composite] = None) -> Explanation:
+            layer_rules: Union[None, dict, Composite] = None, verbose: Optional[bool] = None) -> Explanation:
     """Explain a model's outputs with LRP (Arras et al. 2017).
 
     Args:
@@ -299,10 +294,12 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
         batch_size: samples per compiled call; memory stays flat in the number of inputs.
         method: "lrp" (default), "gi" (gradient x input) or "sa" (squared gradient) baselines.
         layer_rules: per-layer rule overrides (see :class:`~keras_lrp.composites.Composite`).
+        verbose: progress bar: True always, False never, None (default) only for more than one
+            batch on an interactive stdout (terminal or Jupyter).
 
     Returns:
-        :class:`Explanation` with ``relevance``, ``word_relevance`` (batch, time), ``scores``,
-        ``target``, ``rest``.
+        :class:`~keras_lrp.explanation.Explanation` with ``relevance``, ``word_relevance``
+        (batch, time), ``scores``, ``target``, ``rest`` (see :mod:`keras_lrp.explanation`).
     """
     composite = as_composite(layer_rules)
     key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule, method, composite.key())
@@ -314,4 +311,4 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
-    return explainer.attribute(inputs, target=target, timestep=timestep, batch_size=batch_size)
+    return explainer.attribute(inputs, target=target, timestep=timestep, batch_size=batch_size, verbose=verbose)

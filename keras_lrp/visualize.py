@@ -7,6 +7,13 @@ is mapped to the colormap position ``0.5 + 0.5 * r / scale``, where ``scale`` is
 :func:`shared_scale` of a batch) to every call puts several sentences on the same colour scale, so
 that their heatmaps can be compared; relevances beyond ``scale`` saturate.
 
+Non-negative maps (sensitivity analysis, ``method="sa"``) are drawn with ``sequential=True``: a
+sequential colormap (default: white at 0, then matplotlib's ``"Reds"``) to full colour at ``scale``, position
+``r / scale``. Words unknown to the vocabulary (``oov=`` masks) are drawn with a ``*`` after them,
+in HTML, figures and the terminal alike. Grids of several heatmaps (:func:`plot_word_heatmaps`,
+:func:`plot_time_feature_heatmaps`) always have colour bars and say whether their panels share
+one colour scale.
+
 Figures are built as :class:`matplotlib.figure.Figure` objects without ``pyplot``: nothing here
 selects a backend, opens a window or calls ``plt.show``, so the module works headless (PNG output
 goes through Agg) and does not leak figures into pyplot's global registry. In Jupyter the returned
@@ -36,9 +43,12 @@ __all__ = [
     "ansi_heatmap",
     "display_heatmap",
     "html_heatmap",
+    "html_legend",
     "html_page",
     "plot_time_feature_heatmap",
+    "plot_time_feature_heatmaps",
     "plot_word_heatmap",
+    "plot_word_heatmaps",
     "relevance_to_rgba",
     "rescale_score_by_abs",
     "rgb_to_hex",
@@ -47,8 +57,14 @@ __all__ = [
     "text_color_for",
 ]
 
-CmapLike = Union[str, Colormap]
+CmapLike = Union[None, str, Colormap]
 ScaleLike = Optional[float]
+
+#: Default colormaps: diverging (signed relevance, white at 0) and sequential (non-negative maps).
+DIVERGING_CMAP = "bwr"
+SEQUENTIAL_CMAP = "lrp_reds"   # white at 0 (matplotlib's "Reds" starts at a pink #fff5f0), then "Reds"
+#: Appended to words unknown to the vocabulary, as in the terminal output of the CLI.
+OOV_MARK = "*"
 
 _BLACK = "#000000"
 _WHITE = "#ffffff"
@@ -120,8 +136,22 @@ def _check_scale(scale: Any) -> Optional[float]:
     return value
 
 
-def _get_cmap(cmap_name: CmapLike) -> Colormap:
-    """The named colormap, resampled so that the centre 0.5 maps exactly to the middle colour."""
+def _white_reds() -> Colormap:
+    """Sequential map for non-negative values: exactly white at 0, matplotlib's "Reds" above."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    reds = mpl.colormaps["Reds"]
+    stops = [(0.0, (1.0, 1.0, 1.0, 1.0))] + [(p, reds(0.1 + 0.9 * p)) for p in np.linspace(0.1, 1.0, 10)]
+    return LinearSegmentedColormap.from_list(SEQUENTIAL_CMAP, stops, N=257)
+
+
+def _get_cmap(cmap_name: CmapLike, sequential: bool = False) -> Colormap:
+    """The named colormap (None: the default diverging or sequential one), resampled so that the
+    centre 0.5 maps exactly to the middle colour."""
+    if cmap_name is None:
+        if sequential:
+            return _white_reds()
+        cmap_name = DIVERGING_CMAP
     if isinstance(cmap_name, Colormap):
         cmap = cmap_name
     else:
@@ -173,19 +203,41 @@ def rescale_score_by_abs(score: float, max_score: float, min_score: float) -> fl
     return float(np.clip(0.5 + 0.5 * score / scale, 0.0, 1.0))
 
 
-def relevance_to_rgba(scores: Any, scale: ScaleLike = None, cmap_name: CmapLike = "bwr") -> np.ndarray:
+def _check_sequential(arr: np.ndarray, sequential: bool) -> None:
+    if sequential and arr.size and float(np.min(arr)) < 0:
+        raise ValueError(
+            f"sequential=True is for non-negative maps (e.g. sensitivity), but the scores go down "
+            f"to {float(np.min(arr)):.4g}; draw signed relevance with the diverging default "
+            "(sequential=False)"
+        )
+
+
+def _positions(arr: np.ndarray, s: float, sequential: bool) -> np.ndarray:
+    """Colormap positions in [0, 1]: ``0.5 + 0.5 r / s`` (diverging) or ``r / s`` (sequential)."""
+    if s == 0:
+        return np.full(arr.shape, 0.0 if sequential else 0.5)
+    if sequential:
+        return np.clip(arr / s, 0.0, 1.0)
+    return np.clip(0.5 + 0.5 * arr / s, 0.0, 1.0)
+
+
+def relevance_to_rgba(scores: Any, scale: ScaleLike = None, cmap_name: CmapLike = None,
+                      sequential: bool = False) -> np.ndarray:
     """RGBA colours (time, 4) in [0, 1] for relevance scores (time,).
 
     Each score ``r`` maps to colormap position ``0.5 + 0.5 * r / scale`` (clipped to [0, 1]);
-    ``scale`` defaults to ``max |r|``. All-zero scores give the centre colour (white for "bwr").
+    ``scale`` defaults to ``max |r|``. All-zero scores give the centre colour (white for "bwr",
+    the default). With ``sequential=True`` (non-negative maps) the position is ``r / scale`` on
+    a sequential colormap (default white at 0, then "Reds").
     """
     arr = np.asarray(scores, dtype=np.float64)
     if arr.ndim != 1:
         raise ValueError(f"scores must be 1-D (time,), got shape {arr.shape}")
     _check_finite(arr, "scores")
-    cmap = _get_cmap(cmap_name)
+    _check_sequential(arr, sequential)
+    cmap = _get_cmap(cmap_name, sequential)
     s = _resolve_scale(arr, scale)
-    pos = np.full(arr.shape, 0.5) if s == 0 else np.clip(0.5 + 0.5 * arr / s, 0.0, 1.0)
+    pos = _positions(arr, s, sequential)
     return np.asarray(cmap(pos), dtype=np.float64).reshape(arr.shape[0], 4)
 
 
@@ -218,19 +270,37 @@ def _fmt(score: float) -> str:
 # ----------------------------------------------------------------------------- HTML
 
 
-def _html_span(word: str, score: float, rgba: Sequence[float]) -> str:
+def _html_span(word: str, score: float, rgba: Sequence[float], oov: bool = False) -> str:
     bg = rgb_to_hex(rgba)
     fg = text_color_for(rgba)
-    title = html.escape(f"{word}: {_fmt(score)}", quote=True)
+    note = " (unknown to the vocabulary)" if oov else ""
+    title = html.escape(f"{word}: {_fmt(score)}{note}", quote=True)
+    shown = html.escape(word, quote=False)
+    border = ""
+    if oov:
+        shown += f'<sup class="lrp-oov">{OOV_MARK}</sup>'
+        border = "outline:1px dashed #888;"
     return (
-        f'<span title="{title}" data-relevance="{score:.6g}" style="background-color:{bg};'
-        f"color:{fg};padding:0.1em 0.3em;margin:0 0.05em;border-radius:0.25em;"
-        f'white-space:pre-wrap;">{html.escape(word, quote=False)}</span>'
+        f'<span title="{title}" data-relevance="{score:.6g}"'
+        + (' data-oov="1"' if oov else "")
+        + f' style="background-color:{bg};'
+        f"color:{fg};padding:0.1em 0.3em;margin:0 0.05em;border-radius:0.25em;{border}"
+        f'white-space:pre-wrap;">{shown}</span>'
     )
 
 
-def html_heatmap(words: Sequence[str], scores: Any, cmap_name: CmapLike = "bwr",
-                 scale: ScaleLike = None) -> str:
+def _check_oov(oov: Any, n: int) -> Optional[np.ndarray]:
+    if oov is None:
+        return None
+    arr = np.asarray(oov)
+    if arr.dtype != bool or arr.shape != (n,):
+        raise ValueError(f"oov must be a bool mask with one entry per word ({n},), got "
+                         f"{arr.dtype} {arr.shape}")
+    return arr
+
+
+def html_heatmap(words: Sequence[str], scores: Any, cmap_name: CmapLike = None,
+                 scale: ScaleLike = None, *, oov: Any = None, sequential: bool = False) -> str:
     """HTML fragment colouring each word by its relevance (seed-compatible).
 
     Args:
@@ -239,6 +309,8 @@ def html_heatmap(words: Sequence[str], scores: Any, cmap_name: CmapLike = "bwr",
         cmap_name: a matplotlib colormap name (default "bwr": red positive, blue negative).
         scale: the ``|relevance|`` drawn at full colour; default the sentence's largest
             ``|score|``. Give one value (e.g. :func:`shared_scale`) to compare sentences.
+        oov: optional bool mask (T,): words unknown to the vocabulary, drawn with a ``*``.
+        sequential: non-negative map (e.g. sensitivity): sequential colormap, white at 0.
 
     Returns:
         A ``<div>`` of ``<span>`` elements with inline styles (background colour, readable text
@@ -246,8 +318,10 @@ def html_heatmap(words: Sequence[str], scores: Any, cmap_name: CmapLike = "bwr",
         shown with ``IPython.display.HTML`` or embedded in a page (see :func:`html_page`).
     """
     words, arr = _check_words_scores(words, scores)
-    colors = relevance_to_rgba(arr, scale=scale, cmap_name=cmap_name)
-    spans = " ".join(_html_span(w, float(s), c) for w, s, c in zip(words, arr, colors))
+    mask = _check_oov(oov, len(words))
+    colors = relevance_to_rgba(arr, scale=scale, cmap_name=cmap_name, sequential=sequential)
+    flags = mask if mask is not None else [False] * len(words)
+    spans = " ".join(_html_span(w, float(s), c, bool(o)) for w, s, c, o in zip(words, arr, colors, flags))
     return (
         '<div class="lrp-heatmap" style="line-height:2.1;font-size:1.05em;'
         'font-family:system-ui,-apple-system,\'Segoe UI\',Roboto,\'DejaVu Sans\',sans-serif;">'
@@ -255,14 +329,24 @@ def html_heatmap(words: Sequence[str], scores: Any, cmap_name: CmapLike = "bwr",
     )
 
 
-def _html_legend(scale: float, cmap_name: CmapLike) -> str:
-    cmap = _get_cmap(cmap_name)
+def html_legend(scale: float, cmap_name: CmapLike = None, *, sequential: bool = False,
+                label: str = "") -> str:
+    """An HTML colour bar from ``-scale`` (``0`` when ``sequential``) to ``+scale``."""
+    cmap = _get_cmap(cmap_name, sequential)
     stops = ", ".join(f"{rgb_to_hex(cmap(p))} {p * 100:.0f}%" for p in np.linspace(0, 1, 11))
+    low = "0" if sequential else _fmt(-scale)
+    text = f'<span>{html.escape(label)}</span>' if label else ""
     return (
-        '<div class="lrp-legend"><span>' + html.escape(_fmt(-scale)) + "</span>"
-        f'<span class="lrp-bar" style="background:linear-gradient(to right, {stops});"></span>'
+        '<div class="lrp-legend" style="display:flex;align-items:center;gap:0.5em;font-size:0.8em;'
+        'color:#555;margin:0.3em 0;">' + text + "<span>" + html.escape(low) + "</span>"
+        '<span class="lrp-bar" style="display:inline-block;width:12em;height:0.8em;'
+        f'border:1px solid #ccc;border-radius:0.2em;background:linear-gradient(to right, {stops});"></span>'
         "<span>" + html.escape(_fmt(scale)) + "</span></div>"
     )
+
+
+def _html_legend(scale: float, cmap_name: CmapLike, sequential: bool = False) -> str:
+    return html_legend(scale, cmap_name, sequential=sequential)
 
 
 _PAGE_CSS = """
@@ -284,9 +368,12 @@ def html_page(
     sentences: Sequence[Tuple[Sequence[str], Any]],
     scale: Union[None, str, float] = None,
     titles: Optional[Sequence[str]] = None,
-    cmap_name: CmapLike = "bwr",
+    cmap_name: CmapLike = None,
     page_title: str = "LRP relevance heatmaps",
     path: Union[None, str, os.PathLike] = None,
+    *,
+    oov: Optional[Sequence[Any]] = None,
+    sequential: bool = False,
 ) -> str:
     """A standalone HTML page with one heatmap per sentence.
 
@@ -299,9 +386,12 @@ def html_page(
         cmap_name: matplotlib colormap name.
         page_title: the page's ``<title>`` and heading.
         path: if given, the page is also written there (UTF-8).
+        oov: optional, one bool mask per sentence: words unknown to the vocabulary, drawn with
+            a ``*`` (the page then explains the mark).
+        sequential: non-negative maps (e.g. sensitivity): sequential colormap, white at 0.
 
     Returns:
-        The page as a string.
+        The page as a string. It says whether the sentences share one colour scale.
     """
     sentences = list(sentences)
     pairs = []
@@ -323,12 +413,29 @@ def html_page(
                 f"titles must have one entry per sentence, got {len(titles)} titles for "
                 f"{len(pairs)} sentences"
             )
+    if oov is not None:
+        oov = list(oov)
+        if len(oov) != len(pairs):
+            raise ValueError(f"oov must have one mask per sentence, got {len(oov)} masks for "
+                             f"{len(pairs)} sentences")
+        oov = [_check_oov(o, len(w)) for o, (w, _) in zip(oov, pairs)]
+    for i, (_, arr) in enumerate(pairs):
+        try:
+            _check_sequential(arr, sequential)
+        except ValueError as exc:
+            raise ValueError(f"sentences[{i}]: {exc}") from None
     if isinstance(scale, str):
         if scale != "shared":
             raise ValueError(f"scale must be None, 'shared' or a positive number, got {scale!r}")
         common: Optional[float] = shared_scale(a for _, a in pairs)
     else:
         common = _check_scale(scale)
+    what = "Colour: value (white = 0)." if sequential else \
+        "Red: relevance for the explained class; blue: against it."
+    shared_note = ("All sentences share one colour scale." if common is not None
+                   else "Each sentence has its own colour scale.")
+    oov_note = (f" {OOV_MARK} marks words unknown to the vocabulary."
+                if oov is not None and any(o is not None and o.any() for o in oov) else "")
 
     parts = [
         "<!DOCTYPE html>",
@@ -337,18 +444,20 @@ def html_page(
         f"<title>{html.escape(page_title)}</title>",
         f"<style>{_PAGE_CSS}</style></head><body>",
         f"<h1>{html.escape(page_title)}</h1>",
-        '<p class="lrp-note">Red: relevance for the explained class; blue: against it. '
-        "Hover a word for its value.</p>",
+        f'<p class="lrp-note">{html.escape(what)} {shared_note} Hover a word for its value.'
+        f"{html.escape(oov_note)}</p>",
     ]
     if common is not None:
-        parts.append(_html_legend(common, cmap_name))
+        parts.append(html_legend(common, cmap_name, sequential=sequential))
     for i, (words, arr) in enumerate(pairs):
         parts.append('<div class="lrp-sentence">')
         if titles is not None:
             parts.append(f"<h2>{html.escape(titles[i])}</h2>")
-        parts.append(html_heatmap(words, arr, cmap_name=cmap_name, scale=common).rstrip("\n"))
+        parts.append(html_heatmap(words, arr, cmap_name=cmap_name, scale=common,
+                                  oov=oov[i] if oov is not None else None,
+                                  sequential=sequential).rstrip("\n"))
         if common is None:
-            parts.append(_html_legend(_resolve_scale(arr, None), cmap_name))
+            parts.append(html_legend(_resolve_scale(arr, None), cmap_name, sequential=sequential))
         parts.append("</div>")
     parts.append("</body></html>\n")
     page = "\n".join(parts)
@@ -357,7 +466,7 @@ def html_page(
     return page
 
 
-def display_heatmap(words: Sequence[str], scores: Any, cmap_name: CmapLike = "bwr",
+def display_heatmap(words: Sequence[str], scores: Any, cmap_name: CmapLike = None,
                     scale: ScaleLike = None) -> None:
     """Show a word heatmap inline in Jupyter (via ``IPython.display.HTML``).
 
@@ -395,8 +504,8 @@ def ansi_color_supported(stream: Any = None) -> bool:
 
 
 def ansi_heatmap(words: Sequence[str], scores: Any, scale: ScaleLike = None,
-                 color: bool = True, cmap_name: CmapLike = "bwr",
-                 show_scores: bool = False) -> str:
+                 color: bool = True, cmap_name: CmapLike = None,
+                 show_scores: bool = False, *, oov: Any = None, sequential: bool = False) -> str:
     """Words with 24-bit ANSI background colours (red positive, blue negative) for terminals.
 
     Args:
@@ -405,14 +514,19 @@ def ansi_heatmap(words: Sequence[str], scores: Any, scale: ScaleLike = None,
         color: False gives plain text with the value after each word, ``good[+0.83]``, for
             terminals without colour, logs and pipes (see :func:`ansi_color_supported`).
         show_scores: with colour, also print the value after each word.
+        oov: optional bool mask (T,): unknown words get a ``*``.
+        sequential: non-negative map: sequential colormap (white at 0).
 
     Returns:
         One line of text (no trailing newline).
     """
     words, arr = _check_words_scores(words, scores)
+    mask = _check_oov(oov, len(words))
+    if mask is not None:
+        words = [w + OOV_MARK if o else w for w, o in zip(words, mask)]
     if not color:
         return " ".join(f"{w}[{s:+.3g}]" for w, s in zip(words, arr))
-    colors = relevance_to_rgba(arr, scale=scale, cmap_name=cmap_name)
+    colors = relevance_to_rgba(arr, scale=scale, cmap_name=cmap_name, sequential=sequential)
     out = []
     for w, s, c in zip(words, arr, colors):
         r, g, b = (int(round(float(v) * 255)) for v in c[:3])
@@ -457,17 +571,43 @@ def _layout_words(widths: Sequence[float], line_width: float, gap: float) -> lis
     return lines if lines[0] else []
 
 
+def _layout_tokens(words: Sequence[str], prop: FontProperties, fs: float, line_width: float):
+    """Box widths (points), wrapped lines, and the words as drawn (too long ones cut), at font
+    size ``fs`` (``prop`` is set to it) for lines ``line_width`` points wide."""
+    measurer = TextToPath()
+    prop.set_size(fs)
+
+    def text_width(text: str) -> float:
+        return measurer.get_text_width_height_descent(text, prop, ismath=False)[0]
+
+    pad = 0.3 * fs
+    shown = []
+    for w in words:
+        # A token wider than a whole line is cut with an ellipsis rather than run off.
+        if text_width(w) + 2 * pad > line_width:
+            n = len(w)
+            while n > 1 and text_width(w[:n] + "\u2026") + 2 * pad > line_width:
+                n -= 1
+            w = w[:n] + "\u2026"
+        shown.append(w)
+    box_w = [text_width(w) + 2 * pad for w in shown]
+    lines = _layout_words(box_w, line_width, gap=0.3 * fs)
+    return box_w, lines, shown
+
+
 def plot_word_heatmap(
     words: Sequence[str],
     scores: Any,
     ax: Any = None,
-    cmap_name: CmapLike = "bwr",
+    cmap_name: CmapLike = None,
     scale: ScaleLike = None,
     *,
     fontsize: float = 14.0,
     width: float = 8.0,
     title: Optional[str] = None,
     colorbar: bool = True,
+    oov: Any = None,
+    sequential: bool = False,
 ) -> Figure:
     """Words drawn as boxes coloured by relevance, wrapped into lines.
 
@@ -481,40 +621,28 @@ def plot_word_heatmap(
         width: figure width in inches when ``ax`` is None.
         title: text above the words.
         colorbar: add a horizontal colour scale under the words (new figures only).
+        oov: optional bool mask (T,): unknown words are drawn with a ``*``.
+        sequential: non-negative map (e.g. sensitivity): sequential colormap, white at 0.
 
     Returns:
         The Figure; save it with :func:`save_png` or ``fig.savefig``.
     """
     words, arr = _check_words_scores(words, scores)
+    mask = _check_oov(oov, len(words))
+    if mask is not None:
+        words = [w + OOV_MARK if o else w for w, o in zip(words, mask)]
     s = _resolve_scale(arr, scale)
-    colors = relevance_to_rgba(arr, scale=s if s > 0 else None, cmap_name=cmap_name)
+    colors = relevance_to_rgba(arr, scale=s if s > 0 else None, cmap_name=cmap_name,
+                               sequential=sequential)
     if not (isinstance(fontsize, (int, float)) and fontsize > 0):
         raise ValueError(f"fontsize must be a positive number of points, got {fontsize!r}")
     if ax is None and not (isinstance(width, (int, float)) and width > 0):
         raise ValueError(f"width must be a positive number of inches, got {width!r}")
 
     prop = FontProperties(family=mpl.rcParams["font.family"])
-    measurer = TextToPath()
-
-    def text_width(text: str) -> float:
-        return measurer.get_text_width_height_descent(text, prop, ismath=False)[0]
 
     def layout(fs: float, line_width: float):
-        """Box widths (points), wrapped lines, and the words as drawn (too long ones cut)."""
-        prop.set_size(fs)
-        pad = 0.3 * fs
-        shown = []
-        for w in words:
-            # A token wider than a whole line is cut with an ellipsis rather than run off.
-            if text_width(w) + 2 * pad > line_width:
-                n = len(w)
-                while n > 1 and text_width(w[:n] + "\u2026") + 2 * pad > line_width:
-                    n -= 1
-                w = w[:n] + "\u2026"
-            shown.append(w)
-        box_w = [text_width(w) + 2 * pad for w in shown]
-        lines = _layout_words(box_w, line_width, gap=0.3 * fs)
-        return box_w, lines, shown
+        return _layout_tokens(words, prop, fs, line_width)
 
     margin = 0.5 * fontsize  # points, around the word block
     title_h = 2.0 * fontsize if title else 0.0
@@ -573,21 +701,32 @@ def plot_word_heatmap(
                     parse_math=False)
 
     if cbar_h:
-        import matplotlib.cm as cm
-
         cax = fig.add_axes((0.3, 0.55 * cbar_h / fig_h_pt, 0.4, 0.18 * 72.0 / fig_h_pt))
-        s_bar = s if s > 0 else 1.0
-        smap = cm.ScalarMappable(norm=Normalize(-s_bar, s_bar), cmap=_get_cmap(cmap_name))
-        cb = fig.colorbar(smap, cax=cax, orientation="horizontal")
-        if s > 0:
-            cb.set_ticks([-s, 0.0, s], labels=[f"\u2212{s:.3g}", "0", f"{s:.3g}"])
-            cb.set_label("relevance", fontsize=8, labelpad=1)
-        else:
-            cb.set_ticks([0.0], labels=["0"])
-            cb.set_label("relevance (all zero)", fontsize=8, labelpad=1)
-        cb.ax.tick_params(labelsize=8)
-        cb.outline.set_linewidth(0.5)
+        _word_colorbar(fig, cax, s, cmap_name, sequential, "relevance")
     return fig
+
+
+def _word_colorbar(fig: Figure, cax: Any, s: float, cmap_name: CmapLike, sequential: bool,
+                   label: str) -> Any:
+    """A horizontal colour bar in ``cax`` from -s (0 if sequential) to s."""
+    import matplotlib.cm as cm
+
+    s_bar = s if s > 0 else 1.0
+    norm = Normalize(0.0, s_bar) if sequential else Normalize(-s_bar, s_bar)
+    smap = cm.ScalarMappable(norm=norm, cmap=_get_cmap(cmap_name, sequential))
+    cb = fig.colorbar(smap, cax=cax, orientation="horizontal")
+    if s > 0:
+        if sequential:
+            cb.set_ticks([0.0, s / 2, s], labels=["0", f"{s / 2:.3g}", f"{s:.3g}"])
+        else:
+            cb.set_ticks([-s, 0.0, s], labels=[f"\u2212{s:.3g}", "0", f"{s:.3g}"])
+        cb.set_label(label, fontsize=8, labelpad=1)
+    else:
+        cb.set_ticks([0.0], labels=["0"])
+        cb.set_label(f"{label} (all zero)", fontsize=8, labelpad=1)
+    cb.ax.tick_params(labelsize=8)
+    cb.outline.set_linewidth(0.5)
+    return cb
 
 
 def plot_time_feature_heatmap(
@@ -595,13 +734,15 @@ def plot_time_feature_heatmap(
     feature_names: Optional[Sequence[str]] = None,
     ax: Any = None,
     *,
-    cmap_name: CmapLike = "bwr",
+    cmap_name: CmapLike = None,
     scale: ScaleLike = None,
     time_labels: Optional[Sequence[Any]] = None,
     title: Optional[str] = None,
     colorbar: bool = True,
     time_axis_label: str = "time step",
     feature_axis_label: str = "feature",
+    sequential: bool = False,
+    colorbar_label: str = "relevance",
 ) -> Figure:
     """Relevance of a time-series input as a (feature x time) image.
 
@@ -615,6 +756,8 @@ def plot_time_feature_heatmap(
         title: axes title.
         colorbar: add a colour bar labelled "relevance".
         time_axis_label, feature_axis_label: the axis titles.
+        sequential: non-negative map (e.g. sensitivity): sequential colormap from 0 (white).
+        colorbar_label: the colour bar's label.
 
     Returns:
         The Figure (time on the x axis, features on the y axis).
@@ -636,6 +779,7 @@ def plot_time_feature_heatmap(
     if n_time == 0 or n_feat == 0:
         raise ValueError(f"relevance is empty, shape {arr.shape}")
     _check_finite(arr, "relevance")
+    _check_sequential(arr, sequential)
     if feature_names is not None:
         feature_names = [str(f) for f in feature_names]
         if len(feature_names) != n_feat:
@@ -661,8 +805,8 @@ def plot_time_feature_heatmap(
         fig = _root_figure(ax)
 
     # imshow puts the first array row at the top; features are rows, so transpose.
-    im = ax.imshow(arr.T, aspect="auto", interpolation="nearest", cmap=_get_cmap(cmap_name),
-                   norm=Normalize(-s, s), origin="upper")
+    im = ax.imshow(arr.T, aspect="auto", interpolation="nearest", cmap=_get_cmap(cmap_name, sequential),
+                   norm=Normalize(0.0, s) if sequential else Normalize(-s, s), origin="upper")
     ax.set_xlabel(time_axis_label)
     ax.set_ylabel(feature_axis_label)
     from matplotlib.ticker import MaxNLocator
@@ -687,7 +831,7 @@ def plot_time_feature_heatmap(
         ax.set_title(title)
     if colorbar:
         cb = fig.colorbar(im, ax=ax, shrink=0.9, fraction=0.05, pad=0.02, aspect=25)
-        cb.set_label("relevance")
+        cb.set_label(colorbar_label)
     return fig
 
 
@@ -709,3 +853,186 @@ def save_png(fig: Figure, path: Union[str, os.PathLike], dpi: float = 150.0,
     if close and "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+def _grid_scales(arrays: Sequence[np.ndarray], scale: Union[None, str, float]) -> Tuple[list, Optional[float]]:
+    """Per-panel scales and the common one (None when each panel has its own)."""
+    if isinstance(scale, str):
+        if scale != "shared":
+            raise ValueError(f"scale must be None, 'shared' or a positive number, got {scale!r}")
+        common: Optional[float] = shared_scale(arrays)
+    else:
+        common = _check_scale(scale)
+    if common is not None:
+        return [common] * len(arrays), common
+    return [_resolve_scale(np.asarray(a, dtype=np.float64).ravel(), None) for a in arrays], None
+
+
+def _scale_note(common: Optional[float], n: int, sequential: bool = False) -> str:
+    if n == 1:
+        return ""
+    if common is not None:
+        span = f"0 to {common:.3g}" if sequential else f"\u00b1{common:.3g}"
+        return f"all {n} panels share one colour scale ({span})" if common else \
+            f"all {n} panels share one colour scale"
+    return f"each of the {n} panels has its own colour scale"
+
+
+def plot_word_heatmaps(
+    sentences: Sequence[Tuple[Sequence[str], Any]],
+    titles: Optional[Sequence[str]] = None,
+    scale: Union[None, str, float] = None,
+    *,
+    cmap_name: CmapLike = None,
+    oov: Optional[Sequence[Any]] = None,
+    sequential: bool = False,
+    fontsize: float = 12.0,
+    width: float = 9.0,
+    label: str = "relevance",
+) -> Figure:
+    """Several word heatmaps stacked in one figure, each with its title.
+
+    Args:
+        sentences: ``(words, scores)`` pairs, scores (T,) each.
+        titles: one caption per sentence (e.g. prediction and probability), or None.
+        scale: None: each panel on its own scale, with its own colour bar; "shared": one
+            scale for all, one colour bar at the bottom; a number: that value for all.
+            The figure's header says which.
+        oov: optional, one bool mask per sentence (unknown words get a ``*``).
+        sequential: non-negative maps: sequential colormap, white at 0.
+        fontsize, width: word font size (points) and figure width (inches).
+        label: what the colours show (colour bar label), e.g. "relevance" or "sensitivity".
+
+    Returns:
+        The Figure.
+    """
+    pairs = []
+    for i, item in enumerate(sentences):
+        try:
+            words, scores = item
+        except (TypeError, ValueError):
+            raise ValueError(f"sentences[{i}] must be a (words, scores) pair, got {type(item).__name__}") from None
+        try:
+            words, arr = _check_words_scores(words, scores)
+            _check_sequential(arr, sequential)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"sentences[{i}]: {exc}") from None
+        pairs.append((words, arr))
+    if not pairs:
+        raise ValueError("sentences is empty: nothing to plot")
+    if titles is not None:
+        titles = [str(t) for t in titles]
+        if len(titles) != len(pairs):
+            raise ValueError(f"titles must have one entry per sentence, got {len(titles)} titles for "
+                             f"{len(pairs)} sentences")
+    if oov is not None:
+        oov = list(oov)
+        if len(oov) != len(pairs):
+            raise ValueError(f"oov must have one mask per sentence, got {len(oov)} for {len(pairs)}")
+        oov = [_check_oov(o, len(w)) for o, (w, _) in zip(oov, pairs)]
+    scales, common = _grid_scales([a for _, a in pairs], scale)
+    shown_words = [[w + OOV_MARK if (m is not None and m[k]) else w for k, w in enumerate(words)]
+                   for (words, _), m in zip(pairs, oov if oov is not None else [None] * len(pairs))]
+
+    fs = float(fontsize)
+    margin = 0.5 * fs
+    line_h = 2.0 * fs
+    fig_w_pt = width * 72.0
+    prop = FontProperties(family=mpl.rcParams["font.family"])
+    own_bar_h = 0.0 if common is not None else 0.7 * 72.0
+    heights = []
+    for k, words in enumerate(shown_words):
+        _, lines, _ = _layout_tokens(words, prop, fs, fig_w_pt - 2 * margin)
+        title_h = 2.0 * fs if titles is not None else 0.0
+        # a little slack so that plot_word_heatmap never needs to shrink the font
+        heights.append(max(len(lines), 1) * line_h + 2 * margin + title_h + 2.0 + own_bar_h)
+    note = _scale_note(common, len(pairs), sequential)
+    oov_note = (f"{OOV_MARK} unknown to the vocabulary"
+                if oov is not None and any(m is not None and m.any() for m in oov) else "")
+    header_h = 1.6 * 10.0 if (note or oov_note) else 0.0
+    bottom_h = 0.7 * 72.0 if common is not None else 0.0
+    fig_h_pt = header_h + sum(heights) + bottom_h
+    fig = _HeatmapFigure(figsize=(width, fig_h_pt / 72.0))
+    if header_h:
+        fig.text(margin / fig_w_pt, 1.0 - 0.6 * header_h / fig_h_pt,
+                 "; ".join(t for t in (note, oov_note) if t), fontsize=9, color="#555555",
+                 ha="left", va="center")
+    top = fig_h_pt - header_h
+    for k, ((words, arr), h) in enumerate(zip(pairs, heights)):
+        words_h = h - own_bar_h
+        ax = fig.add_axes((0.0, (top - words_h) / fig_h_pt, 1.0, words_h / fig_h_pt))
+        plot_word_heatmap(words, arr, ax=ax, cmap_name=cmap_name, scale=scales[k] if scales[k] > 0 else None,
+                          fontsize=fs, title=titles[k] if titles is not None else None,
+                          oov=oov[k] if oov is not None else None, sequential=sequential)
+        if common is None:
+            cax = fig.add_axes((0.55, (top - h + 0.55 * own_bar_h) / fig_h_pt, 0.35, 0.1 * 72.0 / fig_h_pt))
+            _word_colorbar(fig, cax, scales[k], cmap_name, sequential,
+                           f"{label} (this panel)" if len(pairs) > 1 else label)
+        if k < len(pairs) - 1:
+            fig.add_artist(mpl.lines.Line2D([0.01, 0.99], [(top - h) / fig_h_pt] * 2, color="#dddddd",
+                                            linewidth=0.6))
+        top -= h
+    if common is not None:
+        cax = fig.add_axes((0.3, 0.5 * bottom_h / fig_h_pt, 0.4, 0.16 * 72.0 / fig_h_pt))
+        _word_colorbar(fig, cax, common, cmap_name, sequential,
+                       f"{label} (shared scale)" if len(pairs) > 1 else label)
+    return fig
+
+
+def plot_time_feature_heatmaps(
+    maps: Sequence[Any],
+    titles: Optional[Sequence[str]] = None,
+    scale: Union[None, str, float] = None,
+    *,
+    feature_names: Optional[Sequence[str]] = None,
+    cmap_name: CmapLike = None,
+    sequential: bool = False,
+    width: Optional[float] = None,
+    label: str = "relevance",
+) -> Figure:
+    """Several (time, features) relevance maps as stacked heatmaps with colour bars.
+
+    Args:
+        maps: one (time, features) array per sample (times may differ).
+        titles: one caption per map, or None.
+        scale: None: each panel on its own scale with its own colour bar; "shared" (or a
+            number): one scale and one colour bar for all. The figure's title says which.
+        feature_names, cmap_name, sequential: as in :func:`plot_time_feature_heatmap`.
+        width: figure width in inches (default from the longest time axis).
+        label: what the colours show (colour bar label).
+
+    Returns:
+        The Figure.
+    """
+    arrays = [np.asarray(m, dtype=np.float64) for m in maps]
+    if not arrays:
+        raise ValueError("maps is empty: nothing to plot")
+    for i, a in enumerate(arrays):
+        if a.ndim != 2:
+            raise ValueError(f"maps[{i}] must be 2-D (time, features), got shape {a.shape}")
+    scales, common = _grid_scales(arrays, scale)
+    n = len(arrays)
+    n_time = max(a.shape[0] for a in arrays)
+    n_feat = max(a.shape[1] for a in arrays)
+    w = float(width) if width else float(np.clip(3.0 + 0.22 * n_time, 6.0, 14.0))
+    panel_h = float(np.clip(1.3 + 0.25 * n_feat, 2.2, 6.0))
+    fig = _HeatmapFigure(figsize=(w, panel_h * n + (0.4 if n > 1 else 0.0)), layout="constrained")
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    for k, (a, ax) in enumerate(zip(arrays, axes)):
+        plot_time_feature_heatmap(a, feature_names=feature_names, ax=ax, cmap_name=cmap_name,
+                                  scale=scales[k] if scales[k] > 0 else None,
+                                  title=titles[k] if titles is not None else None,
+                                  colorbar=common is None, sequential=sequential,
+                                  colorbar_label=f"{label} (this panel)" if n > 1 else label)
+        ax.set_xlim(-0.5, n_time - 0.5)  # one time axis for all panels, so steps line up
+    if common is not None:
+        cb = fig.colorbar(axes[0].images[0], ax=list(axes), shrink=0.9, fraction=0.05, pad=0.02,
+                          aspect=25 * n)
+        cb.set_label(f"{label} (shared scale)" if n > 1 else label)
+    note = _scale_note(common, n, sequential)
+    if note:
+        fig.suptitle(note, fontsize=9, color="#555555")
+    return fig

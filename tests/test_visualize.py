@@ -330,3 +330,78 @@ def test_seed_compatible_common_utils_module(tmp_path):
                               "HOME": str(tmp_path)})
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().endswith("#ff0000")
+
+
+# ----------------------------------------------------------------------------- sequential maps, OOV, grids
+
+
+def test_sequential_map_white_at_zero_full_at_scale_and_refuses_negatives():
+    rgba = viz.relevance_to_rgba([0.0, 1.0, 2.0], sequential=True)
+    np.testing.assert_allclose(rgba[0, :3], [1.0, 1.0, 1.0])  # zero is white
+    assert rgba[2, 0] > rgba[2, 1] + 0.3 and rgba[2, :3].sum() < rgba[1, :3].sum()  # darkest red at the top
+    # the middle value is not the diverging map's "half red" position: r / scale, not 0.5 + r / 2s
+    np.testing.assert_allclose(rgba[1], viz.relevance_to_rgba([1.0, 2.0], sequential=True)[0])
+    with pytest.raises(ValueError, match="non-negative"):
+        viz.relevance_to_rgba([0.5, -0.1], sequential=True)
+    with pytest.raises(ValueError, match=r"sentences\[1\].*non-negative"):
+        viz.html_page([(["a"], [1.0]), (["b"], [-1.0])], sequential=True)
+
+
+def test_sequential_figures_have_colour_bars_from_zero():
+    fig = viz.plot_time_feature_heatmap(np.abs(np.random.default_rng(0).standard_normal((5, 3))),
+                                        sequential=True)
+    assert fig.axes[0].images[0].norm.vmin == 0.0
+    fig = viz.plot_word_heatmap(["a", "b"], [0.0, 2.0], sequential=True)
+    bar = fig.axes[-1]
+    assert [t.get_text() for t in bar.get_xticklabels()][0] == "0"
+
+
+def test_oov_words_marked_in_html_terminal_and_figures():
+    frag = viz.html_heatmap(["a", "zzq"], [1.0, -1.0], oov=np.array([False, True]))
+    spans = _span_colors(frag)
+    assert spans[1][0] == "zzq: -1 (unknown to the vocabulary)" and spans[0][0] == "a: +1"
+    assert frag.count('data-oov="1"') == 1 and "<sup class=\"lrp-oov\">*</sup>" in frag
+    assert viz.ansi_heatmap(["a", "zzq"], [1.0, -1.0], color=False, oov=np.array([False, True])) \
+        == "a[+1] zzq*[-1]"
+    fig = viz.plot_word_heatmap(["a", "zzq"], [1.0, -1.0], oov=np.array([False, True]))
+    assert "zzq*" in [t.get_text() for t in fig.axes[0].texts]
+    page = viz.html_page([(["a", "zzq"], [1.0, -1.0])], oov=[np.array([False, True])])
+    assert "* marks words unknown to the vocabulary" in page
+    with pytest.raises(ValueError, match="one entry per word"):
+        viz.html_heatmap(["a", "b"], [1.0, 2.0], oov=[True])
+
+
+def test_html_page_says_whether_scale_is_shared():
+    pairs = [(["a"], [1.0]), (["b"], [3.0])]
+    assert "All sentences share one colour scale." in viz.html_page(pairs, scale="shared")
+    own = viz.html_page(pairs)
+    assert "Each sentence has its own colour scale." in own and own.count('class="lrp-legend"') == 2
+
+
+def test_word_heatmap_grid_colour_bars_and_scale_note(tmp_path):
+    pairs = [(["a", "good", "film"], [0.1, 1.0, -0.3]), (["bad"], [-2.0])]
+    own = viz.plot_word_heatmaps(pairs, titles=["one", "two"])
+    bars = [ax for ax in own.axes if ax.get_xlabel().startswith("relevance")]
+    assert len(bars) == 2  # one colour bar per panel when scales differ
+    assert [b.get_xlim()[1] for b in bars] == [1.0, 2.0]
+    assert any("own colour scale" in t.get_text() for t in own.texts)
+    shared = viz.plot_word_heatmaps(pairs, titles=["one", "two"], scale="shared")
+    bars = [ax for ax in shared.axes if ax.get_xlabel().startswith("relevance")]
+    assert len(bars) == 1 and bars[0].get_xlabel() == "relevance (shared scale)" and bars[0].get_xlim() == (-2.0, 2.0)
+    assert any("share one colour scale" in t.get_text() for t in shared.texts)
+    out = viz.save_png(shared, tmp_path / "grid.png")
+    assert _png_size(out)[0] > 500
+    with pytest.raises(ValueError, match="one entry per sentence"):
+        viz.plot_word_heatmaps(pairs, titles=["one"])
+
+
+def test_time_feature_grid_shares_one_time_axis():
+    maps = [np.ones((7, 2)), -np.ones((4, 2))]
+    fig = viz.plot_time_feature_heatmaps(maps, titles=["a", "b"], scale="shared")
+    images = [ax for ax in fig.axes if ax.images]
+    assert len(images) == 2 and images[0].get_xlim() == images[1].get_xlim()
+    assert "share one colour scale" in fig._suptitle.get_text()
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels.count("relevance (shared scale)") == 1
+    fig = viz.plot_time_feature_heatmaps(maps)
+    assert [ax.get_ylabel() for ax in fig.axes].count("relevance (this panel)") == 2
