@@ -6,7 +6,7 @@ from typing import Callable, List, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from keras_lrp.evaluate import add_evaluate_parser, run_evaluate  # noqa: E402
+from keras_lrp.experiments.evaluate import add_evaluate_parser, run_evaluate  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "evaluation")
 

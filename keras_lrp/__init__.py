@@ -7,7 +7,7 @@ first use. ``LRP_LSTMCell`` is registered with Keras when ``keras_lrp.cells`` is
 """
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # the one version source (setup.cfg reads it)
 
 _EXPORTS = {
     "explain": "explainer", "LRP": "explainer", "Explainer": "explainer", "Explanation": "explanation",
@@ -22,7 +22,9 @@ _EXPORTS = {
     "lrp_dense_batch": "compat", "lrp_lstm_batch": "compat", "get_target_activation": "compat",
     "lrp_lstm_batch_parts": "compat", "lrp_concat": "compat", "lrp_slice": "compat",
     "Tokenizer": "text", "tokenize": "text", "Vocabulary": "text", "VocabularyError": "text",
-    "read_sst": "sst", "load_pretrained": "sst", "SentimentModel": "sst", "SSTFormatError": "sst",
+    # the SST application (keras_lrp.sst), exported here for convenience; the engine never imports it
+    "read_sst": "sst.reader", "SSTFormatError": "sst.reader",
+    "load_pretrained": "sst.pretrained", "SentimentModel": "sst.pretrained",
     "html_heatmap": "visualize", "html_page": "visualize", "display_heatmap": "visualize",
     "ansi_heatmap": "visualize", "plot_word_heatmap": "visualize",
     "plot_time_feature_heatmap": "visualize", "save_png": "visualize", "shared_scale": "visualize",

@@ -90,7 +90,9 @@ def test_input_file_shows_progress_and_writes_every_line(files, tmp_path):
     r = run("explain", "--input", str(tmp_path / "in.txt"), "--model", str(files / "tokens.keras"),
             "--vocab", str(files / "vocab.json"), "--json", str(tmp_path / "o.jsonl"), "--batch-size", "8")
     assert r.returncode == 0, r.stderr
-    assert "explaining: 40/40 sentences (100%" in r.stderr
+    assert "40/40" in r.stderr and "sentence" in r.stderr          # keras.utils.Progbar, on stderr
+    assert f"wrote 40 explanations to {tmp_path / 'o.jsonl'}" in r.stderr
+    assert "40/40" not in r.stdout
     recs = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert [x["text"] for x in recs] == sentences
 
@@ -126,6 +128,16 @@ def test_all_unknown_words_warns_but_succeeds(files, call):
     (["--input", "{d}/nope.txt", "--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json"], None, "cannot read --input"),
     (["x", "--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json", "--json", "{d}/no/such/dir/o.jsonl"], None,
      "does not exist"),
+    (["x", "--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json", "--html", "{d}"], None, "is a folder"),
+    (["x", "--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json", "--json", "/proc/version"], None,
+     "/proc/version"),
+    (["x", "--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json", "--json", "{d}/a.json", "--html",
+      "{d}/a.json"], None, "same file"),
+    (["x", "--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json", "--out", "{d}/r.npy"], None, "--out is for --npy"),
+    (["x", "--vocab", "{d}/vocab.json"], None, "need --model"),
+    (["x", "--input", "{d}/vocab.json", "--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json"], None,
+     "not both"),
+    (["x", "--model", "{d}/tokens.keras", "--vocab", "{d}/x.npy"], None, "x.npy"),
     (["x", "--model", "{d}/vectors.h5", "--vocab", "{d}/vocab.json"], None, "pass --embeddings"),
     (["--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json"], "\n\n", "no sentences"),
 ])
@@ -153,3 +165,122 @@ def test_truncated_model_file(files, tmp_path, call):
 def test_debug_shows_traceback(files, call):
     with pytest.raises(Exception, match="missing.h5"):
         call("explain", "x", "--model", str(files / "missing.h5"), "--vocab", str(files / "vocab.json"), "--debug")
+
+
+# ----------------------------------------------------------------------------- fast, helpful command line
+
+GUARD = """
+import sys
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras"):
+            raise ImportError("the CLI imported " + name + " before checking its arguments")
+sys.meta_path.insert(0, NoTensorFlow())
+from keras_lrp.cli import main
+codes = [main(argv) for argv in ARGVS]
+assert "tensorflow" not in sys.modules and "keras" not in sys.modules, sorted(sys.modules)
+print("CODES", codes)
+"""
+
+
+def test_argument_errors_are_answered_before_tensorflow(files, tmp_path):
+    d = str(files)
+    argvs = [["explain", "--eps", "-1", "x"], ["explain", "--batch-size", "0", "x"], ["explain", "--rule", "x", "x"],
+             ["explain", ""], ["explain", "x", "--json", d], ["explain", "x", "--json", "/proc/version"],
+             ["explain", "x", "--model", d + "/tokens.keras", "--vocab", d + "/nothere.json"],
+             ["explain", "--npy", d + "/x.npy"], ["evaluate", "--methods", "lrp,nope"],
+             ["evaluate", "--max-sentences", "0"], ["evaluate", "--data", d + "/missing.txt"],
+             ["--version"], ["--help"], ["explain", "--help"], ["evaluate", "--help"], []]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", f"ARGVS = {argvs!r}" + GUARD], capture_output=True, text=True,
+                       env=env, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    codes = eval(r.stdout.split("CODES")[1])
+    assert codes == [2, 2, 2, 2, 2, 2, 1, 2, 2, 2, 2, 0, 0, 0, 0, 2], (codes, r.stderr)
+    assert "/proc/version" in r.stderr and "argument --eps: must be >= 0" in r.stderr
+    assert not list(tmp_path.iterdir())                       # nothing written anywhere
+
+
+def test_usage_error_in_a_new_process_is_fast(tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "keras_lrp.cli", "explain", "--eps", "-1", "x"], capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    seconds = time.perf_counter() - t0
+    assert r.returncode == 2 and "--eps" in r.stderr
+    assert seconds < 8, f"{seconds:.1f} s: TensorFlow (~10 s) must not be imported for a usage error"
+
+
+def test_version_and_help(capsys):
+    import keras_lrp
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"keras-lrp {keras_lrp.__version__}"
+    assert cli.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "keras-lrp explain" in text and "130 interrupted" in text
+    assert cli.main(["explain", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "tokenizer.to_json()" in text and "word_index" in text and "exit codes" in text
+
+
+def test_failed_run_leaves_no_file(files, tmp_path, call):
+    (tmp_path / "old.html").write_text("keep me")
+    r = call("explain", "i love it", "--model", str(files / "tokens.keras"), "--vocab", str(files / "vocab.json"),
+             "--json", str(tmp_path / "o.jsonl"), "--html", str(tmp_path / "old.html"), "--png", str(tmp_path / "p.png"),
+             "--target", "9")       # fails after the model is loaded
+    assert r.returncode == 2 and "out of range" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.html"]        # no partial files, no temporaries
+    assert (tmp_path / "old.html").read_text() == "keep me"
+
+
+def test_numeric_outputs_named_as_given(files, tmp_path, call):
+    r = call("explain", "--model", str(files / "series.keras"), "--npy", str(files / "x.npy"), "--out",
+             str(tmp_path / "relevance.bin"))
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "relevance.bin").shape == (2, 5, 3)
+    assert f"to {tmp_path / 'relevance.bin'}" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["relevance.bin"]
+
+
+def _keras_tokenizer(texts, **kwargs):
+    text_module = pytest.importorskip("tf_keras.preprocessing.text")
+    tokenizer = text_module.Tokenizer(**kwargs)
+    tokenizer.fit_on_texts(texts)
+    return tokenizer
+
+
+@pytest.mark.parametrize("oov_token", [None, "<OOV>"])
+def test_vocab_from_a_keras_tokenizer_json(tmp_path, call, oov_token):
+    texts = ["I hate the movie!", "the plot is interesting, though.", "Loved it; boring? never"]
+    tok = _keras_tokenizer(texts, oov_token=oov_token)
+    (tmp_path / "tok.json").write_text(tok.to_json())
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((None,), dtype="int32"),
+                              keras.layers.Embedding(len(tok.word_index) + 1, 4, mask_zero=True),
+                              keras.layers.LSTM(3), keras.layers.Dense(2)])
+    model.save(tmp_path / "m.keras")
+    sentence = "The PLOT, is zzz-unknown interesting!"
+    out = tmp_path / "o.jsonl"
+    r = call("explain", sentence, "--model", str(tmp_path / "m.keras"), "--vocab", str(tmp_path / "tok.json"),
+             "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(out.read_text())
+    assert rec["tokens"] == ["the", "plot", "is", "zzz", "unknown", "interesting"]   # split as Keras splits
+    assert rec["oov_tokens"] == ["zzz", "unknown"]
+    # the scores are the model's on Keras' own encoding (which drops unknown words without an oov_token)
+    ids = np.array(tok.texts_to_sequences([sentence]))
+    np.testing.assert_allclose(list(rec["scores"].values()), np.asarray(model(ids))[0], rtol=1e-5, atol=1e-6)
+    # a plain word_index JSON gives the same tokens
+    (tmp_path / "wi.json").write_text(json.dumps(tok.word_index))
+    r = call("explain", sentence, "--model", str(tmp_path / "m.keras"), "--vocab", str(tmp_path / "wi.json"),
+             "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["tokens"] == rec["tokens"]
+
+
+def test_vocab_file_of_no_known_format(tmp_path, files, call):
+    (tmp_path / "v.json").write_text(json.dumps({"words": ["a", "b"]}))
+    r = call("explain", "x", "--model", str(files / "tokens.keras"), "--vocab", str(tmp_path / "v.json"))
+    assert r.returncode == 1 and "Keras Tokenizer JSON" in r.stderr and "v.json" in r.stderr

@@ -1,4 +1,4 @@
-"""Word deletion and the toy task (keras_lrp.evaluate, keras_lrp.toy) on tiny models made here."""
+"""Word deletion and the toy task (keras_lrp.experiments) on tiny models made here."""
 import argparse
 import json
 import os
@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from keras_lrp import evaluate as ev
-from keras_lrp.toy import TOY_OPERATIONS, make_toy_data
+from keras_lrp import experiments as ev
+from keras_lrp.experiments.evaluate import EvaluateArgumentError, add_evaluate_parser, run_evaluate
+from keras_lrp.experiments.toy import TOY_OPERATIONS, make_toy_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D, V = 4, 20
@@ -268,7 +269,7 @@ def test_marked_input_metrics_on_hand_made_relevance():
 
 
 def test_toy_evaluation_plumbing_on_an_untrained_model(tmp_path):
-    from keras_lrp.toy import build_toy_model
+    from keras_lrp.experiments.toy import build_toy_model
     d = make_toy_data(300, length=10, seed=2)
     model = build_toy_model(units=4, seed=0)
     r = ev.toy_evaluation(model, d, methods=["lrp", "random", "lrp_half"], seed=3)
@@ -286,13 +287,13 @@ def test_toy_evaluation_plumbing_on_an_untrained_model(tmp_path):
 
 def _args(*argv):
     parser = argparse.ArgumentParser()
-    ev.add_evaluate_parser(parser.add_subparsers(dest="command"))
+    add_evaluate_parser(parser.add_subparsers(dest="command"))
     return parser.parse_args(["evaluate", *argv])
 
 
 def test_cli_toy(tmp_path, capsys):
     out = tmp_path / "out"
-    code = ev.run_evaluate(_args("--toy", "--n-train", "256", "--n-test", "64", "--epochs", "1", "--units", "4",
+    code = run_evaluate(_args("--toy", "--n-train", "256", "--n-test", "64", "--epochs", "1", "--units", "4",
                                  "--methods", "lrp,random", "--quiet", "--out-dir", str(out)))
     assert code == 0
     printed = capsys.readouterr().out
@@ -301,23 +302,29 @@ def test_cli_toy(tmp_path, capsys):
     assert json.loads((out / "toy_add.json").read_text())["n"] == 64
 
 
-def test_cli_errors_before_work(tmp_path):
+def test_cli_errors_before_work(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="unknown method"):
-        ev.run_evaluate(_args("--methods", "lrp,foo"))
-    with pytest.raises(ValueError, match="--max-sentences"):
-        ev.run_evaluate(_args("--max-sentences", "0"))
-    with pytest.raises(ValueError, match="not a folder"):
-        ev.run_evaluate(_args("--out-dir", str(tmp_path / "file")))
-    with pytest.raises(FileNotFoundError, match="--data"):
-        ev.run_evaluate(_args("--data", str(tmp_path / "missing.txt")))
+    for argv, message in ((["--methods", "lrp,foo"], "unknown method"), (["--max-sentences", "0"], "must be >= 1"),
+                          (["--eps", "-1"], "must be >= 0"), (["--batch-size", "x"], "expected an integer")):
+        with pytest.raises(SystemExit) as exit_:
+            _args(*argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, argv
+    with pytest.raises(EvaluateArgumentError, match="not a folder"):
+        run_evaluate(_args("--out-dir", str(tmp_path / "file")))
+    with pytest.raises(EvaluateArgumentError, match="--data"):
+        run_evaluate(_args("--data", str(tmp_path / "missing.txt")))
+    # a Namespace not made by argparse is checked too
+    args = _args()
+    args.max_deletions = -1
+    with pytest.raises(EvaluateArgumentError, match="--max-deletions"):
+        run_evaluate(args)
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "models", "sst5_bilstm.json")),
                     reason="the shipped SST model is not in models/")
 def test_cli_word_deletion_on_the_shipped_model(tmp_path, capsys):
     sst = os.path.join(ROOT, "tests", "data", "sst", "test.txt")
-    code = ev.run_evaluate(_args("--data", sst, "--max-sentences", "24", "--max-deletions", "2",
+    code = run_evaluate(_args("--data", sst, "--max-sentences", "24", "--max-deletions", "2",
                                  "--methods", "lrp,random", "--quiet", "--out-dir", str(tmp_path)))
     assert code == 0
     printed = capsys.readouterr().out

@@ -102,7 +102,7 @@ def _same_length_groups(ids_list):
 
 
 def test_train_tiny_slice_and_export(tmp_path, sst_dir, capsys):
-    from keras_lrp.train_sst import TrainConfig, train
+    from keras_lrp.sst.train import TrainConfig, train
 
     cfg = TrainConfig(str(sst_dir), str(tmp_path), classes=5, epochs=1, max_sentences=50,
                       emb_dim=8, units=6, batch_size=32, seed=3)
@@ -131,14 +131,14 @@ def test_train_tiny_slice_and_export(tmp_path, sst_dir, capsys):
         vector_scores = np.asarray(bundle.model.predict_on_batch(emb[x]))
         np.testing.assert_allclose(vector_scores, token_scores, atol=1e-5, rtol=0)
     # padding is masked in the token model: a padded batch gives the unpadded scores
-    from keras_lrp.train_sst import _pad
+    from keras_lrp.sst.train import _pad
     padded = np.asarray(result.token_model.predict_on_batch(_pad(ids)))
     single = np.concatenate([result.token_model.predict_on_batch(i[None]) for i in ids])
     np.testing.assert_allclose(padded, single, atol=1e-5, rtol=0)
 
 
 def test_cli_reports_missing_data(tmp_path, capsys):
-    from keras_lrp.train_sst import main
+    from keras_lrp.sst.train import main
 
     assert main([str(tmp_path / "nowhere"), str(tmp_path / "out"), "--epochs", "1"]) == 2
     assert "train.txt" in capsys.readouterr().err
@@ -181,3 +181,24 @@ def test_shipped_model_matches_readme(name, binary, sst_dir):
     scores = bundle.predict("a gorgeous, moving and funny film.")
     assert scores.shape == (len(bundle.class_names),)
     assert bundle.class_names[int(np.argmax(scores))] in ("positive", "very positive")
+
+
+def test_shipped_models_dir_is_the_one_finder(tmp_path, monkeypatch):
+    import os
+
+    from keras_lrp.sst import pretrained
+
+    if os.path.isfile(os.path.join(ROOT, "models", "sst5_bilstm.json")):
+        assert pretrained.shipped_models_dir() == os.path.join(str(ROOT), "models")
+    # KERAS_LRP_HOME comes first
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "sst5_bilstm.json").write_text("{}")
+    monkeypatch.setenv("KERAS_LRP_HOME", str(tmp_path))
+    assert pretrained.shipped_models_dir() == str(tmp_path / "models")
+    # nowhere: the error names every folder it tried, the installed location included
+    monkeypatch.delenv("KERAS_LRP_HOME")
+    monkeypatch.setattr(pretrained, "_MARKER", "no_such_model.json")
+    with pytest.raises(pretrained.ShippedModelNotFoundError, match=re.escape(os.path.join("share", "keras-lrp"))):
+        pretrained.shipped_models_dir()
+    with pytest.raises(FileNotFoundError, match="looked in"):
+        load_pretrained("sst5")

@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .text import Tokenizer, Vocabulary
+from ..text import Tokenizer
 
 __all__ = ["Tree", "SSTSentence", "SSTFormatError", "parse_tree", "read_sst", "to_binary",
-           "iter_phrases", "SentimentModel", "load_pretrained", "SST5_CLASS_NAMES", "SST2_CLASS_NAMES"]
+           "iter_phrases", "find_sst_dir", "SST5_CLASS_NAMES", "SST2_CLASS_NAMES"]
 
 SST5_CLASS_NAMES = ("very negative", "negative", "neutral", "positive", "very positive")
 SST2_CLASS_NAMES = ("negative", "positive")
@@ -271,108 +271,13 @@ def _sentence_of(tree: Tree, binary: bool, want_phrases: bool, tokenizer: Tokeni
     return SSTSentence(words=words, tokens=tokens, label=label, phrases=phrases, tree=tree)
 
 
-# ---- shipped pretrained models ------------------------------------------------------------------
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_METADATA_FORMAT = "keras_lrp.text_classifier"
-
-
-@dataclass
-class SentimentModel:
-    """A trained sentiment classifier split for LRP: tokenizer -> vocabulary -> embeddings -> model.
-
-    Attributes:
-        model: Keras model on embedding vectors (batch, time, emb_dim) -> class scores (batch, classes)
-            (logits); this is the model to explain.
-        vocabulary: token ids (0 = padding, 1 = unknown).
-        embeddings: float32 matrix (vocab size, emb_dim); row ``ids[t]`` is the vector of token t.
-        tokenizer: the tokenizer the model was trained with.
-        class_names: name of each output class.
-        metadata: the full metadata JSON (accuracies, training settings).
-    """
-
-    model: object
-    vocabulary: "Vocabulary"
-    embeddings: "object"
-    tokenizer: Tokenizer
-    class_names: Tuple[str, ...]
-    metadata: dict
-
-    def embed(self, text: Union[str, Sequence[str]]):
-        """Tokens, vectors and OOV flags of one text.
-
-        Args:
-            text: raw text (tokenized here) or an already tokenized list of tokens.
-
-        Returns:
-            ``(tokens, vectors, oov)``: list of T tokens, float32 array (1, T, emb_dim), bool (T,).
-        """
-        tokens = self.tokenizer.tokenize(text) if isinstance(text, str) else list(text)
-        if not tokens:
-            raise ValueError(f"no tokens in {text!r}; give at least one word")
-        ids, oov = self.vocabulary.encode(tokens)
-        return tokens, self.embeddings[ids][None], oov
-
-    def predict(self, text: Union[str, Sequence[str]]):
-        """Class scores (classes,) of one text."""
-        import numpy as np
-
-        _, vectors, _ = self.embed(text)
-        return np.asarray(self.model.predict_on_batch(vectors))[0]
-
-
-def load_pretrained(name: str = "sst5", models_dir: Optional[Union[str, os.PathLike]] = None
-                    ) -> SentimentModel:
-    """Load a shipped (or :mod:`keras_lrp.train_sst`-trained) sentiment model.
-
-    Args:
-        name: ``"sst5"`` / ``"sst2"`` (reads ``{models_dir}/{name}_bilstm.json``), or the path of
-            a metadata ``.json`` file.
-        models_dir: folder of the metadata files; default the repository's ``models/``.
-
-    The Keras file is loaded in safe mode; the vocabulary is JSON and the embeddings ``.npy``
-    are loaded with ``allow_pickle=False``.
-    """
-    import json
-
-    import numpy as np
-
-    from .text import Vocabulary
-
-    if str(name).endswith(".json"):
-        meta_path = os.fspath(name)
-    else:
-        meta_path = os.path.join(os.fspath(models_dir or os.path.join(_REPO_ROOT, "models")),
-                                 f"{name}_bilstm.json")
-    if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"model metadata not found: {meta_path}. Shipped models are 'sst5' and "
-                                "'sst2' in the repository's models/ folder; train others with "
-                                "python -m keras_lrp.train_sst DATA_DIR OUT_DIR")
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    if not isinstance(meta, dict) or meta.get("format") != _METADATA_FORMAT:
-        raise ValueError(f"{meta_path}: not a keras_lrp model metadata file (expected "
-                         f"\"format\": \"{_METADATA_FORMAT}\")")
-    base = os.path.dirname(os.path.abspath(meta_path))
-    model_path, vocab_path, emb_path = (os.path.normpath(os.path.join(base, meta[k]))
-                                        for k in ("model", "vocabulary", "embeddings"))
-    for p in (model_path, vocab_path, emb_path):
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"{meta_path} refers to {p}, which does not exist")
-
-    import keras
-
-    vocabulary = Vocabulary.load(vocab_path)
-    embeddings = np.load(emb_path, allow_pickle=False)
-    if embeddings.ndim != 2 or embeddings.shape[0] != len(vocabulary) or embeddings.dtype != np.float32:
-        raise ValueError(f"{emb_path}: expected float32 (vocab size {len(vocabulary)}, emb_dim), found "
-                         f"{embeddings.dtype} {embeddings.shape}")
-    model = keras.models.load_model(model_path, safe_mode=True, compile=False)
-    if model.input_shape[-1] != embeddings.shape[1]:
-        raise ValueError(f"{model_path} takes {model.input_shape[-1]}-dim vectors but {emb_path} holds "
-                         f"{embeddings.shape[1]}-dim embeddings")
-    return SentimentModel(model=model, vocabulary=vocabulary, embeddings=embeddings,
-                          tokenizer=Tokenizer.from_config(meta.get("tokenizer", {})),
-                          class_names=tuple(meta["class_names"]), metadata=meta)
+def find_sst_dir() -> Optional[str]:
+    """The SST data folder (with ``train.txt``, ``dev.txt``, ``test.txt``): ``$KERAS_LRP_SST_DIR``,
+    else ``tests/data/sst`` of a source checkout (a copy of the Stanford Sentiment Treebank shipped
+    with the repository, not installed by pip), else None."""
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    candidates = [os.environ.get("KERAS_LRP_SST_DIR", ""), os.path.join(checkout, "tests", "data", "sst")]
+    for c in candidates:
+        if c and os.path.isfile(os.path.join(c, "test.txt")):
+            return os.path.normpath(c)
+    return None

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m keras_lrp.train_sst DATA_DIR OUT_DIR [--classes 5] [--epochs 20] [--max-sentences N] ...
+    python -m keras_lrp.sst.train DATA_DIR OUT_DIR [--classes 5] [--epochs 20] [--max-sentences N] ...
 
 ``DATA_DIR`` holds ``train.txt``, ``dev.txt``, ``test.txt`` (SST PTB trees). The model follows
 Li et al. 2016 / Arras et al. 2017: word embeddings -> ``Bidirectional(LSTM(units))`` ->
@@ -35,8 +35,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .sst import SST2_CLASS_NAMES, SST5_CLASS_NAMES, iter_phrases, read_sst
-from .text import PAD_ID, UNK_ID, Tokenizer, Vocabulary
+from ..text import PAD_ID, UNK_ID, Tokenizer, Vocabulary
+from .reader import SST2_CLASS_NAMES, SST5_CLASS_NAMES, iter_phrases, read_sst
 
 __all__ = ["TrainConfig", "TrainResult", "train", "build_token_model", "build_vector_model",
            "export_vector_model", "main"]
@@ -378,7 +378,7 @@ def train(cfg: TrainConfig, command: Optional[str] = None) -> TrainResult:
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig("", "")
     p = argparse.ArgumentParser(
-        prog="python -m keras_lrp.train_sst",
+        prog="python -m keras_lrp.sst.train",
         description="Train the SST bi-LSTM (embeddings -> BiLSTM -> Dense without bias) and export "
                     "the vector model that keras_lrp explains.")
     p.add_argument("data_dir", help="folder with train.txt, dev.txt, test.txt (SST PTB trees)")
@@ -417,7 +417,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = TrainConfig(**vars(args))
     except ValueError as e:
         _parser().error(str(e))
-    command = "python -m keras_lrp.train_sst " + " ".join(argv)
+    command = "python -m keras_lrp.sst.train " + " ".join(argv)
     try:
         train(cfg, command=command)
     except (FileNotFoundError, ValueError) as e:

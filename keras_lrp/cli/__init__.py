@@ -1,0 +1,172 @@
+"""The ``keras-lrp`` command line (entry point ``keras_lrp.cli:main``).
+
+Arguments are parsed and checked, inputs read and outputs opened before TensorFlow is imported,
+so a mistake costs a fraction of a second. Exit codes: 0 ok, 1 runtime error, 2 usage error,
+130 interrupted (Ctrl-C).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from .. import __version__
+
+__all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+
+PROG = "keras-lrp"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Sentences per input-order chunk: JSON lines are written chunk by chunk.
+_CHUNK = 1024
+
+_EPILOG = """\
+examples:
+  keras-lrp explain "i hate the movie though the plot is interesting ."      # shipped SST-5 model
+  keras-lrp explain --shipped sst2 --target positive "a gorgeous , witty , seductive movie ."
+  keras-lrp explain --input sentences.txt --json out.jsonl --html out.html
+  cat sentences.txt | keras-lrp explain --method gi
+  keras-lrp explain --model my.h5 --vocab tokenizer.json --classes neg,pos "some text"
+  keras-lrp explain --model series.keras --npy x.npy --png heatmap.png
+  keras-lrp evaluate --max-sentences 300
+  keras-lrp evaluate --toy
+
+exit codes: 0 ok, 1 runtime error (a file cannot be read, a model cannot be explained),
+            2 usage error (bad or conflicting options, no text, an output path that cannot be written),
+            130 interrupted (Ctrl-C; the JSON lines finished so far are kept).
+"""
+
+_EXPLAIN_EPILOG = """\
+vocabulary files (--vocab), recognised by their content:
+  * a keras-lrp vocabulary (keras_lrp.Vocabulary.save); text is split by the PTB-style
+    keras_lrp.Tokenizer, unknown words get id 1;
+  * a Keras Tokenizer saved with tokenizer.to_json(); text is split as that tokenizer splits it
+    (its lower, filters, split, char_level), ids are its word_index (num_words respected);
+  * a plain word_index JSON {"word": id, ...}; text is split like a default Keras Tokenizer
+    (lowercased, punctuation removed).
+  With the Keras formats an unknown word gets the oov_token's id, or 0 without one (a masked step
+  with Embedding(mask_zero=True), as Keras' texts_to_sequences leaves the word out).
+  Unknown words are marked * and listed in the JSON (oov_tokens).
+
+outputs: --json (one JSON line per sentence, in input order), --html (all sentences, one shared
+colour scale), --png (the first sentence; with --npy the first sample's time x feature heatmap),
+--out (with --npy: the relevance array, default X_relevance.npy). Output paths are checked before
+any work; a failed run leaves no partial file (an interrupted one keeps the finished JSON lines).
+
+examples:
+  keras-lrp explain "i hate the movie though the plot is interesting ."
+  keras-lrp explain --input sentences.txt --json out.jsonl      # prints: wrote 12 explanations to out.jsonl
+  keras-lrp explain --model imdb.keras --vocab tokenizer.json --classes neg,pos "a great film"
+  keras-lrp explain --model series.keras --npy x.npy --out relevance.npy --png heatmap.png
+
+exit codes: 0 ok, 1 runtime error, 2 usage error, 130 interrupted.
+"""
+
+
+class UsageError(Exception):
+    """The command line is wrong (bad or conflicting options, no text): exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ..experiments.evaluate import add_evaluate_parser, finite_float, int_at_least, nonnegative_float
+
+    parser = argparse.ArgumentParser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Explain Keras LSTM/GRU predictions with LRP "
+                                                 "(Arras et al. 2017).", epilog=_EPILOG)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{explain,evaluate}")
+    p = sub.add_parser("explain", help="explain text (or --npy sequences) with a model",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Explain sentences with the shipped SST model or your own, or numeric "
+                                   "sequences (--npy) with a time-series model.", epilog=_EXPLAIN_EPILOG)
+    p.add_argument("text", nargs="?", help="a sentence; without it, sentences are read from --input or stdin")
+    p.add_argument("--input", help="file with one sentence per line")
+    p.add_argument("--model", help="a .keras or .h5 model (default: the shipped SST-5 bi-LSTM)")
+    p.add_argument("--shipped", default="sst5", choices=["sst5", "sst2"], help="which shipped model (default sst5)")
+    p.add_argument("--vocab", help="vocabulary for --model: a keras-lrp vocabulary, a Keras Tokenizer JSON "
+                                   "(tokenizer.to_json()) or a word_index JSON (see below)")
+    p.add_argument("--embeddings", help="embedding matrix .npy, when --model takes vectors")
+    p.add_argument("--classes", help="comma-separated class names for --model")
+    p.add_argument("--target", help="class index or name to explain (default: the predicted class)")
+    p.add_argument("--eps", type=nonnegative_float, default=1e-3, help="epsilon-rule stabiliser >= 0 (default 0.001)")
+    p.add_argument("--bias-factor", type=finite_float, default=0.0, help="bias share, 0 (default) to 1")
+    p.add_argument("--rule", default="all", choices=["all", "half", "prop"], help="gate rule (default all)")
+    p.add_argument("--method", default="lrp", choices=["lrp", "gi", "sa"],
+                   help="lrp (default), gi = gradient x input, sa = sensitivity analysis")
+    p.add_argument("--float64", action="store_true", help="compute in float64")
+    p.add_argument("--json", help="write JSON lines (one per sentence, in input order) to this file")
+    p.add_argument("--html", help="write an HTML heatmap page to this file")
+    p.add_argument("--png", help="write a PNG heatmap to this file")
+    p.add_argument("--npy", help="explain numeric sequences from this .npy (batch, time, features)")
+    p.add_argument("--out", help="with --npy: where to write the relevance .npy")
+    p.add_argument("--batch-size", type=int_at_least(1), default=256, help="sentences per batch (default 256)")
+    p.add_argument("--no-color", action="store_true", help="no ANSI colours")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    add_evaluate_parser(sub)
+    return parser
+
+
+def _start_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) sent to /dev/null:
+    TensorFlow 2.21 prints it even with TF_CPP_MIN_LOG_LEVEL=3. Python errors still propagate
+    (stderr is restored first)."""
+    if "tensorflow" in sys.modules:
+        return
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is None:
+        import tensorflow  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        import tensorflow as tf
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``keras-lrp`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:     # --help, --version (0) and argparse's usage errors (2)
+        return exit_.code if isinstance(exit_.code, int) else (EXIT_OK if exit_.code is None else EXIT_USAGE)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from ..experiments.evaluate import EvaluateArgumentError
+    from .outputs import OutputError
+
+    try:
+        if args.command == "evaluate":
+            from ..experiments.evaluate import check_evaluate_args, run_evaluate
+
+            check_evaluate_args(args)
+            if not args.debug:
+                _start_tensorflow_quietly()
+            return run_evaluate(args)
+        from .explain import prepare_explain, run_explain
+
+        job = prepare_explain(args)          # options, inputs and outputs checked; no TensorFlow yet
+        if not args.debug:
+            _start_tensorflow_quietly()
+        return run_explain(job, chunk=_CHUNK)
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - every error becomes one readable line
+        if args.debug:
+            raise
+        text = str(err).strip()
+        _error(text.splitlines()[0] if text else type(err).__name__)
+        return EXIT_USAGE if isinstance(err, (UsageError, EvaluateArgumentError, OutputError)) else EXIT_ERROR
