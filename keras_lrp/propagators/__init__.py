@@ -13,7 +13,7 @@ import keras
 
 from .base import (Context, Propagator, RegistryRow, UnsupportedLayerError, propagator_for, refuse, register,
                    supported_layers)
-from . import linear, recurrent, shape  # noqa: F401  (each module registers its propagators)
+from . import attention, linear, normalization, recurrent, shape  # noqa: F401  (each module registers its propagators)
 from .shape import IDENTITY_LAYERS
 
 __all__ = ["UnsupportedLayerError", "Context", "Propagator", "RegistryRow", "register", "refuse",
