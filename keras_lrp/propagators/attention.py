@@ -30,7 +30,7 @@ import tensorflow as tf
 from .. import rules
 from .base import Propagator, UnsupportedLayerError, register
 
-__all__ = ["AttentionProp", "MultiHeadAttentionProp", "weighted_sum_relevance"]
+__all__ = ["AttentionProp", "MultiHeadAttentionProp", "CallRoles", "call_roles", "weighted_sum_relevance"]
 
 _LARGE = 1.0e9   # what Keras subtracts from / puts at masked scores (float32 and float64)
 
@@ -69,13 +69,15 @@ def _call_roles(layer, tensor_names: Dict[str, object], bound: inspect.BoundArgu
     return CallRoles(q, v, k, bool(bound.arguments.get("use_causal_mask", False)))
 
 
-def call_roles(layer) -> CallRoles:
-    """Read the layer's (single) call: which input is query / value / key, and its call arguments."""
-    nodes = getattr(layer, "_inbound_nodes", [])
-    if len(nodes) != 1:
-        raise UnsupportedLayerError(layer, "an attention layer must be called exactly once in a functional model "
-                                           "(e.g. layer(h, h) or Attention()([h, h])).")
-    node = nodes[0]
+def call_roles(layer, node=None) -> CallRoles:
+    """Read a call of the layer (``node``, a Keras graph node; default: its only call): which of its input
+    tensors is query / value / key, and its call arguments."""
+    if node is None:
+        nodes = getattr(layer, "_inbound_nodes", [])
+        if len(nodes) != 1:
+            raise UnsupportedLayerError(layer, "an attention layer must be called exactly once in a functional "
+                                               "model (e.g. layer(h, h) or Attention()([h, h])).")
+        node = nodes[0]
     bound = inspect.signature(layer.call).bind(*node.arguments.args, **node.arguments.kwargs)
     if isinstance(layer, keras.layers.MultiHeadAttention):
         names = {n: bound.arguments.get(n) for n in ("query", "value", "key")}
@@ -96,8 +98,8 @@ def _connections(mask, shape, dtype):
     return conn / tf.reduce_sum(conn, axis=-1, keepdims=True)
 
 
-def weighted_sum_relevance(weights, values, out, r_out, eps: rules.Epsilon, conn_over_n, equation: str,
-                           ) -> tf.Tensor:
+def weighted_sum_relevance(weights: tf.Tensor, values: tf.Tensor, out: tf.Tensor, r_out: tf.Tensor,
+                           eps: rules.Epsilon, conn_over_n: Optional[tf.Tensor], equation: str) -> tf.Tensor:
     """Epsilon-rule through ``out = einsum(equation, weights, values)`` with the weights held constant.
 
     Args:
@@ -202,8 +204,9 @@ class MultiHeadAttentionProp(Propagator):
         if getattr(layer, "_sliding_window", None) is not None:
             raise UnsupportedLayerError(layer, "sliding_window is not supported.")
         if tuple(layer._attention_axes or ()) != (1,):
-            raise UnsupportedLayerError(layer, f"attention_axes={layer.attention_axes!r}: only attention over the "
-                                               "time axis of (batch, time, features) inputs (the default) is supported.")
+            raise UnsupportedLayerError(layer, f"attention_axes={layer.attention_axes!r}: only attention over "
+                                               "the time axis of (batch, time, features) inputs (the default) "
+                                               "is supported.")
         for dense, eq in ((layer._query_dense, "abc,cde->abde"), (layer._key_dense, "abc,cde->abde"),
                           (layer._value_dense, "abc,cde->abde"), (layer._output_dense, "abcd,cde->abe")):
             if dense.equation != eq:

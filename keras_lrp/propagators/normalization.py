@@ -1,4 +1,5 @@
-"""Normalization layers: LayerNormalization (the LN-rule) and BatchNormalization (inference statistics).
+"""Normalization layers: LayerNormalization (the LN-rule), RMSNormalization and BatchNormalization (inference
+statistics).
 
 LayerNormalization, ``y = (x - mean(x)) / std(x) * gamma + beta`` over the last axis, follows the
 LN-rule of Ali et al. 2022 ("XAI for Transformers: Better Explanations through Conservative
@@ -11,6 +12,7 @@ with bias ``beta``, and the epsilon-rule runs through it:
 
 With ``rms_scaling=True`` Keras computes ``y = x / std(x) * gamma`` (no centering, no beta): with std
 constant that is the diagonal map ``diag(gamma / std)``, each output connected to one input (N = 1).
+RMSNormalization, ``y = x / sqrt(mean(x^2) + epsilon) * scale``, likewise with the RMS held constant.
 
 BatchNormalization at inference is the fixed affine map ``y = x a + c`` per feature, ``a = gamma /
 sqrt(moving_variance + epsilon)``, ``c = beta - moving_mean a``: the epsilon-rule with ``c`` as bias and
@@ -27,7 +29,29 @@ import tensorflow as tf
 from .. import rules
 from .base import Propagator, UnsupportedLayerError, register
 
-__all__ = ["LayerNormalizationProp", "BatchNormalizationProp"]
+__all__ = ["LayerNormalizationProp", "BatchNormalizationProp", "RMSNormalizationProp"]
+
+
+def _diagonal_relevance(x, y, a, c, r, eps: rules.Epsilon):
+    """Epsilon-rule through the element-wise affine map ``y = x a + c`` (each output has one input, N = 1)."""
+    s = r * rules.inverse_denominator(y, eps)
+    r_x = x * a * s
+    if eps.has_bias_share:
+        r_x += eps.bias_factor * (rules.stabilizer(y, eps.eps) + (0.0 if c is None else c)) * s
+    return r_x
+
+
+class _LastAxisNorm(Propagator):
+    """Checks, before any computation, that the layer normalizes over the last axis only."""
+
+    def __init__(self, layer, ctx, is_output=False):
+        super().__init__(layer, ctx, is_output)
+        try:
+            rank = len(layer.input.shape)
+        except (AttributeError, ValueError):   # not called in a graph: checked in forward
+            rank = None
+        if rank is not None:
+            _check_last_axis(layer, rank)
 
 
 def _check_last_axis(layer, rank: int) -> None:
@@ -39,8 +63,8 @@ def _check_last_axis(layer, rank: int) -> None:
 
 @register(keras.layers.LayerNormalization,
           rule="LN-rule (Ali et al. 2022): std held constant, epsilon-rule through the centering and "
-               "scaling map with beta as bias (N = normalized units; rms_scaling: diagonal, N = 1)")
-class LayerNormalizationProp(Propagator):
+               "scaling map with beta as bias (N = features; rms_scaling: diagonal, N = 1)")
+class LayerNormalizationProp(_LastAxisNorm):
     """``y = (x - mean) / std * gamma + beta`` with std held constant: epsilon-rule (see module docstring)."""
 
     def forward1(self, x, mask):
@@ -66,12 +90,9 @@ class LayerNormalizationProp(Propagator):
     def relevance1(self, cache, r):
         x, y, scale, beta = cache
         eps = self.ctx.eps
-        s = r * rules.inverse_denominator(y, eps)
         if self.layer.rms_scaling:     # diagonal map, N = 1
-            r_x = x * scale * s
-            if eps.has_bias_share:
-                r_x += eps.bias_factor * rules.stabilizer(y, eps.eps) * s
-            return r_x, None
+            return _diagonal_relevance(x, y, scale, None, r, eps), None
+        s = r * rules.inverse_denominator(y, eps)
         # W^T s for W = C diag(gamma / std): (gamma / std) s minus its mean over the features
         gs = scale * s
         r_x = x * (gs - tf.reduce_mean(gs, axis=-1, keepdims=True))
@@ -85,7 +106,7 @@ class LayerNormalizationProp(Propagator):
 @register(keras.layers.BatchNormalization,
           rule="inference statistics: the affine map y = x a + c per feature, epsilon-rule with c as bias "
                "(N = 1); not folded into a neighbouring layer")
-class BatchNormalizationProp(Propagator):
+class BatchNormalizationProp(_LastAxisNorm):
     """``y = x a + c`` (moving statistics), epsilon-rule with bias c and N = 1."""
 
     def forward1(self, x, mask):
@@ -103,9 +124,27 @@ class BatchNormalizationProp(Propagator):
 
     def relevance1(self, cache, r):
         x, y, a, c = cache
-        eps = self.ctx.eps
-        s = r * rules.inverse_denominator(y, eps)
-        r_x = x * a * s
-        if eps.has_bias_share:
-            r_x += eps.bias_factor * (c + rules.stabilizer(y, eps.eps)) * s
-        return r_x, None
+        return _diagonal_relevance(x, y, a, c, r, self.ctx.eps), None
+
+
+@register(keras.layers.RMSNormalization,
+          rule="RMS held constant: the diagonal map y = x scale / rms, epsilon-rule with N = 1")
+class RMSNormalizationProp(_LastAxisNorm):
+    """``y = x / sqrt(mean(x^2) + epsilon) * scale`` with the RMS held constant (as the LN-rule holds the
+    std): the diagonal map ``diag(scale / rms)``, epsilon-rule with N = 1."""
+
+    def forward1(self, x, mask):
+        layer = self.layer
+        _check_last_axis(layer, len(x.shape))
+        epsilon = layer.epsilon if layer.epsilon is not None else keras.config.epsilon()
+        # the operations of keras.ops.rms_normalization
+        a = tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=-1, keepdims=True) + tf.constant(epsilon, x.dtype))
+        y = x * a
+        if getattr(layer, "scale", None) is not None:
+            scale = self.ctx.weight(layer.scale)
+            y, a = y * scale, a * scale
+        return y, (x, y, a)
+
+    def relevance1(self, cache, r):
+        x, y, a = cache
+        return _diagonal_relevance(x, y, a, None, r, self.ctx.eps), None

@@ -93,7 +93,8 @@ def cell_rule_for(rnn) -> Optional[CellRule]:
 
 
 @register(keras.layers.RNN, keras.layers.Bidirectional,
-          rule="epsilon-rule on every sum (SimpleRNN: over [x_t, h_{t-1}], N = d + e), the gate rule on every gate x signal product; Bidirectional "
+          rule="epsilon-rule on every sum (SimpleRNN: over [x_t, h_{t-1}], N = d + e), the gate rule on every "
+               "gate x signal product; Bidirectional "
                "sum / ave: epsilon-rule over the two directions (concat, sum, ave, None)")
 class RecurrentProp(Propagator):
     """LSTM / GRU / SimpleRNN / RNN(a cell of :data:`CELL_RULES`) and their Bidirectional wrapper."""
