@@ -189,24 +189,27 @@ def test_masked_conservation(name):
     np.testing.assert_allclose(total, r.sum(axis=(1, 2)), rtol=0, atol=1e-9 * np.abs(r).sum(axis=(1, 2)).max())
 
 
-def test_separate_query_value_key_by_keyword():
-    """mha(query=q, value=v, key=k): inputs are matched to their roles whatever the call's order; only the
-    value gets relevance."""
+@pytest.mark.parametrize("name", ["mha", "attention"])
+def test_separate_query_value_key(name):
+    """mha(key=k, value=v, query=q) / Attention()([q, v, k]): inputs are matched to their roles whatever the
+    call's order; only the value gets relevance, and it matches the oracle."""
     keras.utils.set_random_seed(9)
     qi, vi, ki = (keras.Input((T, F), name=n) for n in ("q", "v", "k"))
-    layer = L.MultiHeadAttention(2, 3)
-    out = layer(key=ki, value=vi, query=qi)
+    if name == "mha":
+        layer = L.MultiHeadAttention(2, 4)
+        out = layer(key=ki, value=vi, query=qi)
+    else:
+        layer = L.Attention(use_scale=True)
+        out = layer([qi, vi, ki])
     model = OL.perturb(keras.Model([qi, vi, ki], out), 10)
     rng = np.random.default_rng(11)
     vals = {n: rng.standard_normal((2, T, F)) for n in "qvk"}
     by_id = {id(qi): vals["q"], id(vi): vals["v"], id(ki): vals["k"]}
     node_inputs = layer._inbound_nodes[0].input_tensors
-    inputs = [by_id[id(t)] for t in node_inputs]
     prop = propagator_for(layer, Context("float64", Epsilon(0.0, 1.0), "all"))
-    (y,), _, cache = prop.forward(inputs, [None] * 3)
-    want = keras.ops.convert_to_numpy(model([vals["q"].astype("float32"), vals["v"].astype("float32"),
-                                             vals["k"].astype("float32")]))
-    np.testing.assert_allclose(y.numpy(), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    (y,), _, cache = prop.forward([by_id[id(t)] for t in node_inputs], [None] * 3)
+    want = keras.ops.convert_to_numpy(model([vals[n].astype("float32") for n in "qvk"]))
+    np.testing.assert_allclose(y.numpy(), want, rtol=0, atol=1e-5 * np.abs(want).max())   # Keras in float32
     r_ins, _ = prop.relevance(cache, [y.numpy()])
     oracle = OA.from_keras(layer)
     oracle.ctx = OL.Ctx(0.0, 1.0, "all")
@@ -214,9 +217,10 @@ def test_separate_query_value_key_by_keyword():
         oracle.attend(vals["q"][i], vals["v"][i], vals["k"][i])
         r_v, _ = oracle.attend_backward(y.numpy()[i])
         for t, r_in in zip(node_inputs, r_ins):
-            expected = r_v if t is vi else np.zeros_like(r_v)
-            OL.assert_close_rel(r_in[i].numpy(), expected, 1e-10) if t is vi else \
-                np.testing.assert_array_equal(r_in[i].numpy(), expected)
+            if t is vi:
+                OL.assert_close_rel(r_in[i].numpy(), r_v, 1e-10)
+            else:
+                np.testing.assert_array_equal(r_in[i].numpy(), 0.0)
 
 
 def test_refusals_name_the_problem():
