@@ -44,10 +44,26 @@ ARCHITECTURES = {
 }
 
 
+def attention_model(units, features, classes):
+    """Bidirectional(LSTM(units, return_sequences)) -> MultiHeadAttention(2 heads, key_dim 16) self-attention
+    -> GlobalAveragePooling1D -> Dense(classes) (functional: the attention layer has two inputs)."""
+    inp = keras.Input((None, features))
+    h = keras.layers.Bidirectional(keras.layers.LSTM(units, return_sequences=True))(inp)
+    a = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16)(h, h)
+    out = keras.layers.Dense(classes, use_bias=False)(keras.layers.GlobalAveragePooling1D()(a))
+    return keras.Model(inp, out)
+
+
+def build_model(arch, units, features, classes):
+    if arch == "bilstm_mha":
+        return attention_model(units, features, classes)
+    return keras.Sequential([keras.Input((None, features))] + ARCHITECTURES[arch](units)
+                            + [keras.layers.Dense(classes, use_bias=False)])
+
+
 def bench(T, units, arch="bilstm", batch=256, features=60, classes=5, repeats=5, dtype="float32", rule="all"):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, features))] + ARCHITECTURES[arch](units)
-                             + [keras.layers.Dense(classes, use_bias=False)])
+    model = build_model(arch, units, features, classes)
     x = np.random.default_rng(0).standard_normal((batch, T, features)).astype("float32")
     forward = tf.function(model)
     xt = tf.constant(x)
@@ -60,16 +76,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one small setting only")
     parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--only", choices=sorted(ARCHITECTURES) + ["bilstm_mha"], help="run one architecture's rows")
     args = parser.parse_args()
     settings = [("bilstm", 20, 60)] if args.quick else [
         ("bilstm", 20, 60), ("bilstm", 50, 60), ("bilstm", 100, 60), ("bilstm", 200, 60), ("bilstm", 100, 256),
-        ("stack3", 50, 60), ("bigru", 50, 60)]
+        ("stack3", 50, 60), ("bigru", 50, 60), ("bilstm_mha", 50, 60)]
+    if args.only:
+        settings = [s for s in settings if s[0] == args.only]
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPUs; "
-          "bilstm = Bidirectional(LSTM(units)), stack3 = LSTM > Bidirectional(LSTM) > LSTM, bigru = Bidirectional(GRU(units)); each + Dense(5), batch 256, 60 features, float32, rule 'all'")
-    print(f"{'model':>7} {'T':>4} {'units':>5} {'forward s':>10} {'explain s':>10} {'ratio':>6} {'explain seq/s':>14}")
+          "bilstm = Bidirectional(LSTM(units)), stack3 = LSTM > Bidirectional(LSTM) > LSTM, bigru = Bidirectional(GRU(units)); "
+          "bilstm_mha = Bidirectional(LSTM(units, return_sequences)) > MultiHeadAttention(2 heads, key_dim 16) > "
+          "GlobalAveragePooling1D; each + Dense(5), batch 256, 60 features, float32, rule 'all'")
+    print(f"{'model':>10} {'T':>4} {'units':>5} {'forward s':>10} {'explain s':>10} {'ratio':>6} {'explain seq/s':>14}")
     for arch, T, units in settings:
         t_fwd, t_lrp = bench(T, units, arch=arch, repeats=args.repeats)
-        print(f"{arch:>7} {T:>4} {units:>5} {t_fwd:>10.4f} {t_lrp:>10.4f} {t_lrp / t_fwd:>6.2f} {256 / t_lrp:>14.0f}",
+        print(f"{arch:>10} {T:>4} {units:>5} {t_fwd:>10.4f} {t_lrp:>10.4f} {t_lrp / t_fwd:>6.2f} {256 / t_lrp:>14.0f}",
               flush=True)
 
 

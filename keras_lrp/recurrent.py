@@ -1,4 +1,4 @@
-"""LSTM and GRU: forward pass with cached activations, and LRP backward through time.
+"""LSTM, GRU and SimpleRNN: forward pass with cached activations, and LRP backward through time.
 
 One direction at a time (a Bidirectional layer runs two independent loops, which TensorFlow may
 run in parallel), vectorised over the batch and kept time-major: tensors are (time, batch, .),
@@ -10,6 +10,7 @@ Shapes: x (time, batch, e); states (time, batch, d); mask (time, batch, 1) bool 
 LSTM: kernel (e, 4d), recurrent_kernel (d, 4d), bias (4d,) or None, gate order i, f, c (= g), o.
 GRU: kernel (e, 3d), recurrent_kernel (d, 3d), bias (3d,), (2, 3d) with ``reset_after``, or None;
 gate order z, r, h.
+SimpleRNN: kernel (e, d), recurrent_kernel (d, d), bias (d,) or None.
 
 The rules (Arras et al. 2017; gate rules from Arras et al. 2019, "Evaluating Recurrent Neural
 Network Explanations"):
@@ -31,7 +32,8 @@ import tensorflow as tf
 from .cells import lstm_step
 from .rules import Epsilon, bias_share, inverse_denominator
 
-__all__ = ["GATE_RULES", "gate_split", "lstm_forward", "lstm_relevance", "gru_forward", "gru_relevance"]
+__all__ = ["GATE_RULES", "gate_split", "lstm_forward", "lstm_relevance", "gru_forward", "gru_relevance",
+           "simple_rnn_forward", "simple_rnn_relevance"]
 
 #: Gate rules for a product p = gate * signal carrying relevance R:
 #:   "all"  (signal-take-all, Arras et al. 2017):  R_signal = R,                R_gate = 0
@@ -370,3 +372,84 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
     if gates:
         r_x = r_x + _input_relevance(x, out[3], w_zr, None, mask)
     return r_x, rest
+
+
+# ---------------------------------------------------------------------------------------------
+# SimpleRNN (Keras SimpleRNNCell):  h_t = act(x_t W + h_{t-1} U + b)
+# ---------------------------------------------------------------------------------------------
+
+def simple_rnn_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor, bias,
+                       activation: Callable, mask: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
+    """Run a SimpleRNN over its (already ordered) input sequence from a zero state.
+
+    Args:
+        x: (time, batch, e); kernel (e, d); recurrent_kernel (d, d); bias (d,) or None;
+        mask: (time, batch, 1) bool or None (masked steps copy the state).
+
+    Returns:
+        (time, batch, d) tensors: hidden states ``h`` (carried over masked steps) and the
+        pre-activations ``z = x_t W + h_{t-1} U + b``.
+    """
+    xz = tf.einsum("tbe,ed->tbd", x, kernel)
+    if bias is not None:
+        xz = xz + bias
+    elems = (xz,) if mask is None else (xz, mask)
+
+    def step(carry, e):
+        h_tm1 = carry[0]
+        z = e[0] + tf.matmul(h_tm1, recurrent_kernel)
+        h = activation(z)
+        return _carry_where_masked(e[1] if mask is not None else None, h, h_tm1), z
+
+    zeros = tf.zeros_like(xz[0])
+    h, z = tf.scan(step, elems, initializer=(zeros, zeros))
+    return {"h": h, "z": z}
+
+
+def simple_rnn_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
+                         recurrent_kernel: tf.Tensor, bias, r_h_last: tf.Tensor, eps: Epsilon,
+                         r_h_seq: Optional[tf.Tensor] = None,
+                         mask: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+    """LRP through a SimpleRNN, in reverse over time (Arras et al. 2017, Sect. 3: the epsilon-rule
+    on every linear map, element-wise activations pass relevance unchanged).
+
+    Per step: ``h_t = act(z_t)`` passes R unchanged to ``z_t = x_t W + h_{t-1} U + b``, then the
+    epsilon-rule over ``[x_t, h_{t-1}]`` with fan-in N = d + e. Masked steps copy their state: its
+    relevance goes back unchanged and x_t gets exactly 0.
+
+    Args:
+        x: inputs (time, batch, e) in processing order; acts: the dict of :func:`simple_rnn_forward`;
+        r_h_last: relevance on the last hidden state (batch, d); r_h_seq: optional relevance arriving
+        on every output h_t (time, batch, d); mask: (time, batch, 1) bool or None.
+
+    Returns:
+        ``(r_x, rest)``: input relevance (time, batch, e) and the relevance left on the zero initial
+        state (batch,).
+    """
+    d, e = recurrent_kernel.shape[0], x.shape[-1]
+    z = acts["z"]
+    share = eps.has_bias_share
+    per_step = {"inv_z": inverse_denominator(z, eps), "h_prev": _shift(acts["h"])}
+    if share:
+        per_step["z"] = z
+    if r_h_seq is not None:
+        per_step["r_h"] = r_h_seq
+    if mask is not None:
+        per_step["mask"] = mask
+    no_share = tf.zeros_like(r_h_last[..., :1])
+
+    def step(carry, s):
+        r_h = carry[0]
+        if r_h_seq is not None:
+            r_h = r_h + s["r_h"]
+        m_z = r_h * s["inv_z"]
+        share_z = bias_share(m_z, s["z"], bias, eps, d + e) if share else no_share
+        r_h_prev = s["h_prev"] * tf.matmul(m_z, recurrent_kernel, transpose_b=True) + share_z
+        if mask is not None:
+            r_h_prev = tf.where(s["mask"], r_h_prev, r_h)
+        return r_h_prev, m_z, share_z
+
+    r_h0, m_z, share_z = tf.scan(step, per_step, initializer=(r_h_last, tf.zeros_like(r_h_last), no_share),
+                                 reverse=True)
+    rest = tf.reduce_sum(r_h0[0], axis=-1)
+    return _input_relevance(x, m_z, kernel, share_z if share else None, mask), rest

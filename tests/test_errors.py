@@ -63,8 +63,9 @@ def _shared_layer_model():
 
 
 @pytest.mark.parametrize("build,match", [
-    (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.SimpleRNN(3), keras.layers.Dense(2)]),
-     r"'simple_rnn.*' \(SimpleRNN\).*supported cells are LSTM and GRU"),
+    (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.RNN(keras.layers.StackedRNNCells(
+        [keras.layers.LSTMCell(3)])), keras.layers.Dense(2)]),
+     r"'rnn.*' \(RNN\).*StackedRNNCells; supported cells: LSTMCell, GRUCell, SimpleRNNCell"),
     (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.Bidirectional(keras.layers.LSTM(3), merge_mode="mul"),
                                keras.layers.Dense(2)]), "merge_mode='mul'"),
     (lambda: keras.Sequential([keras.Input((2, None, 4)), keras.layers.TimeDistributed(keras.layers.LSTM(3)),
@@ -72,7 +73,7 @@ def _shared_layer_model():
     (lambda: keras.Sequential([keras.Input((None, 4), batch_size=2), keras.layers.LSTM(3, stateful=True),
                                keras.layers.Dense(2)]), "stateful=True"),
     (_lambda_model, "Lambda layers run arbitrary code"),
-    (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.LayerNormalization(), keras.layers.LSTM(3),
+    (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.UnitNormalization(), keras.layers.LSTM(3),
                                keras.layers.Dense(2)]), "no LRP rule for this layer type"),
 ])
 def test_unsupported_models(build, match):

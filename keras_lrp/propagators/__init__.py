@@ -13,7 +13,8 @@ import keras
 
 from .base import (Context, Propagator, RegistryRow, UnsupportedLayerError, propagator_for, refuse, register,
                    supported_layers)
-from . import linear, recurrent, shape  # noqa: F401  (each module registers its propagators)
+# each module registers its propagators; the import order is the order of the README table
+from . import linear, recurrent, shape, normalization, attention  # noqa: F401
 from .shape import IDENTITY_LAYERS
 
 __all__ = ["UnsupportedLayerError", "Context", "Propagator", "RegistryRow", "register", "refuse",

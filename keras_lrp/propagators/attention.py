@@ -1,0 +1,265 @@
+"""Attention layers: Attention, AdditiveAttention and MultiHeadAttention, attention weights held constant.
+
+An attention layer computes weights ``A = softmax(scores(query, key))`` (masked) and the weighted sum
+``out_i = sum_j A_ij v_j`` over values. As gates in signal-take-all (Arras et al. 2017), the weights are
+held constant (AttnLRP, Achtibat et al. 2024; Ali et al. 2022, "XAI for Transformers: Better
+Explanations through Conservative Propagation"): relevance flows only through the value path, queries
+and keys get none. Given A, the value path is linear, and every step is the epsilon-rule:
+
+* MultiHeadAttention value projection ``V = x_v W_v + b_v`` (EinsumDense; N = value features);
+* the weighted sum ``C_i = sum_j A_ij V_j`` per head and feature: ``R_{V_j} = sum_i (A_ij V_j +
+  bias_factor eps sign(C_i) / N_i) / (C_i + eps sign C_i) R_{C_i}``, the stabiliser share spread over
+  the N_i values query i may attend to (its mask row; all values for a fully masked row, over which
+  the softmax then spreads);
+* MultiHeadAttention output projection ``O = sum_{h, d} C_hd W_o + b_o`` (N = heads x value_dim).
+
+With ``eps = 0, bias_factor = 1`` relevance is conserved. Masks are the ones Keras applies: the Keras
+masks of query / value (and key) and ``use_causal_mask``. ``Attention`` zeroes the outputs of masked
+queries; relevance reaching those constant zeros is parked in ``rest`` (as for masked Bidirectional
+outputs). Dropout is inactive at inference.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import keras
+import tensorflow as tf
+
+from .. import rules
+from .base import Propagator, UnsupportedLayerError, register
+
+__all__ = ["AttentionProp", "MultiHeadAttentionProp", "CallRoles", "call_roles", "weighted_sum_relevance"]
+
+_LARGE = 1.0e9   # what Keras subtracts from / puts at masked scores (float32 and float64)
+
+
+@dataclass(frozen=True)
+class CallRoles:
+    """How the layer was called: the position of query / value / key among the node's input tensors
+    (``key`` None when it defaults to the value) and ``use_causal_mask``."""
+
+    query: int
+    value: int
+    key: Optional[int]
+    causal: bool
+
+
+def _call_roles(layer, tensor_names: Dict[str, object], bound: inspect.BoundArguments,
+                input_tensors: List) -> CallRoles:
+    taken = set()
+
+    def position(tensor):
+        for i, t in enumerate(input_tensors):
+            if t is tensor and i not in taken:
+                taken.add(i)
+                return i
+        raise UnsupportedLayerError(layer, "could not find its query / value tensors among the call's inputs.")
+
+    q, v = position(tensor_names["query"]), position(tensor_names["value"])
+    k = position(tensor_names["key"]) if tensor_names.get("key") is not None else None
+    if len(taken) != len(input_tensors):
+        raise UnsupportedLayerError(layer, "it is called with extra tensors (explicit mask or attention_mask "
+                                           "tensors); only the Keras masks of query / value (Embedding(mask_zero), "
+                                           "Masking) and use_causal_mask are supported.")
+    if bound.arguments.get("return_attention_scores", False):
+        raise UnsupportedLayerError(layer, "return_attention_scores=True: LRP explains one output tensor; call "
+                                           "the layer with return_attention_scores=False.")
+    return CallRoles(q, v, k, bool(bound.arguments.get("use_causal_mask", False)))
+
+
+def call_roles(layer, node=None) -> CallRoles:
+    """Read a call of the layer (``node``, a Keras graph node; default: its only call): which of its input
+    tensors is query / value / key, and its call arguments."""
+    if node is None:
+        nodes = getattr(layer, "_inbound_nodes", [])
+        if len(nodes) != 1:
+            raise UnsupportedLayerError(layer, "an attention layer must be called exactly once in a functional "
+                                               "model (e.g. layer(h, h) or Attention()([h, h])).")
+        node = nodes[0]
+    bound = inspect.signature(layer.call).bind(*node.arguments.args, **node.arguments.kwargs)
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        names = {n: bound.arguments.get(n) for n in ("query", "value", "key")}
+    else:
+        inputs = bound.arguments["inputs"]
+        names = {"query": inputs[0], "value": inputs[1], "key": inputs[2] if len(inputs) > 2 else None}
+    return _call_roles(layer, names, bound, list(node.input_tensors))
+
+
+def _connections(mask, shape, dtype):
+    """(connections / N_i) for the weighted sum: mask (batch, [heads,] Tq, Tv) bool or None -> the
+    per-row normalised connectivity, a fully masked row counting as connected to every value."""
+    if mask is None:
+        return None
+    mask = tf.broadcast_to(mask, shape)
+    conn = tf.where(tf.reduce_any(mask, axis=-1, keepdims=True), mask, True)
+    conn = tf.cast(conn, dtype)
+    return conn / tf.reduce_sum(conn, axis=-1, keepdims=True)
+
+
+def weighted_sum_relevance(weights: tf.Tensor, values: tf.Tensor, out: tf.Tensor, r_out: tf.Tensor,
+                           eps: rules.Epsilon, conn_over_n: Optional[tf.Tensor], equation: str) -> tf.Tensor:
+    """Epsilon-rule through ``out = einsum(equation, weights, values)`` with the weights held constant.
+
+    Args:
+        weights: attention weights (softmax output); values: the values summed; out: the sum;
+        r_out: relevance on out; conn_over_n: connectivity / N_i shaped like ``weights`` (None: all
+        Tv values connected); equation: ``"weights,relevance->values"`` einsum, e.g. ``"bqv,bqd->bvd"``.
+    """
+    s = r_out * rules.inverse_denominator(out, eps)
+    r_v = values * tf.einsum(equation, weights, s)
+    if eps.has_bias_share:
+        if conn_over_n is None:
+            n = tf.cast(tf.shape(weights)[-1], weights.dtype)
+            conn_over_n = tf.ones_like(weights) / n
+        r_v += eps.bias_factor * tf.einsum(equation, conn_over_n, rules.stabilizer(out, eps.eps) * s)
+    return r_v
+
+
+def _softmax(scores, mask, subtract: bool):
+    """Keras's masked softmax: Attention subtracts 1e9 at masked scores, Softmax (MultiHeadAttention)
+    replaces them by -1e9."""
+    if mask is not None:
+        large = tf.constant(_LARGE, scores.dtype)
+        scores = tf.where(mask, scores, scores - large if subtract else -large)
+    return tf.nn.softmax(scores, axis=-1)
+
+
+def _value_only(inputs, value_position: int, r_value) -> List[tf.Tensor]:
+    """Relevance per input position: the value's, zeros for query and key (weights held constant)."""
+    return [r_value if i == value_position else tf.zeros_like(x) for i, x in enumerate(inputs)]
+
+
+def _causal(tq, tv):
+    return tf.linalg.band_part(tf.ones([tq, tv], tf.bool), -1, 0)
+
+
+@register(keras.layers.Attention, keras.layers.AdditiveAttention,
+          rule="attention weights held constant (AttnLRP, Achtibat et al. 2024): epsilon-rule over the "
+               "weighted sum of values (N = attended values); query and key get none")
+class AttentionProp(Propagator):
+    """``Attention`` (score_mode dot / concat, use_scale) and ``AdditiveAttention``: see module docstring."""
+
+    def __init__(self, layer, ctx, is_output=False):
+        super().__init__(layer, ctx, is_output)
+        self.roles = call_roles(layer)
+        self.additive = isinstance(layer, keras.layers.AdditiveAttention)
+
+    def _scores(self, q, k):
+        layer, w = self.layer, self.ctx.weight
+        if self.additive:
+            t = tf.tanh(q[..., :, None, :] + k[..., None, :, :])
+            return tf.reduce_sum((w(layer.scale) if layer.use_scale else 1.0) * t, axis=-1)
+        if layer.score_mode == "dot":
+            scores = tf.matmul(q, k, transpose_b=True)
+            return scores * w(layer.scale) if layer.use_scale else scores
+        qk = q[..., :, None, :] + k[..., None, :, :]
+        if layer.use_scale:
+            qk = w(layer.scale) * qk
+        return w(layer.concat_score_weight) * tf.reduce_sum(tf.tanh(qk), axis=-1)
+
+    def forward(self, inputs, masks):
+        roles = self.roles
+        q, v = inputs[roles.query], inputs[roles.value]
+        k = v if roles.key is None else inputs[roles.key]
+        q_mask, v_mask = masks[roles.query], masks[roles.value]
+        scores = self._scores(q, k)   # (batch, Tq, Tv)
+        mask = None if v_mask is None else tf.cast(v_mask, tf.bool)[:, None, :]
+        if roles.causal:
+            causal = _causal(tf.shape(scores)[-2], tf.shape(scores)[-1])[None]
+            mask = causal if mask is None else tf.logical_and(mask, causal)
+        weights = _softmax(scores, mask, subtract=True)
+        out = tf.matmul(weights, v)
+        y = out
+        if q_mask is not None:
+            q_mask = tf.cast(q_mask, tf.bool)[:, :, None]
+            y = tf.where(q_mask, out, tf.zeros_like(out))
+        conn = _connections(mask, tf.shape(weights), weights.dtype)
+        return [y], [q_mask[..., 0] if q_mask is not None else None], (inputs, weights, out, q_mask, conn)
+
+    def relevance(self, cache, r_outs):
+        inputs, weights, out, q_mask, conn = cache
+        v = inputs[self.roles.value]
+        r, rest = r_outs[0], None
+        if q_mask is not None:   # masked queries output the constant 0: what reaches them goes to rest
+            rest = tf.reduce_sum(tf.where(q_mask, tf.zeros_like(r), r), axis=[1, 2])
+            r = tf.where(q_mask, r, tf.zeros_like(r))
+        r_v = weighted_sum_relevance(weights, v, out, r, self.ctx.eps, conn, "bqv,bqd->bvd")
+        return _value_only(inputs, self.roles.value, r_v), rest
+
+
+@register(keras.layers.MultiHeadAttention,
+          rule="attention weights held constant (AttnLRP, Achtibat et al. 2024; Ali et al. 2022): epsilon-rule "
+               "through the output projection (N = heads x value_dim), the weighted sum (N = attended values) "
+               "and the value projection (N = value features); query and key get none")
+class MultiHeadAttentionProp(Propagator):
+    """``MultiHeadAttention`` on (batch, time, features) inputs, default ``attention_axes``."""
+
+    def __init__(self, layer, ctx, is_output=False):
+        super().__init__(layer, ctx, is_output)
+        self.roles = call_roles(layer)
+        if getattr(layer, "_use_gate", False):
+            raise UnsupportedLayerError(layer, "use_gate=True is not supported.")
+        if getattr(layer, "_sliding_window", None) is not None:
+            raise UnsupportedLayerError(layer, "sliding_window is not supported.")
+        if tuple(layer._attention_axes or ()) != (1,):
+            raise UnsupportedLayerError(layer, f"attention_axes={layer.attention_axes!r}: only attention over "
+                                               "the time axis of (batch, time, features) inputs (the default) "
+                                               "is supported.")
+        for dense, eq in ((layer._query_dense, "abc,cde->abde"), (layer._key_dense, "abc,cde->abde"),
+                          (layer._value_dense, "abc,cde->abde"), (layer._output_dense, "abcd,cde->abe")):
+            if dense.equation != eq:
+                raise UnsupportedLayerError(layer, f"unexpected projection {dense.equation!r}; inputs must be "
+                                                   "(batch, time, features).")
+
+    def _project(self, dense, x, eq):
+        w = self.ctx.weight(dense.kernel)
+        b = self.ctx.weight(dense.bias) if dense.bias is not None else None
+        z = tf.einsum(eq, x, w)
+        return (z if b is None else z + b), w, b
+
+    def forward(self, inputs, masks):
+        layer, roles = self.layer, self.roles
+        q_in, v_in = inputs[roles.query], inputs[roles.value]
+        k_in = v_in if roles.key is None else inputs[roles.key]
+        # the attention mask Keras builds from the query / value / key masks and use_causal_mask
+        mask = None
+        for m, axis in ((masks[roles.query], -1), (masks[roles.value], -2),
+                        (masks[roles.key] if roles.key is not None else None, -2)):
+            if m is not None:
+                m = tf.expand_dims(tf.cast(m, tf.bool), axis)
+                mask = m if mask is None else tf.logical_and(mask, m)
+        if roles.causal:
+            causal = _causal(tf.shape(q_in)[1], tf.shape(v_in)[1])[None]
+            mask = causal if mask is None else tf.logical_and(mask, causal)
+        if mask is not None:
+            mask = mask[:, None]   # (batch, 1 = heads, Tq, Tv)
+        q, _, _ = self._project(layer._query_dense, q_in, "abc,cde->abde")   # (batch, Tq, heads, key_dim)
+        k, _, _ = self._project(layer._key_dense, k_in, "abc,cde->abde")
+        v, w_v, b_v = self._project(layer._value_dense, v_in, "abc,cde->abde")   # (batch, Tv, heads, value_dim)
+        q = q * tf.constant(layer._inverse_sqrt_key_dim, q.dtype)
+        weights = _softmax(tf.einsum("aecd,abcd->acbe", k, q), mask, subtract=False)   # (batch, heads, Tq, Tv)
+        c = tf.einsum("acbe,aecd->abcd", weights, v)                                    # (batch, Tq, heads, value_dim)
+        o, w_o, b_o = self._project(layer._output_dense, c, "abcd,cde->abe")
+        conn = _connections(mask, tf.shape(weights), weights.dtype)
+        out_mask = masks[roles.query]
+        return [o], [out_mask], (inputs, v, w_v, b_v, weights, c, w_o, b_o, o, conn)
+
+    def relevance(self, cache, r_outs):
+        inputs, v, w_v, b_v, weights, c, w_o, b_o, o, conn = cache
+        v_in, eps = inputs[self.roles.value], self.ctx.eps
+        # output projection O = sum_{h,d} C_hd W_o[h, d] + b_o  (N = heads x value_dim)
+        s = r_outs[0] * rules.inverse_denominator(o, eps)
+        r_c = c * tf.einsum("abe,cde->abcd", s, w_o)
+        if eps.has_bias_share:
+            r_c += rules.bias_share(s, o, b_o, eps, w_o.shape[0] * w_o.shape[1])[..., None]
+        # weighted sum over values, per head (weights held constant)
+        r_v = weighted_sum_relevance(weights, v, c, r_c, eps, conn, "acbe,abcd->aecd")
+        # value projection V = x_v W_v + b_v  (N = value features)
+        s = r_v * rules.inverse_denominator(v, eps)
+        r_x = v_in * tf.einsum("abde,cde->abc", s, w_v)
+        if eps.has_bias_share:
+            a = rules.stabilizer(v, eps.eps) + (0.0 if b_v is None else b_v)
+            r_x += (eps.bias_factor / w_v.shape[0]) * tf.reduce_sum(a * s, axis=[2, 3])[..., None]
+        return _value_only(inputs, self.roles.value, r_x), None

@@ -1,0 +1,150 @@
+"""Normalization layers: LayerNormalization (the LN-rule), RMSNormalization and BatchNormalization (inference
+statistics).
+
+LayerNormalization, ``y = (x - mean(x)) / std(x) * gamma + beta`` over the last axis, follows the
+LN-rule of Ali et al. 2022 ("XAI for Transformers: Better Explanations through Conservative
+Propagation"): the standard deviation is held constant, so ``x -> y`` is the linear map
+``W = C diag(gamma / std)`` (``C = I - 11^T / N`` the centering matrix, N the number of features)
+with bias ``beta``, and the epsilon-rule runs through it:
+
+    R_j = x_j [gamma_j s_j - mean_k(gamma_k s_k)] / std + bias_factor / N * sum_k (beta_k + eps sign y_k) s_k,
+    s_k = R_k / (y_k + eps sign y_k).
+
+With ``rms_scaling=True`` Keras computes ``y = x / std(x) * gamma`` (no centering, no beta): with std
+constant that is the diagonal map ``diag(gamma / std)``, each output connected to one input (N = 1).
+RMSNormalization, ``y = x / sqrt(mean(x^2) + epsilon) * scale``, likewise with the RMS held constant.
+
+BatchNormalization at inference is the fixed affine map ``y = x a + c`` per feature, ``a = gamma /
+sqrt(moving_variance + epsilon)``, ``c = beta - moving_mean a``: the epsilon-rule with ``c`` as bias and
+N = 1, ``R_x = (x a + bias_factor (c + eps sign y)) / (y + eps sign y) R_y``. It is computed on the map
+itself, not folded into a neighbouring Dense: folding (one epsilon-rule over ``x W a + (b a + c)``)
+gives the same relevance only for ``eps = 0, bias_factor = 0``; otherwise it shares ``c`` and the
+stabiliser differently.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from .. import rules
+from .base import Propagator, UnsupportedLayerError, register
+
+__all__ = ["LayerNormalizationProp", "BatchNormalizationProp", "RMSNormalizationProp"]
+
+
+def _diagonal_relevance(x, y, a, c, r, eps: rules.Epsilon):
+    """Epsilon-rule through the element-wise affine map ``y = x a + c`` (each output has one input, N = 1)."""
+    s = r * rules.inverse_denominator(y, eps)
+    r_x = x * a * s
+    if eps.has_bias_share:
+        r_x += eps.bias_factor * (rules.stabilizer(y, eps.eps) + (0.0 if c is None else c)) * s
+    return r_x
+
+
+class _LastAxisNorm(Propagator):
+    """Checks, before any computation, that the layer normalizes over the last axis only."""
+
+    def __init__(self, layer, ctx, is_output=False):
+        super().__init__(layer, ctx, is_output)
+        try:
+            rank = len(layer.input.shape)
+        except (AttributeError, ValueError):   # not called in a graph: checked in forward
+            rank = None
+        if rank is not None:
+            _check_last_axis(layer, rank)
+
+
+def _check_last_axis(layer, rank: int) -> None:
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if sorted(a % rank for a in axes) != [rank - 1]:
+        raise UnsupportedLayerError(layer, f"axis={layer.axis!r}; only normalization over the last (feature) "
+                                           "axis, the default axis=-1, is supported.")
+
+
+@register(keras.layers.LayerNormalization,
+          rule="LN-rule (Ali et al. 2022): std held constant, epsilon-rule through the centering and "
+               "scaling map with beta as bias (N = features; rms_scaling: diagonal, N = 1)")
+class LayerNormalizationProp(_LastAxisNorm):
+    """``y = (x - mean) / std * gamma + beta`` with std held constant: epsilon-rule (see module docstring)."""
+
+    def forward1(self, x, mask):
+        layer, ctx = self.layer, self.ctx
+        _check_last_axis(layer, len(x.shape))
+        gamma = ctx.weight(layer.gamma) if layer.scale else None
+        beta = ctx.weight(layer.beta) if (layer.center and not layer.rms_scaling) else None
+        # the operations of keras.ops.layer_normalization, in the same order
+        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+        inv = tf.math.rsqrt(variance + tf.constant(layer.epsilon, x.dtype))   # 1 / std, held constant
+        scale = inv if gamma is None else inv * gamma                     # gamma / std, broadcast
+        if layer.rms_scaling:
+            y = x * inv
+            if gamma is not None:
+                y = y * gamma
+        else:
+            res = -mean * scale
+            if beta is not None:
+                res = res + beta
+            y = x * scale + res
+        return y, (x, y, scale, beta)
+
+    def relevance1(self, cache, r):
+        x, y, scale, beta = cache
+        eps = self.ctx.eps
+        if self.layer.rms_scaling:     # diagonal map, N = 1
+            return _diagonal_relevance(x, y, scale, None, r, eps), None
+        s = r * rules.inverse_denominator(y, eps)
+        # W^T s for W = C diag(gamma / std): (gamma / std) s minus its mean over the features
+        gs = scale * s
+        r_x = x * (gs - tf.reduce_mean(gs, axis=-1, keepdims=True))
+        if eps.has_bias_share:
+            a = rules.stabilizer(y, eps.eps) + (0.0 if beta is None else beta)
+            # bias_factor / N * sum over the N normalized units
+            r_x += eps.bias_factor * tf.reduce_mean(a * s, axis=-1, keepdims=True)
+        return r_x, None
+
+
+@register(keras.layers.BatchNormalization,
+          rule="inference statistics: the affine map y = x a + c per feature, epsilon-rule with c as bias "
+               "(N = 1); not folded into a neighbouring layer")
+class BatchNormalizationProp(_LastAxisNorm):
+    """``y = x a + c`` (moving statistics), epsilon-rule with bias c and N = 1."""
+
+    def forward1(self, x, mask):
+        layer, ctx = self.layer, self.ctx
+        _check_last_axis(layer, len(x.shape))
+        # tf.nn.batch_normalization's operations: a = gamma rsqrt(var + eps), c = beta - mean a
+        a = tf.math.rsqrt(ctx.weight(layer.moving_variance) + tf.constant(layer.epsilon, x.dtype))
+        if layer.scale:
+            a = a * ctx.weight(layer.gamma)
+        c = -ctx.weight(layer.moving_mean) * a
+        if layer.center:
+            c = c + ctx.weight(layer.beta)
+        y = x * a + c
+        return y, (x, y, a, c)
+
+    def relevance1(self, cache, r):
+        x, y, a, c = cache
+        return _diagonal_relevance(x, y, a, c, r, self.ctx.eps), None
+
+
+@register(keras.layers.RMSNormalization,
+          rule="RMS held constant: the diagonal map y = x scale / rms, epsilon-rule with N = 1")
+class RMSNormalizationProp(_LastAxisNorm):
+    """``y = x / sqrt(mean(x^2) + epsilon) * scale`` with the RMS held constant (as the LN-rule holds the
+    std): the diagonal map ``diag(scale / rms)``, epsilon-rule with N = 1."""
+
+    def forward1(self, x, mask):
+        layer = self.layer
+        _check_last_axis(layer, len(x.shape))
+        epsilon = layer.epsilon if layer.epsilon is not None else keras.config.epsilon()
+        # the operations of keras.ops.rms_normalization
+        a = tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=-1, keepdims=True) + tf.constant(epsilon, x.dtype))
+        y = x * a
+        if getattr(layer, "scale", None) is not None:
+            scale = self.ctx.weight(layer.scale)
+            y, a = y * scale, a * scale
+        return y, (x, y, a)
+
+    def relevance1(self, cache, r):
+        x, y, a = cache
+        return _diagonal_relevance(x, y, a, None, r, self.ctx.eps), None
