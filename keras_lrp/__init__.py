@@ -13,6 +13,7 @@ _EXPORTS = {
     "explain": "explainer", "LRP": "explainer", "Explainer": "explainer", "Explanation": "explanation",
     "explain_text": "text_explainer",
     "Epsilon": "rules", "ZPlus": "rules", "AlphaBeta": "rules", "Gamma": "rules", "Composite": "composites",
+    "SignalTakeAll": "rules", "Half": "rules", "Proportional": "rules",
     "UnsupportedLayerError": "propagators",
     "LRP_LSTMCell": "cells", "lstm_activations": "cells",
     "lrpify_model": "graph",

@@ -8,13 +8,14 @@ chosen layers, by layer name (first) or by layer type (most specific class first
     e = keras_lrp.explain(model, x, layer_rules={"dense_head": ZPlus(), keras.layers.Conv1D: Gamma(0.25)})
 
 A plain dict is turned into a Composite; rules may be given as objects or by short name
-(:data:`RULE_NAMES`).
+(:data:`RULE_NAMES`). Recurrent layers take a gate rule (``SignalTakeAll()``, ``Half()``,
+``Proportional()``) for their gate x signal products.
 """
 from __future__ import annotations
 
 from typing import Dict, Mapping, Optional, Union
 
-from .rules import LINEAR_RULES, AlphaBeta, Epsilon, Gamma, LinearRule, ZPlus
+from .rules import LINEAR_RULES, AlphaBeta, Epsilon, Gamma, GateRule, LinearRule, ZPlus, as_gate_rule
 
 __all__ = ["Composite", "RULE_NAMES", "as_composite", "LAYER_RULE_KEY"]
 
@@ -38,9 +39,12 @@ def _as_rule(key, value):
             raise ValueError(f"layer_rules[{key!r}] = {value!r} is not a rule name; use one of "
                              f"{sorted(RULE_NAMES)} or a rule object ({', '.join(c.__name__ for c in LINEAR_RULES)}).")
         return RULE_NAMES[value]
+    if isinstance(value, GateRule):
+        return as_gate_rule(value)
     if not isinstance(value, LINEAR_RULES):
-        raise TypeError(f"layer_rules[{key!r}] must be a rule object ({', '.join(c.__name__ for c in LINEAR_RULES)}) "
-                        f"or a rule name, got {type(value).__name__}.")
+        raise TypeError(f"layer_rules[{key!r}] must be a rule object ({', '.join(c.__name__ for c in LINEAR_RULES)}, "
+                        f"or a gate rule SignalTakeAll / Half / Proportional for recurrent layers) or a rule name, "
+                        f"got {type(value).__name__}.")
     return value
 
 
@@ -94,6 +98,12 @@ class Composite:
         for p in propagators:
             rule = self.rule_for(p.layer)
             if rule is None or (rule == "linear" and getattr(p, "accepts_linear_declaration", False)):
+                continue
+            if isinstance(rule, GateRule):
+                if not p.accepts_gate_rules:
+                    raise ValueError(f"layer_rules gives the gate rule {rule!r} to layer {p.layer.name!r} "
+                                     f"({type(p.layer).__name__}), which has no gates: gate rules apply to "
+                                     "recurrent layers (LSTM, GRU, RNN, Bidirectional).")
                 continue
             if rule == "linear" or not getattr(p, "accepts_rules", False):
                 what = "'linear' declares a Lambda layer linear" if rule == "linear" else \

@@ -14,8 +14,7 @@ from .composites import Composite, as_composite
 from .explanation import Explanation, output_activation
 from .graph import model_graph
 from .propagators import Context
-from .recurrent import GATE_RULES
-from .rules import Epsilon
+from .rules import Epsilon, as_gate_rule
 from .walk import Walk
 
 __all__ = ["Explanation", "Explainer", "LRP", "explain", "METHODS"]
@@ -40,7 +39,8 @@ class Explainer:
         dtype: "float32" or "float64"; the computation runs in this dtype from the model's weights
             (read live, so an explainer stays valid after further training).
         rule: gate rule for every gate x signal product: "all" (signal-take-all, Arras et al.
-            2017, the default), "half" or "prop" (see :data:`keras_lrp.recurrent.GATE_RULES`).
+            2017, the default), "half" or "prop", or the objects SignalTakeAll(), Half(), Proportional()
+            (:mod:`keras_lrp.rules`); a composite may choose it per recurrent layer.
         method: "lrp" (default), or the gradient baselines "gi" (gradient x input) and "sa"
             (sensitivity analysis: squared gradient) of the same pre-activation score.
         layer_rules: per-layer rules, ``{layer name or layer class: rule}`` or a
@@ -56,8 +56,7 @@ class Explainer:
         self.method = method
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}.")
-        if rule not in GATE_RULES:
-            raise ValueError(f"rule must be one of {GATE_RULES}, got {rule!r}.")
+        rule = as_gate_rule(rule).name
         self.rule = Epsilon(eps=eps, bias_factor=bias_factor)
         self.gate_rule, self.dtype, self.model = rule, dtype, model
         self.composite = as_composite(layer_rules)

@@ -30,28 +30,21 @@ from typing import Callable, Dict, Optional, Tuple
 import tensorflow as tf
 
 from .cells import lstm_step
-from .rules import Epsilon, bias_share, inverse_denominator
+from .rules import GATE_RULE_OBJECTS, Epsilon, bias_share, inverse_denominator
 
 __all__ = ["GATE_RULES", "gate_split", "lstm_forward", "lstm_relevance", "gru_forward", "gru_relevance",
            "simple_rnn_forward", "simple_rnn_relevance"]
 
-#: Gate rules for a product p = gate * signal carrying relevance R:
-#:   "all"  (signal-take-all, Arras et al. 2017):  R_signal = R,                R_gate = 0
-#:   "half" (Arjona-Medina et al. 2018):           R_signal = R / 2,            R_gate = R / 2
-#:   "prop" (Ding et al. 2017):                    R_signal = s / (g + s) * R,  R_gate = g / (g + s) * R
-#: with g, s the forward values of gate and signal and the denominator stabilised by eps like the
-#: epsilon-rule (0/0 := 0).
-GATE_RULES = ("all", "half", "prop")
+#: Gate rules for a product p = gate * signal carrying relevance R, by name (the objects are
+#: :class:`keras_lrp.rules.SignalTakeAll` "all", :class:`~keras_lrp.rules.Half` "half" and
+#: :class:`~keras_lrp.rules.Proportional` "prop"). The functions below take the name: with "all"
+#: they skip the gates' relevance entirely (nothing flows there).
+GATE_RULES = tuple(GATE_RULE_OBJECTS)
 
 
 def gate_split(r, gate, signal, rule: str, eps: Epsilon):
-    """Split the relevance ``r`` of ``gate * signal`` into ``(r_gate, r_signal)`` (see GATE_RULES)."""
-    if rule == "all":
-        return None, r
-    if rule == "half":
-        return 0.5 * r, 0.5 * r
-    k = r * inverse_denominator(gate + signal, eps)
-    return gate * k, signal * k
+    """Split the relevance ``r`` of ``gate * signal`` into ``(r_gate, r_signal)`` by the named rule."""
+    return GATE_RULE_OBJECTS[rule].split(r, gate, signal, eps)
 
 
 def _shift(t: tf.Tensor) -> tf.Tensor:

@@ -29,7 +29,8 @@ from typing import Callable, Union
 
 import tensorflow as tf
 
-__all__ = ["Epsilon", "ZPlus", "AlphaBeta", "Gamma", "LinearRule", "LINEAR_RULES", "stabilizer",
+__all__ = ["Epsilon", "ZPlus", "AlphaBeta", "Gamma", "LinearRule", "LINEAR_RULES", "GateRule", "SignalTakeAll",
+           "Half", "Proportional", "GATE_RULE_OBJECTS", "as_gate_rule", "stabilizer",
            "inverse_denominator", "bias_share", "linear"]
 
 
@@ -201,3 +202,65 @@ class Gamma:
 
 LinearRule = Union[Epsilon, AlphaBeta, Gamma]
 LINEAR_RULES = (Epsilon, AlphaBeta, Gamma)
+
+
+# --------------------------------------------------------------------------- gate x signal products
+
+@dataclass(frozen=True)
+class GateRule:
+    """How the relevance ``R`` of a product ``p = gate * signal`` (LSTM / GRU) is split.
+
+    ``split`` returns ``(R_gate, R_signal)``; ``R_gate`` is None when the gate gets nothing.
+    Subclasses: :class:`SignalTakeAll` (the default), :class:`Half`, :class:`Proportional`.
+    """
+
+    name = ""
+
+    def split(self, r: tf.Tensor, gate: tf.Tensor, signal: tf.Tensor, eps: Epsilon):
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SignalTakeAll(GateRule):
+    """Signal-take-all (Arras et al. 2017): ``R_signal = R``, ``R_gate = 0``."""
+
+    name = "all"
+
+    def split(self, r, gate, signal, eps):
+        return None, r
+
+
+@dataclass(frozen=True)
+class Half(GateRule):
+    """Half-half (Arjona-Medina et al. 2018): ``R_signal = R_gate = R / 2``."""
+
+    name = "half"
+
+    def split(self, r, gate, signal, eps):
+        return 0.5 * r, 0.5 * r
+
+
+@dataclass(frozen=True)
+class Proportional(GateRule):
+    """Proportional (Ding et al. 2017): ``R_gate = g / (g + s) R``, ``R_signal = s / (g + s) R`` on the
+    forward values, the denominator stabilised by eps like the epsilon-rule (0/0 := 0)."""
+
+    name = "prop"
+
+    def split(self, r, gate, signal, eps):
+        k = r * inverse_denominator(gate + signal, eps)
+        return gate * k, signal * k
+
+
+#: gate rule name -> object (the ``rule=`` argument of ``explain`` takes either)
+GATE_RULE_OBJECTS = {rule.name: rule for rule in (SignalTakeAll(), Half(), Proportional())}
+
+
+def as_gate_rule(rule: Union[str, GateRule]) -> GateRule:
+    """A gate rule name ("all", "half", "prop") or object -> the object."""
+    if isinstance(rule, GateRule) and rule.name in GATE_RULE_OBJECTS:
+        return rule
+    if isinstance(rule, str) and rule in GATE_RULE_OBJECTS:
+        return GATE_RULE_OBJECTS[rule]
+    raise ValueError(f"rule must be one of {tuple(GATE_RULE_OBJECTS)} or SignalTakeAll(), Half(), Proportional(); "
+                     f"got {rule!r}.")

@@ -187,3 +187,47 @@ def test_bad_layer_rules_are_refused_before_computation():
         Gamma(-1.0)
     with pytest.raises(TypeError, match="dict"):
         keras_lrp.explain(model, x, layer_rules=[("head", ZPlus())])
+
+
+# --------------------------------------------------------------------------- gate rules as objects
+
+def _stack(seed=0):
+    rng = np.random.default_rng(seed)
+    inp = keras.Input((4, 3))
+    h = keras.layers.LSTM(3, return_sequences=True, name="lower")(inp)
+    h = keras.layers.Bidirectional(keras.layers.GRU(2), name="upper")(h)
+    model = keras.Model(inp, keras.layers.Dense(2, name="head")(h))
+    model.set_weights([rng.normal(size=w.shape) * 0.8 for w in model.get_weights()])
+    return model, rng.normal(size=(3, 4, 3))
+
+
+@pytest.mark.parametrize("name,obj", [("all", keras_lrp.SignalTakeAll()), ("half", keras_lrp.Half()),
+                                      ("prop", keras_lrp.Proportional())])
+def test_gate_rule_objects_are_the_named_rules(name, obj):
+    model, x = _stack()
+    by_name = keras_lrp.explain(model, x, dtype="float64", rule=name)
+    by_object = keras_lrp.explain(model, x, dtype="float64", rule=obj)
+    per_layer = keras_lrp.explain(model, x, dtype="float64", layer_rules={keras.layers.RNN: obj,
+                                                                          keras.layers.Bidirectional: obj})
+    np.testing.assert_array_equal(by_name.relevance, by_object.relevance)
+    np.testing.assert_array_equal(by_name.relevance, per_layer.relevance)
+
+
+def test_gate_rule_per_layer_mixes_and_conserves():
+    """lower: half, upper: the default (signal-take-all); the result differs from both uniform
+    choices and still conserves relevance (eps = 0, bias_factor = 1)."""
+    model, x = _stack(1)
+    kw = dict(dtype="float64", eps=0.0, bias_factor=1.0)
+    mixed = keras_lrp.explain(model, x, layer_rules={"lower": keras_lrp.Half()}, **kw)
+    for uniform in ("all", "half"):
+        assert not np.allclose(mixed.relevance, keras_lrp.explain(model, x, rule=uniform, **kw).relevance)
+    total = mixed.relevance.reshape(len(x), -1).sum(1) + mixed.rest
+    np.testing.assert_allclose(total, mixed.explained_score, rtol=1e-8)
+
+
+def test_gate_rules_only_on_recurrent_layers():
+    model, x = _stack()
+    with pytest.raises(ValueError, match="has no gates"):
+        keras_lrp.explain(model, x, layer_rules={"head": keras_lrp.Half()})
+    with pytest.raises(ValueError, match="rule must be one of"):
+        keras_lrp.explain(model, x, rule="most")

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from ..recurrent import GATE_RULES
 from ..composites import Composite
-from ..rules import Epsilon, LinearRule
+from ..rules import Epsilon, GateRule, LinearRule
 
 __all__ = ["UnsupportedLayerError", "Context", "Propagator", "register", "refuse", "propagator_for",
            "supported_layers", "RegistryRow"]
@@ -46,6 +46,18 @@ class Context:
         self.dtype, self.eps, self.gate_rule = dtype, eps, gate_rule
         self.composite = composite if composite is not None else Composite()
 
+    def with_gate_rule(self, gate_rule: str) -> "Context":
+        """This context with another default gate rule (for one layer's propagator)."""
+        if gate_rule == self.gate_rule:
+            return self
+        return Context(self.dtype, self.eps, gate_rule, self.composite)
+
+    def gate_rule_for(self, layer) -> str:
+        """The name of the gate rule of ``layer``'s gate x signal products: the composite's choice
+        (a :class:`~keras_lrp.rules.GateRule`), else the default."""
+        rule = self.composite.rule_for(layer)
+        return rule.name if isinstance(rule, GateRule) else self.gate_rule
+
     def linear_rule(self, layer) -> LinearRule:
         """The rule of ``layer``'s linear map: the composite's choice, else the default epsilon-rule."""
         rule = self.composite.rule_for(layer)
@@ -60,6 +72,8 @@ class Propagator:
 
     #: whether a Composite may give this layer a rule object (ZPlus, AlphaBeta, Gamma, Epsilon)
     accepts_rules = False
+    #: whether a Composite may give this layer a gate rule (SignalTakeAll, Half, Proportional)
+    accepts_gate_rules = False
 
     def __init__(self, layer, ctx: Context, is_output: bool = False):
         self.layer, self.ctx, self.is_output = layer, ctx, is_output

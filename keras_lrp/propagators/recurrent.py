@@ -99,8 +99,10 @@ def cell_rule_for(rnn) -> Optional[CellRule]:
 class RecurrentProp(Propagator):
     """LSTM / GRU / SimpleRNN / RNN(a cell of :data:`CELL_RULES`) and their Bidirectional wrapper."""
 
+    accepts_gate_rules = True   # a Composite may choose this layer's gate rule
+
     def __init__(self, layer, ctx, is_output=False):
-        super().__init__(layer, ctx, is_output)
+        super().__init__(layer, ctx.with_gate_rule(ctx.gate_rule_for(layer)), is_output)
         if isinstance(layer, keras.layers.Bidirectional):
             if layer.merge_mode not in ("concat", "sum", "ave", None):
                 raise UnsupportedLayerError(
