@@ -30,12 +30,14 @@ class UnsupportedLayerError(ValueError):
 
 
 class Context:
-    """What every propagator needs to know: dtype and the rules."""
+    """What every propagator needs to know: dtype, the rules, and the rules users declared per layer
+    name (``layer_rules``, e.g. ``{"my_lambda": "linear"}``)."""
 
-    def __init__(self, dtype: str, eps: Epsilon, gate_rule: str):
+    def __init__(self, dtype: str, eps: Epsilon, gate_rule: str, layer_rules: Optional[Dict[str, str]] = None):
         if gate_rule not in GATE_RULES:
             raise ValueError(f"rule must be one of {GATE_RULES}, got {gate_rule!r}.")
         self.dtype, self.eps, self.gate_rule = dtype, eps, gate_rule
+        self.layer_rules: Dict[str, str] = dict(layer_rules or {})
 
     def weight(self, variable) -> tf.Tensor:
         return tf.cast(variable.value, self.dtype)
