@@ -101,6 +101,7 @@ CASES = {
     "mean_features": _reduce(lambda h: ops.mean(h, axis=-1), lambda a: a.mean(axis=-1), (2,), True),
     "add": (lambda h: h[:, 0] + h[:, 1], lambda a: a[:, 0] + a[:, 1], _add_oracle),
     "subtract": (lambda h: h[:, 0] - h[:, 2], lambda a: a[:, 0] - a[:, 2], _subtract_oracle),
+    "subtract_layer": (lambda h: L.Subtract()([h[:, 0], h[:, 2]]), lambda a: a[:, 0] - a[:, 2], _subtract_oracle),
     "add_const": (lambda h: h[:, 0] + 1.5, lambda a: a[:, 0] + 1.5, _add_const_oracle),
     "add_broadcast": (lambda h: h + h[:, :1], lambda a: a + a[:, :1], _add_broadcast_oracle),
     "attention_op": (lambda h: ops.sum(ops.softmax(L.Dense(1, name="score")(h), axis=1) * h, axis=1),

@@ -139,8 +139,8 @@ class ReduceProp(OpPropagator):
         return [gradient_linear(f, x, y, None, r_outs[0], self.ctx.eps, self._connections())], None
 
 
-@register(_np.Add, _np.Subtract, rule="epsilon-rule over the summands (N = number of input-dependent "
-                                      "summands; constants are a bias)")
+@register(_np.Add, _np.Subtract, keras.layers.Subtract,
+          rule="epsilon-rule over the summands (N = number of input-dependent summands; constants are a bias)")
 class SumProp(OpPropagator):
     """``z = ±x1 ± x2``: each input-dependent term is a contribution; constants act as a bias."""
 
@@ -165,6 +165,8 @@ class SumProp(OpPropagator):
 
     def _signs(self):
         """The sign of each tensor argument in ``z`` (Subtract: x1 - x2)."""
+        if isinstance(self.layer, keras.layers.Subtract):
+            return [1.0, -1.0]
         args = self.node.call.arguments.args
         signs = []
         for pos, a in enumerate(args):
