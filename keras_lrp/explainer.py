@@ -77,7 +77,7 @@ class Explainer:
     """A compiled explainer for one model (Captum-style: build once, ``attribute`` many times).
 
     Args:
-        model: a built single-input single-output Keras model of supported layers
+        model: a built single-output Keras model (one or several inputs) of supported layers
             (see :mod:`keras_lrp.propagators`); the output layer's pre-activation is explained.
         eps: epsilon-rule stabiliser, ``>= 0``.
         bias_factor: share of bias and stabiliser redistributed to the inputs (0 = paper, 1 = conserving).
@@ -144,14 +144,13 @@ class Explainer:
         else:
             r_out = r_scores
         relevance, rest = self._walk.relevance(caches, r_out)
-        return self._fill(relevance, starts), scores, target, rest, timestep
+        return self._fill(relevance, scores), scores, target, rest, timestep
 
     @staticmethod
-    def _fill(relevance, starts):
+    def _fill(relevance, scores):
         """None (an input without relevance) -> an empty (batch, 0) array, so the compiled function
         returns tensors only."""
-        return [r if r is not None else tf.zeros([tf.shape(s if s is not None else relevance[0])[0], 0], tf.float32)
-                for r, s in zip(relevance, starts)]
+        return [r if r is not None else tf.zeros([tf.shape(scores)[0], 0], scores.dtype) for r in relevance]
 
     def _run_gradient(self, xs, target, timestep):
         starts = self._walk.embed(xs)
@@ -162,15 +161,11 @@ class Explainer:
             scores, timestep = self._scores(out, timestep)
             target = tf.where(target < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), target)
             explained = tf.reduce_sum(tf.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores)
-        grads = iter(tape.gradient(explained, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO))
-        relevance = []
-        for s in starts:
-            if s is None:
-                relevance.append(None)
-                continue
-            grad = next(grads)
-            relevance.append(grad * s if self.method == "gi" else grad * grad)
-        return self._fill(relevance, starts), scores, target, tf.zeros_like(scores[:, 0]), timestep
+        grads = tape.gradient(explained, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        by_input = dict(zip([i for i, s in enumerate(starts) if s is not None], grads))
+        relevance = [None if s is None else (by_input[i] * s if self.method == "gi" else by_input[i] ** 2)
+                     for i, s in enumerate(starts)]
+        return self._fill(relevance, scores), scores, target, tf.zeros_like(scores[:, 0]), timestep
 
     def attribute(self, inputs, target: Target = None, timestep=None, batch_size: int = 256) -> Explanation:
         """Explain ``inputs`` for ``target`` (None = predicted class, an int, or one int per
@@ -375,7 +370,7 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
     """Explain a model's outputs with LRP (Arras et al. 2017).
 
     Args:
-        model: a built single-input single-output Keras model (LSTM / GRU / Bidirectional, Dense,
+        model: a built single-output Keras model, one or several inputs (LSTM / GRU / Bidirectional, Dense,
             Conv1D, pooling, Embedding, ...; see :mod:`keras_lrp.propagators`).
         inputs: (batch, time, features) floats, or (batch, time) token ids for inputs an Embedding
             reads; for models with several inputs, a list in the order of ``model.inputs`` or a dict

@@ -271,3 +271,37 @@ def test_seed_sliced_lambda_needs_layer_rules():
     e = keras_lrp.LRP(model, eps=0.0, bias_factor=1.0, dtype="float64", layer_rules=rules).attribute(x)
     # each slice's Bi-LSTM sees 4 features: every feature gets relevance through its own slice
     assert np.all(np.abs(e.relevance).sum(axis=(0, 1)) > 0)
+
+
+def _tf_keras_functional_models():
+    """tf.keras 2.x functional models as people saved them: mask_zero Bi-LSTM, Masking, two inputs."""
+    import tf_keras as K
+    KL = K.layers
+    inp = KL.Input((None,), dtype="int32")
+    h = KL.Bidirectional(KL.LSTM(3, return_sequences=True))(KL.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    yield "tfk_imdb", K.Model(inp, KL.Dense(2)(KL.LSTM(3)(h))), IDS, ID_PAD
+    inp = KL.Input((None, 3))
+    yield "tfk_masking", K.Model(inp, KL.Dense(2)(KL.GRU(3)(KL.Masking(0.0)(inp)))), XF, XF_PAD
+    tok, num = KL.Input((None,), dtype="int32"), KL.Input((2,))
+    h = KL.LSTM(3)(KL.Embedding(VOCAB, EMB, mask_zero=True)(tok))
+    yield "tfk_two_inputs", K.Model([tok, num], KL.Dense(2)(KL.Concatenate()([h, num]))), [IDS, NUM], [ID_PAD, None]
+
+
+def test_tf_keras_h5_functional_models(tmp_path):
+    """A tf.keras .h5 of a masked functional model loads and is explained (was: loads, then refused)."""
+    pytest.importorskip("tf_keras")
+    rng = np.random.default_rng(9)
+    for name, tfk_model, x, pads in _tf_keras_functional_models():
+        tfk_model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in tfk_model.get_weights()])
+        path = tmp_path / f"{name}.h5"
+        tfk_model.save(path)
+        want = tfk_model.predict(x, verbose=0)
+        model = keras_lrp.load_model(path)
+        e = keras_lrp.explain(model, x, eps=0.0, bias_factor=1.0, dtype="float64")
+        np.testing.assert_allclose(e.scores, want, rtol=0, atol=1e-4 * np.abs(want).max(), err_msg=name)
+        score = e.explained_score
+        np.testing.assert_allclose(e.total_relevance() + e.rest, score, rtol=0, atol=1e-8 * np.abs(score).max(),
+                                   err_msg=name)
+        for r, pad in zip(as_list(e.relevance), as_list(pads)):
+            if pad is not None:
+                assert np.all(r[pad] == 0), name
