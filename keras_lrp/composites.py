@@ -87,14 +87,16 @@ class Composite:
         return (tuple(sorted(self.by_name.items())),
                 tuple(sorted(((t.__module__, t.__qualname__), r) for t, r in self.by_type.items())))
 
-    def check(self, propagators) -> None:
-        """Refuse, before any computation, names that are not layers of the model and rules on layers
-        that cannot take them (the rule objects apply to Dense / TimeDistributed(Dense) / Conv1D)."""
-        names = [p.layer.name for p in propagators]
-        unknown = self.unknown_names(names)
+    def check_names(self, layer_names) -> None:
+        """Refuse names that are not layers of the model (before anything is built)."""
+        unknown = self.unknown_names(layer_names)
         if unknown:
-            raise ValueError(f"layer_rules names {unknown}, which are not layers the explanation passes "
-                             f"through; the layers are {names}.")
+            raise ValueError(f"layer_rules names {unknown}, which are not layers of the model; its layers are "
+                             f"{list(layer_names)}.")
+
+    def check(self, propagators) -> None:
+        """Refuse, before any computation, rules on layers that cannot take them (rule objects apply
+        to Dense / TimeDistributed(Dense) / Conv1D, gate rules to recurrent layers, 'linear' to Lambda)."""
         for p in propagators:
             rule = self.rule_for(p.layer)
             if rule is None or (rule == "linear" and getattr(p, "accepts_linear_declaration", False)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections import OrderedDict
-from typing import Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -32,7 +32,7 @@ class Explainer:
     """A compiled explainer for one model (Captum-style: build once, ``attribute`` many times).
 
     Args:
-        model: a built single-input single-output Keras model of supported layers
+        model: a built single-output Keras model (one or several inputs) of supported layers
             (see :mod:`keras_lrp.propagators`); the output layer's pre-activation is explained.
         eps: epsilon-rule stabiliser, ``>= 0``.
         bias_factor: share of bias and stabiliser redistributed to the inputs (0 = paper, 1 = conserving).
@@ -45,7 +45,8 @@ class Explainer:
             (sensitivity analysis: squared gradient) of the same pre-activation score.
         layer_rules: per-layer rules, ``{layer name or layer class: rule}`` or a
             :class:`~keras_lrp.composites.Composite` (e.g. ``{"head": ZPlus()}``); the others keep
-            the epsilon-rule above.
+            the epsilon-rule above. ``{"my_lambda": "linear"}`` declares that ``Lambda`` layer linear:
+            it is propagated with the epsilon-rule on its Jacobian (Lambda layers are refused otherwise).
     """
 
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
@@ -61,9 +62,16 @@ class Explainer:
         self.gate_rule, self.dtype, self.model = rule, dtype, model
         self.composite = as_composite(layer_rules)
         graph = model_graph(model)
+        self.composite.check_names([n.op.name for n in graph.nodes if isinstance(n.op, keras.layers.Layer)])
         self._walk = Walk(graph, Context(dtype, self.rule, rule, self.composite))
         self.composite.check(self._walk.propagators)
-        self.tokens = self._walk.embedding is not None
+        self.input_names = list(graph.input_names)
+        self.input_shapes = list(graph.input_shapes)
+        # per input: read by an Embedding (token ids), integer ids no Embedding reads, or floats
+        self._tokens = [e is not None for e in self._walk.embeddings]
+        self._ids = [t or not str(d).startswith("float") for t, d in zip(self._tokens, graph.input_dtypes)]
+        self.multi_input = len(graph.inputs) > 1
+        self.tokens = self._tokens[0]
         self.input_shape = graph.input_shape
         out_shape = tuple(model.outputs[0].shape)
         if len(out_shape) not in (2, 3) or out_shape[-1] is None:
@@ -71,11 +79,11 @@ class Explainer:
                              "(batch, outputs) or, for sequence outputs, (batch, time, outputs).")
         self.n_outputs = int(out_shape[-1])
         self.has_time_axis = len(out_shape) == 3
-        in_dtype = tf.int32 if self.tokens else dtype
+        specs = [tf.TensorSpec((None,) + tuple(shape[1:]), tf.int32 if ids else dtype)
+                 for shape, ids in zip(self.input_shapes, self._ids)]
         self._fn = tf.function(
             self._run, reduce_retracing=True,
-            input_signature=[tf.TensorSpec((None,) + self.input_shape[1:], in_dtype),
-                             tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)])
+            input_signature=[specs, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)])
 
     def _scores(self, out, timestep):
         if not self.has_time_axis:
@@ -83,10 +91,10 @@ class Explainer:
         timestep = tf.where(timestep < 0, timestep + tf.shape(out)[1], timestep)
         return tf.gather(out, timestep, axis=1, batch_dims=1), timestep
 
-    def _run(self, x, target, timestep):
+    def _run(self, xs, target, timestep):
         if self.method != "lrp":
-            return self._run_gradient(x, target, timestep)
-        out, _, caches = self._walk.forward(x)
+            return self._run_gradient(xs, target, timestep)
+        out, starts, caches = self._walk.forward(xs)
         scores, timestep = self._scores(out, timestep)
         target = tf.where(target < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), target)
         r_scores = tf.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores
@@ -95,19 +103,28 @@ class Explainer:
         else:
             r_out = r_scores
         relevance, rest = self._walk.relevance(caches, r_out)
-        return relevance, scores, target, rest, timestep
+        return self._fill(relevance, scores), scores, target, rest, timestep
 
-    def _run_gradient(self, x, target, timestep):
-        start = self._walk.embed(x)
+    @staticmethod
+    def _fill(relevance, scores):
+        """None (an input without relevance) -> an empty (batch, 0) array, so the compiled function
+        returns tensors only."""
+        return [r if r is not None else tf.zeros([tf.shape(scores)[0], 0], scores.dtype) for r in relevance]
+
+    def _run_gradient(self, xs, target, timestep):
+        starts = self._walk.embed(xs)
+        watched = [s for s in starts if s is not None]
         with tf.GradientTape() as tape:
-            tape.watch(start)
-            out, _, _ = self._walk.forward(x, start=start)
+            tape.watch(watched)
+            out, _, _ = self._walk.forward(xs, starts=starts)
             scores, timestep = self._scores(out, timestep)
             target = tf.where(target < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), target)
             explained = tf.reduce_sum(tf.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores)
-        grad = tape.gradient(explained, start)
-        relevance = grad * start if self.method == "gi" else grad * grad
-        return relevance, scores, target, tf.zeros_like(scores[:, 0]), timestep
+        grads = tape.gradient(explained, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        by_input = dict(zip([i for i, s in enumerate(starts) if s is not None], grads))
+        relevance = [None if s is None else (by_input[i] * s if self.method == "gi" else by_input[i] ** 2)
+                     for i, s in enumerate(starts)]
+        return self._fill(relevance, scores), scores, target, tf.zeros_like(scores[:, 0]), timestep
 
     def attribute(self, inputs, target: Target = None, timestep=None, batch_size: int = 256,
                   verbose: Optional[bool] = None) -> Explanation:
@@ -118,8 +135,12 @@ class Explainer:
         ``verbose``: True shows one ``keras.utils.Progbar`` over the samples, False never; None
         (default) shows it only when the inputs take more than one batch and stdout is a
         terminal or a Jupyter kernel (see :func:`progress_wanted`)."""
-        x = self._check_inputs(inputs)
-        n = x.shape[0]
+        xs = [self._check_inputs(x, i) for i, x in enumerate(self._split_inputs(inputs))]
+        n = xs[0].shape[0]
+        if any(x.shape[0] != n for x in xs):
+            raise ValueError("the inputs have different batch sizes: "
+                             + ", ".join(f"{name!r}: {x.shape[0]}" for name, x in zip(self.input_names, xs)) + ".")
+        x = xs[0]
         t = self._check_target(target, n)
         steps = self._check_timestep(timestep, n, x)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -127,11 +148,17 @@ class Explainer:
         bar = keras.utils.Progbar(n, unit_name="sample") if progress_wanted(verbose, n, batch_size) else None
         parts = []
         for i in range(0, n, batch_size):
-            parts.append(self._call_padded(x[i:i + batch_size], t[i:i + batch_size], steps[i:i + batch_size]))
+            parts.append(self._call_padded([x[i:i + batch_size] for x in xs], t[i:i + batch_size],
+                                           steps[i:i + batch_size]))
             if bar is not None:
                 bar.update(min(i + batch_size, n), finalize=i + batch_size >= n)
-        relevance, scores, target_out, rest, step_out = (np.concatenate([p[k] for p in parts]) for k in range(5))
-        bad = ~np.isfinite(relevance.reshape(n, -1)).all(axis=1)
+        relevances = [np.concatenate([p[0][j] for p in parts]) for j in range(len(xs))]
+        scores, target_out, rest, step_out = (np.concatenate([p[k] for p in parts]) for k in range(1, 5))
+        relevances = [None if (r.ndim == 2 and r.shape[1] == 0 and start is None) else r
+                      for r, start in zip(relevances, self._walk.starts)]
+        relevance = relevances if self.multi_input else relevances[0]
+        flat = np.concatenate([r.reshape(n, -1) for r in relevances if r is not None], axis=1)
+        bad = ~np.isfinite(flat).all(axis=1)
         if bad.any():
             warnings.warn(f"{int(bad.sum())} of {n} explanations contain inf/NaN: the relevance overflowed "
                           f"{self.dtype} (rule={self.gate_rule!r}, eps={self.rule.eps}); the 'prop' rule divides "
@@ -146,40 +173,70 @@ class Explainer:
         sample), sliced back. Matrix-product kernels pick different code paths (and so round
         differently) for small or odd row counts; with the batch always a multiple of ``_ROWS``,
         each sample's result does not depend on the batch it was explained in."""
-        n = x.shape[0]
+        n = t.shape[0]
         pad = -n % _ROWS
-        if pad:
-            x, t, steps = (np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (x, t, steps))
-        return [a.numpy()[:n] for a in self._fn(tf.constant(x), tf.constant(t), tf.constant(steps))]
+
+        def padded(a):
+            return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a
+        relevance, *rest = self._fn([tf.constant(padded(a)) for a in x], tf.constant(padded(t)),
+                                    tf.constant(padded(steps)))
+        return [[r.numpy()[:n] for r in relevance]] + [a.numpy()[:n] for a in rest]
+
+    def _split_inputs(self, inputs) -> list:
+        """``inputs`` as one array per model input: an array (single-input models), a list / tuple
+        in the order of ``model.inputs``, or a dict by input name (as ``model.predict`` takes them)."""
+        k = len(self.input_names)
+        if isinstance(inputs, dict):
+            unknown = sorted(set(inputs) - set(self.input_names))
+            missing = [name for name in self.input_names if name not in inputs]
+            if unknown or missing:
+                raise ValueError(f"inputs dict keys must be the model's input names {self.input_names}; "
+                                 f"unknown: {unknown}, missing: {missing}.")
+            return [inputs[name] for name in self.input_names]
+        if k == 1:
+            if (isinstance(inputs, (list, tuple)) and len(inputs) == 1 and hasattr(inputs[0], "shape")
+                    and np.ndim(inputs[0]) == len(self.input_shapes[0])):
+                return [inputs[0]]
+            return [inputs]
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != k:
+            raise ValueError(f"the model has {k} inputs {self.input_names}: give a list of {k} arrays in "
+                             "that order, or a dict by input name.")
+        return list(inputs)
 
     # ----------------------------------------------------------------------------- validation
 
-    def _check_inputs(self, inputs) -> np.ndarray:
+    def _check_inputs(self, inputs, index: int = 0) -> np.ndarray:
+        """One model input, validated: (batch, ...) as the model expects, in the dtype the walk reads."""
+        what = f"input {self.input_names[index]!r}" if self.multi_input else "inputs"
         try:
             x = np.asarray(inputs)
         except Exception as err:  # ragged lists etc.
-            raise TypeError(f"inputs must be an array of shape {self._shape_text()}: {err}") from None
+            raise TypeError(f"{what} must be an array of shape {self._shape_text(index)}: {err}") from None
         if x.dtype == object or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
                                      or x.dtype == bool):
-            raise TypeError(f"inputs must be numeric, got dtype {x.dtype}; pad sequences to one length.")
-        expected = self.input_shape
+            raise TypeError(f"{what} must be numeric, got dtype {x.dtype}; pad sequences to one length.")
+        expected = self.input_shapes[index]
         if x.ndim != len(expected):
             hint = " add a batch axis with x[None] for one sequence." if x.ndim == len(expected) - 1 else ""
-            raise ValueError(f"inputs must have shape {self._shape_text()}, got shape {x.shape};{hint}")
+            raise ValueError(f"{what} must have shape {self._shape_text(index)}, got shape {x.shape};{hint}")
         for axis, (got, want) in enumerate(zip(x.shape[1:], expected[1:]), start=1):
             if want is not None and got != want:
-                name = "features" if axis == len(expected) - 1 and not self.tokens else f"axis {axis}"
-                raise ValueError(f"inputs have {got} {name} but the model expects {want} "
-                                 f"(input shape {self._shape_text()}).")
+                name = "features" if axis == len(expected) - 1 and not self._ids[index] else f"axis {axis}"
+                raise ValueError(f"{what} has {got} {name} but the model expects {want} "
+                                 f"(input shape {self._shape_text(index)}).")
         if x.shape[0] == 0:
             raise ValueError("inputs is an empty batch: nothing to explain.")
         if x.ndim > 1 and x.shape[1] == 0:
             raise ValueError("inputs has zero-length sequences: give at least one timestep.")
-        if self.tokens:
+        if self._ids[index] and not self._tokens[index]:
+            if not np.issubdtype(x.dtype, np.integer) and np.any(x != np.round(x)):
+                raise TypeError(f"{what} must be integer ids (the model input is {self._walk.graph.input_dtypes[index]}).")
+            return x.astype(np.int32)
+        if self._tokens[index]:
             if not np.issubdtype(x.dtype, np.integer):
                 if not np.all(np.isfinite(x)) or np.any(x != np.round(x)):
                     raise TypeError("this model starts with an Embedding: inputs must be integer token ids.")
-            vocab = self._walk.embedding.input_dim
+            vocab = self._walk.embeddings[index].input_dim
             if x.min() < 0 or x.max() >= vocab:
                 raise ValueError(f"token ids must be in 0..{vocab - 1} (the Embedding's input_dim), "
                                  f"got values from {x.min()} to {x.max()}.")
@@ -188,10 +245,10 @@ class Explainer:
             raise ValueError("inputs contain NaN or inf values.")
         return x.astype(self.dtype, copy=False)
 
-    def _shape_text(self) -> str:
-        dims = ["batch"] + ["time" if d is None else str(d) for d in self.input_shape[1:]]
-        if not self.tokens and len(dims) == 3 and self.input_shape[-1] is not None:
-            dims[-1] = f"features={self.input_shape[-1]}"
+    def _shape_text(self, index: int = 0) -> str:
+        dims = ["batch"] + ["time" if d is None else str(d) for d in self.input_shapes[index][1:]]
+        if not self._ids[index] and len(dims) == 3 and self.input_shapes[index][-1] is not None:
+            dims[-1] = f"features={self.input_shapes[index][-1]}"
         return "(" + ", ".join(dims) + ")"
 
     def _check_target(self, target: Target, batch: int) -> np.ndarray:
@@ -223,6 +280,8 @@ class Explainer:
     def _output_steps(self, input_shape) -> int:
         """Length of the output's time axis for inputs of ``input_shape`` (pooling may shorten it)."""
         try:
+            if self.multi_input:   # the other inputs' lengths are not known here: assume time is kept
+                raise ValueError
             steps = self.model.compute_output_shape((1,) + tuple(input_shape[1:]))[1]
         except Exception:  # a layer without static shape inference: assume time is kept
             steps = None
@@ -281,10 +340,11 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
     """Explain a model's outputs with LRP (Arras et al. 2017).
 
     Args:
-        model: a built single-input single-output Keras model (LSTM / GRU / Bidirectional, Dense,
+        model: a built single-output Keras model, one or several inputs (LSTM / GRU / Bidirectional, Dense,
             Conv1D, pooling, Embedding, ...; see :mod:`keras_lrp.propagators`).
-        inputs: (batch, time, features) floats, or (batch, time) token ids for models that start
-            with an Embedding.
+        inputs: (batch, time, features) floats, or (batch, time) token ids for inputs an Embedding
+            reads; for models with several inputs, a list in the order of ``model.inputs`` or a dict
+            by input name (as ``model.predict`` takes them).
         target: None (the predicted class), an int, or one int per sample.
         timestep: for models whose output has a time axis: the output step(s) to explain.
         eps, bias_factor: the epsilon-rule's parameters (see :mod:`keras_lrp.rules`).
@@ -292,7 +352,8 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
         dtype: "float32" or "float64".
         batch_size: samples per compiled call; memory stays flat in the number of inputs.
         method: "lrp" (default), "gi" (gradient x input) or "sa" (squared gradient) baselines.
-        layer_rules: per-layer rule overrides (see :class:`~keras_lrp.composites.Composite`).
+        layer_rules: per-layer rule overrides and Lambda declarations (see :class:`Explainer` and
+            :class:`~keras_lrp.composites.Composite`).
         verbose: progress bar: True always, False never, None (default) only for more than one
             batch on an interactive stdout (terminal or Jupyter).
 

@@ -125,16 +125,22 @@ class Explanation:
         """Number of model inputs (1 unless ``relevance`` is a list)."""
         return len(self.relevance) if isinstance(self.relevance, (list, tuple)) else 1
 
-    def _relevances(self) -> List[np.ndarray]:
+    def _relevances(self) -> List[Optional[np.ndarray]]:
+        """One relevance array per model input (None for an integer input that no Embedding reads)."""
         return list(self.relevance) if isinstance(self.relevance, (list, tuple)) else [self.relevance]
 
     @property
     def word_relevance(self) -> Relevance:
-        """(batch, time): relevance summed over the feature (embedding) axis (a list of these
-        for multi-input models)."""
+        """(batch, time): relevance summed over the feature (embedding) axis. For several inputs,
+        a list: one (batch, time) array per sequence input, None for the others."""
         if isinstance(self.relevance, (list, tuple)):
-            return [r.sum(axis=-1) for r in self.relevance]
+            return [r.sum(axis=-1) if r is not None and r.ndim >= 3 else None for r in self.relevance]
         return self.relevance.sum(axis=-1)
+
+    def total_relevance(self) -> np.ndarray:
+        """(batch,): the relevance summed over every input (``+ rest`` is the explained score when
+        ``eps = 0, bias_factor = 1``)."""
+        return sum(r.reshape(len(r), -1).sum(axis=1) for r in self._relevances() if r is not None)
 
     @property
     def explained_score(self) -> np.ndarray:
@@ -147,8 +153,7 @@ class Explanation:
 
         0 up to rounding with ``eps=0, bias_factor=1`` (conservation); otherwise the share of
         the score absorbed by the stabiliser and the bias terms. Meaningless for "gi" / "sa"."""
-        total = sum(r.reshape(len(r), -1).sum(axis=1) for r in self._relevances())
-        return self.explained_score - total - self.rest
+        return self.explained_score - self.total_relevance() - self.rest
 
     @property
     def probabilities(self) -> Optional[np.ndarray]:
@@ -216,7 +221,7 @@ class Explanation:
             return None if a is None else [a[i] for i in rows]
 
         if isinstance(self.relevance, (list, tuple)):
-            relevance = [r[rows] for r in self.relevance]
+            relevance = [None if r is None else r[rows] for r in self.relevance]
         else:
             relevance = self.relevance[rows]
             if self.lengths is not None and relevance.ndim >= 2 and len(rows):
@@ -234,7 +239,7 @@ class Explanation:
     def __repr__(self) -> str:
         n = len(self)
         parts = [f"{n} sample{'s' if n != 1 else ''}"]
-        shapes = [r.shape for r in self._relevances()]
+        shapes = [(None, "ids") if r is None else r.shape for r in self._relevances()]
         if len(shapes) > 1:
             parts.append(f"inputs={len(shapes)} " + " ".join("(" + ", ".join(map(str, s[1:])) + ")"
                                                              for s in shapes[:4]))
@@ -268,6 +273,8 @@ class Explanation:
             return rel[0]
         if not isinstance(input_index, (int, np.integer)) or not 0 <= input_index < len(rel):
             raise ValueError(f"input_index must be an int in 0..{len(rel) - 1}, got {input_index!r}.")
+        if rel[int(input_index)] is None:
+            raise ValueError(f"input {input_index} has no relevance: it is integer ids that no Embedding reads.")
         return rel[int(input_index)]
 
     def _word_scores(self, i: int, rel: np.ndarray) -> np.ndarray:
@@ -478,16 +485,18 @@ class Explanation:
         """A JSON-serialisable dict: relevance (per sample, cut to its length), tokens, oov,
         scores, target, rest, timestep, class names, method, convergence delta."""
         rels = self._relevances()
-        dtype = str(rels[0].dtype)
+        dtype = str(next(r for r in rels if r is not None).dtype)
 
         def rows(r):
+            if r is None:
+                return None
             return [r[i][: self._length_of(i, r)].tolist() if r.ndim >= 2 else r[i].tolist() for i in range(len(self))]
 
         return {
             "format": _JSON_FORMAT, "version": _JSON_VERSION, "dtype": dtype, "method": self.method,
             "relevance": [rows(r) for r in rels] if self.n_inputs > 1 else rows(rels[0]),
             "multi_input": self.n_inputs > 1,
-            "time": [int(r.shape[1]) if r.ndim >= 2 else None for r in rels],
+            "time": [int(r.shape[1]) if r is not None and r.ndim >= 2 else None for r in rels],
             "tokens": self.tokens, "oov": [o.tolist() for o in self.oov] if self.oov is not None else None,
             "texts": self.texts,
             "lengths": self.lengths.tolist() if self.lengths is not None else None,
@@ -585,6 +594,9 @@ def concatenate(parts: Sequence[Explanation], order: Optional[np.ndarray] = None
     rels = []
     for k in range(n_in):
         arrays = [p._relevances()[k] for p in parts]
+        if arrays[0] is None:
+            rels.append(None)
+            continue
         if arrays[0].ndim >= 2:
             time = max(a.shape[1] for a in arrays)
             arrays = [np.pad(a, [(0, 0), (0, time - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) for a in arrays]

@@ -1,106 +1,252 @@
 """The reverse walk over a model graph: forward pass with caches, then relevance from the explained
-output back to the inputs (or to the embedding vectors), layer by layer in reverse topological order.
+output back to the inputs (or to the embedding vectors), call by call in reverse topological order.
 
-Every layer's rule lives in :mod:`keras_lrp.propagators`; this module only wires them together:
-masks travel forward with the tensors (Keras's own ``compute_mask`` semantics), relevance travels
-backward and is summed where a tensor feeds several layers.
+Every rule lives in :mod:`keras_lrp.propagators`; this module only wires them together. Which
+tensors carry relevance is decided once, before any computation:
+
+* the *start* tensors are the float model inputs and, for token inputs, the output of the
+  ``Embedding`` that reads them (relevance is reported for the embedding vectors);
+* a tensor is *relevant* if it is a float tensor computed from a start tensor. Everything else
+  (token ids, the masks Keras computes with ``NotEqual`` / ``Any`` op nodes, constants) is plumbing:
+  computed as Keras computes it, carrying no relevance. Masks reach layers through their ``mask``
+  argument, exactly as in the Keras graph;
+* relevance flows from the output backwards only into the inputs each rule gives relevance to (a
+  gate x signal product gives none to the gate), so the gate's own subgraph (attention scores,
+  softmax) is computed but needs no rule. Relevance a rule gives to a non-relevant input (a
+  constant) is added to ``rest``.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import keras
 import tensorflow as tf
+from keras import tree
 
-from .graph import Graph
+from .graph import Graph, Node
 from .propagators import IDENTITY_LAYERS, Context, UnsupportedLayerError, propagator_for
+from .propagators.base import lookup
+from .propagators.ops import GATE_OPS, LambdaLinearProp, UnsupportedOpError, is_op
 
 __all__ = ["Walk", "UnsupportedLayerError"]
+
+_CONSTANT, _EMBED, _RULE, _FORWARD = "constant", "embed", "rule", "forward"
+
+
+@dataclass
+class _Step:
+    """A node and how the walk treats it: ``kind`` is constant / embed / rule / forward (computed, no
+    relevance reaches it), ``prop`` its propagator (None: run as Keras runs it)."""
+
+    node: Node
+    kind: str
+    prop: Optional[object] = None
+
+
+def _is_float(dtype) -> bool:
+    return "float" in str(dtype)
 
 
 class Walk:
     """Forward pass with caches and reverse relevance walk over a :class:`~keras_lrp.graph.Graph`.
 
-    If the model starts with an ``Embedding``, the walk starts at the embedding vectors: relevance
-    is returned for them, (batch, time, embedding_dim).
+    Attributes:
+        embeddings: per model input, the ``Embedding`` layer reading it (token inputs) or None.
+        starts: per model input, the key of the tensor relevance is reported for (None: an
+            integer input no Embedding reads, which gets no relevance).
+        embedding: the single input's Embedding (single-input models), else None.
     """
 
     def __init__(self, graph: Graph, ctx: Context):
         self.graph, self.ctx = graph, ctx
-        nodes = list(graph.nodes)
-        if not nodes:
+        if not graph.nodes:
             raise ValueError("the model has no layers to explain.")
-        self.embedding = None
-        first = nodes[0]
-        if isinstance(first.layer, keras.layers.Embedding):
-            if sum(graph.input in n.inputs for n in nodes) != 1:
-                raise UnsupportedLayerError(first.layer, "the token input must feed only the Embedding.")
-            self.embedding = first.layer
-            nodes = nodes[1:]
-        else:
-            for n in nodes:
-                if isinstance(n.layer, keras.layers.Embedding):
-                    raise UnsupportedLayerError(n.layer, "an Embedding must be the model's first layer.")
-        self.start = first.outputs[0] if self.embedding is not None else graph.input
-        outputs = self._output_nodes(graph)
-        self.nodes = nodes
-        self.propagators = [propagator_for(n.layer, ctx, is_output=id(n) in outputs) for n in nodes]
+        self._find_starts()
+        self._find_relevant()
+        self._plan()
 
-    @staticmethod
-    def _output_nodes(graph: Graph) -> set:
-        """The output node and, through trailing identity/activation layers, the layer whose
-        pre-activation is explained."""
-        marked, key = set(), graph.output
+    # ------------------------------------------------------------------------ structure
+
+    def _find_starts(self):
+        graph = self.graph
+        self.embeddings: List[Optional[keras.layers.Embedding]] = []
+        self.starts: List[Optional[int]] = []
+        self._embed_nodes: Dict[int, int] = {}   # id(node) -> input index
+        for i, key in enumerate(graph.inputs):
+            embeds = [n for n in graph.nodes if key in n.inputs and isinstance(n.op, keras.layers.Embedding)]
+            if len(embeds) > 1:
+                raise UnsupportedLayerError(embeds[1].op, f"input {graph.input_names[i]!r} feeds "
+                                            f"{len(embeds)} Embedding calls; one Embedding per token input.")
+            if embeds:
+                others = [n for n in graph.nodes if key in n.inputs and n is not embeds[0]
+                          and any(_is_float(graph.dtypes.get(k)) for k in n.outputs)
+                          and not isinstance(n.op, keras.layers.Embedding)]
+                if any(not is_op(n.op) for n in others):
+                    raise UnsupportedLayerError(embeds[0].op, "the token input must feed only the Embedding "
+                                                "(and mask computations).")
+                self.embeddings.append(embeds[0].op)
+                self.starts.append(embeds[0].outputs[0])
+                self._embed_nodes[id(embeds[0])] = i
+            else:
+                self.embeddings.append(None)
+                self.starts.append(key if _is_float(graph.input_dtypes[i]) else None)
+        for n in graph.nodes:
+            if isinstance(n.op, keras.layers.Embedding) and id(n) not in self._embed_nodes:
+                raise UnsupportedLayerError(n.op, "an Embedding must read a model input (token ids) directly.")
+        self.embedding = self.embeddings[0] if len(self.embeddings) == 1 else None
+
+    def _find_relevant(self):
+        dtypes = self.graph.dtypes
+        self._relevant = {k for k in self.starts if k is not None}
+        for node in self.graph.nodes:
+            if id(node) in self._embed_nodes:
+                continue
+            if any(k in self._relevant for k in node.inputs):
+                self._relevant.update(k for k in node.outputs if _is_float(dtypes.get(k)))
+
+    def is_relevant(self, key: int) -> bool:
+        """Whether tensor ``key`` carries relevance (a float tensor computed from a start tensor)."""
+        return key in self._relevant
+
+    def _output_nodes(self) -> set:
+        """The output node and, through trailing identity / activation calls (``Activation``,
+        ``Dropout``, a softmax op...), the call whose pre-activation is explained."""
+        marked, key = set(), self.graph.output
         while True:
-            node = graph.producer(key)
-            if node is None or isinstance(node.layer, keras.layers.Embedding):
+            node = self.graph.producer(key)
+            if node is None or id(node) in self._embed_nodes:
                 return marked
             marked.add(id(node))
-            if not isinstance(node.layer, IDENTITY_LAYERS):
+            if not isinstance(node.op, IDENTITY_LAYERS + GATE_OPS) or not node.inputs:
                 return marked
             key = node.inputs[0]
 
-    def embed(self, x) -> tf.Tensor:
-        """The tensor relevance is computed for: the input itself, or its embedding vectors."""
-        if self.embedding is None:
-            return x
-        return tf.gather(self.ctx.weight(self.embedding.embeddings), x)
+    def _propagator(self, node: Node, is_output: bool):
+        op = node.op
+        rule = self.ctx.composite.rule_for(op) if not is_op(op) else None
+        if rule == "linear":
+            if not isinstance(op, keras.layers.Lambda):
+                raise ValueError(f"layer_rules declares layer {op.name!r} 'linear', but it is a "
+                                 f"{type(op).__name__}; 'linear' is for Lambda layers.")
+            prop = LambdaLinearProp(op, self.ctx, is_output)
+        elif is_op(op) and lookup(op) is None:
+            raise UnsupportedOpError(op, "it is not linear or not known to keras_lrp. Supported: slicing, "
+                                         "reshape, transpose, squeeze, expand_dims, concatenate, stack, cast, "
+                                         "sum, mean, add, subtract, multiply / divide by a constant, and a "
+                                         "softmax / sigmoid gate times a signal.")
+        else:
+            prop = propagator_for(op, self.ctx, is_output=is_output)
+        if isinstance(op, (keras.layers.RNN, keras.layers.Bidirectional)) and len(node.inputs) > 1:
+            raise UnsupportedLayerError(op, "initial_state / constants arguments are not supported.")
+        if hasattr(prop, "bind"):
+            prop.bind(node, self)
+        return prop
 
-    def forward(self, x, start=None) -> Tuple[tf.Tensor, tf.Tensor, Dict]:
-        """Returns ``(output, start, caches)``: the model output (pre-activation), the tensor the
-        relevance is computed for (the input or the embedding vectors, ``start`` if given), and
-        the caches."""
-        start = self.embed(x) if start is None else start
-        values: Dict[int, tf.Tensor] = {self.graph.input: x, self.start: start}
-        masks: Dict[int, tf.Tensor] = {}
-        if self.embedding is not None and self.embedding.mask_zero:
-            masks[self.start] = tf.not_equal(x, 0)
+    def _plan(self):
+        """Decide, from the output backwards, what each node is; build (or refuse) the rules."""
+        outputs = self._output_nodes()
+        receives = {self.graph.output}
+        steps: List[_Step] = []
+        for node in reversed(self.graph.nodes):
+            is_output = id(node) in outputs
+            if id(node) in self._embed_nodes:
+                steps.append(_Step(node, _EMBED))
+            elif not any(self.is_relevant(k) for k in node.inputs):
+                steps.append(_Step(node, _CONSTANT))
+            elif any(k in receives for k in node.outputs):
+                prop = self._propagator(node, is_output)
+                if getattr(prop, "gate_only", False) and not is_output:
+                    what = (f"op node {node.op.name!r}" if is_op(node.op)
+                            else f"layer {node.op.name!r} ({type(node.op).__name__})")
+                    raise UnsupportedLayerError(node.op, f"{what} is a softmax / sigmoid on the relevance path. "
+                                                         "It is supported as attention weights or a gate multiplied "
+                                                         "with a signal (held constant), or as the output activation.")
+                held = set(getattr(prop, "no_relevance_inputs", ()))
+                receives.update(k for j, k in enumerate(node.inputs) if j not in held and self.is_relevant(k))
+                steps.append(_Step(node, _RULE, prop))
+            else:   # computed from the inputs, but no relevance reaches it (e.g. attention scores)
+                try:
+                    prop = self._propagator(node, is_output)
+                except (UnsupportedLayerError, ValueError):
+                    prop = None
+                steps.append(_Step(node, _FORWARD, prop))
+        self.steps = steps[::-1]
+        self.propagators = [step.prop for step in self.steps if step.kind == _RULE]
+        missing = [i for i, k in enumerate(self.starts) if k is None]
+        if len(missing) == len(self.starts):
+            raise ValueError("no model input carries relevance: inputs are integer ids but no Embedding reads them.")
+
+    # ------------------------------------------------------------------------ computation
+
+    def embed(self, xs: List) -> List[Optional[tf.Tensor]]:
+        """Per model input, the tensor relevance is computed for: the input itself, or its embedding
+        vectors (None for an integer input no Embedding reads)."""
+        out = []
+        for x, emb, start in zip(xs, self.embeddings, self.starts):
+            if emb is not None:
+                out.append(tf.gather(self.ctx.weight(emb.embeddings), x))
+            else:
+                out.append(x if start is not None else None)
+        return out
+
+    def _generic(self, node: Node, values: Dict):
+        """Run a call as Keras runs it (plumbing: masks, constants, unruled nodes off the relevance path)."""
+        args, kwargs = node.call.arguments.fill_in(values)
+        if not is_op(node.op):
+            if "training" in kwargs:
+                kwargs["training"] = False
+        outs = tree.flatten(node.op(*args, **kwargs))
+        return [tf.cast(o, self.ctx.dtype) if o.dtype.is_floating else o for o in outs]
+
+    def forward(self, xs: List, starts: Optional[List] = None) -> Tuple[tf.Tensor, List, Dict]:
+        """Returns ``(output, starts, caches)``: the model output (pre-activation), the tensors relevance
+        is computed for (one per input, see :meth:`embed`; ``starts`` if given), and the caches."""
+        starts = self.embed(xs) if starts is None else starts
+        values: Dict[int, tf.Tensor] = dict(zip(self.graph.inputs, xs))
+        for key, s in zip(self.starts, starts):
+            if key is not None:
+                values[key] = s
         caches = []
-        for node, prop in zip(self.nodes, self.propagators):
-            outs, out_masks, cache = prop.forward([values[k] for k in node.inputs],
-                                                  [masks.get(k) for k in node.inputs])
-            for k, v, m in zip(node.outputs, outs, out_masks):
-                values[k] = v
-                if m is not None:
-                    masks[k] = m
+        for step in self.steps:
+            node, cache = step.node, None
+            if step.kind == _EMBED:
+                pass
+            elif step.prop is None:
+                outs = self._generic(node, values)
+                values.update(zip(node.outputs, outs))
+            else:
+                masks = [values[m] if m is not None else None for m in node.masks]
+                outs, _, cache = step.prop.forward([values[k] for k in node.inputs], masks)
+                values.update(zip(node.outputs, outs))
             caches.append(cache)
-        return values[self.graph.output], values[self.start], {"values": values, "layers": caches}
+        return values[self.graph.output], starts, {"values": values, "steps": caches}
 
-    def relevance(self, caches: Dict, r_out: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        """Relevance at the start tensor, and ``rest`` (batch,): relevance parked on initial states."""
+    def relevance(self, caches: Dict, r_out: tf.Tensor) -> Tuple[List[Optional[tf.Tensor]], tf.Tensor]:
+        """Relevance at each start tensor (None for inputs without one), and ``rest`` (batch,): relevance
+        parked on initial states, masked constant outputs and constants."""
         values = caches["values"]
         relevance: Dict[int, tf.Tensor] = {self.graph.output: r_out}
         rest = tf.zeros(tf.shape(r_out)[:1], r_out.dtype)
-        for node, prop, cache in zip(reversed(self.nodes), reversed(self.propagators),
-                                     reversed(caches["layers"])):
-            if not any(k in relevance for k in node.outputs):
-                continue  # nothing of the explained output flows through this layer
+        for step, cache in zip(reversed(self.steps), reversed(caches["steps"])):
+            node = step.node
+            if step.kind != _RULE or not any(k in relevance for k in node.outputs):
+                continue  # nothing of the explained output flows through this call
             r_outs = [relevance.get(k, tf.zeros_like(values[k])) for k in node.outputs]
-            r_ins, r = prop.relevance(cache, r_outs)
+            r_ins, r = step.prop.relevance(cache, r_outs)
             for k, r_in in zip(node.inputs, r_ins):
-                relevance[k] = relevance[k] + r_in if k in relevance else r_in
+                if r_in is None:
+                    continue
+                if self.is_relevant(k):
+                    relevance[k] = relevance[k] + r_in if k in relevance else r_in
+                elif r_in.dtype.is_floating:
+                    rest = rest + tf.reduce_sum(tf.reshape(r_in, [tf.shape(r_in)[0], -1]), axis=1)
             if r is not None:
                 rest = rest + r
-        start = relevance.get(self.start, tf.zeros_like(values[self.start]))
-        return start, rest
-
+        out = []
+        for key in self.starts:
+            if key is None:
+                out.append(None)
+            else:
+                out.append(relevance[key] if key in relevance else tf.zeros_like(values[key]))
+        return out, rest

@@ -81,9 +81,57 @@ def test_unsupported_models(build, match):
         keras_lrp.explain(build(), X)
 
 
-def test_shared_layers_refused():
-    with pytest.raises(ValueError, match="shared layers are not supported"):
-        keras_lrp.explain(_shared_layer_model(), X)
+def test_shared_layers_are_explained():
+    """A layer called twice is two nodes (it was refused before functional graphs were read)."""
+    e = keras_lrp.explain(_shared_layer_model(), X + 0.5, eps=0.0, bias_factor=1.0, dtype="float64")
+    np.testing.assert_allclose(e.total_relevance() + e.rest, e.explained_score, rtol=1e-8,
+                               atol=1e-8 * np.abs(e.explained_score).max())
+
+
+def _op_model(op):
+    inp = keras.Input((None, 4))
+    h = keras.layers.LSTM(3, return_sequences=True)(inp)
+    return keras.Model(inp, keras.layers.Dense(2)(op(h)))
+
+
+@pytest.mark.parametrize("op,match", [
+    (lambda h: keras.ops.tanh(h[:, -1]), r"op node 'tanh.*' \(keras\.ops\.tanh\) has no LRP rule"),
+    (lambda h: keras.ops.sum(h * h, axis=1), "multiplies input-dependent tensors and neither factor is a softmax"),
+    (lambda h: keras.ops.sum(h / (h + 2.0), axis=1), "dividing by an input-dependent tensor"),
+    (lambda h: keras.ops.softmax(h[:, -1]) + h[:, 0], "softmax / sigmoid on the relevance path"),
+])
+def test_unsupported_ops(op, match):
+    with pytest.raises(keras_lrp.UnsupportedLayerError, match=match):
+        keras_lrp.explain(_op_model(op), X)
+
+
+def test_layer_rules_errors():
+    with pytest.raises(keras_lrp.UnsupportedLayerError, match=r"layer_rules=\{'<lambda name>': 'linear'\}"):
+        keras_lrp.explain(_lambda_model(), X)
+    lam = _lambda_model()
+    name = next(l.name for l in lam.layers if isinstance(l, keras.layers.Lambda))
+    with pytest.raises(ValueError, match=r"\['nope'\], which are not layers of the model"):
+        keras_lrp.explain(lam, X, layer_rules={"nope": "linear"})
+    with pytest.raises(ValueError, match="'quadratic' is not a rule name"):
+        keras_lrp.explain(lam, X, layer_rules={name: "quadratic"})
+    with pytest.raises(ValueError, match=r"declare it: explain\(\.\.\., layer_rules=\{'<lambda name>': 'linear'\}"):
+        keras_lrp.explain(lam, X, layer_rules={name: keras_lrp.ZPlus()})
+
+
+def test_several_inputs_errors():
+    tok = keras.Input((None,), dtype="int32", name="tokens")
+    num = keras.Input((2,), name="numbers")
+    h = keras.layers.LSTM(3)(keras.layers.Embedding(10, 4)(tok))
+    model = keras.Model([tok, num], keras.layers.Dense(2)(keras.layers.Concatenate()([h, num])))
+    ids, feats = np.ones((2, 5), "int32"), np.zeros((2, 2), "float32")
+    with pytest.raises(ValueError, match=r"2 inputs \['tokens', 'numbers'\]: give a list of 2 arrays"):
+        keras_lrp.explain(model, ids)
+    with pytest.raises(ValueError, match=r"missing: \['numbers'\]"):
+        keras_lrp.explain(model, {"tokens": ids})
+    with pytest.raises(ValueError, match="different batch sizes"):
+        keras_lrp.explain(model, [ids, feats[:1]])
+    with pytest.raises(ValueError, match=r"input 'numbers' has 3 features but the model expects 2"):
+        keras_lrp.explain(model, [ids, np.zeros((2, 3))])
 
 
 def test_return_state_refused():

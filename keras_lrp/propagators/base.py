@@ -148,7 +148,7 @@ def propagator_for(layer, ctx: Context, is_output: bool = False) -> Propagator:
         return row.propagator(layer, ctx, is_output)
     why = next((w for cls, w in _REFUSED.items() if isinstance(layer, cls)), None)
     if why is None:
-        names = ", ".join(sorted(t.__name__ for t in _REGISTRY))
+        names = ", ".join(sorted(t.__name__ for t in _REGISTRY if issubclass(t, keras.layers.Layer)))
         why = f"there is no LRP rule for this layer type. Supported: {names}."
     raise UnsupportedLayerError(layer, why)
 

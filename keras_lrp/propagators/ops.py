@@ -1,0 +1,302 @@
+"""``keras.ops`` op nodes written between layers, ``keras.layers.Multiply``, softmax / sigmoid gates and
+Lambda layers declared linear.
+
+Keras 3 records every ``keras.ops`` call on symbolic tensors as an op node of the model graph
+(``h[:, -1]`` is a ``GetItem`` node, ``ops.sum(w * h, axis=1)`` a ``Multiply`` and a ``Sum`` node).
+Their rules:
+
+* selections and re-arrangements (slicing, reshape, transpose, squeeze, expand_dims, concatenate,
+  stack, cast): every output element is one input element, so relevance is routed back unchanged
+  (the vector-Jacobian product of the 0/1 selection);
+* ``sum`` / ``mean`` over axes and ``add`` / ``subtract`` of tensors: the epsilon-rule over the summed
+  terms (``N`` = number of terms; constants added are a bias);
+* multiply / divide by a constant, negation: ``y = c x`` passes relevance unchanged;
+* the product of two input-dependent tensors where one factor is a softmax / sigmoid (attention
+  weights, a gate): the gate is held constant and the signal takes all the relevance (AttnLRP,
+  Achtibat et al. 2024; Ali et al. 2022, "XAI for Transformers"; the signal-take-all rule of Arras
+  et al. 2017). A product of two input-dependent tensors without such a gate has no rule and is
+  refused.
+
+Op propagators receive their graph node through :meth:`OpPropagator.bind` before any computation.
+"""
+from __future__ import annotations
+
+import re
+from typing import List, Optional
+
+import keras
+import tensorflow as tf
+from keras.src.ops import core as _core, nn as _nn, numpy as _np
+
+from .. import rules
+from .base import Propagator, UnsupportedLayerError, lookup, register
+from .linear import gradient_linear
+
+__all__ = ["UnsupportedOpError", "OpPropagator", "RouteProp", "CastProp", "ReduceProp", "SumProp",
+           "NegativeProp", "MultiplyProp", "GateProp", "LambdaLinearProp", "op_function_name", "is_op",
+           "GATE_OPS", "SHAPE_OPS"]
+
+
+
+def is_op(op) -> bool:
+    """A ``keras.ops`` operation node (not a layer)."""
+    return not isinstance(op, keras.layers.Layer)
+
+
+def op_function_name(op) -> str:
+    """``keras.ops.get_item`` for a ``GetItem`` node (or class): the function that records it."""
+    cls = op if isinstance(op, type) else type(op)
+    return "keras.ops." + re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+
+
+class UnsupportedOpError(UnsupportedLayerError):
+    """An op node (``keras.ops`` call written between layers) without an LRP rule."""
+
+    def __init__(self, op, why: str):
+        ValueError.__init__(self, f"op node {op.name!r} ({op_function_name(op)}) has no LRP rule; {why}")
+        self.layer = op
+
+
+def _unbroadcast(r, x):
+    """Sum ``r`` over the axes ``x`` was broadcast along to reach ``r``'s shape: shape of ``x``."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = x + tf.zeros_like(r)
+    return tape.gradient(y, x, output_gradients=r)
+
+
+def _is_float(t) -> bool:
+    return isinstance(t, (tf.Tensor, tf.Variable)) and t.dtype.is_floating
+
+
+class OpPropagator(Propagator):
+    """Base of the propagators that need their graph node: the op's arguments (a slice, an axis,
+    a constant) and which inputs carry relevance."""
+
+    def bind(self, node, walk) -> None:
+        """Called once by the walk, before any computation: ``node`` is the :class:`~keras_lrp.graph.Node`,
+        ``walk`` answers ``is_relevant(key)`` and ``graph``. Raise here to refuse a call."""
+        self.node, self.walk = node, walk
+        self.relevant = [walk.is_relevant(k) for k in node.inputs]
+
+    def call_op(self, inputs: List, masks: Optional[List] = None):
+        """Run the op (or the layer's ``call``) on concrete tensors, with its recorded arguments."""
+        values = dict(zip(self.node.inputs, inputs))
+        for key, m in zip(self.node.masks, masks or []):
+            if key is not None:
+                values[key] = m
+        args, kwargs = self.node.call.arguments.fill_in(values)
+        if isinstance(self.layer, keras.layers.Layer):
+            kwargs.pop("training", None)
+        return self.layer.call(*args, **kwargs)
+
+
+@register(_np.GetItem, _np.Reshape, _np.Transpose, _np.Squeeze, _np.ExpandDims, _np.Concatenate, _np.Stack,
+          _np.Moveaxis, _np.Swapaxes,
+          rule="identity: each output element is one input element, R is routed back unchanged")
+class RouteProp(OpPropagator):
+    """Slicing and re-arranging ops: ``R_x`` is the vector-Jacobian product of the 0/1 selection."""
+
+    def forward(self, inputs, masks):
+        y = self.call_op(inputs, masks)
+        return [y], [None], inputs
+
+    def relevance(self, inputs, r_outs):
+        floats = [x for x in inputs if _is_float(x)]
+        with tf.GradientTape() as tape:
+            tape.watch(floats)
+            y = self.call_op(inputs)
+        grads = iter(tape.gradient(y, floats, output_gradients=r_outs[0]))
+        return [next(grads) if _is_float(x) else None for x in inputs], None
+
+
+@register(_core.Cast, rule="identity: R unchanged (floats stay in the explainer's dtype)")
+class CastProp(OpPropagator):
+    def forward(self, inputs, masks):
+        return [inputs[0]], [None], None
+
+    def relevance(self, cache, r_outs):
+        return [r_outs[0]], None
+
+
+@register(_np.Sum, _np.Mean, rule="epsilon-rule over the summed terms (N = number of terms)")
+class ReduceProp(OpPropagator):
+    """``y = sum_i x_i`` (or the mean) over axes: epsilon-rule, ``N`` the number of summed terms."""
+
+    def _connections(self):
+        op = self.layer
+        return lambda x: tf.reduce_sum(x, axis=op.axis, keepdims=op.keepdims)
+
+    def forward(self, inputs, masks):
+        y = self.call_op(inputs)
+        return [y], [None], (inputs[0], y)
+
+    def relevance(self, cache, r_outs):
+        x, y = cache
+        f = lambda t: self.call_op([t])  # noqa: E731
+        return [gradient_linear(f, x, y, None, r_outs[0], self.ctx.eps, self._connections())], None
+
+
+@register(_np.Add, _np.Subtract, keras.layers.Subtract,
+          rule="epsilon-rule over the summands (N = number of input-dependent summands; constants are a bias)")
+class SumProp(OpPropagator):
+    """``z = ±x1 ± x2``: each input-dependent term is a contribution; constants act as a bias."""
+
+    def forward(self, inputs, masks):
+        z = self.call_op(inputs)
+        return [z], [None], (inputs, z)
+
+    def relevance(self, cache, r_outs):
+        inputs, z = cache
+        eps = self.ctx.eps
+        s = r_outs[0] * rules.inverse_denominator(z, eps)
+        signs = self._signs()
+        terms = [sign * x for x, sign, rel in zip(inputs, signs, self.relevant) if rel]
+        share = 0.0
+        if eps.has_bias_share:
+            bias = z - tf.add_n([t + tf.zeros_like(z) for t in terms])   # the constants' sum
+            share = eps.bias_factor * (bias + rules.stabilizer(z, eps.eps)) * s / len(terms)
+        out, it = [], iter(terms)
+        for x, rel in zip(inputs, self.relevant):
+            out.append(_unbroadcast(next(it) * s + share, x) if rel else None)
+        return out, None
+
+    def _signs(self):
+        """The sign of each tensor argument in ``z`` (Subtract: x1 - x2)."""
+        if isinstance(self.layer, keras.layers.Subtract):
+            return [1.0, -1.0]
+        args = self.node.call.arguments.args
+        signs = []
+        for pos, a in enumerate(args):
+            if isinstance(a, keras.KerasTensor):
+                signs.append(-1.0 if (pos == 1 and isinstance(self.layer, _np.Subtract)) else 1.0)
+        return signs
+
+
+@register(_np.Negative, rule="y = -x: R passes unchanged")
+class NegativeProp(OpPropagator):
+    def forward(self, inputs, masks):
+        return [-inputs[0]], [None], None
+
+    def relevance(self, cache, r_outs):
+        return [r_outs[0]], None
+
+
+#: ops and layers whose output is a gate (attention weights): held constant in a product.
+GATE_OPS = (_nn.Softmax, _nn.Sigmoid, keras.layers.Softmax)
+_GATE_ACTIVATIONS = ("softmax", "sigmoid", "hard_sigmoid")
+#: ops and layers that only move elements: a gate stays a gate through them.
+SHAPE_OPS = (_np.GetItem, _np.Reshape, _np.Transpose, _np.Squeeze, _np.ExpandDims, _np.Moveaxis, _np.Swapaxes,
+             _core.Cast, keras.layers.Reshape, keras.layers.Permute, keras.layers.RepeatVector,
+             keras.layers.Flatten)
+
+
+def _is_gate(graph, key) -> bool:
+    """Whether tensor ``key`` is (a re-arrangement of) the output of a softmax / sigmoid."""
+    while True:
+        node = graph.producer(key)
+        if node is None:
+            return False
+        op = node.op
+        if isinstance(op, GATE_OPS):
+            return True
+        inner = op.layer if isinstance(op, keras.layers.TimeDistributed) else op
+        if isinstance(inner, (keras.layers.Activation, keras.layers.Dense)):
+            return getattr(inner.activation, "__name__", "") in _GATE_ACTIVATIONS
+        if isinstance(op, SHAPE_OPS) and node.inputs:
+            key = node.inputs[0]
+            continue
+        return False
+
+
+@register(_np.Multiply, _np.Divide, _np.TrueDivide, keras.layers.Multiply,
+          rule="times / divided by a constant: R unchanged; gate x signal (one factor a softmax or "
+               "sigmoid, e.g. attention weights): the gate is held constant, the signal takes all "
+               "(AttnLRP, Achtibat et al. 2024)")
+class MultiplyProp(OpPropagator):
+    """``y = x1 * x2`` (or ``x1 / x2``, or the ``Multiply`` layer's product of its inputs)."""
+
+    def bind(self, node, walk):
+        super().bind(node, walk)
+        relevant = [i for i, r in enumerate(self.relevant) if r]
+        if isinstance(self.layer, (_np.Divide, _np.TrueDivide)) and len(node.inputs) == 2 and self.relevant[1]:
+            raise UnsupportedOpError(self.layer, "dividing by an input-dependent tensor is not linear; "
+                                                 "only division by a constant is supported.")
+        signals = [i for i in relevant if not _is_gate(walk.graph, node.inputs[i])]
+        if len(relevant) > 1 and len(signals) != 1:
+            why = ("every factor is a softmax / sigmoid (no signal)" if not signals
+                   else "neither factor is a softmax / sigmoid gate" if len(signals) == len(relevant)
+                   else "several factors are not softmax / sigmoid gates")
+            why = (f"{why}: a product is supported when one factor is a softmax or sigmoid (attention "
+                   "weights or a gate, held constant) or a constant.")
+            if is_op(self.layer):
+                raise UnsupportedOpError(self.layer, f"it multiplies input-dependent tensors and {why}")
+            raise UnsupportedLayerError(self.layer, f"it multiplies input-dependent tensors and {why}")
+        self.signal = signals[0] if signals else (relevant[0] if relevant else 0)
+        self.no_relevance_inputs = tuple(i for i in range(len(node.inputs)) if i != self.signal)
+
+    def forward(self, inputs, masks):
+        if isinstance(self.layer, keras.layers.Multiply):
+            y = inputs[0]
+            for x in inputs[1:]:
+                y = y * x
+        else:
+            y = self.call_op(inputs)
+        return [y], [None], inputs[self.signal]
+
+    def relevance(self, signal, r_outs):
+        out = [None] * len(self.node.inputs)
+        out[self.signal] = _unbroadcast(r_outs[0], signal)
+        return out, None
+
+
+@register(*GATE_OPS, rule="gate: held constant where it multiplies a signal (gets no relevance); "
+                          "at the output: the explained score is its input")
+class GateProp(OpPropagator):
+    """Softmax / sigmoid: only as a gate (attention weights) of a product, or as the output activation."""
+
+    gate_only = True
+
+    def forward(self, inputs, masks):
+        if self.is_output:
+            return [inputs[0]], [None], None
+        if isinstance(self.layer, keras.layers.Layer) and masks and masks[0] is not None:
+            return [self.layer.call(inputs[0], mask=masks[0])], [None], None
+        return [self.layer.call(inputs[0])], [None], None
+
+    def relevance(self, cache, r_outs):
+        return [r_outs[0]], None   # only reached as the output activation (identity)
+
+
+class LambdaLinearProp(OpPropagator):
+    """A ``Lambda`` the user declared linear (``layer_rules={name: "linear"}``): epsilon-rule on its
+    Jacobian, ``R_x = x * J^T (R / (y + eps sign y))`` (no bias share: its connections are unknown)."""
+
+    accepts_linear_declaration = True
+
+    rule = "declared linear (layer_rules): epsilon-rule on its Jacobian"
+
+    def forward(self, inputs, masks):
+        y = self.call_op(inputs, masks)
+        return [y], [None], (inputs, masks, y)
+
+    def relevance(self, cache, r_outs):
+        inputs, masks, y = cache
+        s = tf.stop_gradient(r_outs[0] * rules.inverse_denominator(y, self.ctx.eps))
+        floats = [x for x in inputs if _is_float(x)]
+        with tf.GradientTape() as tape:
+            tape.watch(floats)
+            y = self.call_op(inputs, masks)
+        grads = iter(tape.gradient(y, floats, output_gradients=s))
+        out = []
+        for x in inputs:
+            if _is_float(x):
+                g = next(grads)
+                out.append(None if g is None else x * g)
+            else:
+                out.append(None)
+        return out, None
+
+
+def op_registered(op) -> bool:
+    return lookup(op) is not None

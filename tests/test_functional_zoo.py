@@ -1,0 +1,307 @@
+"""A zoo of functional models written the way keras.io tutorials write them (masks, op nodes between
+layers, several inputs, shared layers, attention pooling, Lambda slices), each explained in float64
+with conservation checked (eps = 0, bias_factor = 1: relevance of all inputs + rest == score),
+masked steps exactly 0, and each saved as ``.keras``, reloaded with ``keras_lrp.load_model`` and
+explained equal to the original.
+"""
+import numpy as np
+import keras
+import pytest
+from keras import ops
+
+import keras_lrp
+
+L = keras.layers
+VOCAB, EMB, B = 12, 4, 3
+RNG = np.random.default_rng(0)
+
+
+def token_ids(steps=6, pad=2):
+    """(B, steps) ids in 1..VOCAB-1 with the last ``pad`` steps of the first sample padded (0)."""
+    ids = RNG.integers(1, VOCAB, (B, steps))
+    ids[0, steps - pad:] = 0
+    return ids
+
+
+def float_steps(steps=5, features=3, pad=2):
+    x = RNG.standard_normal((B, steps, features))
+    x[1, :pad] = 0.0   # pre-padding of sample 1, masked by Masking(0.0)
+    return x
+
+
+IDS = token_ids()
+ID_PAD = (IDS == 0)
+XF = float_steps()
+XF_PAD = np.all(XF == 0, axis=-1)
+NUM = RNG.standard_normal((B, 2))
+
+
+def imdb_bilstm():
+    inp = keras.Input((None,), dtype="int32")
+    x = L.Embedding(VOCAB, EMB, mask_zero=True)(inp)
+    x = L.Bidirectional(L.LSTM(4, return_sequences=True))(x)
+    x = L.Bidirectional(L.LSTM(3))(x)
+    return keras.Model(inp, L.Dense(2)(x)), IDS, ID_PAD, {}
+
+
+def functional_masking():
+    inp = keras.Input((None, 3))
+    x = L.Masking(mask_value=0.0)(inp)
+    x = L.LSTM(4)(x)
+    return keras.Model(inp, L.Dense(2, activation="softmax")(x)), XF, XF_PAD, {}
+
+
+def attention_bigru():
+    inp = keras.Input((None,), dtype="int32")
+    h = L.Bidirectional(L.GRU(3, return_sequences=True))(L.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    w = ops.softmax(L.Dense(1)(h), axis=1)     # (a Softmax layer would get the (batch, time) mask
+    ctx = ops.sum(w * h, axis=1)               #  and fail on (batch, time, 1) scores in Keras itself)
+    return keras.Model(inp, L.Dense(2)(ctx)), IDS, ID_PAD, {}
+
+
+def attention_ops_softmax_output():
+    inp = keras.Input((None, 3))
+    h = L.LSTM(4, return_sequences=True)(inp)
+    w = L.Softmax(axis=1)(L.Dense(1, activation="tanh")(h))
+    ctx = ops.sum(w * h, axis=1)
+    return keras.Model(inp, ops.softmax(L.Dense(3)(ctx))), XF, None, {}
+
+
+def last_step_head():
+    inp = keras.Input((None, 3))
+    h = L.LSTM(4, return_sequences=True)(inp)
+    return keras.Model(inp, L.Dense(2)(h[:, -1])), XF, None, {}
+
+
+def feature_slice_head():
+    inp = keras.Input((None, 3))
+    h = L.GRU(4, return_sequences=True)(inp)
+    h = L.LSTM(3)(h[:, :, 1:3])
+    return keras.Model(inp, L.Dense(2)(h)), XF, None, {}
+
+
+def two_inputs():
+    tok = keras.Input((None,), dtype="int32", name="tokens")
+    num = keras.Input((2,), name="numeric")
+    h = L.LSTM(3)(L.Embedding(VOCAB, EMB, mask_zero=True)(tok))
+    x = L.Concatenate()([h, L.Dense(3, activation="relu")(num)])
+    return keras.Model([tok, num], L.Dense(2)(x)), [IDS, NUM], [ID_PAD, None], {}
+
+
+def two_inputs_numeric_first():
+    """The Embedding is not the first layer: the numeric input comes first."""
+    num = keras.Input((2,), name="numeric")
+    tok = keras.Input((None,), dtype="int32", name="tokens")
+    n = L.Dense(3)(num)
+    h = L.GRU(3)(L.Embedding(VOCAB, EMB, mask_zero=True)(tok))
+    return keras.Model([num, tok], L.Dense(2)(ops.concatenate([n, h], axis=-1))), [NUM, IDS], [None, ID_PAD], {}
+
+
+def shared_encoder():
+    """A siamese pair: one Embedding and one LSTM shared by both token inputs."""
+    a = keras.Input((None,), dtype="int32", name="left")
+    b = keras.Input((None,), dtype="int32", name="right")
+    emb, enc = L.Embedding(VOCAB, EMB, mask_zero=True), L.LSTM(3)
+    ha, hb = enc(emb(a)), enc(emb(b))
+    x = L.Concatenate()([ha, hb, L.Subtract()([ha, hb]) if hasattr(L, "Subtract") else ha - hb])
+    ids_b = token_ids()
+    return keras.Model([a, b], L.Dense(2)(x)), [IDS, ids_b], [ID_PAD, ids_b == 0], {}
+
+
+def seed_sliced():
+    """The seed's production architecture, small: Lambda slices of one input into three Bi-LSTMs."""
+    inp = keras.Input((None, 12))
+    # three separate lambdas (a default argument would not survive .keras serialisation)
+    slices = [lambda t: t[:, :, 0:4], lambda t: t[:, :, 4:8], lambda t: t[:, :, 8:12]]
+    parts = [L.Lambda(f, name=f"slice{i}")(inp) for i, f in enumerate(slices)]
+    hs = [L.Bidirectional(L.LSTM(3, return_sequences=True))(p) for p in parts]
+    x = L.LSTM(4)(L.Concatenate()(hs))
+    x12 = RNG.standard_normal((B, 5, 12))
+    return keras.Model(inp, L.Dense(3)(x)), x12, None, {f"slice{i}": "linear" for i in range(3)}
+
+
+def gap_mask():
+    inp = keras.Input((None,), dtype="int32")
+    h = L.LSTM(3, return_sequences=True)(L.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    return keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(h))), IDS, ID_PAD, {}
+
+
+def stacked_concat_last():
+    inp = keras.Input((None, 3))
+    h1 = L.LSTM(3, return_sequences=True)(inp)
+    h2 = L.LSTM(3, return_sequences=True)(h1)
+    x = ops.concatenate([h1[:, -1], h2[:, -1]], axis=-1)
+    return keras.Model(inp, L.Dense(2)(x)), XF, None, {}
+
+
+def mean_over_time():
+    inp = keras.Input((None, 3))
+    h = L.GRU(3, return_sequences=True)(inp)
+    return keras.Model(inp, L.Dense(2)(ops.mean(h, axis=1))), XF, None, {}
+
+
+def residual_add():
+    inp = keras.Input((None, 3))
+    p = L.Dense(3)(inp)
+    h = L.LSTM(3, return_sequences=True)(p)
+    x = ops.add(h, p)
+    return keras.Model(inp, L.Dense(2)(x[:, -1] * 0.5)), XF, None, {}
+
+
+def masked_tagger():
+    inp = keras.Input((None,), dtype="int32")
+    h = L.Bidirectional(L.LSTM(3, return_sequences=True))(L.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    return keras.Model(inp, L.TimeDistributed(L.Dense(3))(h)), IDS, ID_PAD, {}
+
+
+def gated_sum():
+    inp = keras.Input((None, 3))
+    h = L.LSTM(3, return_sequences=True)(inp)
+    g = L.Dense(3, activation="sigmoid")(h)
+    return keras.Model(inp, L.Dense(2)(ops.sum(L.Multiply()([g, h]), axis=1))), XF, None, {}
+
+
+def conv_reshape_lstm():
+    inp = keras.Input((6, 4))
+    x = L.Conv1D(4, 2, padding="same")(inp)
+    x = ops.reshape(x, (-1, 3, 8))            # 6 steps x 4 -> 3 steps x 8
+    x = ops.transpose(L.LSTM(3, return_sequences=True)(x), (0, 2, 1))
+    return keras.Model(inp, L.Dense(2)(ops.sum(x, axis=-1))), RNG.standard_normal((B, 6, 4)), None, {}
+
+
+def masking_bilstm_sum_mean():
+    inp = keras.Input((None, 3))
+    h = L.Bidirectional(L.LSTM(3, return_sequences=True), merge_mode="sum")(L.Masking(0.0)(inp))
+    h = L.LSTM(3)(h)
+    return keras.Model(inp, L.Dense(2)(h)), XF, XF_PAD, {}
+
+
+ZOO = [imdb_bilstm, functional_masking, attention_bigru, attention_ops_softmax_output, last_step_head,
+       feature_slice_head, two_inputs, two_inputs_numeric_first, shared_encoder, seed_sliced, gap_mask,
+       stacked_concat_last, mean_over_time, residual_add, masked_tagger, gated_sum, conv_reshape_lstm,
+       masking_bilstm_sum_mean]
+
+
+def build(fn, seed=0):
+    keras.utils.set_random_seed(seed)
+    model, x, pads, rules = fn()
+    rng = np.random.default_rng(seed + 1)
+    model.set_weights([w + 0.3 * rng.standard_normal(w.shape).astype(w.dtype) for w in model.get_weights()])
+    return model, x, pads, rules
+
+
+def as_list(a):
+    return a if isinstance(a, list) else [a]
+
+
+def explain64(model, x, rules):
+    timestep = 2 if len(model.outputs[0].shape) == 3 else None
+    return keras_lrp.explain(model, x, eps=0.0, bias_factor=1.0, dtype="float64", layer_rules=rules or None,
+                             timestep=timestep)
+
+
+@pytest.mark.parametrize("fn", ZOO, ids=[f.__name__ for f in ZOO])
+def test_zoo_conserves_masks_and_reloads(fn, tmp_path):
+    model, x, pads, rules = build(fn)
+    e = explain64(model, x, rules)
+    relevances = as_list(e.relevance)
+    assert len(relevances) == len(model.inputs)
+    # scores are the model's own (pre-activation) outputs
+    if "softmax" not in fn.__name__ and fn is not functional_masking:
+        out = np.asarray(model([np.asarray(a, dtype=i.dtype) for a, i in zip(as_list(x), model.inputs)]
+                               if len(model.inputs) > 1 else np.asarray(x, dtype=model.inputs[0].dtype)))
+        if out.ndim == 3:
+            out = out[:, 2]
+        np.testing.assert_allclose(e.scores, out, rtol=0, atol=1e-4 * max(1.0, np.abs(out).max()))
+    # conservation in float64
+    score = e.explained_score
+    np.testing.assert_allclose(e.total_relevance() + e.rest, score, rtol=0, atol=1e-8 * np.abs(score).max())
+    assert all(np.abs(r).max() > 0 for r in relevances)
+    # masked steps get exactly 0
+    for r, pad in zip(relevances, as_list(pads)):
+        if pad is not None:
+            assert pad.any() and np.all(r[pad] == 0)
+            assert np.all(np.abs(r[~pad]).sum(axis=-1) > 0)
+    # word relevance: one (batch, time) array per sequence input
+    words = as_list(e.word_relevance)
+    for r, w in zip(relevances, words):
+        assert (w is None) == (r.ndim < 3)
+    # .keras round trip through keras_lrp.load_model, explained equal
+    path = tmp_path / "model.keras"
+    model.save(path)
+    again = keras_lrp.load_model(path, safe_mode=not rules)
+    e2 = explain64(again, x, rules)
+    for a, b in zip(relevances, as_list(e2.relevance)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * np.abs(a).max())
+    np.testing.assert_allclose(e2.rest, e.rest, rtol=0, atol=1e-12 * np.abs(score).max())
+
+
+def test_dict_inputs_and_list_inputs_agree():
+    model, x, _, _ = build(two_inputs)
+    e_list = keras_lrp.explain(model, x, dtype="float64")
+    e_dict = keras_lrp.explain(model, {"numeric": x[1], "tokens": x[0]}, dtype="float64")
+    for a, b in zip(e_list.relevance, e_dict.relevance):
+        np.testing.assert_array_equal(a, b)
+    gi = keras_lrp.explain(model, x, dtype="float64", method="gi")
+    assert [r.shape for r in gi.relevance] == [r.shape for r in e_list.relevance]
+
+
+def test_functional_and_sequential_masking_agree():
+    """The same weights as Sequential and as functional model: identical relevance, 0 at masked steps."""
+    keras.utils.set_random_seed(4)
+    seq = keras.Sequential([keras.Input((None,), dtype="int32"), L.Embedding(VOCAB, EMB, mask_zero=True),
+                            L.LSTM(3, return_sequences=True), L.GRU(3), L.Dense(2)])
+    inp = keras.Input((None,), dtype="int32")
+    h = L.Embedding(VOCAB, EMB, mask_zero=True)(inp)
+    func = keras.Model(inp, L.Dense(2)(L.GRU(3)(L.LSTM(3, return_sequences=True)(h))))
+    rng = np.random.default_rng(5)
+    weights = [w + 0.3 * rng.standard_normal(w.shape).astype(w.dtype) for w in seq.get_weights()]
+    seq.set_weights(weights)
+    func.set_weights(weights)
+    a = keras_lrp.explain(seq, IDS, target=1, dtype="float64")
+    b = keras_lrp.explain(func, IDS, target=1, dtype="float64")
+    np.testing.assert_array_equal(a.relevance[ID_PAD], 0)
+    np.testing.assert_allclose(b.relevance, a.relevance, rtol=0, atol=1e-12 * np.abs(a.relevance).max())
+
+
+def test_seed_sliced_lambda_needs_layer_rules():
+    model, x, _, rules = build(seed_sliced)
+    with pytest.raises(keras_lrp.UnsupportedLayerError, match="Lambda layers run arbitrary code"):
+        keras_lrp.explain(model, x)
+    e = keras_lrp.LRP(model, eps=0.0, bias_factor=1.0, dtype="float64", layer_rules=rules).attribute(x)
+    # each slice's Bi-LSTM sees 4 features: every feature gets relevance through its own slice
+    assert np.all(np.abs(e.relevance).sum(axis=(0, 1)) > 0)
+
+
+def _tf_keras_functional_models():
+    """tf.keras 2.x functional models as people saved them: mask_zero Bi-LSTM, Masking, two inputs."""
+    import tf_keras as K
+    KL = K.layers
+    inp = KL.Input((None,), dtype="int32")
+    h = KL.Bidirectional(KL.LSTM(3, return_sequences=True))(KL.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    yield "tfk_imdb", K.Model(inp, KL.Dense(2)(KL.LSTM(3)(h))), IDS, ID_PAD
+    inp = KL.Input((None, 3))
+    yield "tfk_masking", K.Model(inp, KL.Dense(2)(KL.GRU(3)(KL.Masking(0.0)(inp)))), XF, XF_PAD
+    tok, num = KL.Input((None,), dtype="int32"), KL.Input((2,))
+    h = KL.LSTM(3)(KL.Embedding(VOCAB, EMB, mask_zero=True)(tok))
+    yield "tfk_two_inputs", K.Model([tok, num], KL.Dense(2)(KL.Concatenate()([h, num]))), [IDS, NUM], [ID_PAD, None]
+
+
+def test_tf_keras_h5_functional_models(tmp_path):
+    """A tf.keras .h5 of a masked functional model loads and is explained (was: loads, then refused)."""
+    pytest.importorskip("tf_keras")
+    rng = np.random.default_rng(9)
+    for name, tfk_model, x, pads in _tf_keras_functional_models():
+        tfk_model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in tfk_model.get_weights()])
+        path = tmp_path / f"{name}.h5"
+        tfk_model.save(path)
+        want = tfk_model.predict(x, verbose=0)
+        model = keras_lrp.load_model(path)
+        e = keras_lrp.explain(model, x, eps=0.0, bias_factor=1.0, dtype="float64")
+        np.testing.assert_allclose(e.scores, want, rtol=0, atol=1e-4 * np.abs(want).max(), err_msg=name)
+        score = e.explained_score
+        np.testing.assert_allclose(e.total_relevance() + e.rest, score, rtol=0, atol=1e-8 * np.abs(score).max(),
+                                   err_msg=name)
+        for r, pad in zip(as_list(e.relevance), as_list(pads)):
+            if pad is not None:
+                assert np.all(r[pad] == 0), name
