@@ -28,6 +28,12 @@ every logical CPU device) with one compiled explainer per device (``tf.device``)
 the results in input order; every chunk is explained exactly as the single-device explainer
 explains it, so the results are equal bit for bit.
 
+Failures: a worker process that dies (killed, out of memory, node lost) is restarted by Ray Data
+and its shard retried (shard files are written whole and idempotently); a run that fails (an
+error in a worker, the driver killed) is finished by calling :func:`explain_corpus` again with the
+same arguments: shards whose files match their completion record are kept, not recomputed.
+One run at a time per ``out_dir``.
+
 Ray is an optional dependency: ``pip install "keras-lrp[distributed]"``.
 """
 from __future__ import annotations
@@ -38,6 +44,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -252,7 +259,9 @@ def _read_shard(corpus: _Corpus, shard: _Shard) -> List[np.ndarray]:
         return list(np.asarray(x[shard.start:shard.stop]))
     with open(corpus.path, "rb") as f:
         f.seek(shard.byte_start)
-        lines = f.read(shard.byte_stop - shard.byte_start).splitlines()
+        lines = f.read(shard.byte_stop - shard.byte_start).split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()   # the last line's newline
     if len(lines) != shard.stop - shard.start:
         raise RuntimeError(f"{corpus.path} changed while it was being explained (shard {shard.index}).")
     return [np.asarray(json.loads(line)) for line in lines]
@@ -334,7 +343,7 @@ class _ShardExplainer:
         finished = time.time()
         done = {"shard": shard.index, "start": shard.start, "stop": shard.stop, "lines": len(lines),
                 "sha256": hashlib.sha256(data).hexdigest(), "fingerprint": self.fingerprint,
-                "started": started, "finished": finished}
+                "started": started, "finished": finished, "worker": f"{socket.gethostname()}:{os.getpid()}"}
         _atomic_write(self.shards_dir / f"{name}.done.json", json.dumps(done).encode())
         return done
 
