@@ -138,10 +138,11 @@ def _check_sequence(seq: np.ndarray, where: str, spec: Dict[str, Any]) -> None:
         raise ValueError(f"{where}: {seq.shape[1]} features, but the model takes {spec['features']}.")
     if spec["tokens"]:
         if not np.issubdtype(seq.dtype, np.integer):
-            raise ValueError(f"{where}: this model starts with an Embedding, so sequences are integer token ids.")
+            raise ValueError(f"{where}: sequences must be integer token ids (for an Embedding model, or with "
+                             "embeddings=).")
         if seq.min() < 0 or seq.max() >= spec["vocab"]:
-            raise ValueError(f"{where}: token ids must be in 0..{spec['vocab'] - 1} (the Embedding's "
-                             f"input_dim), got {seq.min()}..{seq.max()}.")
+            raise ValueError(f"{where}: token ids must be in 0..{spec['vocab'] - 1} (the vocabulary "
+                             f"size is {spec['vocab']}), got {seq.min()}..{seq.max()}.")
     elif not np.all(np.isfinite(seq)):
         raise ValueError(f"{where}: NaN or inf values.")
 
@@ -159,6 +160,23 @@ def _input_spec(explainer) -> Dict[str, Any]:
     return {"tokens": bool(explainer.tokens), "ndim": len(shape) - 1, "time": shape[1],
             "features": shape[2] if len(shape) == 3 else None, "vocab": vocab,
             "text": "(" + ", ".join(dims) + ")"}
+
+
+def _embedding_spec(path: str, spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Sequences of token ids looked up in the embedding matrix at ``path`` (vocab, emb_dim), for a
+    model on embedding vectors (time, emb_dim)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"embeddings file {path!r} does not exist.")
+    try:
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"embeddings {path}: not a numeric .npy matrix ({err}).") from None
+    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
+        raise ValueError(f"embeddings {path}: need a float matrix (vocab, emb_dim), got {matrix.dtype} {matrix.shape}.")
+    if spec["tokens"] or spec["features"] != matrix.shape[1]:
+        raise ValueError(f"embeddings {path} has {matrix.shape[1]}-dim vectors, but the model takes "
+                         f"{spec['text']}; embeddings= is for models on embedding vectors (time, emb_dim).")
+    return {**spec, "tokens": True, "ndim": 1, "features": None, "vocab": int(matrix.shape[0]), "text": "(time,)"}
 
 
 def _scan_jsonl(path: str, shard_size: int, spec: Dict[str, Any]) -> List[_Shard]:
@@ -202,8 +220,8 @@ def _check_npy(path: str, spec: Dict[str, Any]) -> int:
         block = np.asarray(x[i:i + 65536])
         where = f"{path}, sequences {i}..{i + len(block) - 1}"
         if spec["tokens"] and (block.min() < 0 or block.max() >= spec["vocab"]):
-            raise ValueError(f"{where}: token ids must be in 0..{spec['vocab'] - 1} (the Embedding's "
-                             f"input_dim), got {block.min()}..{block.max()}.")
+            raise ValueError(f"{where}: token ids must be in 0..{spec['vocab'] - 1} (the vocabulary "
+                             f"size is {spec['vocab']}), got {block.min()}..{block.max()}.")
         if not spec["tokens"] and not np.all(np.isfinite(block)):
             raise ValueError(f"{where}: NaN or inf values.")
     return int(x.shape[0])
@@ -293,7 +311,7 @@ class _ShardExplainer:
 
     def __init__(self, model_path: str, corpus: _Corpus, shards_dir: str, fingerprint: str,
                  config: Dict[str, Any], target: Optional[np.ndarray], timestep: Optional[np.ndarray],
-                 fail_after: Optional[int] = None):
+                 embeddings: Optional[str] = None, fail_after: Optional[int] = None):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import keras_lrp
 
@@ -303,6 +321,7 @@ class _ShardExplainer:
         self.corpus, self.shards_dir, self.fingerprint = corpus, pathlib.Path(shards_dir), fingerprint
         self.batch_size, self.feature_relevance = config["batch_size"], config["feature_relevance"]
         self.target, self.timestep = target, timestep
+        self.embeddings = None if embeddings is None else np.load(embeddings, allow_pickle=False)
         self.fail_after, self.done = fail_after, 0
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -318,6 +337,8 @@ class _ShardExplainer:
     def _explain_shard(self, shard: _Shard) -> Dict[str, Any]:
         started = time.time()
         sequences = _read_shard(self.corpus, shard)
+        if self.embeddings is not None:     # token ids -> embedding vectors (time, emb_dim)
+            sequences = [self.embeddings[ids] for ids in sequences]
         lines: List[Optional[bytes]] = [None] * len(sequences)
         by_length: Dict[int, List[int]] = {}
         for i, seq in enumerate(sequences):
@@ -368,7 +389,7 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
                    num_workers: int = 1, cpus_per_worker: float = 1, batch_size: int = 256,
                    shard_size: int = 4096, target=None, timestep=None, eps: float = 1e-3,
                    bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32",
-                   feature_relevance: bool = False, resume: bool = True,
+                   embeddings: Optional[PathLike] = None, feature_relevance: bool = False, resume: bool = True,
                    _fail_after_shards: Optional[int] = None) -> CorpusResult:
     """Explain a corpus with LRP on a pool of Ray Data actors; write one JSON line per sequence.
 
@@ -388,6 +409,8 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         shard_size: sequences per shard, the unit of work, of output files and of resumption.
         target, timestep, eps, bias_factor, rule, dtype: as for :func:`keras_lrp.explain`
             (``target`` / ``timestep`` also one int per sequence).
+        embeddings: for a model on embedding vectors (time, emb_dim): a .npy matrix (vocab, emb_dim);
+            ``inputs`` are then token ids, looked up in it by the workers (as the CLI's shipped models).
         feature_relevance: write the full (time, features) relevance instead of per-timestep sums.
         resume: keep the shards an earlier run with identical settings and inputs finished; False
             deletes ``out_dir``'s shards and starts over.
@@ -419,6 +442,9 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
     explainer = keras_lrp.LRP(keras_lrp.load_model(model_path), eps=eps, bias_factor=bias_factor,
                               dtype=dtype, rule=rule)
     spec = _input_spec(explainer)
+    if embeddings is not None:
+        embeddings = os.path.abspath(os.fspath(embeddings))
+        spec = _embedding_spec(embeddings, spec)
     out_dir = pathlib.Path(out_dir)
     shards_dir = out_dir / "shards"
     shards_dir.mkdir(parents=True, exist_ok=True)
@@ -437,6 +463,7 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
               "bias_factor": float(bias_factor), "rule": rule, "dtype": dtype, "batch_size": int(batch_size),
               "shard_size": int(shard_size), "feature_relevance": bool(feature_relevance), "n": corpus.n,
               "model_sha256": _sha256_file(model_path), "inputs_sha256": _sha256_file(corpus.path),
+              "embeddings_sha256": None if embeddings is None else _sha256_file(embeddings),
               "target": _array_digest(target_arr), "timestep": _array_digest(timestep_arr)}
     fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     manifest = {"fingerprint": fingerprint, "model_path": model_path, "inputs": corpus.path,
@@ -449,7 +476,7 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         _run_ray(todo, address, num_workers, cpus_per_worker,
                  dict(model_path=model_path, corpus=corpus, shards_dir=str(shards_dir.resolve()),
                       fingerprint=fingerprint, config=config, target=target_arr, timestep=timestep_arr,
-                      fail_after=_fail_after_shards))
+                      embeddings=embeddings, fail_after=_fail_after_shards))
     missing = [s.index for s in todo if not _shard_complete(shards_dir, s, fingerprint)]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} did not complete; rerun with resume=True to finish them.")

@@ -141,12 +141,33 @@ def test_float_npy_corpus_with_per_sample_targets(ray_instance, tmp_path):
     assert np.array_equal(np.asarray([r["rest"] for r in records]), e.rest)
 
 
+def test_token_ids_through_an_embedding_matrix(ray_instance, corpus, tmp_path):
+    """A model on embedding vectors (as the shipped SST models) with a separate (vocab, dim) matrix."""
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((None, 3)), keras.layers.Bidirectional(keras.layers.LSTM(3)),
+                              keras.layers.Dense(CLASSES)])
+    model.save(tmp_path / "vectors.keras")
+    matrix = np.random.default_rng(5).standard_normal((VOCAB, 3)).astype("float32")
+    np.save(tmp_path / "emb.npy", matrix)
+    result = explain_corpus(tmp_path / "vectors.keras", corpus[:15], tmp_path / "out", num_workers=1,
+                            shard_size=SHARD, embeddings=tmp_path / "emb.npy", **SETTINGS)
+    records = read(result.path)
+    assert [len(r["relevance"]) for r in records] == [len(s) for s in corpus[:15]]
+    for i, ids in enumerate(corpus[:15]):
+        e = keras_lrp.explain(model, matrix[ids][None], **SETTINGS)
+        assert np.array_equal(np.asarray(records[i]["relevance"]), e.word_relevance[0]), i
+        assert records[i]["rest"] == e.rest[0] and records[i]["target"] == e.target[0]
+    np.save(tmp_path / "emb4.npy", np.zeros((VOCAB, 4), "float32"))
+    with pytest.raises(ValueError, match="4-dim vectors, but the model takes"):
+        explain_corpus(tmp_path / "vectors.keras", corpus, tmp_path / "out2", embeddings=tmp_path / "emb4.npy")
+
+
 @pytest.mark.parametrize("lines, message", [
     (["[1, 2]", "[3, -1]"], "line 2: token ids must be in 0..19"),
     (["[1, 2]", "", "[3]"], "line 2: empty line"),
     (["[1, 2]", "[[1, 2], [3]]"], "line 2: not a JSON list of numbers"),
     (["[1, 2]", "[]"], "line 2: empty sequence"),
-    (["[1.5, 2]"], "line 1: this model starts with an Embedding"),
+    (["[1.5, 2]"], "line 1: sequences must be integer token ids"),
 ])
 def test_bad_corpus_fails_before_any_worker(token_model, tmp_path, lines, message):
     path = tmp_path / "bad.jsonl"
