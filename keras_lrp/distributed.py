@@ -52,7 +52,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["explain_corpus", "CorpusResult", "MultiDeviceExplainer", "available_devices"]
+__all__ = ["explain_corpus", "CorpusResult", "read_corpus_output", "MultiDeviceExplainer", "available_devices"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 _FORMAT = 1                       # bump when the output format changes: older shards are not reused
@@ -447,7 +447,7 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         spec = _embedding_spec(embeddings, spec)
     out_dir = pathlib.Path(out_dir)
     shards_dir = out_dir / "shards"
-    shards_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     corpus, shards = _corpus_from(inputs, out_dir, spec, shard_size)
     target_arr = _per_sample(target, corpus.n, "target")
     timestep_arr = _per_sample(timestep, corpus.n, "timestep")
@@ -471,7 +471,8 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
     _prepare_out_dir(out_dir, shards_dir, manifest, resume)
 
     reused = [s.index for s in shards if resume and _shard_complete(shards_dir, s, fingerprint)]
-    todo = [s for s in shards if s.index not in set(reused)]
+    kept = frozenset(reused)
+    todo = [s for s in shards if s.index not in kept]
     if todo:
         _run_ray(todo, address, num_workers, cpus_per_worker,
                  dict(model_path=model_path, corpus=corpus, shards_dir=str(shards_dir.resolve()),
@@ -505,8 +506,8 @@ def _prepare_out_dir(out_dir: pathlib.Path, shards_dir: pathlib.Path, manifest: 
                              "to discard it.")
     if not resume:
         shutil.rmtree(shards_dir, ignore_errors=True)
-        shards_dir.mkdir(parents=True)
         (out_dir / "out.jsonl").unlink(missing_ok=True)
+    shards_dir.mkdir(exist_ok=True)
     _atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
