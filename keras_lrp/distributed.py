@@ -315,9 +315,9 @@ class _ShardExplainer:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import keras_lrp
 
-        self.explainer = keras_lrp.LRP(keras_lrp.load_model(model_path), eps=config["eps"],
-                                       bias_factor=config["bias_factor"], dtype=config["dtype"],
-                                       rule=config["rule"])
+        self.explainer = keras_lrp.Explainer(keras_lrp.load_model(model_path), eps=config["eps"],
+                                             bias_factor=config["bias_factor"], dtype=config["dtype"],
+                                             rule=config["rule"], method=config["method"])
         self.corpus, self.shards_dir, self.fingerprint = corpus, pathlib.Path(shards_dir), fingerprint
         self.batch_size, self.feature_relevance = config["batch_size"], config["feature_relevance"]
         self.target, self.timestep = target, timestep
@@ -388,10 +388,11 @@ def _shard_complete(shards_dir: pathlib.Path, shard: _Shard, fingerprint: str) -
 def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: Optional[str] = None,
                    num_workers: int = 1, cpus_per_worker: float = 1, batch_size: int = 256,
                    shard_size: int = 4096, target=None, timestep=None, eps: float = 1e-3,
-                   bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32",
+                   bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32", method: str = "lrp",
                    embeddings: Optional[PathLike] = None, feature_relevance: bool = False, resume: bool = True,
                    _fail_after_shards: Optional[int] = None) -> CorpusResult:
-    """Explain a corpus with LRP on a pool of Ray Data actors; write one JSON line per sequence.
+    """Explain a corpus with LRP (or a gradient baseline) on a pool of Ray Data actors; write one
+    JSON line per sequence.
 
     Args:
         model_path: a model file ``keras_lrp.load_model`` reads (.keras, Keras 2 / tf.keras .h5);
@@ -407,7 +408,7 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         cpus_per_worker: CPUs Ray reserves per actor.
         batch_size: samples per compiled call inside an actor.
         shard_size: sequences per shard, the unit of work, of output files and of resumption.
-        target, timestep, eps, bias_factor, rule, dtype: as for :func:`keras_lrp.explain`
+        target, timestep, eps, bias_factor, rule, dtype, method: as for :func:`keras_lrp.explain`
             (``target`` / ``timestep`` also one int per sequence).
         embeddings: for a model on embedding vectors (time, emb_dim): a .npy matrix (vocab, emb_dim);
             ``inputs`` are then token ids, looked up in it by the workers (as the CLI's shipped models).
@@ -439,8 +440,8 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
     model_path = os.path.abspath(os.fspath(model_path))
     # Load and check the model here, so that a bad file or an unsupported layer fails before any
     # worker starts (the workers load the same file again).
-    explainer = keras_lrp.LRP(keras_lrp.load_model(model_path), eps=eps, bias_factor=bias_factor,
-                              dtype=dtype, rule=rule)
+    explainer = keras_lrp.Explainer(keras_lrp.load_model(model_path), eps=eps, bias_factor=bias_factor,
+                                    dtype=dtype, rule=rule, method=method)
     spec = _input_spec(explainer)
     if embeddings is not None:
         embeddings = os.path.abspath(os.fspath(embeddings))
@@ -460,8 +461,9 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         raise ValueError("timestep is only for models whose output has a time axis.")
 
     config = {"format": _FORMAT, "keras_lrp": keras_lrp.__version__, "eps": float(eps),
-              "bias_factor": float(bias_factor), "rule": rule, "dtype": dtype, "batch_size": int(batch_size),
-              "shard_size": int(shard_size), "feature_relevance": bool(feature_relevance), "n": corpus.n,
+              "bias_factor": float(bias_factor), "rule": rule, "dtype": dtype, "method": method,
+              "batch_size": int(batch_size), "shard_size": int(shard_size),
+              "feature_relevance": bool(feature_relevance), "n": corpus.n,
               "model_sha256": _sha256_file(model_path), "inputs_sha256": _sha256_file(corpus.path),
               "embeddings_sha256": None if embeddings is None else _sha256_file(embeddings),
               "target": _array_digest(target_arr), "timestep": _array_digest(timestep_arr)}
