@@ -1,0 +1,660 @@
+"""Explaining beyond one process: a corpus through Ray Data, and one batch over several devices.
+
+:func:`explain_corpus` explains a corpus that outgrows one process (millions of reviews, a sweep of
+rules) with `Ray Data <https://docs.ray.io/en/latest/data/data.html>`_: the corpus is cut into
+shards of ``shard_size`` consecutive sequences; ``map_batches`` hands the shards to a fixed pool of
+``num_workers`` actors, each holding ONE compiled :class:`keras_lrp.LRP` built from the model FILE
+(``keras_lrp.load_model(model_path)``, so no model is pickled); each actor writes every finished
+shard atomically (temporary file + rename) to ``out_dir/shards/shard-00012.jsonl`` with a
+completion record ``shard-00012.done.json`` (line count, SHA-256, the run's fingerprint); the
+driver then merges the shards in input order into ``out_dir/out.jsonl``. A rerun with
+``resume=True`` (the default) verifies and keeps every finished shard and computes only the rest.
+
+One JSON line per input sequence, in input order::
+
+    {"index": 12, "target": 3, "score": 1.25, "relevance": [0.1, -0.02, ...], "rest": 0.003}
+
+``relevance`` is the relevance per token / timestep (summed over the embedding or feature axis,
+``Explanation.word_relevance``), ``score`` the explained pre-activation score, ``rest`` what
+reached the initial states (see :class:`keras_lrp.Explanation`); sequence-output models add
+``"timestep"``. Floats are written with Python's shortest round-trip ``repr``: parsing a line gives
+back exactly the float64 (or float32) numbers of the in-process :func:`keras_lrp.explain`.
+
+Sequences of different lengths (a JSON-lines corpus) are grouped by length inside a shard, so no
+sequence is ever padded to another one's length and no result depends on its neighbours.
+
+:class:`MultiDeviceExplainer` splits one batch over several devices of one process (every GPU, or
+every logical CPU device) with one compiled explainer per device (``tf.device``), and concatenates
+the results in input order; every chunk is explained exactly as the single-device explainer
+explains it, so the results are equal bit for bit.
+
+Failures: a worker process that dies (killed, out of memory, node lost) is restarted by Ray Data
+and its shard retried (shard files are written whole and idempotently); a run that fails (an
+error in a worker, the driver killed) is finished by calling :func:`explain_corpus` again with the
+same arguments: shards whose files match their completion record are kept, not recomputed.
+One run at a time per ``out_dir``.
+
+Ray is an optional dependency: ``pip install "keras-lrp[distributed]"``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = ["explain_corpus", "CorpusResult", "read_corpus_output", "MultiDeviceExplainer", "available_devices"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+_FORMAT = 1                       # bump when the output format changes: older shards are not reused
+_SHARD_NAME = "shard-{:05d}"
+_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+# ----------------------------------------------------------------------------------------- corpus
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """Sequences ``start..stop-1`` of the corpus; for JSON lines, their bytes ``byte_start..byte_stop``."""
+
+    index: int
+    start: int
+    stop: int
+    byte_start: int = 0
+    byte_stop: int = 0
+
+
+@dataclass(frozen=True)
+class _Corpus:
+    """A corpus file the workers read themselves: ``kind`` is "npy" (fixed length, memory-mapped) or
+    "jsonl" (one JSON list per line, any lengths)."""
+
+    kind: str
+    path: str
+    n: int
+
+
+@dataclass
+class CorpusResult:
+    """What :func:`explain_corpus` returns.
+
+    Attributes:
+        path: the merged output, one JSON line per input sequence in input order.
+        n_sequences: number of sequences explained (lines in ``path``).
+        n_shards: number of shards.
+        computed: indices of the shards computed by this call.
+        reused: indices of the shards found complete from an earlier run and kept.
+        seconds: wall time of the call.
+    """
+
+    path: pathlib.Path
+    n_sequences: int
+    n_shards: int
+    computed: List[int]
+    reused: List[int]
+    seconds: float
+
+
+def _sha256_file(path: PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` either does not exist or is complete."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _check_sequence(seq: np.ndarray, where: str, spec: Dict[str, Any]) -> None:
+    """One sequence, (time,) token ids or (time, features) floats, against the model's input."""
+    if seq.dtype == object or not (np.issubdtype(seq.dtype, np.integer) or np.issubdtype(seq.dtype, np.floating)):
+        raise ValueError(f"{where}: not a list of numbers (every sequence of the same shape).")
+    if seq.ndim != spec["ndim"]:
+        want = "a list of token ids" if spec["tokens"] else "a list of timesteps, each a list of features"
+        raise ValueError(f"{where}: has shape {seq.shape}; this model needs {want} {spec['text']}.")
+    if seq.shape[0] == 0:
+        raise ValueError(f"{where}: empty sequence; give at least one token / timestep.")
+    if spec["time"] is not None and seq.shape[0] != spec["time"]:
+        raise ValueError(f"{where}: {seq.shape[0]} timesteps, but the model takes exactly {spec['time']}.")
+    if spec["features"] is not None and seq.ndim == 2 and seq.shape[1] != spec["features"]:
+        raise ValueError(f"{where}: {seq.shape[1]} features, but the model takes {spec['features']}.")
+    if spec["tokens"]:
+        if not np.issubdtype(seq.dtype, np.integer):
+            raise ValueError(f"{where}: sequences must be integer token ids (for an Embedding model, or with "
+                             "embeddings=).")
+        if seq.min() < 0 or seq.max() >= spec["vocab"]:
+            raise ValueError(f"{where}: token ids must be in 0..{spec['vocab'] - 1} (the vocabulary "
+                             f"size is {spec['vocab']}), got {seq.min()}..{seq.max()}.")
+    elif not np.all(np.isfinite(seq)):
+        raise ValueError(f"{where}: NaN or inf values.")
+
+
+def _input_spec(explainer) -> Dict[str, Any]:
+    """What one sequence must look like for ``explainer`` (a :class:`keras_lrp.Explainer`)."""
+    import keras
+
+    shape = tuple(explainer.input_shape)          # (batch, time[, features])
+    vocab = None
+    if explainer.tokens:
+        vocab = next(int(layer.input_dim) for layer in explainer.model.layers
+                     if isinstance(layer, keras.layers.Embedding))
+    dims = ["time" if d is None else str(d) for d in shape[1:]]
+    return {"tokens": bool(explainer.tokens), "ndim": len(shape) - 1, "time": shape[1],
+            "features": shape[2] if len(shape) == 3 else None, "vocab": vocab,
+            "text": "(" + ", ".join(dims) + ")"}
+
+
+def _embedding_spec(path: str, spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Sequences of token ids looked up in the embedding matrix at ``path`` (vocab, emb_dim), for a
+    model on embedding vectors (time, emb_dim)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"embeddings file {path!r} does not exist.")
+    try:
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"embeddings {path}: not a numeric .npy matrix ({err}).") from None
+    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
+        raise ValueError(f"embeddings {path}: need a float matrix (vocab, emb_dim), got {matrix.dtype} {matrix.shape}.")
+    if spec["tokens"] or spec["features"] != matrix.shape[1]:
+        raise ValueError(f"embeddings {path} has {matrix.shape[1]}-dim vectors, but the model takes "
+                         f"{spec['text']}; embeddings= is for models on embedding vectors (time, emb_dim).")
+    return {**spec, "tokens": True, "ndim": 1, "features": None, "vocab": int(matrix.shape[0]), "text": "(time,)"}
+
+
+def _scan_jsonl(path: str, shard_size: int, spec: Dict[str, Any]) -> List[_Shard]:
+    """Validate every line of a JSON-lines corpus and cut it into shards by byte offsets."""
+    shards: List[_Shard] = []
+    start_byte, offset, n = 0, 0, 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            where = f"{path}, line {number}"
+            if not line.strip():
+                raise ValueError(f"{where}: empty line; write one JSON list of token ids per line.")
+            try:
+                seq = np.asarray(json.loads(line))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{where}: not a JSON list of numbers ({err}).") from None
+            _check_sequence(seq, where, spec)
+            n += 1
+            offset += len(line)
+            if n % shard_size == 0:
+                shards.append(_Shard(len(shards), n - shard_size, n, start_byte, offset))
+                start_byte = offset
+    if n % shard_size:
+        shards.append(_Shard(len(shards), n - n % shard_size, n, start_byte, offset))
+    if n == 0:
+        raise ValueError(f"{path} holds no sequences: nothing to explain.")
+    return shards
+
+
+def _check_npy(path: str, spec: Dict[str, Any]) -> int:
+    """Validate a .npy corpus (memory-mapped, in blocks); returns its number of sequences."""
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"{path}: not a numeric .npy array ({err}).") from None
+    if x.ndim != spec["ndim"] + 1:
+        raise ValueError(f"{path} has shape {x.shape}; this model needs (batch, {spec['text'][1:]}.")
+    if x.shape[0] == 0:
+        raise ValueError(f"{path} holds no sequences: nothing to explain.")
+    _check_sequence(np.asarray(x[0]), f"{path}, sequence 0", spec)       # shape and dtype
+    for i in range(0, x.shape[0], 65536):                                 # values, block by block
+        block = np.asarray(x[i:i + 65536])
+        where = f"{path}, sequences {i}..{i + len(block) - 1}"
+        if spec["tokens"] and (block.min() < 0 or block.max() >= spec["vocab"]):
+            raise ValueError(f"{where}: token ids must be in 0..{spec['vocab'] - 1} (the vocabulary "
+                             f"size is {spec['vocab']}), got {block.min()}..{block.max()}.")
+        if not spec["tokens"] and not np.all(np.isfinite(block)):
+            raise ValueError(f"{where}: NaN or inf values.")
+    return int(x.shape[0])
+
+
+def _corpus_from(inputs, out_dir: pathlib.Path, spec: Dict[str, Any], shard_size: int):
+    """(corpus, shards) for a file path or an in-memory array / list of sequences (written to
+    ``out_dir`` first, so that every worker reads a file)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        path = os.fspath(inputs)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"inputs file {path!r} does not exist.")
+        if path.endswith(".npy"):
+            n = _check_npy(path, spec)
+            return _Corpus("npy", os.path.abspath(path), n), _cut(n, shard_size)
+        if path.endswith(_JSONL_SUFFIXES):
+            shards = _scan_jsonl(path, shard_size, spec)
+            return _Corpus("jsonl", os.path.abspath(path), shards[-1].stop), shards
+        raise ValueError(f"inputs file {path!r}: give a .npy array (batch, time[, features]) or a "
+                         f".jsonl file with one JSON list of token ids per line.")
+    if isinstance(inputs, np.ndarray) and inputs.dtype != object:
+        data = _npy_bytes(inputs)
+        path = out_dir / "inputs.npy"
+    else:
+        try:
+            sequences = [np.asarray(s).tolist() for s in inputs]
+        except TypeError:
+            raise TypeError("inputs must be a .npy / .jsonl path, an array (batch, time[, features]) or a "
+                            f"list of sequences, got {type(inputs).__name__}.") from None
+        data = b"".join(json.dumps(s).encode() + b"\n" for s in sequences)
+        path = out_dir / "inputs.jsonl"
+    if not path.exists() or path.read_bytes() != data:
+        _atomic_write(path, data)
+    return _corpus_from(path, out_dir, spec, shard_size)
+
+
+def _npy_bytes(x: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(x), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _cut(n: int, shard_size: int) -> List[_Shard]:
+    return [_Shard(i, start, min(start + shard_size, n)) for i, start in enumerate(range(0, n, shard_size))]
+
+
+def _read_shard(corpus: _Corpus, shard: _Shard) -> List[np.ndarray]:
+    """The sequences of one shard, each (time,) or (time, features)."""
+    if corpus.kind == "npy":
+        x = np.load(corpus.path, mmap_mode="r", allow_pickle=False)
+        return list(np.asarray(x[shard.start:shard.stop]))
+    with open(corpus.path, "rb") as f:
+        f.seek(shard.byte_start)
+        lines = f.read(shard.byte_stop - shard.byte_start).split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()   # the last line's newline
+    if len(lines) != shard.stop - shard.start:
+        raise RuntimeError(f"{corpus.path} changed while it was being explained (shard {shard.index}).")
+    return [np.asarray(json.loads(line)) for line in lines]
+
+
+def _per_sample(value, n: int, name: str) -> Optional[np.ndarray]:
+    """None, an int, or one int per sequence -> None or int64 (n,)."""
+    if value is None:
+        return None
+    t = np.asarray(value)
+    if t.dtype == object or not np.issubdtype(t.dtype, np.integer):
+        raise TypeError(f"{name} must be None, an int or one int per sequence, got {value!r}.")
+    if t.ndim == 0:
+        return np.full(n, int(t), np.int64)
+    if t.shape != (n,):
+        raise ValueError(f"{name} has shape {t.shape}; give one int per sequence ({n},) or a single int.")
+    return t.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------- worker
+
+
+class _ShardExplainer:
+    """A Ray Data actor: one compiled explainer, built from the model file, explains whole shards.
+
+    ``__call__`` gets a batch of shard descriptions (columns of :class:`_Shard` fields), writes each
+    shard's JSON lines atomically and returns its completion record.
+    """
+
+    def __init__(self, model_path: str, corpus: _Corpus, shards_dir: str, fingerprint: str,
+                 config: Dict[str, Any], target: Optional[np.ndarray], timestep: Optional[np.ndarray],
+                 embeddings: Optional[str] = None, fail_after: Optional[int] = None):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import keras_lrp
+
+        self.explainer = keras_lrp.Explainer(keras_lrp.load_model(model_path), eps=config["eps"],
+                                             bias_factor=config["bias_factor"], dtype=config["dtype"],
+                                             rule=config["rule"], method=config["method"])
+        self.corpus, self.shards_dir, self.fingerprint = corpus, pathlib.Path(shards_dir), fingerprint
+        self.batch_size, self.feature_relevance = config["batch_size"], config["feature_relevance"]
+        self.target, self.timestep = target, timestep
+        self.embeddings = None if embeddings is None else np.load(embeddings, allow_pickle=False)
+        self.fail_after, self.done = fail_after, 0
+
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        records = []
+        for row in range(len(batch["index"])):
+            if self.fail_after is not None and self.done >= self.fail_after:
+                raise RuntimeError(f"simulated worker failure after {self.done} shards (test hook)")
+            shard = _Shard(*(int(batch[f.name][row]) for f in dataclasses.fields(_Shard)))
+            records.append(self._explain_shard(shard))
+            self.done += 1
+        return {key: np.asarray([r[key] for r in records]) for key in ("shard", "lines", "started", "finished")}
+
+    def _explain_shard(self, shard: _Shard) -> Dict[str, Any]:
+        started = time.time()
+        sequences = _read_shard(self.corpus, shard)
+        if self.embeddings is not None:     # token ids -> embedding vectors (time, emb_dim)
+            sequences = [self.embeddings[ids] for ids in sequences]
+        lines: List[Optional[bytes]] = [None] * len(sequences)
+        by_length: Dict[int, List[int]] = {}
+        for i, seq in enumerate(sequences):
+            by_length.setdefault(len(seq), []).append(i)
+        for positions in by_length.values():     # equal lengths only: nothing is ever padded
+            rows = shard.start + np.asarray(positions)
+            e = self.explainer.attribute(
+                np.stack([sequences[i] for i in positions]),
+                target=None if self.target is None else self.target[rows],
+                timestep=None if self.timestep is None else self.timestep[rows],
+                batch_size=self.batch_size)
+            relevance = e.relevance if self.feature_relevance else e.word_relevance
+            explained = e.explained_score
+            for k, (i, index) in enumerate(zip(positions, rows)):
+                record = {"index": int(index), "target": int(e.target[k]), "score": float(explained[k]),
+                          "relevance": relevance[k].tolist(), "rest": float(e.rest[k])}
+                if e.timestep is not None:
+                    record["timestep"] = int(e.timestep[k])
+                lines[i] = json.dumps(record).encode() + b"\n"
+        data = b"".join(lines)
+        name = _SHARD_NAME.format(shard.index)
+        _atomic_write(self.shards_dir / f"{name}.jsonl", data)
+        finished = time.time()
+        done = {"shard": shard.index, "start": shard.start, "stop": shard.stop, "lines": len(lines),
+                "sha256": hashlib.sha256(data).hexdigest(), "fingerprint": self.fingerprint,
+                "started": started, "finished": finished, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+        _atomic_write(self.shards_dir / f"{name}.done.json", json.dumps(done).encode())
+        return done
+
+
+def _shard_complete(shards_dir: pathlib.Path, shard: _Shard, fingerprint: str) -> bool:
+    """Whether an earlier run finished ``shard``: its completion record belongs to this run's
+    fingerprint and the shard file has the recorded number of lines and SHA-256."""
+    name = _SHARD_NAME.format(shard.index)
+    try:
+        done = json.loads((shards_dir / f"{name}.done.json").read_text())
+        data = (shards_dir / f"{name}.jsonl").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return (done.get("fingerprint") == fingerprint and done.get("lines") == shard.stop - shard.start
+            and data.count(b"\n") == done["lines"] and hashlib.sha256(data).hexdigest() == done.get("sha256"))
+
+
+# ----------------------------------------------------------------------------------------- driver
+
+
+def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: Optional[str] = None,
+                   num_workers: int = 1, cpus_per_worker: float = 1, batch_size: int = 256,
+                   shard_size: int = 4096, target=None, timestep=None, eps: float = 1e-3,
+                   bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32", method: str = "lrp",
+                   embeddings: Optional[PathLike] = None, feature_relevance: bool = False, resume: bool = True,
+                   _fail_after_shards: Optional[int] = None) -> CorpusResult:
+    """Explain a corpus with LRP (or a gradient baseline) on a pool of Ray Data actors; write one
+    JSON line per sequence.
+
+    Args:
+        model_path: a model file ``keras_lrp.load_model`` reads (.keras, Keras 2 / tf.keras .h5);
+            every worker loads it, so on a cluster it must be at this path on every node.
+        inputs: a ``.npy`` file of (N, time, features) floats or (N, time) token ids, a JSON-lines
+            file (``.jsonl``) with one list of token ids (or of feature vectors) per line, any
+            lengths; or such an array / list of sequences in memory (written to ``out_dir`` first).
+        out_dir: output folder: ``shards/`` (one file per finished shard), ``out.jsonl`` (all, in
+            input order), ``manifest.json`` (the run's settings). On a cluster, shared storage.
+        address: a Ray cluster's address (``"auto"``, ``"ray://host:10001"``); None starts a local
+            instance (or uses the one this process has already started with ``ray.init``).
+        num_workers: number of actors, each holding one compiled explainer.
+        cpus_per_worker: CPUs Ray reserves per actor.
+        batch_size: samples per compiled call inside an actor.
+        shard_size: sequences per shard, the unit of work, of output files and of resumption.
+        target, timestep, eps, bias_factor, rule, dtype, method: as for :func:`keras_lrp.explain`
+            (``target`` / ``timestep`` also one int per sequence).
+        embeddings: for a model on embedding vectors (time, emb_dim): a .npy matrix (vocab, emb_dim);
+            ``inputs`` are then token ids, looked up in it by the workers (as the CLI's shipped models).
+        feature_relevance: write the full (time, features) relevance instead of per-timestep sums.
+        resume: keep the shards an earlier run with identical settings and inputs finished; False
+            deletes ``out_dir``'s shards and starts over.
+
+    Returns:
+        :class:`CorpusResult`; the explanations are in ``result.path``.
+
+    Raises:
+        ValueError / TypeError / FileNotFoundError: bad model, inputs or settings, before any
+        worker starts; ValueError: ``out_dir`` holds a run with other settings and ``resume=True``.
+    """
+    began = time.time()
+    for name, value in (("num_workers", num_workers), ("batch_size", batch_size), ("shard_size", shard_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if not (isinstance(cpus_per_worker, (int, float)) and cpus_per_worker > 0):
+        raise ValueError(f"cpus_per_worker must be a positive number, got {cpus_per_worker!r}.")
+    try:
+        import ray  # noqa: F401  (fail before any other work)
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ImportError('explain_corpus needs Ray Data: pip install "keras-lrp[distributed]" '
+                          '(or pip install "ray[data]").') from None
+    import keras_lrp
+
+    model_path = os.path.abspath(os.fspath(model_path))
+    # Load and check the model here, so that a bad file or an unsupported layer fails before any
+    # worker starts (the workers load the same file again).
+    explainer = keras_lrp.Explainer(keras_lrp.load_model(model_path), eps=eps, bias_factor=bias_factor,
+                                    dtype=dtype, rule=rule, method=method)
+    spec = _input_spec(explainer)
+    if embeddings is not None:
+        embeddings = os.path.abspath(os.fspath(embeddings))
+        spec = _embedding_spec(embeddings, spec)
+    out_dir = pathlib.Path(out_dir)
+    shards_dir = out_dir / "shards"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus, shards = _corpus_from(inputs, out_dir, spec, shard_size)
+    target_arr = _per_sample(target, corpus.n, "target")
+    timestep_arr = _per_sample(timestep, corpus.n, "timestep")
+    if target_arr is not None and ((target_arr < 0) | (target_arr >= explainer.n_outputs)).any():
+        raise ValueError(f"target out of range: the model has {explainer.n_outputs} outputs "
+                         f"(valid 0..{explainer.n_outputs - 1}).")
+    if explainer.has_time_axis and timestep_arr is None:
+        raise ValueError("this model's output has a time axis: pass timestep= (an int or one per sequence).")
+    if not explainer.has_time_axis and timestep_arr is not None:
+        raise ValueError("timestep is only for models whose output has a time axis.")
+
+    config = {"format": _FORMAT, "keras_lrp": keras_lrp.__version__, "eps": float(eps),
+              "bias_factor": float(bias_factor), "rule": rule, "dtype": dtype, "method": method,
+              "batch_size": int(batch_size), "shard_size": int(shard_size),
+              "feature_relevance": bool(feature_relevance), "n": corpus.n,
+              "model_sha256": _sha256_file(model_path), "inputs_sha256": _sha256_file(corpus.path),
+              "embeddings_sha256": None if embeddings is None else _sha256_file(embeddings),
+              "target": _array_digest(target_arr), "timestep": _array_digest(timestep_arr)}
+    fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    manifest = {"fingerprint": fingerprint, "model_path": model_path, "inputs": corpus.path,
+                "n_shards": len(shards), **config}
+    _prepare_out_dir(out_dir, shards_dir, manifest, resume)
+
+    reused = [s.index for s in shards if resume and _shard_complete(shards_dir, s, fingerprint)]
+    kept = frozenset(reused)
+    todo = [s for s in shards if s.index not in kept]
+    if todo:
+        _run_ray(todo, address, num_workers, cpus_per_worker,
+                 dict(model_path=model_path, corpus=corpus, shards_dir=str(shards_dir.resolve()),
+                      fingerprint=fingerprint, config=config, target=target_arr, timestep=timestep_arr,
+                      embeddings=embeddings, fail_after=_fail_after_shards))
+    missing = [s.index for s in todo if not _shard_complete(shards_dir, s, fingerprint)]
+    if missing:
+        raise RuntimeError(f"shards {missing[:10]} did not complete; rerun with resume=True to finish them.")
+    path = out_dir / "out.jsonl"
+    _merge(shards_dir, shards, path)
+    return CorpusResult(path=path, n_sequences=corpus.n, n_shards=len(shards), computed=[s.index for s in todo],
+                        reused=reused, seconds=time.time() - began)
+
+
+def _array_digest(a: Optional[np.ndarray]) -> Optional[str]:
+    return None if a is None else hashlib.sha256(np.ascontiguousarray(a, np.int64).tobytes()).hexdigest()
+
+
+def _prepare_out_dir(out_dir: pathlib.Path, shards_dir: pathlib.Path, manifest: Dict[str, Any],
+                     resume: bool) -> None:
+    path = out_dir / "manifest.json"
+    if path.exists() and resume:
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        if old.get("fingerprint") != manifest["fingerprint"]:
+            changed = sorted(k for k in manifest if k not in ("fingerprint",) and old.get(k) != manifest[k])
+            raise ValueError(f"{out_dir} holds a run with other settings or inputs (differs in: "
+                             f"{', '.join(changed) or 'format'}); use another out_dir, or resume=False "
+                             "to discard it.")
+    if not resume:
+        shutil.rmtree(shards_dir, ignore_errors=True)
+        (out_dir / "out.jsonl").unlink(missing_ok=True)
+    shards_dir.mkdir(exist_ok=True)
+    _atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
+
+
+def _run_ray(todo: List[_Shard], address: Optional[str], num_workers: int, cpus_per_worker: float,
+             actor_kwargs: Dict[str, Any]) -> None:
+    import ray
+    import ray.data
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="warning",
+                 runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}})
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        items = [dataclasses.asdict(s) for s in todo]
+        dataset = ray.data.from_items(items, override_num_blocks=len(items))   # one shard per block
+        pool = ray.data.ActorPoolStrategy(size=min(num_workers, len(items)))
+        explained = dataset.map_batches(_ShardExplainer, batch_size=1, compute=pool, num_cpus=cpus_per_worker,
+                                        fn_constructor_kwargs=actor_kwargs)
+        for _ in explained.iter_rows():   # stream: records arrive as shards finish
+            pass
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _merge(shards_dir: pathlib.Path, shards: Sequence[_Shard], path: pathlib.Path) -> None:
+    """Concatenate the shard files in order into ``path`` (temporary file + rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as out:
+        for shard in shards:
+            with open(shards_dir / (_SHARD_NAME.format(shard.index) + ".jsonl"), "rb") as f:
+                shutil.copyfileobj(f, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def read_corpus_output(path: PathLike) -> Iterator[Dict[str, Any]]:
+    """The records of an ``out.jsonl`` (or shard) file, one dict per sequence."""
+    with open(path) as f:
+        for line in f:
+            yield json.loads(line)
+
+
+# ----------------------------------------------------------------------------------------- devices
+
+
+def available_devices() -> List[str]:
+    """Every GPU of this process, or, without GPUs, every logical CPU device."""
+    import tensorflow as tf
+
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return [d.name for d in devices]
+
+
+class MultiDeviceExplainer:
+    """One compiled explainer per device; a batch is split into chunks of ``batch_size`` samples,
+    the chunks are dealt round-robin to the devices (one thread each), and the results are
+    concatenated in input order.
+
+    Each chunk is the chunk :meth:`keras_lrp.Explainer.attribute` would compute with the same
+    ``batch_size`` on one device, so results equal the single-device ones bit for bit (on devices
+    of one kind). For logical CPU devices configure them before TensorFlow initialises::
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+    Args:
+        model: as for :class:`keras_lrp.Explainer`.
+        devices: device names (``"/device:CPU:1"``, ``"GPU:0"``); None = :func:`available_devices`.
+        eps, bias_factor, dtype, rule, method: as for :class:`keras_lrp.Explainer`.
+    """
+
+    def __init__(self, model, devices: Optional[Sequence[str]] = None, *, eps: float = 1e-3,
+                 bias_factor: float = 0.0, dtype: str = "float32", rule: str = "all", method: str = "lrp"):
+        import tensorflow as tf
+
+        from .explainer import Explainer
+
+        self.devices = list(devices) if devices is not None else available_devices()
+        if not self.devices:
+            raise ValueError("devices is empty: give at least one device name, e.g. ['/CPU:0'].")
+        def key(name: str):
+            spec = tf.DeviceSpec.from_string(name)
+            return (spec.device_type or "").upper(), spec.device_index or 0
+
+        known = [d.name for d in tf.config.list_logical_devices()]
+        for device in self.devices:
+            if key(device) not in {key(k) for k in known}:
+                raise ValueError(f"device {device!r} does not exist in this process; it has {known}.")
+        self.explainers = []
+        for device in self.devices:
+            with tf.device(device):
+                self.explainers.append(Explainer(model, eps=eps, bias_factor=bias_factor, dtype=dtype,
+                                                 rule=rule, method=method))
+        self._warm = False
+
+    def attribute(self, inputs, target=None, timestep=None, batch_size: int = 256):
+        """As :meth:`keras_lrp.Explainer.attribute`, spread over the devices; returns one
+        :class:`keras_lrp.Explanation` (batch, ...) in input order."""
+        import tensorflow as tf
+
+        from .explainer import Explanation
+
+        x = np.asarray(inputs)
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"inputs must be a non-empty batch (batch, time[, features]), got shape {x.shape}.")
+        n = x.shape[0]
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        targets = _per_sample(target, n, "target")
+        steps = _per_sample(timestep, n, "timestep")
+        chunks = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+        def run(k: int, s: slice):
+            with tf.device(self.devices[k]):
+                return self.explainers[k].attribute(x[s], target=None if targets is None else targets[s],
+                                                    timestep=None if steps is None else steps[s],
+                                                    batch_size=batch_size)
+
+        results: List[Any] = [None] * len(chunks)
+        if not self._warm:   # trace every device's function one at a time (and validate the inputs)
+            for k in range(len(self.devices)):
+                if k < len(chunks):
+                    results[k] = run(k, chunks[k])
+            self._warm = True
+        errors: List[BaseException] = []
+
+        def worker(k: int):
+            try:
+                for c in range(k, len(chunks), len(self.devices)):
+                    if results[c] is None:
+                        results[c] = run(k, chunks[c])
+            except BaseException as err:  # re-raised in the caller's thread
+                errors.append(err)
+
+        threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(len(self.devices))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        cat = lambda name: np.concatenate([getattr(r, name) for r in results])  # noqa: E731
+        return Explanation(relevance=cat("relevance"), scores=cat("scores"), target=cat("target"),
+                           rest=cat("rest"), timestep=None if results[0].timestep is None else cat("timestep"))

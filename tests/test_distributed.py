@@ -1,0 +1,224 @@
+"""keras_lrp.distributed: a corpus through Ray Data actors, and one batch over several devices.
+
+The Ray tests run on one local Ray instance (2 CPUs) and a tiny model saved as .keras; the engine's
+results are compared bit for bit (float64) with the in-process ``keras_lrp.explain``.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+
+import keras  # noqa: E402
+
+import keras_lrp  # noqa: E402
+from keras_lrp import distributed  # noqa: E402
+from keras_lrp.distributed import explain_corpus  # noqa: E402
+
+N, VOCAB, CLASSES, SHARD = 40, 20, 3, 5
+SETTINGS = dict(eps=0.0, bias_factor=1.0, dtype="float64")     # conserving, float64
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def token_model(tmp_path_factory):
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(VOCAB, 4),
+                              keras.layers.LSTM(4), keras.layers.Dense(CLASSES)])
+    path = tmp_path_factory.mktemp("model") / "tokens.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """40 token-id sequences of lengths 1..8, mixed inside every shard."""
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, VOCAB, int(rng.integers(1, 9))).tolist() for _ in range(N)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_instance, token_model, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    result = explain_corpus(token_model, corpus, out, num_workers=2, shard_size=SHARD, batch_size=4, **SETTINGS)
+    return result
+
+
+def read(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_engine_equals_in_process_explain_bit_for_bit(uninterrupted, token_model, corpus):
+    assert (uninterrupted.n_sequences, uninterrupted.n_shards) == (N, N // SHARD)
+    assert sorted(uninterrupted.computed) == list(range(N // SHARD)) and uninterrupted.reused == []
+    records = read(uninterrupted.path)
+    assert [r["index"] for r in records] == list(range(N))            # input order
+    assert [len(r["relevance"]) for r in records] == [len(s) for s in corpus]
+    model = keras_lrp.load_model(token_model)
+    for length in sorted({len(s) for s in corpus}):                    # in process, one batch per length
+        rows = [i for i, s in enumerate(corpus) if len(s) == length]
+        e = keras_lrp.explain(model, np.asarray([corpus[i] for i in rows]), batch_size=4, **SETTINGS)
+        for k, i in enumerate(rows):
+            assert np.array_equal(np.asarray(records[i]["relevance"]), e.word_relevance[k]), i
+            assert records[i]["rest"] == e.rest[k] and records[i]["score"] == e.explained_score[k]
+            assert records[i]["target"] == e.target[k] == np.argmax(e.scores[k])
+    # conservation (eps=0, bias_factor=1): relevance.sum() + rest == score
+    for r in records:
+        assert abs(sum(r["relevance"]) + r["rest"] - r["score"]) <= 1e-8 * max(1.0, abs(r["score"]))
+
+
+def shard_files(out):
+    return sorted((out / "shards").glob("shard-*.jsonl"))
+
+
+def test_resume_after_failed_worker_redoes_nothing(uninterrupted, token_model, corpus, tmp_path):
+    out = tmp_path / "run"
+    # the worker finishes two shards, then raises on its next: the run fails part way
+    with pytest.raises(Exception, match="simulated worker failure"):
+        explain_corpus(token_model, corpus, out, num_workers=1, shard_size=SHARD, batch_size=4,
+                       _fail_after_shards=2, **SETTINGS)
+    assert not (out / "out.jsonl").exists()
+    finished = {p.name: p.stat().st_mtime_ns for p in shard_files(out)}
+    assert len(finished) == 2
+    assert not list((out / "shards").glob(".*tmp"))                    # no half-written file left
+
+    resumed = explain_corpus(token_model, corpus, out, num_workers=2, shard_size=SHARD, batch_size=4, **SETTINGS)
+    assert sorted(f"shard-{i:05d}.jsonl" for i in resumed.reused) == sorted(finished)
+    assert sorted(resumed.reused + resumed.computed) == list(range(N // SHARD))
+    assert {name: (out / "shards" / name).stat().st_mtime_ns for name in finished} == finished  # not redone
+    assert (out / "out.jsonl").read_bytes() == uninterrupted.path.read_bytes()
+
+
+def test_complete_run_is_not_recomputed_and_settings_are_checked(uninterrupted, token_model, corpus):
+    out = uninterrupted.path.parent
+    before = uninterrupted.path.read_bytes()
+    again = explain_corpus(token_model, corpus, out, num_workers=2, shard_size=SHARD, batch_size=4, **SETTINGS)
+    assert again.computed == [] and sorted(again.reused) == list(range(N // SHARD))
+    assert again.path.read_bytes() == before
+    with pytest.raises(ValueError, match="other settings.*eps"):
+        explain_corpus(token_model, corpus, out, shard_size=SHARD, batch_size=4, eps=1e-3, bias_factor=1.0,
+                       dtype="float64")
+    # a damaged shard file or completion record is found, so that shard alone would be recomputed
+    shards = out / "shards"
+    cut = [distributed._Shard(i, SHARD * i, SHARD * (i + 1)) for i in range(N // SHARD)]
+    fingerprint = json.loads((out / "manifest.json").read_text())["fingerprint"]
+    assert all(distributed._shard_complete(shards, s, fingerprint) for s in cut)
+    assert not distributed._shard_complete(shards, cut[0], "another run")
+    damaged = shards / "shard-00003.jsonl"
+    damaged.write_bytes(damaged.read_bytes().replace(b"1", b"2", 1))       # same line count, other bytes
+    (shards / "shard-00005.done.json").unlink()
+    assert [s.index for s in cut if not distributed._shard_complete(shards, s, fingerprint)] == [3, 5]
+
+
+def test_float_npy_corpus_with_per_sample_targets(ray_instance, tmp_path):
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((6, 3)), keras.layers.LSTM(4), keras.layers.Dense(CLASSES)])
+    model.save(tmp_path / "series.keras")
+    x = np.random.default_rng(3).standard_normal((23, 6, 3))
+    np.save(tmp_path / "x.npy", x)
+    target = np.arange(23) % CLASSES
+    result = explain_corpus(tmp_path / "series.keras", tmp_path / "x.npy", tmp_path / "out", num_workers=1,
+                            shard_size=8, target=target, feature_relevance=True, **SETTINGS)
+    records = read(result.path)
+    e = keras_lrp.explain(keras_lrp.load_model(tmp_path / "series.keras"), x, target=target, **SETTINGS)
+    assert [r["index"] for r in records] == list(range(23)) and [r["target"] for r in records] == target.tolist()
+    assert np.array_equal(np.asarray([r["relevance"] for r in records]), e.relevance)   # (N, time, features)
+    assert np.array_equal(np.asarray([r["rest"] for r in records]), e.rest)
+
+
+def test_token_ids_through_an_embedding_matrix(ray_instance, corpus, tmp_path):
+    """A model on embedding vectors (as the shipped SST models) with a separate (vocab, dim) matrix."""
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((None, 3)), keras.layers.Bidirectional(keras.layers.LSTM(3)),
+                              keras.layers.Dense(CLASSES)])
+    model.save(tmp_path / "vectors.keras")
+    matrix = np.random.default_rng(5).standard_normal((VOCAB, 3)).astype("float32")
+    np.save(tmp_path / "emb.npy", matrix)
+    result = explain_corpus(tmp_path / "vectors.keras", corpus[:15], tmp_path / "out", num_workers=1,
+                            shard_size=SHARD, embeddings=tmp_path / "emb.npy", **SETTINGS)
+    records = read(result.path)
+    assert [len(r["relevance"]) for r in records] == [len(s) for s in corpus[:15]]
+    for i, ids in enumerate(corpus[:15]):
+        e = keras_lrp.explain(model, matrix[ids][None], **SETTINGS)
+        assert np.array_equal(np.asarray(records[i]["relevance"]), e.word_relevance[0]), i
+        assert records[i]["rest"] == e.rest[0] and records[i]["target"] == e.target[0]
+    np.save(tmp_path / "emb4.npy", np.zeros((VOCAB, 4), "float32"))
+    with pytest.raises(ValueError, match="4-dim vectors, but the model takes"):
+        explain_corpus(tmp_path / "vectors.keras", corpus, tmp_path / "out2", embeddings=tmp_path / "emb4.npy")
+
+
+@pytest.mark.parametrize("lines, message", [
+    (["[1, 2]", "[3, -1]"], "line 2: token ids must be in 0..19"),
+    (["[1, 2]", "", "[3]"], "line 2: empty line"),
+    (["[1, 2]", "[[1, 2], [3]]"], "line 2: not a JSON list of numbers"),
+    (["[1, 2]", "[]"], "line 2: empty sequence"),
+    (["[1.5, 2]"], "line 1: sequences must be integer token ids"),
+])
+def test_bad_corpus_fails_before_any_worker(token_model, tmp_path, lines, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        explain_corpus(token_model, path, tmp_path / "out")
+    assert not shard_files(tmp_path / "out")
+
+
+def test_bad_arguments(token_model, tmp_path):
+    with pytest.raises(ValueError, match="num_workers must be a positive integer"):
+        explain_corpus(token_model, [[1]], tmp_path, num_workers=0)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        explain_corpus(token_model, tmp_path / "missing.jsonl", tmp_path)
+    with pytest.raises(ValueError, match="target out of range"):
+        explain_corpus(token_model, [[1, 2]], tmp_path, target=CLASSES)
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 4)))
+    with pytest.raises(ValueError, match="has shape"):
+        explain_corpus(token_model, tmp_path / "x.npy", tmp_path)
+
+
+MULTI_DEVICE = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, keras_lrp
+    from keras_lrp.distributed import MultiDeviceExplainer, available_devices
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((None, 4)), keras.layers.Bidirectional(keras.layers.LSTM(5)),
+                              keras.layers.Dense(3)])
+    x = np.random.default_rng(0).standard_normal((70, 6, 4))
+    multi = MultiDeviceExplainer(model, eps=0.0, bias_factor=1.0, dtype="float64")
+    assert len(multi.devices) == 2 == len(available_devices()), multi.devices
+    for device, explainer in zip(multi.devices, multi.explainers):   # each function runs on its device
+        with tf.device(device):
+            out = explainer._fn(tf.constant(x[:32]), tf.fill([32], -1), tf.zeros([32], tf.int32))
+        assert out[0].device.endswith(device[-5:]), (out[0].device, device)
+    a = multi.attribute(x, target=np.arange(70) % 3, batch_size=16)   # 5 chunks over 2 devices
+    b = keras_lrp.LRP(model, eps=0.0, bias_factor=1.0, dtype="float64").attribute(
+        x, target=np.arange(70) % 3, batch_size=16)
+    for name in ("relevance", "scores", "target", "rest"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    a2 = multi.attribute(x[:40], batch_size=8)                        # second call, threads only
+    b2 = keras_lrp.explain(model, x[:40], eps=0.0, bias_factor=1.0, dtype="float64", batch_size=8)
+    assert np.array_equal(a2.relevance, b2.relevance) and np.array_equal(a2.target, b2.target)
+    print("OK")
+""")
+
+
+def test_two_logical_cpu_devices_equal_one_device_bit_for_bit():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", MULTI_DEVICE], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stderr[-3000:]
