@@ -29,6 +29,7 @@ _EXPORTS = {
     "html_heatmap": "visualize", "html_page": "visualize", "display_heatmap": "visualize",
     "ansi_heatmap": "visualize", "plot_word_heatmap": "visualize",
     "plot_time_feature_heatmap": "visualize", "save_png": "visualize", "shared_scale": "visualize",
+    "explain_corpus": "distributed", "MultiDeviceExplainer": "distributed",
     "plot_word_heatmaps": "visualize", "plot_time_feature_heatmaps": "visualize", "html_legend": "visualize",
 }
 
