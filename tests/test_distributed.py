@@ -222,3 +222,34 @@ def test_two_logical_cpu_devices_equal_one_device_bit_for_bit():
     done = subprocess.run([sys.executable, "-c", MULTI_DEVICE], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stderr[-3000:]
+
+
+def test_cli_engine_ray_equals_local_engine(ray_instance, tmp_path):
+    """``keras-lrp explain --input F --engine ray --out-dir D`` on the shipped model: the same word
+    relevance as the in-process explanation of the same sentences (float64)."""
+    from keras_lrp.cli import main
+    sentences = ["a gorgeous , witty movie .", "", "i hate the plot .", "it is fine"]
+    src = tmp_path / "corpus.txt"
+    src.write_text("\n".join(sentences) + "\n")
+    code = main(["explain", "--input", str(src), "--engine", "ray", "--out-dir", str(tmp_path / "run"),
+                 "--shard-size", "2", "--float64", "--eps", "0", "--bias-factor", "1", "--quiet"])
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "out.jsonl").read_text().splitlines()]
+    kept = [s for s in sentences if s]
+    assert [r["index"] for r in rows] == list(range(len(kept)))
+    local = keras_lrp.explain_text(keras_lrp.load_pretrained("sst5"), kept, dtype="float64", eps=0.0, bias_factor=1.0)
+    for i, r in enumerate(rows):
+        np.testing.assert_array_equal(np.asarray(r["relevance"]), local[i].word_relevance[0][: len(r["relevance"])])
+        assert r["target"] == int(local.target[i])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["explain", "a sentence", "--engine", "ray", "--out-dir", "x"], "give --input FILE"),
+    (["explain", "--input", "f.txt", "--engine", "ray"], "needs --out-dir"),
+    (["explain", "--input", "f.txt", "--engine", "ray", "--out-dir", "x", "--html", "a.html"], "--html is for"),
+    (["explain", "some text", "--workers", "3"], "--workers is for --engine ray"),
+])
+def test_cli_engine_usage_errors(argv, message, capsys):
+    from keras_lrp.cli import main
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -29,6 +29,7 @@ examples:
   cat sentences.txt | keras-lrp explain --method gi
   keras-lrp explain --model my.h5 --vocab tokenizer.json --classes neg,pos "some text"
   keras-lrp explain --model series.keras --npy x.npy --png heatmap.png
+  keras-lrp explain --input corpus.txt --engine ray --workers 4 --out-dir runs/a   # rerun to resume
   keras-lrp evaluate --max-sentences 300
   keras-lrp evaluate --toy
 
@@ -101,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--npy", help="explain numeric sequences from this .npy (batch, time, features)")
     p.add_argument("--out", help="with --npy: where to write the relevance .npy")
     p.add_argument("--batch-size", type=int_at_least(1), default=256, help="sentences per batch (default 256)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="ray: explain --input on Ray Data workers, resumable (pip install 'keras-lrp[distributed]')")
+    p.add_argument("--address", help="with --engine ray: a Ray cluster address (default: a local instance)")
+    p.add_argument("--workers", type=int_at_least(1), default=1, help="with --engine ray: number of workers")
+    p.add_argument("--shard-size", type=int_at_least(1), default=4096,
+                   help="with --engine ray: sentences per shard (the unit of resumption)")
+    p.add_argument("--out-dir", help="with --engine ray: output folder (shards/, out.jsonl); rerun to resume")
     p.add_argument("--no-color", action="store_true", help="no ANSI colours")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks")
@@ -155,8 +163,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not args.debug:
                 _start_tensorflow_quietly()
             return run_evaluate(args)
+        from .corpus import check_engine_args
         from .explain import prepare_explain, run_explain
 
+        check_engine_args(args)
         job = prepare_explain(args)          # options, inputs and outputs checked; no TensorFlow yet
         if not args.debug:
             _start_tensorflow_quietly()

@@ -226,6 +226,9 @@ def _explain_text(job: ExplainJob, chunk: int) -> int:
     args, sentences = job.args, job.sentences
     tm = _load_text_model(job)
     target = _resolve_target(args.target, tm.class_names)
+    if args.engine == "ray":
+        from .corpus import explain_text_corpus
+        return explain_text_corpus(job, tm, target)
     tokenized = [tm.tokenizer.tokenize(s) for s in sentences]
     empty = [i for i, t in enumerate(tokenized) if not t]
     if empty:

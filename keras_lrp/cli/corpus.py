@@ -1,0 +1,81 @@
+"""``keras-lrp explain --input FILE --engine ray --out-dir DIR``: a text corpus on Ray Data workers.
+
+The sentences are tokenized and mapped to ids here; :func:`keras_lrp.distributed.explain_corpus`
+does the rest (shards, resumption, input order). The relevance equals the local engine's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from . import PROG, UsageError
+
+__all__ = ["check_engine_args", "explain_text_corpus"]
+
+_RAY_ONLY = ("address", "workers", "shard_size", "out_dir")
+
+
+def check_engine_args(args) -> None:
+    """Refuse option combinations the engine cannot serve (before anything is read)."""
+    if args.engine == "local":
+        given = [o for o in _RAY_ONLY if getattr(args, o) not in (None, 1, 4096)]
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} is for --engine ray")
+        return
+    if args.npy or args.text is not None or not args.input:
+        raise UsageError("--engine ray explains a corpus: give --input FILE (one sentence per line)")
+    if not args.out_dir:
+        raise UsageError("--engine ray needs --out-dir DIR (shards and out.jsonl go there; rerun to resume)")
+    for opt in ("html", "png", "json"):
+        if getattr(args, opt):
+            raise UsageError(f"--engine ray writes DIR/out.jsonl; --{opt} is for the local engine")
+
+
+def _model_files(job):
+    """(model path, embeddings .npy path or None) of the explained model."""
+    args = job.args
+    if args.model is not None:
+        if job.embeddings is None:
+            return args.model, None
+        path = os.path.join(args.out_dir, "embeddings.npy")
+        import numpy as np
+        np.save(path, job.embeddings)
+        return args.model, path
+    from ..sst.pretrained import shipped_models_dir
+    meta_path = os.path.join(shipped_models_dir(), f"{args.shipped}_bilstm.json")
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    base = os.path.dirname(meta_path)
+    return (os.path.normpath(os.path.join(base, meta["model"])),
+            os.path.normpath(os.path.join(base, meta["embeddings"])))
+
+
+def explain_text_corpus(job, text_model, target) -> int:
+    """Tokenize the sentences, write ``DIR/ids.jsonl`` and explain it on Ray Data workers."""
+    from ..distributed import explain_corpus
+
+    args = job.args
+    os.makedirs(args.out_dir, exist_ok=True)
+    ids_path = os.path.join(args.out_dir, "ids.jsonl")
+    kept = 0
+    with open(ids_path, "w", encoding="utf-8") as f:
+        for sentence in job.sentences:
+            tokens = text_model.tokenizer.tokenize(sentence)
+            if not tokens:
+                continue
+            ids, _ = text_model.vocabulary.encode(tokens)
+            f.write(json.dumps([int(i) for i in ids]) + "\n")
+            kept += 1
+    if kept == 0:
+        raise UsageError(f"--input {args.input}: no sentence has a token to explain")
+    model_path, embeddings = _model_files(job)
+    result = explain_corpus(model_path, ids_path, args.out_dir, address=args.address, num_workers=args.workers,
+                            shard_size=args.shard_size, batch_size=args.batch_size, target=target,
+                            eps=args.eps, bias_factor=args.bias_factor, rule=args.rule, method=args.method,
+                            dtype="float64" if args.float64 else "float32", embeddings=embeddings)
+    if not args.quiet:
+        print(f"{PROG}: wrote {result.n_sequences} explanations to {result.path} ({result.computed} shards "
+              f"computed, {result.reused} reused; skipped {len(job.sentences) - kept} empty lines)",
+              file=sys.stderr)
+    return 0
