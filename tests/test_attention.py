@@ -14,6 +14,7 @@ import pytest
 import keras_lrp
 import oracle_attention as OA
 import oracle_layers as OL
+from layer_checks import check_against_oracle
 from keras_lrp.propagators import Context, UnsupportedLayerError, propagator_for
 from keras_lrp.rules import Epsilon
 
@@ -58,20 +59,7 @@ def model_layers(model):
 
 
 def check_model(model, ctx, causal=False, seed=1):
-    """explain (float64) vs the oracle chain: scores, relevance (1e-8 of max |R|), rest; scores vs the
-    float32 Keras model; conservation when eps = 0, bias_factor = 1."""
-    x = x_float(seed)
-    e = keras_lrp.explain(model, x, TARGETS, eps=ctx.eps, bias_factor=ctx.bias_factor, dtype="float64")
-    r, rest, scores = OA.explain_layers(model_layers(model), x, TARGETS, ctx, causal=causal)
-    OL.assert_close_rel(e.scores, scores, 1e-10, "scores")
-    OL.assert_close_rel(e.relevance, r, 1e-8)
-    np.testing.assert_allclose(e.rest, rest, rtol=0, atol=1e-8 * max(1.0, np.abs(r).max()))
-    np.testing.assert_allclose(OL.model_output(model, x), scores, rtol=1e-4, atol=1e-5)
-    if ctx.eps == 0 and ctx.bias_factor == 1:
-        total = e.relevance.sum(axis=(1, 2)) + e.rest
-        np.testing.assert_allclose(total, e.explained_score, rtol=0,
-                                   atol=1e-8 * max(1.0, np.abs(e.explained_score).max()))
-    return e
+    return check_against_oracle(model, x_float(seed), TARGETS, ctx, model_layers(model), causal=causal)
 
 
 @pytest.mark.parametrize("eps,bf", SETTINGS)

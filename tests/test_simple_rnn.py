@@ -8,6 +8,7 @@ import pytest
 import keras_lrp
 import oracle_attention as OA
 import oracle_layers as OL
+from layer_checks import check_against_oracle
 from keras_lrp.propagators import UnsupportedLayerError
 from keras_lrp.propagators.recurrent import CELL_RULES, cell_rule_for
 
@@ -28,19 +29,8 @@ def sequential(layers, seed, tokens=False, dtype="float32"):
 
 
 def check(model, x, ctx, tokens=False):
-    e = keras_lrp.explain(model, x, TARGETS, eps=ctx.eps, bias_factor=ctx.bias_factor, rule=ctx.gate,
-                          dtype="float64")
     layers = model.layers[1:] if tokens else model.layers
-    r, rest, scores = OA.explain_layers(layers, x, TARGETS, ctx, embedding=model.layers[0] if tokens else None)
-    OL.assert_close_rel(e.scores, scores, 1e-10, "scores")
-    OL.assert_close_rel(e.relevance, r, 1e-8)
-    np.testing.assert_allclose(e.rest, rest, rtol=0, atol=1e-8 * max(1.0, np.abs(r).max()))
-    np.testing.assert_allclose(OL.model_output(model, x), scores, rtol=1e-4, atol=1e-5)
-    if ctx.eps == 0 and ctx.bias_factor == 1:
-        total = e.relevance.sum(axis=(1, 2)) + e.rest
-        np.testing.assert_allclose(total, e.explained_score, rtol=0,
-                                   atol=1e-8 * max(1.0, np.abs(e.explained_score).max()))
-    return e
+    return check_against_oracle(model, x, TARGETS, ctx, layers, embedding=model.layers[0] if tokens else None)
 
 
 MODELS = {
