@@ -16,7 +16,7 @@ _EXPORTS = {
     "LRP_LSTMCell": "cells", "lstm_activations": "cells",
     "lrpify_model": "graph",
     "load_model": "io", "ModelFileError": "io", "ModelFileNotFoundError": "io", "UnsafeModelError": "io",
-    "UnsupportedModelError": "io",
+    "UnsupportedModelError": "io", "ModelTooLargeError": "io",
     "cache_lstm_forward_activations_batch": "compat", "cashe_lstm_forward_activations_batch": "compat",
     "lrp_dense_batch": "compat", "lrp_lstm_batch": "compat", "get_target_activation": "compat",
     "Tokenizer": "text", "tokenize": "text", "Vocabulary": "text", "VocabularyError": "text",
