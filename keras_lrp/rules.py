@@ -24,7 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import math
+import numbers
 
+import numpy as np
 import tensorflow as tf
 
 __all__ = ["Epsilon", "stabilizer", "inverse_denominator", "bias_share", "linear"]
@@ -46,10 +48,16 @@ class Epsilon:
     def __post_init__(self):
         for name in ("eps", "bias_factor"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # numpy scalars (np.float32(1e-3), np.int64(0)) are real numbers too; bools are not
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
                 raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
+            try:
+                value = float(value)
+            except OverflowError:   # an int beyond the float range
+                value = math.inf
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value!r}.")
+            object.__setattr__(self, name, value)   # a plain float: hashable, equal across types
         if self.eps < 0:
             raise ValueError(f"eps must be >= 0 (it is added with the sign of the denominator), got {self.eps!r}.")
 
