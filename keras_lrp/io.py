@@ -1195,7 +1195,7 @@ def _is_keras2(version: Optional[str]) -> bool:
     return not (version or "").strip().startswith("3")
 
 
-def _read_model_config(path: str, handle: h5py.File) -> Any:
+def _read_model_config(path: str, handle: h5py.File) -> Tuple[Any, Optional[str]]:
     try:
         raw = handle.attrs.get("model_config")
         version = handle.attrs.get("keras_version")

@@ -259,6 +259,27 @@ def test_config_declaring_a_huge_lstm(tiny_h5, tmp_path):
     _refused(path, ModelTooLargeError, match="architecture's weights")
 
 
+def _rewrite_keras(src, dst, config_edit):
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    members["config.json"] = json.dumps(config_edit(json.loads(members["config.json"]))).encode()
+    with zipfile.ZipFile(dst, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return dst
+
+
+def test_keras_archive_declaring_a_huge_lstm(tiny_keras, tmp_path):
+    def wide(config):
+        for layer in config["config"]["layers"]:
+            layer.pop("build_config", None)   # consistent with the new width
+            if layer["class_name"] == "LSTM":
+                layer["config"]["units"] = 10000
+        return config
+    _refused(_rewrite_keras(tiny_keras, tmp_path / "wide.keras", wide), ModelTooLargeError,
+             match="architecture's weights")
+
+
 def test_config_disagreeing_with_stored_shapes(tiny_h5, tmp_path):
     path = _h5_with_config(tiny_h5, tmp_path / "units5.h5", _set_units(5))
     _refused(path, ModelFileError, match=r"'lstm'.*shape")
