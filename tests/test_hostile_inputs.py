@@ -154,7 +154,7 @@ def test_linear_tokenizer_gives_the_reference_tokens(parts):
     "a" + "." * 200_000 + "b",
     "x" + "?!" * 100_000,
     "1," * 100_000 + "x",
-])
+], ids=lambda line: f"{line[:8]!r}x{len(line)}")
 def test_hostile_lines_tokenize_in_linear_time(line):
     tokens, seconds = _cpu(tokenize, line)
     assert seconds < CPU_SECONDS, f"{seconds:.1f} s CPU for a {len(line):,}-character line"
