@@ -70,6 +70,7 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_CONFIG_DEPTH",
     "MAX_HDF5_OBJECTS",
+    "MAX_LAYERS",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -857,6 +858,8 @@ MAX_CONFIG_BYTES = 16 * 2**20
 MAX_CONFIG_DEPTH = 100
 #: Most HDF5 links (groups and datasets) walked in one file, and most members of a ``.keras`` zip.
 MAX_HDF5_OBJECTS = 100_000
+#: Most layers in a model's top-level layer list (each costs time to build).
+MAX_LAYERS = 5_000
 #: Without ``max_bytes=``, a file may declare up to this many bytes of weights (and of unpacked
 #: archive members) per byte of its own size, plus :data:`WEIGHT_BYTES_FLOOR`. Keras stores
 #: weights uncompressed, so a genuine file declares at most about its own size.
@@ -919,10 +922,16 @@ def _parse_json(path: str, raw: Any, what: str) -> Any:
             "models use about 15); it is not a Keras architecture. To accept it anyway, raise "
             "keras_lrp.io.MAX_CONFIG_DEPTH.")
     try:
-        return json.loads(raw)
+        parsed = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise ModelFileError(f"{path}: {what} is not valid JSON: "
                              f"{_one_line(exc)[:200]}") from None
+    body = parsed.get("config") if isinstance(parsed, dict) else None
+    layers = body.get("layers") if isinstance(body, dict) else body
+    if isinstance(layers, list) and len(layers) > MAX_LAYERS:
+        raise ModelTooLargeError(f"{path}: {what} lists {len(layers):,} layers (limit {MAX_LAYERS:,}, "
+                                 "keras_lrp.io.MAX_LAYERS); raise the limit for a trusted file.")
+    return parsed
 
 
 def _config_too_large(path: str, what: str, size: int) -> ModelTooLargeError:
@@ -1482,8 +1491,9 @@ def load_model(path: PathLike, custom_objects: Optional[Mapping[str, Any]] = Non
       a ``.keras`` archive's members and the weights the architecture would allocate (measured
       by building it with shape-only variables) may not exceed ``max_bytes``, by default
       ``16 * file size + 16 MiB`` (:data:`WEIGHT_BYTES_PER_FILE_BYTE`,
-      :data:`WEIGHT_BYTES_FLOOR`); an architecture may take :data:`MAX_CONFIG_BYTES` (16 MiB)
-      and nest :data:`MAX_CONFIG_DEPTH` (100) levels; an HDF5 file may hold
+      :data:`WEIGHT_BYTES_FLOOR`); an architecture may take :data:`MAX_CONFIG_BYTES` (16 MiB),
+      nest :data:`MAX_CONFIG_DEPTH` (100) levels and list :data:`MAX_LAYERS` (5,000) layers;
+      an HDF5 file may hold
       :data:`MAX_HDF5_OBJECTS` (100,000) links. The module constants can be raised for trusted
       files;
     * every stored weight's shape matches what the architecture implies

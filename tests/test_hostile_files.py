@@ -352,6 +352,15 @@ def test_depth_check_skips_brackets_in_strings():
     assert kio._json_depth("[]" * 1000) == 1
 
 
+def test_too_many_layers(tiny_h5, tmp_path):
+    def many(config):
+        dense = next(l for l in config["config"]["layers"] if l["class_name"] == "Dense")
+        config["config"]["layers"] += [dense] * 6000
+        return config
+    _refused(_h5_with_config(tiny_h5, tmp_path / "many.h5", many), ModelTooLargeError,
+             match="6,003 layers")
+
+
 def test_too_many_hdf5_objects(tiny_h5, tmp_path, monkeypatch):
     monkeypatch.setattr(kio, "MAX_HDF5_OBJECTS", 5)
     _refused(tiny_h5, ModelTooLargeError, match="MAX_HDF5_OBJECTS")
