@@ -18,7 +18,7 @@ _EXPORTS = {
     "LRP_LSTMCell": "cells", "lstm_activations": "cells",
     "lrpify_model": "graph",
     "load_model": "io", "ModelFileError": "io", "ModelFileNotFoundError": "io", "UnsafeModelError": "io",
-    "UnsupportedModelError": "io",
+    "UnsupportedModelError": "io", "ModelTooLargeError": "io",
     "cache_lstm_forward_activations_batch": "compat", "cashe_lstm_forward_activations_batch": "compat",
     "lrp_dense_batch": "compat", "lrp_lstm_batch": "compat", "get_target_activation": "compat",
     "lrp_lstm_batch_parts": "compat", "lrp_concat": "compat", "lrp_slice": "compat",

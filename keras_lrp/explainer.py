@@ -26,6 +26,12 @@ METHODS = ("lrp", "gi", "sa")
 Target = Union[None, int, Sequence[int], np.ndarray]
 _DTYPES = ("float32", "float64")
 _ROWS = 32   # compiled calls see batches of a multiple of this many rows (see Explainer._call_padded)
+# Rows x time steps of one compiled call above which each sample is explained alone (long
+# sequences), so one long sample is not copied to _ROWS rows (see Explainer._rows_per_call).
+_STEPS_PER_CALL = _ROWS * 2048
+#: Default longest input sequence (time steps) explained; raise it with ``max_length=``.
+MAX_LENGTH = 100_000
+_INT64 = np.iinfo(np.int64)
 
 
 class Explainer:
@@ -47,11 +53,18 @@ class Explainer:
             :class:`~keras_lrp.composites.Composite` (e.g. ``{"head": ZPlus()}``); the others keep
             the epsilon-rule above. ``{"my_lambda": "linear"}`` declares that ``Lambda`` layer linear:
             it is propagated with the epsilon-rule on its Jacobian (Lambda layers are refused otherwise).
+        max_length: the longest input sequence (time steps) explained, 100_000 by default;
+            longer inputs raise a ValueError before anything is allocated (memory grows with
+            time x units). Raise it for long time series.
     """
 
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
                  dtype: str = "float32", rule: str = "all", method: str = "lrp",
-                 layer_rules: Union[None, dict, Composite] = None):
+                 layer_rules: Union[None, dict, Composite] = None, max_length: int = MAX_LENGTH):
+        if isinstance(max_length, (bool, np.bool_)) or not isinstance(max_length, (int, np.integer)) \
+                or max_length < 1:
+            raise ValueError(f"max_length must be a positive integer (time steps), got {max_length!r}.")
+        self.max_length = int(max_length)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
         self.method = method
@@ -143,8 +156,10 @@ class Explainer:
         x = xs[0]
         t = self._check_target(target, n)
         steps = self._check_timestep(timestep, n, x)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        batch_size = int(batch_size)   # exact: a numpy unsigned value never wraps
         bar = keras.utils.Progbar(n, unit_name="sample") if progress_wanted(verbose, n, batch_size) else None
         parts = []
         for i in range(0, n, batch_size):
@@ -169,12 +184,34 @@ class Explainer:
                            method=self.method, output_activation=output_activation(self.model))
 
     def _call_padded(self, x, t, steps):
-        """One compiled call on a batch padded to a multiple of ``_ROWS`` rows (copies of its last
+        """Compiled calls on a batch padded to a multiple of ``rows`` rows (copies of its last
         sample), sliced back. Matrix-product kernels pick different code paths (and so round
-        differently) for small or odd row counts; with the batch always a multiple of ``_ROWS``,
-        each sample's result does not depend on the batch it was explained in."""
+        differently) for small or odd row counts; with every call's row count fixed by the
+        sequence length alone (``_rows_per_call``), each sample's result does not depend on the
+        batch it was explained in. ``x`` holds one array per model input."""
+        rows = self._rows_per_call(max(a.shape[1] if a.ndim > 1 else 1 for a in x))
         n = t.shape[0]
-        pad = -n % _ROWS
+        if rows == _ROWS:
+            return self._call_rows(x, t, steps, _ROWS)
+        parts = [self._call_rows([a[i:i + rows] for a in x], t[i:i + rows], steps[i:i + rows], rows)
+                 for i in range(0, n, rows)]
+        return ([[np.concatenate([p[0][j] for p in parts]) for j in range(len(x))]]
+                + [np.concatenate([p[k] for p in parts]) for k in range(1, len(parts[0]))])
+
+    @staticmethod
+    def _rows_per_call(steps: int) -> int:
+        """Rows of each compiled call for sequences of ``steps`` time steps: a multiple of
+        ``_ROWS`` while ``_ROWS * steps <= _STEPS_PER_CALL``, else exactly one, so that a single
+        long sample is never copied ``_ROWS`` times. (Not 2..31 rows: kernels round a row
+        differently depending on its position in such small batches; a lone row is always at
+        position 0.)"""
+        return _ROWS if _ROWS * max(int(steps), 1) <= _STEPS_PER_CALL else 1
+
+    def _call_rows(self, x, t, steps, rows: int):
+        """One compiled call on the inputs ``x`` (one array per model input) padded to a multiple of
+        ``rows`` rows (copies of the last sample), sliced back: ``[relevances], scores, ...``."""
+        n = t.shape[0]
+        pad = -n % rows
 
         def padded(a):
             return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a
@@ -228,6 +265,10 @@ class Explainer:
             raise ValueError("inputs is an empty batch: nothing to explain.")
         if x.ndim > 1 and x.shape[1] == 0:
             raise ValueError("inputs has zero-length sequences: give at least one timestep.")
+        if x.ndim > 1 and x.shape[1] > self.max_length:
+            raise ValueError(f"{what} have {x.shape[1]:,} time steps, more than max_length={self.max_length:,}; "
+                             "memory grows with time x units. Shorten the sequences, or pass a larger "
+                             "max_length= to Explainer / explain if this machine has the memory.")
         if self._ids[index] and not self._tokens[index]:
             if not np.issubdtype(x.dtype, np.integer) and np.any(x != np.round(x)):
                 raise TypeError(f"{what} must be integer ids (the model input is {self._walk.graph.input_dtypes[index]}).")
@@ -241,9 +282,13 @@ class Explainer:
                 raise ValueError(f"token ids must be in 0..{vocab - 1} (the Embedding's input_dim), "
                                  f"got values from {x.min()} to {x.max()}.")
             return x.astype(np.int32)
+        # checked after the cast: 1e300 is finite in float64 but inf in float32
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = x.astype(self.dtype, copy=False)
         if not np.all(np.isfinite(x)):
-            raise ValueError("inputs contain NaN or inf values.")
-        return x.astype(self.dtype, copy=False)
+            raise ValueError(f"inputs contain NaN or inf values (or values beyond the {self.dtype} range, "
+                             f"|x| > {np.finfo(self.dtype).max:.3g}); rescale the inputs or use dtype='float64'.")
+        return x
 
     def _shape_text(self, index: int = 0) -> str:
         dims = ["batch"] + ["time" if d is None else str(d) for d in self.input_shapes[index][1:]]
@@ -254,12 +299,12 @@ class Explainer:
     def _check_target(self, target: Target, batch: int) -> np.ndarray:
         if target is None:
             return np.full(batch, -1, np.int32)
-        t = _per_sample_ints(target, "target", batch)
+        t = _per_sample_ints(target, "target", batch)   # int64, exact
         bad = (t < 0) | (t >= self.n_outputs)
         if bad.any():
             raise ValueError(f"target {t[bad][0]} is out of range: the model has {self.n_outputs} outputs "
                              f"(valid targets 0..{self.n_outputs - 1}).")
-        return t
+        return t.astype(np.int32)
 
     def _check_timestep(self, timestep, batch: int, x: np.ndarray) -> np.ndarray:
         if not self.has_time_axis:
@@ -270,12 +315,12 @@ class Explainer:
         if timestep is None:
             raise ValueError("this model's output has a time axis (batch, time, outputs): pass "
                              "timestep= (an int, or one per sample) to say which output step to explain.")
-        t = _per_sample_ints(timestep, "timestep", batch)
+        t = _per_sample_ints(timestep, "timestep", batch)   # int64, exact
         steps = self._output_steps(x.shape)
         if np.any(t >= steps) or np.any(t < -steps):
             raise ValueError(f"timestep out of range: for inputs of {x.shape[1]} steps the model outputs "
                              f"{steps} steps (valid 0..{steps - 1}, or negative from the end).")
-        return t
+        return t.astype(np.int32)
 
     def _output_steps(self, input_shape) -> int:
         """Length of the output's time axis for inputs of ``input_shape`` (pooling may shorten it)."""
@@ -307,24 +352,55 @@ def progress_wanted(verbose: Optional[bool], n: int, batch_size: int) -> bool:
 
 
 def _per_sample_ints(value, name: str, batch: int) -> np.ndarray:
-    """An int or one int per sample -> int32 array (batch,), or a TypeError/ValueError naming ``name``."""
-    t = np.asarray(value)
-    if t.dtype == object or not np.issubdtype(t.dtype, np.integer):
-        raise TypeError(f"{name} must be an int or a sequence of ints (None for the default), got {value!r}.")
+    """An int or one int per sample -> int64 array (batch,), or a TypeError/ValueError naming ``name``.
+
+    Values are checked as exact Python integers before any cast, so nothing wraps around
+    (``2**32 + 1`` is not 1, ``np.uint64(2**63)`` is not negative); values outside int64 raise a
+    ValueError, and the caller range-checks the int64 result before narrowing it."""
+    def not_ints() -> TypeError:
+        return TypeError(f"{name} must be an int or a sequence of ints (None for the default), got "
+                         f"{_short_repr(value)}.")
+
+    try:
+        t = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):   # ragged nesting
+        raise not_ints() from None
+    if t.dtype == object:   # Python ints beyond 64 bits (or anything else)
+        items = t.ravel().tolist()
+        if not items or not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                                for v in items):
+            raise not_ints()
+        values = [int(v) for v in items]
+    elif np.issubdtype(t.dtype, np.integer):
+        values = [int(t.min()), int(t.max())] if t.size else []
+    else:
+        raise not_ints()
+    outside = [v for v in values if v < _INT64.min or v > _INT64.max]
+    if outside:
+        raise ValueError(f"{name} {outside[0]} is out of range (not a 64-bit integer).")
+    if t.dtype == object:
+        t = np.array(values, dtype=np.int64).reshape(t.shape)
+    t = t.astype(np.int64)
     if t.ndim == 0:
-        t = np.full(batch, int(t))
+        t = np.full(batch, int(t), np.int64)
     if t.shape != (batch,):
         raise ValueError(f"{name} has shape {t.shape}, expected one int per sample ({batch},) or a single int.")
-    return t.astype(np.int32)
+    return t
+
+
+def _short_repr(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class LRP(Explainer):
     """The LRP explainer: :class:`Explainer` with ``method="lrp"``."""
 
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
-                 dtype: str = "float32", rule: str = "all", layer_rules: Union[None, dict, Composite] = None):
+                 dtype: str = "float32", rule: str = "all", layer_rules: Union[None, dict, Composite] = None,
+                 max_length: int = MAX_LENGTH):
         super().__init__(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method="lrp",
-                         layer_rules=layer_rules)
+                         layer_rules=layer_rules, max_length=max_length)
 
 
 # The most recently used explainers, so that repeated explain() calls reuse the compiled function.
@@ -336,7 +412,8 @@ _CACHE_SIZE = 8
 def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None, eps: float = 1e-3,
             bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32",
             batch_size: int = 256, method: str = "lrp",
-            layer_rules: Union[None, dict, Composite] = None, verbose: Optional[bool] = None) -> Explanation:
+            layer_rules: Union[None, dict, Composite] = None, verbose: Optional[bool] = None,
+            max_length: int = MAX_LENGTH) -> Explanation:
     """Explain a model's outputs with LRP (Arras et al. 2017).
 
     Args:
@@ -356,17 +433,19 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
             :class:`~keras_lrp.composites.Composite`).
         verbose: progress bar: True always, False never, None (default) only for more than one
             batch on an interactive stdout (terminal or Jupyter).
+        max_length: the longest input sequence (time steps) explained (default 100_000); longer
+            inputs raise a ValueError before anything is allocated.
 
     Returns:
         :class:`~keras_lrp.explanation.Explanation` with ``relevance``, ``word_relevance``
         (batch, time), ``scores``, ``target``, ``rest`` (see :mod:`keras_lrp.explanation`).
     """
     composite = as_composite(layer_rules)
-    key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule, method, composite.key())
+    key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule, method, composite.key(), max_length)
     explainer = _CACHE.get(key)
     if explainer is None or explainer.model is not model:
         explainer = Explainer(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method=method,
-                              layer_rules=composite)
+                              layer_rules=composite, max_length=max_length)
     _CACHE[key] = explainer
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:

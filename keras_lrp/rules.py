@@ -24,9 +24,11 @@ no relevance, so the result is never NaN or inf.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
+import numpy as np
 import tensorflow as tf
 
 __all__ = ["Epsilon", "ZPlus", "AlphaBeta", "Gamma", "LinearRule", "LINEAR_RULES", "GateRule", "SignalTakeAll",
@@ -50,10 +52,16 @@ class Epsilon:
     def __post_init__(self):
         for name in ("eps", "bias_factor"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # numpy scalars (np.float32(1e-3), np.int64(0)) are real numbers too; bools are not
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
                 raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
+            try:
+                value = float(value)
+            except OverflowError:   # an int beyond the float range
+                value = math.inf
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value!r}.")
+            object.__setattr__(self, name, value)   # a plain float: hashable, equal across types
         if self.eps < 0:
             raise ValueError(f"eps must be >= 0 (it is added with the sign of the denominator), got {self.eps!r}.")
 

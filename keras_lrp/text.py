@@ -13,12 +13,14 @@ It is stored as plain JSON (never pickle).
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import json
 import os
 import re
 import unicodedata
 from collections import Counter
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -45,11 +47,13 @@ _CHAR_MAP = str.maketrans({
     "\u2026": " ... ", "\u2014": " -- ", "\u2013": "-", "\u00a0": " ",
 })
 
-# Contraction suffixes split off a word, as in the treebank ("do n't", "plot 's", "they 're").
-_CONTRACTION_RE = re.compile(r"^(?P<stem>.*[^'])(?P<suffix>n't|'s|'re|'ll|'ve|'d|'m)$", re.IGNORECASE)
+# Contraction suffixes split off a word, as in the treebank ("do n't", "plot 's", "they 're"):
+# the longest stem that ends in a non-apostrophe and is followed by one of these (any case).
+_CONTRACTION_SUFFIX_RE = re.compile(r"n't|'s|'re|'ll|'ve|'d|'m", re.IGNORECASE)
 # Chunks that start with an apostrophe but are words, not an opening quote.
 _APOSTROPHE_WORD_RE = re.compile(
-    r"^'(\d\d|\d0s|s|re|ll|ve|d|m|em|n|n'|til|cause|tis|twas|bout|round|nuff)$", re.IGNORECASE)
+    r"'(\d\d|\d0s|s|re|ll|ve|d|m|em|n|n'|til|cause|tis|twas|bout|round|nuff)", re.IGNORECASE)
+_APOSTROPHE_WORD_MAX = 6   # the longest such word ("'cause"); lower() never shortens a string
 # Words that end with an apostrophe that is part of the word, not a closing quote.
 _TRAILING_APOSTROPHE_WORDS = {"ol'", "'n'", "o'"}
 # Abbreviations that keep their period (single letters and dotted forms like "u.s." keep it too).
@@ -58,13 +62,20 @@ _ABBREVIATIONS = {
     "al", "prof", "gen", "lt", "col", "sgt", "capt", "rev", "mt", "ft", "jan", "feb", "mar", "apr",
     "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "wash", "pa", "calif", "vol", "approx",
 }
-# Leading punctuation peeled off a chunk, longest first.
-_LEADING_RE = re.compile(r"^(\.{2,}|--|\*+|[(\[{\"`$#\u00bf\u00a1])")
-# Trailing punctuation peeled off a chunk (the period and the apostrophe are handled separately).
-_TRAILING_RE = re.compile(r"(\.{2,}|--|\*+|[?!]+|[)\]}\",;:%])$")
+_ABBREVIATION_MAX = max(len(a) for a in _ABBREVIATIONS)
+# Leading punctuation peeled off a chunk, longest first (matched at the chunk's start).
+_LEADING_RE = re.compile(r"\.{2,}|--|\*+|[(\[{\"`$#\u00bf\u00a1]")
+# Trailing punctuation peeled off a chunk (the period and the apostrophe are handled separately):
+# runs of ". * ? !" (two dots at least), "--", or one of these characters.
+_TRAILING_SINGLE = set(')]}",;:%')
 # Punctuation that splits a chunk in its middle; a comma or colon between two digits does not.
 _INNER_SPLIT_RE = re.compile(
     r"(\.{2,}|--|[()\[\]{}\"]|[?!]+|;|(?<!\d)[,:]|[,:](?!\d))")
+_DOTS_RE = re.compile(r"\.{2,}")
+# A word of letters and digits (hyphen- or slash-joined, which no rule splits) with at most one
+# opening and one closing mark: what _split_chunk gives for it is spelled out in tokenize.
+_SIMPLE_CHUNK_RE = re.compile(r"([(\[{\"$#]?)([^\W_]+(?:[-/][^\W_]+)*)([,;:?!)\]}\"%.]?)")
+_DOT_RE = re.compile(r"\.")
 
 
 class Tokenizer:
@@ -122,78 +133,197 @@ class Tokenizer:
         if self.lowercase:
             text = text.lower()
         tokens: List[str] = []
+        simple = _SIMPLE_CHUNK_RE.fullmatch
         for chunk in text.split():
-            tokens.extend(_split_chunk(chunk))
+            m = simple(chunk)   # most chunks: a word with at most one bracket / punctuation mark
+            if m is not None and m.group(2).lower() != "cannot":
+                lead, word, trail = m.group(1, 2, 3)
+                if lead:
+                    tokens.append(lead)
+                if trail == "." and ((len(word) == 1 and word.isalpha())
+                                     or word.lower() in _ABBREVIATIONS):
+                    tokens.append(word + trail)   # "mr." and "j." keep their period
+                else:
+                    tokens.append(word)
+                    if trail:
+                        tokens.append(trail)
+            elif len(chunk) <= _CACHED_CHUNK_MAX:
+                tokens.extend(_split_short_chunk(chunk))
+            else:
+                tokens.extend(_split_chunk(chunk))
         return tokens
 
 
+_CACHED_CHUNK_MAX = 40   # short chunks ("it's", "film.") recur in text: their tokens are cached
+
+
+@functools.lru_cache(maxsize=2**16)
+def _split_short_chunk(chunk: str) -> Tuple[str, ...]:
+    return tuple(_split_chunk(chunk))
+
+
+class _Span(NamedTuple):
+    """``chunk[lo:hi]``, still to be split; ``fresh``: it may hold inner punctuation."""
+
+    lo: int
+    hi: int
+    fresh: bool
+
+
 def _split_chunk(chunk: str) -> List[str]:
-    """Tokens of one whitespace-free chunk (recursive on inner punctuation)."""
-    if not chunk:
-        return []
-    head: List[str] = []
-    tail: List[str] = []
-    while chunk and not _is_apostrophe_word(chunk):
-        m = _LEADING_RE.match(chunk)
-        if m and m.end() < len(chunk):
-            tok = m.group(0)
-            head.append("'" if tok == "`" else ("..." if tok.startswith("..") else tok))
-            chunk = chunk[m.end():]
+    """Tokens of one whitespace-free chunk.
+
+    Iterative and linear in ``len(chunk)``: the chunk is never copied per step; the work is a
+    stack of spans of it (``_Span``) and finished tokens (``str``), popped in output order.
+    Peeling, inner splits and contraction suffixes move the span's ends; only the chunk's first
+    span can hold inner punctuation (every piece and every contraction stem of it is free of
+    it), so the inner split runs once per chunk.
+    """
+    out: List[str] = []
+    dots: Optional[List[int]] = None   # positions of "." in chunk, found on first need
+    stack: List[Union[str, _Span]] = [_Span(0, len(chunk), True)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
             continue
-        m = _TRAILING_RE.search(chunk)
-        if m and m.start() > 0:
-            tok = m.group(0)
-            tail.append("..." if tok.startswith("..") else tok)
-            chunk = chunk[:m.start()]
+        lo, hi, fresh = item
+        if hi - lo <= 1:   # no rule splits or changes one character but the backtick
+            if hi > lo:
+                out.append("'" if chunk[lo] == "`" else chunk[lo])
             continue
-        if len(chunk) > 1 and chunk.endswith(".") and not chunk.endswith(".."):
-            stem = chunk[:-1]
-            is_abbreviation = ("." in stem or (len(stem) == 1 and stem.isalpha())
-                               or stem.lower() in _ABBREVIATIONS)
-            if not is_abbreviation:
-                tail.append(".")
-                chunk = stem
+        head: List[str] = []
+        tail: List[str] = []   # outermost first
+        while lo < hi and not _is_apostrophe_word(chunk, lo, hi):
+            m = _LEADING_RE.match(chunk, lo, hi)
+            if m and m.end() < hi:
+                tok = m.group(0)
+                head.append("'" if tok == "`" else ("..." if tok.startswith("..") else tok))
+                lo = m.end()
                 continue
-        if len(chunk) > 1 and chunk.startswith("'"):
-            head.append("'")
-            chunk = chunk[1:]
-            continue
-        if len(chunk) > 1 and chunk.endswith("'"):
-            tail.append("'")
-            chunk = chunk[:-1]
-            continue
-        break
-    middle: List[str]
-    if chunk == "`":
-        middle = ["'"]
-    elif re.fullmatch(r"\.{2,}", chunk):
-        middle = ["..."]
-    else:
-        pieces = [p for p in _INNER_SPLIT_RE.split(chunk) if p]
-        if len(pieces) > 1:
-            middle = [t for p in pieces for t in _split_chunk(p)]
+            start = _trailing_start(chunk, lo, hi)
+            if start > lo:
+                tok = chunk[start:hi]
+                tail.append("..." if tok.startswith("..") else tok)
+                hi = start
+                continue
+            if hi - lo > 1 and chunk[hi - 1] == "." and chunk[hi - 2] != ".":
+                if dots is None:
+                    dots = [d.start() for d in _DOT_RE.finditer(chunk)]
+                i = bisect.bisect_left(dots, lo)
+                dot_in_stem = i < len(dots) and dots[i] < hi - 1
+                is_abbreviation = (dot_in_stem or (hi - lo == 2 and chunk[lo].isalpha())
+                                   or (hi - 1 - lo <= _ABBREVIATION_MAX
+                                       and chunk[lo:hi - 1].lower() in _ABBREVIATIONS))
+                if not is_abbreviation:
+                    tail.append(".")
+                    hi -= 1
+                    continue
+            if hi - lo > 1 and chunk[lo] == "'":
+                head.append("'")
+                lo += 1
+                continue
+            if hi - lo > 1 and chunk[hi - 1] == "'":
+                tail.append("'")
+                hi -= 1
+                continue
+            break
+        stack.extend(tail)              # popped last, innermost first
+        if hi - lo == 1 and chunk[lo] == "`":
+            stack.append("'")
+        elif _DOTS_RE.fullmatch(chunk, lo, hi):
+            stack.append("...")
         else:
-            middle = _split_word(chunk)
-            if len(middle) == 2 and middle[1] != "not":
-                # contraction split off: its stem may end in punctuation of its own ("0.'s")
-                middle = _split_chunk(middle[0]) + [middle[1]]
-    return head + middle + tail[::-1]
+            pieces = _inner_pieces(chunk, lo, hi) if fresh else None
+            if pieces is not None:
+                stack.extend(reversed(pieces))
+            else:
+                cut = _contraction_cut(chunk, lo, hi)
+                if cut is None:
+                    stack.append(chunk[lo:hi])
+                elif chunk[cut:hi] != "not":
+                    # contraction split off: its stem may end in punctuation of its own ("0.'s")
+                    stack.append(chunk[cut:hi])
+                    stack.append(_Span(lo, cut, False))
+                else:
+                    stack.extend((chunk[cut:hi], chunk[lo:cut]))
+        stack.extend(reversed(head))    # popped first
+    return out
 
 
-def _is_apostrophe_word(chunk: str) -> bool:
+def _trailing_start(chunk: str, lo: int, hi: int) -> int:
+    """Start of the trailing punctuation token of ``chunk[lo:hi]`` (-1 if none): the leftmost
+    start of a run ``\\.{2,}``, ``\\*+``, ``[?!]+`` or of ``--`` or one closing character
+    that ends the span, found by scanning back from ``hi`` (no regex search from ``lo``)."""
+    last = chunk[hi - 1]
+    if last in _TRAILING_SINGLE:
+        return hi - 1
+    if last == "-":
+        return hi - 2 if hi - lo >= 2 and chunk[hi - 2] == "-" else -1
+    if last == ".":
+        run = "."
+    elif last == "*":
+        run = "*"
+    elif last in "?!":
+        run = "?!"
+    else:
+        return -1
+    start = hi - 1
+    while start > lo and chunk[start - 1] in run:
+        start -= 1
+    if last == "." and hi - start < 2:
+        return -1
+    return start
+
+
+def _inner_pieces(chunk: str, lo: int, hi: int) -> Optional[List[Union[str, _Span]]]:
+    """``chunk[lo:hi]`` split at inner punctuation: spans still to split and the punctuation
+    tokens between them, in order; None if there is nothing to split at."""
+    core = chunk[lo:hi]
+    pieces: List[Union[str, _Span]] = []
+    prev = 0
+    for m in _INNER_SPLIT_RE.finditer(core):
+        if m.start() > prev:
+            pieces.append(_Span(lo + prev, lo + m.start(), False))
+        # a punctuation piece is its own token ("..." for a run of dots)
+        tok = m.group(0)
+        pieces.append("..." if tok.startswith("..") else tok)
+        prev = m.end()
+    if prev < len(core):
+        pieces.append(_Span(lo + prev, hi, False))
+    return pieces if len(pieces) > 1 else None
+
+
+def _is_apostrophe_word(chunk: str, lo: int = 0, hi: Optional[int] = None) -> bool:
     """True for words whose leading/trailing apostrophe belongs to them ("'s", "'70s", "ol'")."""
-    return (_APOSTROPHE_WORD_RE.match(chunk) is not None or chunk.lower() == "n't"
-            or chunk.lower() in _TRAILING_APOSTROPHE_WORDS)
+    hi = len(chunk) if hi is None else hi
+    if hi - lo > _APOSTROPHE_WORD_MAX:
+        return False
+    word = chunk[lo:hi]
+    lowered = word.lower()
+    return (_APOSTROPHE_WORD_RE.fullmatch(word) is not None or lowered == "n't"
+            or lowered in _TRAILING_APOSTROPHE_WORDS)
+
+
+def _contraction_cut(chunk: str, lo: int, hi: int) -> Optional[int]:
+    """Where a treebank contraction suffix starts in the word ``chunk[lo:hi]`` (None if none):
+    ``cannot`` -> ``can|not``; else the shortest suffix ``n't 's 're 'll 've 'd 'm`` preceded
+    by a non-empty stem that does not end in an apostrophe."""
+    if hi - lo == 6 and chunk[lo:hi].lower() == "cannot":
+        return lo + 3
+    if _is_apostrophe_word(chunk, lo, hi):
+        return None
+    for length in (2, 3):
+        cut = hi - length
+        if cut - lo >= 1 and chunk[cut - 1] != "'" and _CONTRACTION_SUFFIX_RE.fullmatch(chunk, cut, hi):
+            return cut
+    return None
 
 
 def _split_word(word: str) -> List[str]:
-    """Split treebank contractions off a word without outer punctuation."""
-    if word.lower() == "cannot":
-        return [word[:3], word[3:]]
-    m = _CONTRACTION_RE.match(word)
-    if m and not _is_apostrophe_word(word):
-        return [m.group("stem"), m.group("suffix")]
-    return [word]
+    """Split treebank contractions off a word without outer punctuation (one level)."""
+    cut = _contraction_cut(word, 0, len(word))
+    return [word] if cut is None else [word[:cut], word[cut:]]
 
 
 _DEFAULT_TOKENIZER = Tokenizer()
@@ -372,4 +502,7 @@ class Vocabulary:
         except UnicodeDecodeError as e:
             raise VocabularyError(f"{path}: not UTF-8 text ({e.reason}); a vocabulary is a UTF-8 "
                                   "JSON file written by Vocabulary.save") from None
+        except RecursionError:   # JSON nested thousands deep: the decoder recurses per level
+            raise VocabularyError(f"{path}: JSON nested too deeply; a vocabulary is a flat JSON object "
+                                  "written by Vocabulary.save") from None
         return cls.from_json_dict(data, source=path)

@@ -151,14 +151,14 @@ def load_pretrained(name: str = "sst5", models_dir: Optional[Union[str, os.PathL
         if not os.path.isfile(p):
             raise FileNotFoundError(f"{meta_path} refers to {p}, which does not exist")
 
-    import keras
+    from ..io import load_model
 
     vocabulary = Vocabulary.load(vocab_path)
     embeddings = np.load(emb_path, allow_pickle=False)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(vocabulary) or embeddings.dtype != np.float32:
         raise ValueError(f"{emb_path}: expected float32 (vocab size {len(vocabulary)}, emb_dim), found "
                          f"{embeddings.dtype} {embeddings.shape}")
-    model = keras.models.load_model(model_path, safe_mode=True, compile=False)
+    model = load_model(model_path)     # the checks every model file gets (keras_lrp.io)
     if model.input_shape[-1] != embeddings.shape[1]:
         raise ValueError(f"{model_path} takes {model.input_shape[-1]}-dim vectors but {emb_path} holds "
                          f"{embeddings.shape[1]}-dim embeddings")
