@@ -95,23 +95,22 @@ class Composite:
                              f"{list(layer_names)}.")
 
     def check(self, propagators) -> None:
-        """Refuse, before any computation, rules on layers that cannot take them (rule objects apply
-        to Dense / TimeDistributed(Dense) / Conv1D, gate rules to recurrent layers, 'linear' to Lambda)."""
+        """Refuse, before any computation, rules on layers that cannot take them: rule objects apply
+        to Dense / TimeDistributed(Dense) / Conv1D, gate rules to recurrent layers. ('linear' is
+        checked by the walk, which builds the propagator of a Lambda declared linear.)"""
         for p in propagators:
             rule = self.rule_for(p.layer)
-            if rule is None or (rule == "linear" and getattr(p, "accepts_linear_declaration", False)):
+            if rule is None or rule == "linear":
                 continue
             if isinstance(rule, GateRule):
-                if not p.accepts_gate_rules:
-                    raise ValueError(f"layer_rules gives the gate rule {rule!r} to layer {p.layer.name!r} "
-                                     f"({type(p.layer).__name__}), which has no gates: gate rules apply to "
-                                     "recurrent layers (LSTM, GRU, RNN, Bidirectional).")
-                continue
-            if rule == "linear" or not getattr(p, "accepts_rules", False):
-                what = "'linear' declares a Lambda layer linear" if rule == "linear" else \
-                    "rule objects apply to Dense, TimeDistributed(Dense) and Conv1D layers"
+                ok, what = getattr(p, "accepts_gate_rules", False), "has no gates: gate rules apply to " \
+                    "recurrent layers (LSTM, GRU, RNN, Bidirectional)"
+            else:
+                ok, what = getattr(p, "accepts_rules", False), "cannot take it: rule objects apply to " \
+                    "Dense, TimeDistributed(Dense) and Conv1D layers"
+            if not ok:
                 raise ValueError(f"layer_rules gives {rule!r} to layer {p.layer.name!r} "
-                                 f"({type(p.layer).__name__}), which cannot take it: {what}.")
+                                 f"({type(p.layer).__name__}), which {what}.")
 
     def __bool__(self) -> bool:
         return bool(self.by_name or self.by_type)

@@ -272,8 +272,6 @@ class LambdaLinearProp(OpPropagator):
     """A ``Lambda`` the user declared linear (``layer_rules={name: "linear"}``): epsilon-rule on its
     Jacobian, ``R_x = x * J^T (R / (y + eps sign y))`` (no bias share: its connections are unknown)."""
 
-    accepts_linear_declaration = True
-
     rule = "declared linear (layer_rules): epsilon-rule on its Jacobian"
 
     def forward(self, inputs, masks):
