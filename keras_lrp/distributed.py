@@ -614,7 +614,7 @@ class MultiDeviceExplainer:
         :class:`keras_lrp.Explanation` (batch, ...) in input order."""
         import tensorflow as tf
 
-        from .explainer import Explanation
+        from .explanation import concatenate
 
         x = np.asarray(inputs)
         if x.ndim == 0 or x.shape[0] == 0:
@@ -655,6 +655,4 @@ class MultiDeviceExplainer:
             thread.join()
         if errors:
             raise errors[0]
-        cat = lambda name: np.concatenate([getattr(r, name) for r in results])  # noqa: E731
-        return Explanation(relevance=cat("relevance"), scores=cat("scores"), target=cat("target"),
-                           rest=cat("rest"), timestep=None if results[0].timestep is None else cat("timestep"))
+        return concatenate(results)

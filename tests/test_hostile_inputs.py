@@ -287,8 +287,8 @@ def test_long_sequences_use_fewer_rows_per_call_and_stay_batch_independent(model
     rows = []
     real = explainer._fn
 
-    def spy(x_, t_, s_):
-        rows.append(int(x_.shape[0]))
+    def spy(x_, t_, s_):                      # x_: one tensor per model input
+        rows.append(int(x_[0].shape[0]))
         return real(x_, t_, s_)
 
     explainer._fn = spy
