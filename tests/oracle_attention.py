@@ -18,7 +18,9 @@ Rules (see keras_lrp.propagators.attention / normalization, keras_lrp.recurrent)
   projection (N = value features).
 * LayerNormalization: std constant, y = x W + beta with W_jk = (delta_jk - 1/D) gamma_k / std (N = D);
   rms_scaling: y_k = x_k gamma_k / std (N = 1).
-* BatchNormalization: y = x a + c (N = 1). RMSNormalization: y_k = x_k scale_k / rms (N = 1).
+* BatchNormalization: y = x a + c (N = 1); directly after a Dense / TimeDistributed(Dense) / Conv1D with a
+  linear activation it is folded into that layer: one epsilon-rule over W' = W a, b' = b a + c
+  (fold_batch_norm). RMSNormalization: y_k = x_k scale_k / rms (N = 1).
 * SimpleRNN: z_t = x_t W + h_{t-1} U + b, h_t = act(z_t); epsilon-rule over [x_t, h_{t-1}] (N = d + e).
 """
 import contextlib
@@ -379,10 +381,58 @@ def from_keras(layer, is_output=False, causal=False):
     return OL.from_keras(layer, is_output)
 
 
+def _folds(linear, bn):
+    """Whether ``bn`` (the next layer of the chain) folds into ``linear``."""
+    import keras
+    L = keras.layers
+    if not isinstance(bn, L.BatchNormalization):
+        return False
+    rank = len(bn.output.shape)
+    if [a % rank for a in np.atleast_1d(bn.axis)] != [rank - 1]:
+        return False
+    inner = linear.layer if isinstance(linear, L.TimeDistributed) else linear
+    ok_type = isinstance(inner, L.Dense) or (isinstance(inner, L.Conv1D) and inner is linear)
+    return ok_type and inner.get_config()["activation"] == "linear"
+
+
+def fold_batch_norm(linear, bn, is_output=False):
+    """The oracle of ``linear`` (Dense, TimeDistributed(Dense) or Conv1D, linear activation) followed by
+    the inference BatchNormalization ``bn``, as one linear map: W' = W a (per output feature),
+    b' = b a + c, a = gamma / sqrt(moving_var + epsilon), c = beta - moving_mean a."""
+    import keras
+    inner = linear.layer if isinstance(linear, keras.layers.TimeDistributed) else linear
+    var, mean = _np(bn.moving_variance), _np(bn.moving_mean)
+    a = (_np(bn.gamma) if bn.scale else np.ones_like(var)) / np.sqrt(var + bn.epsilon)
+    c = (_np(bn.beta) if bn.center else np.zeros_like(mean)) - mean * a
+    kernel = _np(inner.kernel)
+    w = np.empty_like(kernel)
+    for m in range(kernel.shape[-1]):
+        w[..., m] = kernel[..., m] * a[m]
+    b = c if not inner.use_bias else _np(inner.bias) * a + c
+    if isinstance(inner, keras.layers.Conv1D):
+        return OL.Conv1D(w, b, inner.strides[0], inner.padding, inner.dilation_rate[0], "linear", is_output)
+    return OL.Dense(w, b, "linear", is_output)
+
+
+def chain_oracles(layers, causal=False):
+    """One oracle per layer of a chain; a BatchNormalization that folds into the layer before it
+    shares that layer's oracle (fold_batch_norm)."""
+    oracles, n = [], 0
+    while n < len(layers):
+        last = n == len(layers) - 1
+        if not last and _folds(layers[n], layers[n + 1]):
+            oracles.append(fold_batch_norm(layers[n], layers[n + 1], is_output=(n + 1 == len(layers) - 1)))
+            n += 2
+        else:
+            oracles.append(from_keras(layers[n], is_output=last, causal=causal))
+            n += 1
+    return oracles
+
+
 def explain_layers(layers, inputs, targets, ctx, embedding=None, causal=False):
     """LRP of a chain of layers (a Sequential model's, or a functional model's whose attention layers
     are self-attention ``layer(h, h)``), sample by sample. Returns (relevance, rest, scores)."""
-    oracles = [from_keras(l, is_output=(n == len(layers) - 1), causal=causal) for n, l in enumerate(layers)]
+    oracles = chain_oracles(layers, causal=causal)
     for o in oracles:
         o.ctx = ctx
     rels, rests, scores = [], [], []

@@ -1,15 +1,81 @@
-"""Linear layers (Dense, TimeDistributed(Dense), Conv1D) and pooling: the epsilon-rule."""
+"""Linear layers (Dense, TimeDistributed(Dense), Conv1D) and pooling: the epsilon-rule.
+
+A BatchNormalization that directly follows a Dense / TimeDistributed(Dense) / Conv1D with a linear
+activation is folded into it (the canonization of zennit's ``MergeBatchNorm``; see
+:mod:`keras_lrp.propagators.normalization`): the linear layer's rule
+runs over ``W' = W a``, ``b' = b a + c`` with the BatchNormalization's output as ``z``.
+"""
 from __future__ import annotations
+
+from typing import NamedTuple, Optional
 
 import keras
 import tensorflow as tf
 
 from .. import rules
 from ..rules import Epsilon
-from .base import Propagator, UnsupportedLayerError, register
+from .base import Context, Propagator, UnsupportedLayerError, register
 
-__all__ = ["DenseProp", "Conv1DProp", "PoolingProp", "linear_forward", "gradient_linear"]
+__all__ = ["DenseProp", "Conv1DProp", "PoolingProp", "linear_forward", "gradient_linear", "BatchNormAffine",
+           "batch_norm_affine", "folded_batch_norm"]
 
+
+# --------------------------------------------------------------------------- BatchNormalization folding
+
+class BatchNormAffine(NamedTuple):
+    """Inference BatchNormalization as ``y = x a + c``; ``a``, ``c``: (features,)."""
+
+    a: tf.Tensor
+    c: tf.Tensor
+
+
+def batch_norm_affine(layer, ctx: Context, dtype) -> BatchNormAffine:
+    """``a = gamma rsqrt(moving_variance + epsilon)``, ``c = beta - moving_mean a`` in ``dtype``, with the
+    operations of tf.nn.batch_normalization (so ``x * a + c`` is Keras's output)."""
+    a = tf.math.rsqrt(ctx.weight(layer.moving_variance) + tf.constant(layer.epsilon, dtype))
+    if layer.scale:
+        a = a * ctx.weight(layer.gamma)
+    c = -ctx.weight(layer.moving_mean) * a
+    if layer.center:
+        c = c + ctx.weight(layer.beta)
+    return BatchNormAffine(a, c)
+
+
+def _is_last_axis_bn(layer, rank: int) -> bool:
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    return sorted(a % rank for a in axes) == [rank - 1]
+
+
+def folded_batch_norm(node, walk) -> Optional[object]:
+    """The BatchNormalization call (a graph node) that folds into the linear call ``node``, or None.
+
+    ``node`` folds when its layer is a Dense, TimeDistributed(Dense) or Conv1D with a linear activation,
+    its one output is not the model output and is read by exactly one call, a BatchNormalization over the
+    last axis. The linear propagator and the BatchNormalization propagator both ask this, so they agree.
+    """
+    layer = node.op
+    if isinstance(layer, keras.layers.TimeDistributed):
+        inner = layer.layer if isinstance(layer.layer, keras.layers.Dense) else None
+    else:
+        inner = layer if isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D)) else None
+    if inner is None:
+        return None
+    if inner.activation is not keras.activations.linear or len(node.outputs) != 1:
+        return None
+    key = node.outputs[0]
+    if key == walk.graph.output:
+        return None
+    readers = walk.graph.consumers(key)
+    if len(readers) != 1 or len(readers[0].inputs) != 1:
+        return None
+    bn = readers[0]
+    if not isinstance(bn.op, keras.layers.BatchNormalization):
+        return None
+    rank = len(bn.call.output_tensors[0].shape)
+    return bn if _is_last_axis_bn(bn.op, rank) else None
+
+
+# --------------------------------------------------------------------------- linear layers
 
 def _last_axis_matmul(w):
     return lambda t: tf.einsum("...d,dm->...m", t, w)
@@ -27,8 +93,29 @@ def linear_forward(prop: Propagator, layer, linear_map, x):
     return (z if prop.is_output else layer.activation(z)), (x, w, b, z)
 
 
-@register(keras.layers.Dense, keras.layers.TimeDistributed, rule="epsilon-rule over the kernel (N = input units); the activation passes R unchanged; TimeDistributed around Dense only")
-class DenseProp(Propagator):
+class _FoldsBatchNorm(Propagator):
+    """A linear layer that may explain a following BatchNormalization with it (``W a``, ``b a + c``)."""
+
+    #: the BatchNormalization layer folded into this one (set by :meth:`bind`), or None
+    batch_norm = None
+
+    def bind(self, node, walk) -> None:
+        """Called by the walk with this call's graph node: find a BatchNormalization to fold."""
+        bn = folded_batch_norm(node, walk)
+        self.batch_norm = None if bn is None else bn.op
+
+    def linear_forward(self, layer, linear_map, x):
+        """:func:`linear_forward`; with a folded BatchNormalization the cache holds the folded map
+        ``(x, W a, b a + c, y)``, ``y`` the BatchNormalization's output, computed as it computes it."""
+        out, (x, w, b, z) = linear_forward(self, layer, linear_map, x)
+        if self.batch_norm is None:
+            return out, (x, w, b, z)
+        a, c = batch_norm_affine(self.batch_norm, self.ctx, z.dtype)
+        return out, (x, w * a, c if b is None else b * a + c, z * a + c)
+
+
+@register(keras.layers.Dense, keras.layers.TimeDistributed, rule="epsilon-rule over the kernel (N = input units); the activation passes R unchanged; TimeDistributed around Dense only; a following BatchNormalization is folded in")
+class DenseProp(_FoldsBatchNorm):
     """``y = activation(x W + b)`` on the last axis, epsilon-rule over W (N = input units)."""
 
     accepts_rules = True   # a Composite may give it ZPlus, AlphaBeta, Gamma or its own Epsilon
@@ -41,7 +128,7 @@ class DenseProp(Propagator):
         self.dense = inner
 
     def forward1(self, x, mask):
-        return linear_forward(self, self.dense, _last_axis_matmul, x)
+        return self.linear_forward(self.dense, _last_axis_matmul, x)
 
     def relevance1(self, cache, r):
         x, w, b, z = cache
@@ -75,8 +162,8 @@ def gradient_linear(f, x, z, bias, r, eps: Epsilon, connections=None):
     return r_x
 
 
-@register(keras.layers.Conv1D, rule="epsilon-rule over the kernel (N = connected inputs)")
-class Conv1DProp(Propagator):
+@register(keras.layers.Conv1D, rule="epsilon-rule over the kernel (N = connected inputs); a following BatchNormalization is folded in")
+class Conv1DProp(_FoldsBatchNorm):
     """Conv1D (channels_last, groups=1): epsilon-rule over the kernel, N = connected inputs."""
 
     accepts_rules = True
@@ -99,7 +186,7 @@ class Conv1DProp(Propagator):
         return f
 
     def forward1(self, x, mask):
-        return linear_forward(self, self.layer, self._conv, x)
+        return self.linear_forward(self.layer, self._conv, x)
 
     def relevance1(self, cache, r):
         x, w, b, z = cache

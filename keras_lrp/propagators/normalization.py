@@ -15,11 +15,18 @@ constant that is the diagonal map ``diag(gamma / std)``, each output connected t
 RMSNormalization, ``y = x / sqrt(mean(x^2) + epsilon) * scale``, likewise with the RMS held constant.
 
 BatchNormalization at inference is the fixed affine map ``y = x a + c`` per feature, ``a = gamma /
-sqrt(moving_variance + epsilon)``, ``c = beta - moving_mean a``: the epsilon-rule with ``c`` as bias and
-N = 1, ``R_x = (x a + bias_factor (c + eps sign y)) / (y + eps sign y) R_y``. It is computed on the map
-itself, not folded into a neighbouring Dense: folding (one epsilon-rule over ``x W a + (b a + c)``)
-gives the same relevance only for ``eps = 0, bias_factor = 0``; otherwise it shares ``c`` and the
-stabiliser differently.
+sqrt(moving_variance + epsilon)``, ``c = beta - moving_mean a``. Where it directly follows a linear layer
+(Dense, TimeDistributed(Dense) or Conv1D with a linear activation, whose output only this
+BatchNormalization reads), the pair is explained as ONE linear map, the canonization of zennit's
+``MergeBatchNorm`` (Motzkus et al. 2022, "Measurably Stronger Explanation Reliability via Model
+Canonization"): ``W' = W a`` (per output feature), ``b' = b a + c``, and the linear layer's rule (the
+epsilon-rule, or its composite rule) runs over ``(W', b')`` with the BatchNormalization's output as
+``z``; the BatchNormalization passes relevance through unchanged. The forward values are Keras's: the
+linear layer computes ``x W + b``, the BatchNormalization ``(x W + b) a + c``. Folding changes the
+relevance only through the bias and stabiliser shares (for ``eps = 0, bias_factor = 0`` both ways agree).
+Elsewhere (after a recurrent layer, an input, a Dense with a non-linear activation) the map is explained on
+its own: the epsilon-rule with ``c`` as bias and N = 1,
+``R_x = (x a + bias_factor (c + eps sign y)) / (y + eps sign y) R_y``.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ import tensorflow as tf
 
 from .. import rules
 from .base import Propagator, UnsupportedLayerError, register
+from .linear import batch_norm_affine, folded_batch_norm
 
 __all__ = ["LayerNormalizationProp", "BatchNormalizationProp", "RMSNormalizationProp"]
 
@@ -104,25 +112,31 @@ class LayerNormalizationProp(_LastAxisNorm):
 
 
 @register(keras.layers.BatchNormalization,
-          rule="inference statistics: the affine map y = x a + c per feature, epsilon-rule with c as bias "
-               "(N = 1); not folded into a neighbouring layer")
+          rule="inference statistics, y = x a + c per feature: folded into a preceding Dense / "
+               "TimeDistributed(Dense) / Conv1D with linear activation whose output only it reads (that layer's "
+               "rule over W a, b a + c; R passes through the BN); elsewhere the epsilon-rule on the affine map "
+               "with c as bias (N = 1)")
 class BatchNormalizationProp(_LastAxisNorm):
-    """``y = x a + c`` (moving statistics), epsilon-rule with bias c and N = 1."""
+    """``y = x a + c`` (moving statistics): folded into the preceding linear layer where one exists
+    (relevance passes through), else the epsilon-rule with bias c and N = 1 (see module docstring)."""
+
+    #: True when the preceding linear layer's propagator explains this layer with it (see :meth:`bind`)
+    folded = False
+
+    def bind(self, node, walk) -> None:
+        """Called by the walk with this call's graph node: decide whether it is folded."""
+        producer = walk.graph.producer(node.inputs[0]) if node.inputs else None
+        self.folded = producer is not None and folded_batch_norm(producer, walk) is node
 
     def forward1(self, x, mask):
-        layer, ctx = self.layer, self.ctx
-        _check_last_axis(layer, len(x.shape))
-        # tf.nn.batch_normalization's operations: a = gamma rsqrt(var + eps), c = beta - mean a
-        a = tf.math.rsqrt(ctx.weight(layer.moving_variance) + tf.constant(layer.epsilon, x.dtype))
-        if layer.scale:
-            a = a * ctx.weight(layer.gamma)
-        c = -ctx.weight(layer.moving_mean) * a
-        if layer.center:
-            c = c + ctx.weight(layer.beta)
+        _check_last_axis(self.layer, len(x.shape))
+        a, c = batch_norm_affine(self.layer, self.ctx, x.dtype)
         y = x * a + c
         return y, (x, y, a, c)
 
     def relevance1(self, cache, r):
+        if self.folded:   # the linear layer before it explains the pair
+            return r, None
         x, y, a, c = cache
         return _diagonal_relevance(x, y, a, c, r, self.ctx.eps), None
 
