@@ -13,6 +13,15 @@ tf.keras LSTM/GRU configs; ``batch_input_shape``; seed-era ``RNN(LRP_LSTMCell)``
   Keras 3 constructor calls (no Keras deserialisation of class names taken from the file) and
   the weights are assigned by layer name, in the order stored in the file
   (``model_weights/<layer>/weight_names``), with every shape checked.
+* tf.keras functional models with tensor syntax between layers (``h[:, -1]``,
+  ``tf.reduce_sum(w * h, axis=1)``, ``tf.concat``...), stored as ``TFOpLambda`` /
+  ``SlicingOpLambda`` layers that name a TensorFlow function by a string: the graph is rebuilt
+  by calling the layers and the equivalent ``keras.ops`` functions on ``keras.Input`` in
+  topological order, so the op nodes are Keras 3 ops. Only an allow-list of function names is
+  rebuilt (``__operators__.getitem``, ``reduce_sum`` / ``reduce_mean``, ``concat``, ``stack``,
+  ``reshape``, ``expand_dims``, ``transpose``, ``squeeze``, ``cast``, ``add`` / ``subtract`` /
+  ``multiply`` / ``truediv`` / ``divide``, ``negative``, ``softmax``, ``sigmoid``); the name is
+  looked up in that table, never imported or evaluated, and every argument is type-checked.
 
 Nothing goes through ``pickle``. The file type is recognised from its first bytes, not its
 extension. Keras 2's ``hard_sigmoid`` (``clip(0.2 x + 0.5, 0, 1)``, not Keras 3's
@@ -33,7 +42,8 @@ Errors (all one line, naming the file, raised before the model is built; all sub
   ``safe_mode=False``) or a class / activation that is not built into Keras (opt in with
   ``custom_objects={"Name": cls}``), or a file pointing at data outside itself (no opt-in).
 * :class:`UnsupportedModelError` (``ValueError``): a valid file using something this loader
-  cannot rebuild faithfully (nested models, ``time_major=True``, TensorFlow op layers, ...).
+  cannot rebuild faithfully (nested models, ``time_major=True``, a TensorFlow op layer whose
+  function is not on the allow-list or whose arguments are not understood, ...).
 * :class:`ModelTooLargeError` (``ValueError``): the file declares more data than the limits
   allow (raise them with ``max_bytes=``).
 """
@@ -243,8 +253,10 @@ _ALIASES = {"MaxPool1D": "MaxPooling1D", "AvgPool1D": "AveragePooling1D",
             "Convolution1D": "Conv1D", "Merge": "_Merge"}
 _RNN_LAYERS = {"SimpleRNN", "GRU", "LSTM", "RNN"}
 _NOT_REBUILDABLE = {
-    "TFOpLambda": "a TensorFlow op recorded by tf.keras (e.g. tf.math.add)",
-    "SlicingOpLambda": "a tensor slice recorded by tf.keras (x[:, 0])",
+    # (rebuilt in functional models only, see _tf_op)
+    "TFOpLambda": "a TensorFlow op recorded by tf.keras (e.g. tf.math.add) outside a "
+                  "functional model",
+    "SlicingOpLambda": "a tensor slice recorded by tf.keras (x[:, 0]) outside a functional model",
     "CuDNNLSTM": "a Keras 2 GPU-only layer",
     "CuDNNGRU": "a Keras 2 GPU-only layer",
     "_Merge": "the Keras 1 Merge layer",
