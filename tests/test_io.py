@@ -551,12 +551,14 @@ def tfk_ops(tmp_path_factory):
              tf.math.subtract(last, mean) / 3.0]
     out = K.layers.Dense(2)(tf.concat(parts, axis=-1))
     model = K.Model(inp, [out, h[..., 0], h[:, None, -1]])
-    path = str(tmp_path_factory.mktemp("tfk_ops") / "ops.h5")
+    folder = tmp_path_factory.mktemp("tfk_ops")
+    path, keras_path = str(folder / "ops.h5"), str(folder / "ops.keras")
     model.save(path)
+    K.Model(inp, [out, model.outputs[2]]).save(keras_path)  # tf.keras cannot write `...` in a .keras
     x = np.random.default_rng(4).standard_normal((2, 5, 3)).astype("float32")
     functions = sorted({l.get_config()["function"] for l in model.layers
                         if type(l).__name__ in ("TFOpLambda", "SlicingOpLambda")})
-    return {"path": path, "x": x, "y": [np.asarray(y) for y in model(x)], "functions": functions}
+    return {"path": path, "keras_path": keras_path, "x": x, "keras_outputs": [0, 2], "y": [np.asarray(y) for y in model(x)], "functions": functions}
 
 
 def _edit_model_config(src, dst, edit):
@@ -575,12 +577,15 @@ def _op_entries(config, function=None):
             and (function is None or e["config"]["function"] == function)]
 
 
-def test_tf_keras_op_layers_rebuilt_as_keras_ops(tfk_ops):
+@pytest.mark.parametrize("key", ["path", "keras_path"])
+def test_tf_keras_op_layers_rebuilt_as_keras_ops(tfk_ops, key):
     """Every allowed function (getitem with ..., None and steps; constants on either side) predicts as
-    tf.keras did, and each op layer is a keras.ops node, not a layer."""
+    tf.keras did, and each op layer is a keras.ops node, not a layer (.h5 and tf.keras's .keras)."""
     assert len(tfk_ops["functions"]) >= 15, tfk_ops["functions"]
-    model = load_model(tfk_ops["path"])
-    for got, want in zip(_outputs(model, tfk_ops["x"]), tfk_ops["y"]):
+    model = load_model(tfk_ops[key])
+    wants = tfk_ops["y"] if key == "path" else [tfk_ops["y"][i] for i in tfk_ops["keras_outputs"]]
+    assert len(model.outputs) == len(wants)
+    for got, want in zip(_outputs(model, tfk_ops["x"]), wants):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
     names = {type(op).__name__ for op in model.operations if not isinstance(op, keras.layers.Layer)}
     assert {"GetItem", "Mean", "Sum", "Softmax", "Multiply", "Concatenate", "Reshape", "Transpose",
