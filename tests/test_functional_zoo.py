@@ -285,10 +285,46 @@ def _tf_keras_functional_models():
     tok, num = KL.Input((None,), dtype="int32"), KL.Input((2,))
     h = KL.LSTM(3)(KL.Embedding(VOCAB, EMB, mask_zero=True)(tok))
     yield "tfk_two_inputs", K.Model([tok, num], KL.Dense(2)(KL.Concatenate()([h, num]))), [IDS, NUM], [ID_PAD, None]
+    # tensor syntax between layers: tf.keras records it as TFOpLambda / SlicingOpLambda layers
+    import tensorflow as tf
+    inp = KL.Input((None, 3))
+    h = KL.LSTM(4, return_sequences=True)(inp)
+    yield "tfk_last_step", K.Model(inp, KL.Dense(2)(h[:, -1])), XF, None
+    inp = KL.Input((None, 3))
+    yield "tfk_mean_over_time", K.Model(inp, KL.Dense(2)(tf.reduce_mean(KL.GRU(3, return_sequences=True)(inp),
+                                                                        axis=1))), XF, None
+    inp = KL.Input((None, 3))
+    h1 = KL.LSTM(3, return_sequences=True)(inp)
+    h2 = KL.LSTM(3, return_sequences=True)(h1)
+    yield "tfk_concat_last", K.Model(inp, KL.Dense(2)(tf.concat([h1[:, -1], h2[:, -1]], axis=-1))), XF, None
+    inp = KL.Input((None, 3))
+    h = KL.LSTM(4, return_sequences=True)(inp)
+    w = tf.nn.softmax(KL.Dense(1, activation="tanh")(h), axis=1)
+    yield "tfk_attention", K.Model(inp, KL.Dense(2)(tf.reduce_sum(w * h, axis=1))), XF, None
+    inp = KL.Input((None,), dtype="int32")
+    h = KL.Bidirectional(KL.GRU(3, return_sequences=True))(KL.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    w = tf.nn.softmax(KL.Dense(1)(h), axis=1)
+    yield "tfk_masked_attention", K.Model(inp, KL.Dense(2)(tf.reduce_sum(tf.math.multiply(w, h), axis=1))), IDS, ID_PAD
+    inp = KL.Input((None, 3))
+    p = KL.Dense(3)(inp)
+    x = KL.LSTM(3, return_sequences=True)(p) + p
+    yield "tfk_residual_add", K.Model(inp, KL.Dense(2)(0.5 * x[:, -1])), XF, None
+    inp = KL.Input((6, 4))
+    x = tf.reshape(KL.Conv1D(4, 2, padding="same")(inp), (-1, 3, 8))
+    x = tf.transpose(KL.LSTM(3, return_sequences=True)(x), perm=[0, 2, 1])
+    x = tf.concat([tf.reduce_sum(x, axis=-1), tf.squeeze(tf.expand_dims(x[:, :, -1], 1), axis=1)], axis=-1)
+    yield "tfk_reshape_transpose", K.Model(inp, KL.Dense(2)(x)), RNG.standard_normal((B, 6, 4)), None
+
+
+# the keras.ops node classes keras_lrp.load_model rebuilds tf.keras op layers as
+KERAS_OPS_OF_TF_OPS = {"GetItem", "Sum", "Mean", "Concatenate", "Stack", "Reshape", "ExpandDims", "Transpose",
+                       "Squeeze", "Cast", "Add", "Subtract", "Multiply", "TrueDivide", "Divide", "Negative",
+                       "Softmax", "Sigmoid"}
 
 
 def test_tf_keras_h5_functional_models(tmp_path):
-    """A tf.keras .h5 of a masked functional model loads and is explained (was: loads, then refused)."""
+    """tf.keras .h5 functional models load and are explained: masked ones (was: loads, then refused) and
+    ones with tensor syntax between layers (TFOpLambda / SlicingOpLambda, rebuilt as keras.ops nodes)."""
     pytest.importorskip("tf_keras")
     rng = np.random.default_rng(9)
     for name, tfk_model, x, pads in _tf_keras_functional_models():
@@ -297,8 +333,15 @@ def test_tf_keras_h5_functional_models(tmp_path):
         tfk_model.save(path)
         want = tfk_model.predict(x, verbose=0)
         model = keras_lrp.load_model(path)
+        # every TFOpLambda / SlicingOpLambda became one keras.ops node (no Lambda layer, no layer at all)
+        op_layers = [l for l in tfk_model.layers if type(l).__name__ in ("TFOpLambda", "SlicingOpLambda")]
+        op_nodes = [op for op in model.operations
+                    if not isinstance(op, keras.layers.Layer) and type(op).__name__ in KERAS_OPS_OF_TF_OPS]
+        assert len(op_nodes) == len(op_layers), (name, op_nodes)
+        assert not any(isinstance(op, keras.layers.Lambda) for op in model.operations), name
         e = keras_lrp.explain(model, x, eps=0.0, bias_factor=1.0, dtype="float64")
         np.testing.assert_allclose(e.scores, want, rtol=0, atol=1e-4 * np.abs(want).max(), err_msg=name)
+        assert all(np.abs(r).max() > 0 for r in as_list(e.relevance)), name
         score = e.explained_score
         np.testing.assert_allclose(e.total_relevance() + e.rest, score, rtol=0, atol=1e-8 * np.abs(score).max(),
                                    err_msg=name)

@@ -526,3 +526,118 @@ def test_corrupt_keras_archive_without_config(tmp_path):
     with pytest.raises(ModelFileError) as info:
         load_model(path)
     _assert_one_line(info, path)
+
+
+# ------------------------------------------------------------------------------------------
+# tf.keras op layers (TFOpLambda / SlicingOpLambda): an allow-list rebuilt as keras.ops nodes
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tfk_ops(tmp_path_factory):
+    """A tf.keras .h5 using every allowed TensorFlow function between layers, with its predictions."""
+    pytest.importorskip("tf_keras")
+    import tensorflow as tf
+    import tf_keras as K
+    K.utils.set_random_seed(3)
+    inp = K.Input((5, 3))
+    h = K.layers.LSTM(4, return_sequences=True)(inp)
+    last, mean = h[:, -1], tf.math.reduce_mean(h, axis=1)
+    w = tf.nn.softmax(K.layers.Dense(1)(h), axis=1)
+    pooled = tf.reduce_sum(tf.math.multiply(w, h), axis=1, keepdims=True)[:, 0]
+    square = tf.squeeze(tf.expand_dims(tf.transpose(tf.reshape(pooled + last, (-1, 2, 2)), perm=[0, 2, 1]), 1),
+                        axis=1)
+    parts = [tf.concat([last, mean], axis=-1), tf.reshape(square, (-1, 4)),
+             tf.math.truediv(tf.cast(last, "float32") - mean, 2.0), 1.0 - last, 0.5 * last, -h[:, 0],
+             tf.reduce_sum(tf.stack([last, mean], axis=1), axis=1), tf.math.sigmoid(mean), h[:, 1:4:2, 0],
+             tf.math.subtract(last, mean) / 3.0]
+    out = K.layers.Dense(2)(tf.concat(parts, axis=-1))
+    model = K.Model(inp, [out, h[..., 0], h[:, None, -1]])
+    folder = tmp_path_factory.mktemp("tfk_ops")
+    path, keras_path = str(folder / "ops.h5"), str(folder / "ops.keras")
+    model.save(path)
+    K.Model(inp, [out, model.outputs[2]]).save(keras_path)  # tf.keras cannot write `...` in a .keras
+    x = np.random.default_rng(4).standard_normal((2, 5, 3)).astype("float32")
+    functions = sorted({l.get_config()["function"] for l in model.layers
+                        if type(l).__name__ in ("TFOpLambda", "SlicingOpLambda")})
+    return {"path": path, "keras_path": keras_path, "x": x, "keras_outputs": [0, 2], "y": [np.asarray(y) for y in model(x)], "functions": functions}
+
+
+def _edit_model_config(src, dst, edit):
+    """Copy an .h5 model file and rewrite its model_config JSON with ``edit(config)``."""
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        g.write(f.read())
+    with h5py.File(dst, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        edit(config)
+        f.attrs["model_config"] = json.dumps(config)
+
+
+def _op_entries(config, function=None):
+    return [e for e in config["config"]["layers"]
+            if e["class_name"] in ("TFOpLambda", "SlicingOpLambda")
+            and (function is None or e["config"]["function"] == function)]
+
+
+@pytest.mark.parametrize("key", ["path", "keras_path"])
+def test_tf_keras_op_layers_rebuilt_as_keras_ops(tfk_ops, key):
+    """Every allowed function (getitem with ..., None and steps; constants on either side) predicts as
+    tf.keras did, and each op layer is a keras.ops node, not a layer (.h5 and tf.keras's .keras)."""
+    assert len(tfk_ops["functions"]) >= 15, tfk_ops["functions"]
+    model = load_model(tfk_ops[key])
+    wants = tfk_ops["y"] if key == "path" else [tfk_ops["y"][i] for i in tfk_ops["keras_outputs"]]
+    assert len(model.outputs) == len(wants)
+    for got, want in zip(_outputs(model, tfk_ops["x"]), wants):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    names = {type(op).__name__ for op in model.operations if not isinstance(op, keras.layers.Layer)}
+    assert {"GetItem", "Mean", "Sum", "Softmax", "Multiply", "Concatenate", "Reshape", "Transpose",
+            "ExpandDims", "Squeeze", "Cast", "Subtract", "TrueDivide", "Negative", "Stack", "Sigmoid",
+            "Add"} <= names, names
+    assert not any(isinstance(op, keras.layers.Lambda) for op in model.operations)
+
+
+@pytest.mark.parametrize("function", ["math.cumsum", "io.write_file", "nn.relu6", "compat.v1.py_func"])
+def test_tf_keras_op_outside_allow_list_refused_by_name(tfk_ops, tmp_path, function):
+    def edit(config):
+        _op_entries(config, "math.reduce_mean")[0]["config"]["function"] = function
+
+    path = str(tmp_path / "other_op.h5")
+    _edit_model_config(tfk_ops["path"], path, edit)
+    with pytest.raises(UnsupportedModelError, match=rf"'tf.math.reduce_mean' \(TFOpLambda\).*"
+                                                    rf"'{function}'.*rebuilds only") as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_tf_keras_op_naming_os_system_runs_nothing(tfk_ops, tmp_path, monkeypatch):
+    """A crafted TFOpLambda naming os.system (or eval, __import__) is refused before anything runs."""
+    calls = []
+    monkeypatch.setattr(os, "system", lambda *a, **k: calls.append(a) or 0)
+    marker = tmp_path / "pwned"
+    for function in ("os.system", "builtins.eval", "__import__", "__operators__.getitem.__globals__"):
+        def edit(config, function=function):
+            entry = _op_entries(config, "math.reduce_mean")[0]
+            entry["config"]["function"] = function
+            entry["inbound_nodes"][0][3] = {"command": f"touch {marker}", "source": "1"}
+
+        path = str(tmp_path / "os_system.h5")
+        _edit_model_config(tfk_ops["path"], path, edit)
+        with pytest.raises(UnsupportedModelError, match=rf"'{function}'.*rebuilds only"):
+            load_model(path)
+    assert calls == [] and not marker.exists()
+
+
+@pytest.mark.parametrize("function, kwargs, pattern", [
+    ("math.reduce_mean", {"axis": 1, "command": "ls"}, r"argument 'command'"),
+    ("math.reduce_mean", {"axis": "os.system"}, r"argument axis="),
+    ("__operators__.getitem", {"slice_spec": [{"class_name": "__lambda__"}, -1]}, r"slices with"),
+    ("__operators__.getitem", {"slice_spec": [{"start": "a", "stop": None, "step": None}]}, r"slices with"),
+    ("cast", {"dtype": "object"}, r"argument dtype="),
+])
+def test_tf_keras_op_with_unexpected_arguments_refused(tfk_ops, tmp_path, function, kwargs, pattern):
+    def edit(config):
+        _op_entries(config, function)[0]["inbound_nodes"][0][3] = kwargs
+
+    path = str(tmp_path / "bad_args.h5")
+    _edit_model_config(tfk_ops["path"], path, edit)
+    with pytest.raises(UnsupportedModelError, match=pattern) as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
