@@ -435,23 +435,4 @@ def explain_layers(layers, inputs, targets, ctx, embedding=None, causal=False):
     oracles = chain_oracles(layers, causal=causal)
     for o in oracles:
         o.ctx = ctx
-    rels, rests, scores = [], [], []
-    for i in range(len(inputs)):
-        if embedding is not None:
-            ids = np.asarray(inputs[i])
-            v = _np(embedding.embeddings)[ids]
-            mask = (ids != 0) if embedding.mask_zero else None
-        else:
-            v, mask = np.asarray(inputs[i], np.float64), None
-        for o in oracles:
-            v, mask = o.forward(v, mask)
-        r = np.zeros_like(v)
-        r[targets[i]] = v[targets[i]]
-        scores.append(v)
-        rest = 0.0
-        for o in reversed(oracles):
-            r, rs = o.backward(r)
-            rest += rs
-        rels.append(r)
-        rests.append(rest)
-    return np.stack(rels), np.array(rests), np.stack(scores)
+    return OL.run_oracles(oracles, inputs, targets, embedding)

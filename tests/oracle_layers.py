@@ -569,6 +569,37 @@ def from_keras(layer, is_output=False):
     raise NotImplementedError(type(layer).__name__)
 
 
+def run_oracles(oracles, inputs, targets, embedding=None, timesteps=None):
+    """Forward then backward through a chain of layer oracles, sample by sample; the relevance of
+    the target score (at ``timesteps[i]`` for outputs with a time axis) starts the backward pass.
+    Returns (relevance, rest (batch,), scores (batch, outputs))."""
+    rels, rests, scores = [], [], []
+    for i in range(len(inputs)):
+        if embedding is not None:
+            ids = np.asarray(inputs[i])
+            v = _f64(embedding.embeddings.numpy())[ids]
+            mask = (ids != 0) if embedding.mask_zero else None
+        else:
+            v, mask = np.asarray(inputs[i], np.float64), None
+        for o in oracles:
+            v, mask = o.forward(v, mask)
+        r = np.zeros_like(v)
+        if v.ndim == 2:
+            step = timesteps[i]
+            r[step, targets[i]] = v[step, targets[i]]
+            scores.append(v[step])
+        else:
+            r[targets[i]] = v[targets[i]]
+            scores.append(v)
+        rest = 0.0
+        for o in reversed(oracles):
+            r, rs = o.backward(r)
+            rest += rs
+        rels.append(r)
+        rests.append(rest)
+    return np.stack(rels), np.array(rests), np.stack(scores)
+
+
 def explain_chain(model, inputs, targets, ctx, timesteps=None):
     """LRP of a Sequential model (optionally starting with an Embedding) sample by sample.
 
@@ -588,32 +619,7 @@ def explain_chain(model, inputs, targets, ctx, timesteps=None):
     oracles = [from_keras(l, is_output=(n >= out_idx)) for n, l in enumerate(layers)]
     for o in oracles:
         o.ctx = ctx
-    rels, rests, scores = [], [], []
-    for i in range(len(inputs)):
-        if emb is not None:
-            ids = np.asarray(inputs[i])
-            x = _f64(emb.embeddings.numpy())[ids]
-            mask = (ids != 0) if emb.mask_zero else None
-        else:
-            x, mask = np.asarray(inputs[i], np.float64), None
-        v = x
-        for o in oracles:
-            v, mask = o.forward(v, mask)
-        r = np.zeros_like(v)
-        if v.ndim == 2:
-            step = timesteps[i]
-            r[step, targets[i]] = v[step, targets[i]]
-            scores.append(v[step])
-        else:
-            r[targets[i]] = v[targets[i]]
-            scores.append(v)
-        rest = 0.0
-        for o in reversed(oracles):
-            r, rs = o.backward(r)
-            rest += rs
-        rels.append(r)
-        rests.append(rest)
-    return np.stack(rels), np.array(rests), np.stack(scores)
+    return run_oracles(oracles, inputs, targets, emb, timesteps)
 
 
 # --------------------------------------------------------------------------- test helpers
