@@ -480,3 +480,22 @@ def test_tf_keras_h5_functional_models(name, tf_keras_models, tmp_path):
         if pad is not None:
             assert pad.any() and np.all(r[pad] == 0)
             assert np.all(np.abs(r[~pad]).sum(axis=-1) > 0)
+
+
+def test_tf_keras_h5_op_named_like_a_layer(tmp_path):
+    """A rebuilt op node whose automatic Keras 3 name equals a layer name of the file (tf.keras's
+    ``softmax`` layer and ``tf.nn.softmax``, or here the next automatic name) is renamed, not refused."""
+    K = pytest.importorskip("tf_keras")
+    import tensorflow as tf
+    probe = ops.softmax(keras.KerasTensor((1, 2)))._keras_history.operation.name   # "softmax" or "softmax_k"
+    k = int(probe.rsplit("_", 1)[1]) if "_" in probe else 0
+    next_name = f"softmax_{k + 1}"
+    inp = K.layers.Input((None, 3))
+    h = K.layers.Dense(3, name=next_name)(K.layers.LSTM(3)(inp))
+    tfk_model = K.Model(inp, K.layers.Dense(2)(tf.nn.softmax(h)))
+    path = tmp_path / "clash.h5"
+    tfk_model.save(path)
+    model = keras_lrp.load_model(path)
+    names = [op.name for op in model.operations]
+    assert len(set(names)) == len(names) and next_name in names
+    np.testing.assert_allclose(np.asarray(model(XF)), tfk_model.predict(XF, verbose=0), rtol=0, atol=1e-5)
