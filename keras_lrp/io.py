@@ -214,6 +214,7 @@ _SIMPLE_LAYERS: Dict[str, Tuple[Callable, Dict[str, int], set]] = {
     "RepeatVector": (keras.layers.RepeatVector, {"n": _PLAIN}, set()),
     "Permute": (keras.layers.Permute, {"dims": _TUPLE}, set()),
     "Activation": (keras.layers.Activation, {"activation": _ACT}, set()),
+    "Softmax": (keras.layers.Softmax, {"axis": _INT1}, set()),
     "Concatenate": (keras.layers.Concatenate, {"axis": _PLAIN}, set()),
     "Add": (keras.layers.Add, {}, set()),
     "Subtract": (keras.layers.Subtract, {}, set()),
@@ -1029,11 +1030,26 @@ def _build(translator: _Translator, plan: _Plan, weights: Mapping[str, List[np.n
                                     f"{_one_line(exc)[:300]}") from exc
 
 
+def _rename_op_node(result: Any, taken: set) -> None:
+    """Give the keras.ops node that produced ``result`` a name no layer of the file has: its
+    automatic name ("softmax", "add_2") may equal a tf.keras layer's, which Keras 3 refuses."""
+    history = getattr(result, "_keras_history", None)
+    op = getattr(history, "operation", None)
+    if op is None or isinstance(op, keras.layers.Layer):
+        return
+    base, k = op.name, 0
+    while op.name in taken:
+        k += 1
+        op.name = f"{base}_op{k}"
+    taken.add(op.name)
+
+
 def _build_functional(translator: _Translator, plan: _Plan) -> keras.Model:
     outputs: Dict[Tuple[str, int], Any] = {}
     for name, spec in plan.graph["inputs"].items():
         outputs[(name, 0)] = _make_input(spec)
     tf_ops = plan.graph.get("tf_ops", {})
+    taken = set(plan.layers) | set(plan.graph["inputs"])
     pending = [(name, i, call) for name in plan.graph["order"]
                if name in plan.layers or name in tf_ops
                for i, call in enumerate(plan.graph["nodes"][name])]
@@ -1053,6 +1069,7 @@ def _build_functional(translator: _Translator, plan: _Plan) -> keras.Model:
                     raise translator._unsupported(
                         f"calling tf.{op.function} of layer {name!r} ({op.class_name}) as a "
                         f"Keras 3 op failed: {_one_line(exc)[:300]}") from exc
+                _rename_op_node(result, taken)
                 outputs[(name, index)] = result
             elif all((r.layer, r.node) in outputs for r in needed):
                 layer = plan.layers[name]

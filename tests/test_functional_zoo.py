@@ -4,6 +4,8 @@ with conservation checked (eps = 0, bias_factor = 1: relevance of all inputs + r
 masked steps exactly 0, and each saved as ``.keras``, reloaded with ``keras_lrp.load_model`` and
 explained equal to the original.
 """
+from typing import Any, Dict, NamedTuple, Optional
+
 import numpy as np
 import keras
 import pytest
@@ -273,47 +275,144 @@ def test_seed_sliced_lambda_needs_layer_rules():
     assert np.all(np.abs(e.relevance).sum(axis=(0, 1)) > 0)
 
 
+class TfkCase(NamedTuple):
+    """One tf.keras model of the zoo: the model, its inputs, padded steps per input, and the
+    ``layer_rules`` (with ``safe_mode=False``) a model with Lambda layers needs."""
+
+    model: Any
+    x: Any
+    pads: Any
+    rules: Optional[Dict[str, str]] = None
+
+
 def _tf_keras_functional_models():
-    """tf.keras 2.x functional models as people saved them: mask_zero Bi-LSTM, Masking, two inputs."""
+    """tf.keras 2.x twins of the zoo, written as tf.keras users write them (tf ops and tensor syntax
+    between layers, which tf.keras records as TFOpLambda / SlicingOpLambda layers): name -> TfkCase."""
+    import tensorflow as tf
     import tf_keras as K
     KL = K.layers
+    cases = {}
+
+    # --- twins of the Keras 3 builders above, one for one ---
     inp = KL.Input((None,), dtype="int32")
-    h = KL.Bidirectional(KL.LSTM(3, return_sequences=True))(KL.Embedding(VOCAB, EMB, mask_zero=True)(inp))
-    yield "tfk_imdb", K.Model(inp, KL.Dense(2)(KL.LSTM(3)(h))), IDS, ID_PAD
+    x = KL.Embedding(VOCAB, EMB, mask_zero=True)(inp)
+    x = KL.Bidirectional(KL.LSTM(4, return_sequences=True))(x)
+    x = KL.Bidirectional(KL.LSTM(3))(x)
+    cases["imdb_bilstm"] = TfkCase(K.Model(inp, KL.Dense(2)(x)), IDS, ID_PAD)
+
     inp = KL.Input((None, 3))
-    yield "tfk_masking", K.Model(inp, KL.Dense(2)(KL.GRU(3)(KL.Masking(0.0)(inp)))), XF, XF_PAD
-    tok, num = KL.Input((None,), dtype="int32"), KL.Input((2,))
-    h = KL.LSTM(3)(KL.Embedding(VOCAB, EMB, mask_zero=True)(tok))
-    yield "tfk_two_inputs", K.Model([tok, num], KL.Dense(2)(KL.Concatenate()([h, num]))), [IDS, NUM], [ID_PAD, None]
-    # tensor syntax between layers: tf.keras records it as TFOpLambda / SlicingOpLambda layers
-    import tensorflow as tf
-    inp = KL.Input((None, 3))
-    h = KL.LSTM(4, return_sequences=True)(inp)
-    yield "tfk_last_step", K.Model(inp, KL.Dense(2)(h[:, -1])), XF, None
-    inp = KL.Input((None, 3))
-    yield "tfk_mean_over_time", K.Model(inp, KL.Dense(2)(tf.reduce_mean(KL.GRU(3, return_sequences=True)(inp),
-                                                                        axis=1))), XF, None
-    inp = KL.Input((None, 3))
-    h1 = KL.LSTM(3, return_sequences=True)(inp)
-    h2 = KL.LSTM(3, return_sequences=True)(h1)
-    yield "tfk_concat_last", K.Model(inp, KL.Dense(2)(tf.concat([h1[:, -1], h2[:, -1]], axis=-1))), XF, None
-    inp = KL.Input((None, 3))
-    h = KL.LSTM(4, return_sequences=True)(inp)
-    w = tf.nn.softmax(KL.Dense(1, activation="tanh")(h), axis=1)
-    yield "tfk_attention", K.Model(inp, KL.Dense(2)(tf.reduce_sum(w * h, axis=1))), XF, None
+    x = KL.LSTM(4)(KL.Masking(mask_value=0.0)(inp))
+    cases["functional_masking"] = TfkCase(K.Model(inp, KL.Dense(2, activation="softmax")(x)), XF, XF_PAD)
+
     inp = KL.Input((None,), dtype="int32")
     h = KL.Bidirectional(KL.GRU(3, return_sequences=True))(KL.Embedding(VOCAB, EMB, mask_zero=True)(inp))
     w = tf.nn.softmax(KL.Dense(1)(h), axis=1)
-    yield "tfk_masked_attention", K.Model(inp, KL.Dense(2)(tf.reduce_sum(tf.math.multiply(w, h), axis=1))), IDS, ID_PAD
+    cases["attention_bigru"] = TfkCase(K.Model(inp, KL.Dense(2)(tf.reduce_sum(w * h, axis=1))), IDS, ID_PAD)
+
+    inp = KL.Input((None, 3))
+    h = KL.LSTM(4, return_sequences=True)(inp)
+    w = KL.Softmax(axis=1)(KL.Dense(1, activation="tanh")(h))
+    ctx = tf.reduce_sum(w * h, axis=1)
+    cases["attention_ops_softmax_output"] = TfkCase(K.Model(inp, tf.nn.softmax(KL.Dense(3)(ctx))), XF, None)
+
+    inp = KL.Input((None, 3))
+    h = KL.LSTM(4, return_sequences=True)(inp)
+    cases["last_step_head"] = TfkCase(K.Model(inp, KL.Dense(2)(h[:, -1])), XF, None)
+
+    inp = KL.Input((None, 3))
+    h = KL.GRU(4, return_sequences=True)(inp)
+    h = KL.LSTM(3)(h[:, :, 1:3])
+    cases["feature_slice_head"] = TfkCase(K.Model(inp, KL.Dense(2)(h)), XF, None)
+
+    tok, num = KL.Input((None,), dtype="int32", name="tokens"), KL.Input((2,), name="numeric")
+    h = KL.LSTM(3)(KL.Embedding(VOCAB, EMB, mask_zero=True)(tok))
+    x = KL.Concatenate()([h, KL.Dense(3, activation="relu")(num)])
+    cases["two_inputs"] = TfkCase(K.Model([tok, num], KL.Dense(2)(x)), [IDS, NUM], [ID_PAD, None])
+
+    num, tok = KL.Input((2,), name="numeric"), KL.Input((None,), dtype="int32", name="tokens")
+    n = KL.Dense(3)(num)
+    h = KL.GRU(3)(KL.Embedding(VOCAB, EMB, mask_zero=True)(tok))
+    cases["two_inputs_numeric_first"] = TfkCase(K.Model([num, tok], KL.Dense(2)(tf.concat([n, h], axis=-1))),
+                                                [NUM, IDS], [None, ID_PAD])
+
+    a, b = KL.Input((None,), dtype="int32", name="left"), KL.Input((None,), dtype="int32", name="right")
+    emb, enc = KL.Embedding(VOCAB, EMB, mask_zero=True), KL.LSTM(3)
+    ha, hb = enc(emb(a)), enc(emb(b))
+    x = KL.Concatenate()([ha, hb, KL.Subtract()([ha, hb])])
+    ids_b = token_ids()
+    cases["shared_encoder"] = TfkCase(K.Model([a, b], KL.Dense(2)(x)), [IDS, ids_b], [ID_PAD, ids_b == 0])
+
+    inp = KL.Input((None, 12))
+    slices = [lambda t: t[:, :, 0:4], lambda t: t[:, :, 4:8], lambda t: t[:, :, 8:12]]
+    parts = [KL.Lambda(f, name=f"slice{i}")(inp) for i, f in enumerate(slices)]
+    hs = [KL.Bidirectional(KL.LSTM(3, return_sequences=True))(p) for p in parts]
+    x = KL.LSTM(4)(KL.Concatenate()(hs))
+    cases["seed_sliced"] = TfkCase(K.Model(inp, KL.Dense(3)(x)), RNG.standard_normal((B, 5, 12)), None,
+                                   {f"slice{i}": "linear" for i in range(3)})
+
+    inp = KL.Input((None, 12))   # the same slices as tensor syntax (SlicingOpLambda, no code in the file)
+    hs = [KL.Bidirectional(KL.LSTM(3, return_sequences=True))(inp[:, :, i:i + 4]) for i in (0, 4, 8)]
+    x = KL.LSTM(4)(KL.Concatenate()(hs))
+    cases["seed_sliced_tensor_syntax"] = TfkCase(K.Model(inp, KL.Dense(3)(x)), RNG.standard_normal((B, 5, 12)),
+                                                 None)
+
+    inp = KL.Input((None,), dtype="int32")
+    h = KL.LSTM(3, return_sequences=True)(KL.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    cases["gap_mask"] = TfkCase(K.Model(inp, KL.Dense(2)(KL.GlobalAveragePooling1D()(h))), IDS, ID_PAD)
+
+    inp = KL.Input((None, 3))
+    h1 = KL.LSTM(3, return_sequences=True)(inp)
+    h2 = KL.LSTM(3, return_sequences=True)(h1)
+    cases["stacked_concat_last"] = TfkCase(K.Model(inp, KL.Dense(2)(tf.concat([h1[:, -1], h2[:, -1]], axis=-1))),
+                                           XF, None)
+
+    inp = KL.Input((None, 3))
+    h = KL.GRU(3, return_sequences=True)(inp)
+    cases["mean_over_time"] = TfkCase(K.Model(inp, KL.Dense(2)(tf.reduce_mean(h, axis=1))), XF, None)
+
     inp = KL.Input((None, 3))
     p = KL.Dense(3)(inp)
     x = KL.LSTM(3, return_sequences=True)(p) + p
-    yield "tfk_residual_add", K.Model(inp, KL.Dense(2)(0.5 * x[:, -1])), XF, None
+    cases["residual_add"] = TfkCase(K.Model(inp, KL.Dense(2)(x[:, -1] * 0.5)), XF, None)
+
+    inp = KL.Input((None,), dtype="int32")
+    h = KL.Bidirectional(KL.LSTM(3, return_sequences=True))(KL.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    cases["masked_tagger"] = TfkCase(K.Model(inp, KL.TimeDistributed(KL.Dense(3))(h)), IDS, ID_PAD)
+
+    inp = KL.Input((None, 3))
+    h = KL.LSTM(3, return_sequences=True)(inp)
+    g = KL.Dense(3, activation="sigmoid")(h)
+    cases["gated_sum"] = TfkCase(K.Model(inp, KL.Dense(2)(tf.reduce_sum(KL.Multiply()([g, h]), axis=1))), XF, None)
+
+    inp = KL.Input((6, 4))
+    x = tf.reshape(KL.Conv1D(4, 2, padding="same")(inp), (-1, 3, 8))   # 6 steps x 4 -> 3 steps x 8
+    x = tf.transpose(KL.LSTM(3, return_sequences=True)(x), perm=[0, 2, 1])
+    cases["conv_reshape_lstm"] = TfkCase(K.Model(inp, KL.Dense(2)(tf.reduce_sum(x, axis=-1))),
+                                         RNG.standard_normal((B, 6, 4)), None)
+
+    inp = KL.Input((None, 3))
+    h = KL.Bidirectional(KL.LSTM(3, return_sequences=True), merge_mode="sum")(KL.Masking(0.0)(inp))
+    cases["masking_bilstm_sum_mean"] = TfkCase(K.Model(inp, KL.Dense(2)(KL.LSTM(3)(h))), XF, XF_PAD)
+
+    # --- further tf.keras idioms (not in the Keras 3 zoo) ---
+    inp = KL.Input((None, 3))
+    cases["tfk_masking_gru"] = TfkCase(K.Model(inp, KL.Dense(2)(KL.GRU(3)(KL.Masking(0.0)(inp)))), XF, XF_PAD)
+    inp = KL.Input((None, 3))
+    h = KL.LSTM(4, return_sequences=True)(inp)
+    w = tf.nn.softmax(KL.Dense(1, activation="tanh")(h), axis=1)
+    cases["tfk_attention"] = TfkCase(K.Model(inp, KL.Dense(2)(tf.reduce_sum(w * h, axis=1))), XF, None)
+    inp = KL.Input((None,), dtype="int32")
+    h = KL.Bidirectional(KL.GRU(3, return_sequences=True))(KL.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    w = tf.nn.softmax(KL.Dense(1)(h), axis=1)
+    cases["tfk_masked_attention_multiply"] = TfkCase(
+        K.Model(inp, KL.Dense(2)(tf.reduce_sum(tf.math.multiply(w, h), axis=1))), IDS, ID_PAD)
     inp = KL.Input((6, 4))
     x = tf.reshape(KL.Conv1D(4, 2, padding="same")(inp), (-1, 3, 8))
     x = tf.transpose(KL.LSTM(3, return_sequences=True)(x), perm=[0, 2, 1])
     x = tf.concat([tf.reduce_sum(x, axis=-1), tf.squeeze(tf.expand_dims(x[:, :, -1], 1), axis=1)], axis=-1)
-    yield "tfk_reshape_transpose", K.Model(inp, KL.Dense(2)(x)), RNG.standard_normal((B, 6, 4)), None
+    cases["tfk_reshape_transpose_squeeze"] = TfkCase(K.Model(inp, KL.Dense(2)(x)), RNG.standard_normal((B, 6, 4)),
+                                                     None)
+    return cases
 
 
 # the keras.ops node classes keras_lrp.load_model rebuilds tf.keras op layers as
@@ -322,29 +421,81 @@ KERAS_OPS_OF_TF_OPS = {"GetItem", "Sum", "Mean", "Concatenate", "Stack", "Reshap
                        "Softmax", "Sigmoid"}
 
 
-def test_tf_keras_h5_functional_models(tmp_path):
-    """tf.keras .h5 functional models load and are explained: masked ones (was: loads, then refused) and
-    ones with tensor syntax between layers (TFOpLambda / SlicingOpLambda, rebuilt as keras.ops nodes)."""
+# every Keras 3 builder of ZOO has a tf.keras twin of the same name, plus a few tf.keras-only idioms
+TFK_EXTRA = ["seed_sliced_tensor_syntax", "tfk_masking_gru", "tfk_attention", "tfk_masked_attention_multiply",
+             "tfk_reshape_transpose_squeeze"]
+TFK_NAMES = [f.__name__ for f in ZOO] + TFK_EXTRA
+# models whose output is a softmax: the explained scores are its logits
+TFK_SOFTMAX_OUTPUT = {"functional_masking", "attention_ops_softmax_output"}
+
+
+@pytest.fixture(scope="module")
+def tf_keras_models():
     pytest.importorskip("tf_keras")
+    cases = _tf_keras_functional_models()
+    assert sorted(cases) == sorted(TFK_NAMES)
     rng = np.random.default_rng(9)
-    for name, tfk_model, x, pads in _tf_keras_functional_models():
-        tfk_model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in tfk_model.get_weights()])
-        path = tmp_path / f"{name}.h5"
-        tfk_model.save(path)
-        want = tfk_model.predict(x, verbose=0)
-        model = keras_lrp.load_model(path)
-        # every TFOpLambda / SlicingOpLambda became one keras.ops node (no Lambda layer, no layer at all)
-        op_layers = [l for l in tfk_model.layers if type(l).__name__ in ("TFOpLambda", "SlicingOpLambda")]
-        op_nodes = [op for op in model.operations
-                    if not isinstance(op, keras.layers.Layer) and type(op).__name__ in KERAS_OPS_OF_TF_OPS]
-        assert len(op_nodes) == len(op_layers), (name, op_nodes)
-        assert not any(isinstance(op, keras.layers.Lambda) for op in model.operations), name
-        e = keras_lrp.explain(model, x, eps=0.0, bias_factor=1.0, dtype="float64")
-        np.testing.assert_allclose(e.scores, want, rtol=0, atol=1e-4 * np.abs(want).max(), err_msg=name)
-        assert all(np.abs(r).max() > 0 for r in as_list(e.relevance)), name
-        score = e.explained_score
-        np.testing.assert_allclose(e.total_relevance() + e.rest, score, rtol=0, atol=1e-8 * np.abs(score).max(),
-                                   err_msg=name)
-        for r, pad in zip(as_list(e.relevance), as_list(pads)):
-            if pad is not None:
-                assert np.all(r[pad] == 0), name
+    for case in cases.values():
+        case.model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in case.model.get_weights()])
+    return cases
+
+
+def _softmax(z):
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("name", TFK_NAMES)
+def test_tf_keras_h5_functional_models(name, tf_keras_models, tmp_path):
+    """tf.keras .h5 twins of the zoo load and are explained: masked ones (was: loads, then refused) and
+    ones with tensor syntax between layers (TFOpLambda / SlicingOpLambda, rebuilt as keras.ops nodes)."""
+    tfk_model, x, pads, rules = tf_keras_models[name]
+    path = tmp_path / f"{name}.h5"
+    tfk_model.save(path)
+    want = tfk_model.predict(x, verbose=0)
+    if rules:   # Lambda layers: Python code in the file, refused unless the user opts in
+        with pytest.raises(keras_lrp.UnsafeModelError, match="Lambda"):
+            keras_lrp.load_model(path)
+    model = keras_lrp.load_model(path, safe_mode=not rules)
+    np.testing.assert_allclose(np.asarray(model(x)), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    # every TFOpLambda / SlicingOpLambda became one keras.ops node (no Lambda layer, no layer at all)
+    op_layers = [l for l in tfk_model.layers if type(l).__name__ in ("TFOpLambda", "SlicingOpLambda")]
+    op_nodes = [op for op in model.operations
+                if not isinstance(op, keras.layers.Layer) and type(op).__name__ in KERAS_OPS_OF_TF_OPS]
+    assert len(op_nodes) == len(op_layers), op_nodes
+    lambdas = [op for op in model.operations if isinstance(op, keras.layers.Lambda)]
+    assert len(lambdas) == len(rules or {})
+    timestep = 2 if want.ndim == 3 else None
+    e = keras_lrp.explain(model, x, eps=0.0, bias_factor=1.0, dtype="float64", layer_rules=rules, timestep=timestep)
+    if timestep is not None:
+        want = want[:, timestep]
+    scores = _softmax(e.scores) if name in TFK_SOFTMAX_OUTPUT else e.scores
+    np.testing.assert_allclose(scores, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    relevances = as_list(e.relevance)
+    assert len(relevances) == len(model.inputs)
+    assert all(np.abs(r).max() > 0 for r in relevances)
+    score = e.explained_score
+    np.testing.assert_allclose(e.total_relevance() + e.rest, score, rtol=0, atol=1e-8 * np.abs(score).max())
+    for r, pad in zip(relevances, as_list(pads)):
+        if pad is not None:
+            assert pad.any() and np.all(r[pad] == 0)
+            assert np.all(np.abs(r[~pad]).sum(axis=-1) > 0)
+
+
+def test_tf_keras_h5_op_named_like_a_layer(tmp_path):
+    """A rebuilt op node whose automatic Keras 3 name equals a layer name of the file (tf.keras's
+    ``softmax`` layer and ``tf.nn.softmax``, or here the next automatic name) is renamed, not refused."""
+    K = pytest.importorskip("tf_keras")
+    import tensorflow as tf
+    probe = ops.softmax(keras.KerasTensor((1, 2)))._keras_history.operation.name   # "softmax" or "softmax_k"
+    k = int(probe.rsplit("_", 1)[1]) if "_" in probe else 0
+    next_name = f"softmax_{k + 1}"
+    inp = K.layers.Input((None, 3))
+    h = K.layers.Dense(3, name=next_name)(K.layers.LSTM(3)(inp))
+    tfk_model = K.Model(inp, K.layers.Dense(2)(tf.nn.softmax(h)))
+    path = tmp_path / "clash.h5"
+    tfk_model.save(path)
+    model = keras_lrp.load_model(path)
+    names = [op.name for op in model.operations]
+    assert len(set(names)) == len(names) and next_name in names
+    np.testing.assert_allclose(np.asarray(model(XF)), tfk_model.predict(XF, verbose=0), rtol=0, atol=1e-5)
