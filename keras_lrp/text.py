@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import json
 import os
 import re
@@ -73,8 +74,10 @@ _INNER_SPLIT_RE = re.compile(
     r"(\.{2,}|--|[()\[\]{}\"]|[?!]+|;|(?<!\d)[,:]|[,:](?!\d))")
 _DOTS_RE = re.compile(r"\.{2,}")
 # A word of letters and digits (hyphen- or slash-joined, which no rule splits) with at most one
-# opening and one closing mark: what _split_chunk gives for it is spelled out in tokenize.
-_SIMPLE_CHUNK_RE = re.compile(r"([(\[{\"$#]?)([^\W_]+(?:[-/][^\W_]+)*)([,;:?!)\]}\"%.]?)")
+# opening mark, one contraction suffix and one closing mark (or a run of "?!"): what
+# _split_chunk gives for it is spelled out in tokenize.
+_SIMPLE_CHUNK_RE = re.compile(r"([(\[{\"$#]?)([^\W_]+(?:[-/][^\W_]+)*)"
+                              r"((?i:n't|'s|'re|'ll|'ve|'d|'m)?)([,;:)\]}\"%.]|[?!]+|)")
 _DOT_RE = re.compile(r"\.")
 
 
@@ -137,10 +140,15 @@ class Tokenizer:
         for chunk in text.split():
             m = simple(chunk)   # most chunks: a word with at most one bracket / punctuation mark
             if m is not None and m.group(2).lower() != "cannot":
-                lead, word, trail = m.group(1, 2, 3)
+                lead, word, suffix, trail = m.group(1, 2, 3, 4)
                 if lead:
                     tokens.append(lead)
-                if trail == "." and ((len(word) == 1 and word.isalpha())
+                if suffix:   # "don't." -> do n't .: the stem is the word, the period splits off
+                    tokens.append(word)
+                    tokens.append(suffix)
+                    if trail:
+                        tokens.append(trail)
+                elif trail == "." and ((len(word) == 1 and word.isalpha())
                                      or word.lower() in _ABBREVIATIONS):
                     tokens.append(word + trail)   # "mr." and "j." keep their period
                 else:
@@ -173,80 +181,151 @@ class _Span(NamedTuple):
 def _split_chunk(chunk: str) -> List[str]:
     """Tokens of one whitespace-free chunk.
 
-    Iterative and linear in ``len(chunk)``: the chunk is never copied per step; the work is a
-    stack of spans of it (``_Span``) and finished tokens (``str``), popped in output order.
-    Peeling, inner splits and contraction suffixes move the span's ends; only the chunk's first
-    span can hold inner punctuation (every piece and every contraction stem of it is free of
-    it), so the inner split runs once per chunk.
+    Linear in ``len(chunk)`` and never copies the chunk per step: the chunk's outer punctuation
+    is peeled by moving the ends of a span ``chunk[lo:hi]`` (:func:`_peel`); the rest is split
+    at inner punctuation in one C-level ``re.split``, and each piece (free of inner punctuation,
+    so it splits the same on its own) takes its tokens from the cache of short chunks. A chunk
+    without inner punctuation goes to :func:`_split_span` (contraction suffixes).
+    """
+    if len(chunk) <= 1:   # no rule splits or changes one character but the backtick
+        return ["'"] if chunk == "`" else ([chunk] if chunk else [])
+    head: List[str] = []
+    tail: List[str] = []   # outermost first
+    lo, hi, dots = _peel(chunk, 0, len(chunk), head, tail, None)
+    if hi - lo == 1 and chunk[lo] == "`":
+        middle: List[str] = ["'"]
+    elif _DOTS_RE.fullmatch(chunk, lo, hi):
+        middle = ["..."]
+    else:
+        # parts alternate piece, punctuation, piece, ... (pieces may be empty)
+        parts = _INNER_SPLIT_RE.split(chunk[lo:hi])
+        if len(parts) > 3 or (len(parts) == 3 and (parts[0] or parts[2])):
+            if max(map(len, parts)) <= _CACHED_CHUNK_MAX:
+                # a punctuation part alone splits to itself ("..." for a run of dots)
+                middle = list(itertools.chain.from_iterable(map(_split_short_chunk, parts)))
+            else:
+                middle = []
+                for i, part in enumerate(parts):
+                    if i % 2:
+                        middle.append("..." if part.startswith("..") else part)
+                    elif part:
+                        middle.extend(_split_short_chunk(part) if len(part) <= _CACHED_CHUNK_MAX
+                                      else _split_chunk(part))
+        else:
+            middle = _split_span(chunk, lo, hi, dots)
+    if not head and not tail:
+        return middle
+    tail.reverse()
+    head.extend(middle)
+    head.extend(tail)
+    return head
+
+
+def _peel(chunk: str, lo: int, hi: int, head: List[str], tail: List[str],
+          dots: Optional[List[int]]) -> Tuple[int, int, Optional[List[int]]]:
+    """Peel the outer punctuation of ``chunk[lo:hi]``: leading tokens go to ``head``, trailing
+    ones to ``tail`` (outermost first). Returns the new ``(lo, hi)`` and the positions of "." in
+    ``chunk`` (``dots``, found on first need and passed back in)."""
+    while lo < hi and not _is_apostrophe_word(chunk, lo, hi):
+        m = _LEADING_RE.match(chunk, lo, hi)
+        if m and m.end() < hi:
+            tok = m.group(0)
+            head.append("'" if tok == "`" else ("..." if tok.startswith("..") else tok))
+            lo = m.end()
+            continue
+        if chunk[hi - 1] in _TRAILING_SINGLE:
+            # a run of closing characters peels one by one; the leading match above cannot
+            # start to succeed as hi shrinks, and no apostrophe word ends in one of them
+            while hi - 1 > lo and chunk[hi - 1] in _TRAILING_SINGLE:
+                tail.append(chunk[hi - 1])
+                hi -= 1
+            if hi - lo > 1 or chunk[hi - 1] not in _TRAILING_SINGLE:
+                continue
+            break
+        start = _trailing_start(chunk, lo, hi)
+        if start > lo:
+            tok = chunk[start:hi]
+            tail.append("..." if tok.startswith("..") else tok)
+            hi = start
+            continue
+        if hi - lo > 1 and chunk[hi - 1] == "." and chunk[hi - 2] != ".":
+            if dots is None:
+                dots = [d.start() for d in _DOT_RE.finditer(chunk)]
+            i = bisect.bisect_left(dots, lo)
+            dot_in_stem = i < len(dots) and dots[i] < hi - 1
+            is_abbreviation = (dot_in_stem or (hi - lo == 2 and chunk[lo].isalpha())
+                               or (hi - 1 - lo <= _ABBREVIATION_MAX
+                                   and chunk[lo:hi - 1].lower() in _ABBREVIATIONS))
+            if not is_abbreviation:
+                tail.append(".")
+                hi -= 1
+                continue
+        if hi - lo > 1 and chunk[lo] == "'":
+            head.append("'")
+            lo += 1
+            continue
+        if hi - lo > 1 and chunk[hi - 1] == "'":
+            tail.append("'")
+            hi -= 1
+            continue
+        break
+    return lo, hi, dots
+
+
+# Contraction suffixes by length, lowercased, for the fast loop in _split_span (a miss there
+# only falls back to the general path, which uses _CONTRACTION_SUFFIX_RE).
+_SUFFIX2 = {"'s", "'d", "'m"}
+_SUFFIX3 = {"n't", "'re", "'ll", "'ve"}
+
+
+def _split_span(chunk: str, lo: int, hi: int, dots: Optional[List[int]]) -> List[str]:
+    """Tokens of ``chunk[lo:hi]``, a span already peeled and free of inner punctuation.
+
+    Iterative: a stack of spans (``_Span``) and finished tokens (``str``), popped in output
+    order; each contraction suffix moves the span's end, and its stem is peeled again.
     """
     out: List[str] = []
-    dots: Optional[List[int]] = None   # positions of "." in chunk, found on first need
-    stack: List[Union[str, _Span]] = [_Span(0, len(chunk), True)]
+    stack: List[Union[str, _Span]] = [_Span(lo, hi, False)]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             out.append(item)
             continue
-        lo, hi, fresh = item
-        if hi - lo <= 1:   # no rule splits or changes one character but the backtick
+        lo, hi, _ = item
+        if hi - lo <= 1:
             if hi > lo:
                 out.append("'" if chunk[lo] == "`" else chunk[lo])
             continue
         head: List[str] = []
         tail: List[str] = []   # outermost first
-        while lo < hi and not _is_apostrophe_word(chunk, lo, hi):
-            m = _LEADING_RE.match(chunk, lo, hi)
-            if m and m.end() < hi:
-                tok = m.group(0)
-                head.append("'" if tok == "`" else ("..." if tok.startswith("..") else tok))
-                lo = m.end()
-                continue
-            start = _trailing_start(chunk, lo, hi)
-            if start > lo:
-                tok = chunk[start:hi]
-                tail.append("..." if tok.startswith("..") else tok)
-                hi = start
-                continue
-            if hi - lo > 1 and chunk[hi - 1] == "." and chunk[hi - 2] != ".":
-                if dots is None:
-                    dots = [d.start() for d in _DOT_RE.finditer(chunk)]
-                i = bisect.bisect_left(dots, lo)
-                dot_in_stem = i < len(dots) and dots[i] < hi - 1
-                is_abbreviation = (dot_in_stem or (hi - lo == 2 and chunk[lo].isalpha())
-                                   or (hi - 1 - lo <= _ABBREVIATION_MAX
-                                       and chunk[lo:hi - 1].lower() in _ABBREVIATIONS))
-                if not is_abbreviation:
-                    tail.append(".")
-                    hi -= 1
-                    continue
-            if hi - lo > 1 and chunk[lo] == "'":
-                head.append("'")
-                lo += 1
-                continue
-            if hi - lo > 1 and chunk[hi - 1] == "'":
-                tail.append("'")
-                hi -= 1
-                continue
-            break
+        lo, hi, dots = _peel(chunk, lo, hi, head, tail, dots)
         stack.extend(tail)              # popped last, innermost first
         if hi - lo == 1 and chunk[lo] == "`":
             stack.append("'")
         elif _DOTS_RE.fullmatch(chunk, lo, hi):
             stack.append("...")
         else:
-            pieces = _inner_pieces(chunk, lo, hi) if fresh else None
-            if pieces is not None:
-                stack.extend(reversed(pieces))
-            else:
-                cut = _contraction_cut(chunk, lo, hi)
-                if cut is None:
-                    stack.append(chunk[lo:hi])
-                elif chunk[cut:hi] != "not":
-                    # contraction split off: its stem may end in punctuation of its own ("0.'s")
+            cut = _contraction_cut(chunk, lo, hi)
+            if cut is None:
+                stack.append(chunk[lo:hi])
+            elif chunk[cut:hi] != "not":
+                # contraction split off: its stem may end in punctuation of its own ("0.'s")
+                stack.append(chunk[cut:hi])
+                hi = cut
+                # a long stem ending in a letter or digit peels to itself (its start was
+                # peeled already), so its own suffixes ("n'tn'tn't") come off right here
+                while hi - lo > _APOSTROPHE_WORD_MAX and chunk[hi - 1].isalnum():
+                    if chunk[hi - 2:hi].lower() in _SUFFIX2 and chunk[hi - 3] != "'":
+                        cut = hi - 2
+                    elif chunk[hi - 3:hi].lower() in _SUFFIX3 and chunk[hi - 4] != "'":
+                        cut = hi - 3
+                    else:
+                        break
                     stack.append(chunk[cut:hi])
-                    stack.append(_Span(lo, cut, False))
-                else:
-                    stack.extend((chunk[cut:hi], chunk[lo:cut]))
+                    hi = cut
+                stack.append(_Span(lo, hi, False))
+            else:
+                stack.extend((chunk[cut:hi], chunk[lo:cut]))
         stack.extend(reversed(head))    # popped first
     return out
 
@@ -274,24 +353,6 @@ def _trailing_start(chunk: str, lo: int, hi: int) -> int:
     if last == "." and hi - start < 2:
         return -1
     return start
-
-
-def _inner_pieces(chunk: str, lo: int, hi: int) -> Optional[List[Union[str, _Span]]]:
-    """``chunk[lo:hi]`` split at inner punctuation: spans still to split and the punctuation
-    tokens between them, in order; None if there is nothing to split at."""
-    core = chunk[lo:hi]
-    pieces: List[Union[str, _Span]] = []
-    prev = 0
-    for m in _INNER_SPLIT_RE.finditer(core):
-        if m.start() > prev:
-            pieces.append(_Span(lo + prev, lo + m.start(), False))
-        # a punctuation piece is its own token ("..." for a run of dots)
-        tok = m.group(0)
-        pieces.append("..." if tok.startswith("..") else tok)
-        prev = m.end()
-    if prev < len(core):
-        pieces.append(_Span(lo + prev, hi, False))
-    return pieces if len(pieces) > 1 else None
 
 
 def _is_apostrophe_word(chunk: str, lo: int = 0, hi: Optional[int] = None) -> bool:
