@@ -13,7 +13,6 @@ It is stored as plain JSON (never pickle).
 """
 from __future__ import annotations
 
-import bisect
 import functools
 import itertools
 import json
@@ -78,7 +77,6 @@ _DOTS_RE = re.compile(r"\.{2,}")
 # _split_chunk gives for it is spelled out in tokenize.
 _SIMPLE_CHUNK_RE = re.compile(r"([(\[{\"$#]?)([^\W_]+(?:[-/][^\W_]+)*)"
                               r"((?i:n't|'s|'re|'ll|'ve|'d|'m)?)([,;:)\]}\"%.]|[?!]+|)")
-_DOT_RE = re.compile(r"\.")
 
 
 class Tokenizer:
@@ -135,39 +133,41 @@ class Tokenizer:
         text = text.replace("``", ' " ').replace("''", ' " ')
         if self.lowercase:
             text = text.lower()
+        chunks = text.split()
+        if not chunks:
+            return []
+        if max(map(len, chunks)) <= _CACHED_CHUNK_MAX:   # all cached: one C-level pass
+            return list(itertools.chain.from_iterable(map(_split_short_chunk, chunks)))
         tokens: List[str] = []
-        simple = _SIMPLE_CHUNK_RE.fullmatch
-        for chunk in text.split():
-            m = simple(chunk)   # most chunks: a word with at most one bracket / punctuation mark
-            if m is not None and m.group(2).lower() != "cannot":
-                lead, word, suffix, trail = m.group(1, 2, 3, 4)
-                if lead:
-                    tokens.append(lead)
-                if suffix:   # "don't." -> do n't .: the stem is the word, the period splits off
-                    tokens.append(word)
-                    tokens.append(suffix)
-                    if trail:
-                        tokens.append(trail)
-                elif trail == "." and ((len(word) == 1 and word.isalpha())
-                                     or word.lower() in _ABBREVIATIONS):
-                    tokens.append(word + trail)   # "mr." and "j." keep their period
-                else:
-                    tokens.append(word)
-                    if trail:
-                        tokens.append(trail)
-            elif len(chunk) <= _CACHED_CHUNK_MAX:
-                tokens.extend(_split_short_chunk(chunk))
-            else:
-                tokens.extend(_split_chunk(chunk))
+        for chunk in chunks:
+            tokens.extend(_split_short_chunk(chunk) if len(chunk) <= _CACHED_CHUNK_MAX
+                          else _chunk_tokens(chunk))
         return tokens
 
 
-_CACHED_CHUNK_MAX = 40   # short chunks ("it's", "film.") recur in text: their tokens are cached
+_CACHED_CHUNK_MAX = 40   # chunks up to this length go through the cache _split_short_chunk
 
 
-@functools.lru_cache(maxsize=2**16)
-def _split_short_chunk(chunk: str) -> Tuple[str, ...]:
-    return tuple(_split_chunk(chunk))
+def _chunk_tokens(chunk: str) -> Tuple[str, ...]:
+    """Tokens of one whitespace-free chunk: most chunks are a word with at most one bracket,
+    contraction suffix and punctuation mark, split here; the rest go to :func:`_split_chunk`."""
+    m = _SIMPLE_CHUNK_RE.fullmatch(chunk)
+    if m is None:
+        return tuple(_split_chunk(chunk))
+    lead, word, suffix, trail = m.groups()
+    if word.lower() == "cannot":
+        return tuple(_split_chunk(chunk))
+    if suffix:   # "don't." -> do n't .: the stem is the word, the period splits off
+        tokens: Tuple[str, ...] = (lead, word, suffix, trail)
+    elif trail == "." and ((len(word) == 1 and word.isalpha()) or word.lower() in _ABBREVIATIONS):
+        tokens = (lead, word + trail)   # "mr." and "j." keep their period
+    else:
+        tokens = (lead, word, trail)
+    return tuple(filter(None, tokens))   # drop the empty lead / trail
+
+
+# short chunks ("it's", "film.") recur in text: their tokens are cached
+_split_short_chunk = functools.lru_cache(maxsize=2**16)(_chunk_tokens)
 
 
 class _Span(NamedTuple):
@@ -191,7 +191,7 @@ def _split_chunk(chunk: str) -> List[str]:
         return ["'"] if chunk == "`" else ([chunk] if chunk else [])
     head: List[str] = []
     tail: List[str] = []   # outermost first
-    lo, hi, dots = _peel(chunk, 0, len(chunk), head, tail, None)
+    lo, hi = _peel(chunk, 0, len(chunk), head, tail)
     if hi - lo == 1 and chunk[lo] == "`":
         middle: List[str] = ["'"]
     elif _DOTS_RE.fullmatch(chunk, lo, hi):
@@ -212,7 +212,7 @@ def _split_chunk(chunk: str) -> List[str]:
                         middle.extend(_split_short_chunk(part) if len(part) <= _CACHED_CHUNK_MAX
                                       else _split_chunk(part))
         else:
-            middle = _split_span(chunk, lo, hi, dots)
+            middle = _split_span(chunk, lo, hi)
     if not head and not tail:
         return middle
     tail.reverse()
@@ -221,11 +221,9 @@ def _split_chunk(chunk: str) -> List[str]:
     return head
 
 
-def _peel(chunk: str, lo: int, hi: int, head: List[str], tail: List[str],
-          dots: Optional[List[int]]) -> Tuple[int, int, Optional[List[int]]]:
+def _peel(chunk: str, lo: int, hi: int, head: List[str], tail: List[str]) -> Tuple[int, int]:
     """Peel the outer punctuation of ``chunk[lo:hi]``: leading tokens go to ``head``, trailing
-    ones to ``tail`` (outermost first). Returns the new ``(lo, hi)`` and the positions of "." in
-    ``chunk`` (``dots``, found on first need and passed back in)."""
+    ones to ``tail`` (outermost first). Returns the new ``(lo, hi)``."""
     while lo < hi and not _is_apostrophe_word(chunk, lo, hi):
         m = _LEADING_RE.match(chunk, lo, hi)
         if m and m.end() < hi:
@@ -249,10 +247,8 @@ def _peel(chunk: str, lo: int, hi: int, head: List[str], tail: List[str],
             hi = start
             continue
         if hi - lo > 1 and chunk[hi - 1] == "." and chunk[hi - 2] != ".":
-            if dots is None:
-                dots = [d.start() for d in _DOT_RE.finditer(chunk)]
-            i = bisect.bisect_left(dots, lo)
-            dot_in_stem = i < len(dots) and dots[i] < hi - 1
+            # linear overall: each later check ends before the dot this one found
+            dot_in_stem = chunk.rfind(".", lo, hi - 1) >= 0
             is_abbreviation = (dot_in_stem or (hi - lo == 2 and chunk[lo].isalpha())
                                or (hi - 1 - lo <= _ABBREVIATION_MAX
                                    and chunk[lo:hi - 1].lower() in _ABBREVIATIONS))
@@ -269,7 +265,7 @@ def _peel(chunk: str, lo: int, hi: int, head: List[str], tail: List[str],
             hi -= 1
             continue
         break
-    return lo, hi, dots
+    return lo, hi
 
 
 # Contraction suffixes by length, lowercased, for the fast loop in _split_span (a miss there
@@ -278,18 +274,21 @@ _SUFFIX2 = {"'s", "'d", "'m"}
 _SUFFIX3 = {"n't", "'re", "'ll", "'ve"}
 
 
-def _split_span(chunk: str, lo: int, hi: int, dots: Optional[List[int]]) -> List[str]:
+def _split_span(chunk: str, lo: int, hi: int) -> List[str]:
     """Tokens of ``chunk[lo:hi]``, a span already peeled and free of inner punctuation.
 
     Iterative: a stack of spans (``_Span``) and finished tokens (``str``), popped in output
     order; each contraction suffix moves the span's end, and its stem is peeled again.
     """
     out: List[str] = []
-    stack: List[Union[str, _Span]] = [_Span(lo, hi, False)]
+    stack: List[Union[str, List[str], _Span]] = [_Span(lo, hi, False)]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             out.append(item)
+            continue
+        if isinstance(item, list):   # contraction suffixes, innermost first
+            out.extend(item)
             continue
         lo, hi, _ = item
         if hi - lo <= 1:
@@ -298,7 +297,7 @@ def _split_span(chunk: str, lo: int, hi: int, dots: Optional[List[int]]) -> List
             continue
         head: List[str] = []
         tail: List[str] = []   # outermost first
-        lo, hi, dots = _peel(chunk, lo, hi, head, tail, dots)
+        lo, hi = _peel(chunk, lo, hi, head, tail)
         stack.extend(tail)              # popped last, innermost first
         if hi - lo == 1 and chunk[lo] == "`":
             stack.append("'")
@@ -310,19 +309,27 @@ def _split_span(chunk: str, lo: int, hi: int, dots: Optional[List[int]]) -> List
                 stack.append(chunk[lo:hi])
             elif chunk[cut:hi] != "not":
                 # contraction split off: its stem may end in punctuation of its own ("0.'s")
-                stack.append(chunk[cut:hi])
+                suffixes = [chunk[cut:hi]]   # outermost first
                 hi = cut
                 # a long stem ending in a letter or digit peels to itself (its start was
-                # peeled already), so its own suffixes ("n'tn'tn't") come off right here
+                # peeled already), so its own suffixes ("n'tn'tn't") come off right here;
+                # the same suffix again is the same choice, given a stem not ending in "'"
                 while hi - lo > _APOSTROPHE_WORD_MAX and chunk[hi - 1].isalnum():
+                    suffix = suffixes[-1]
+                    if chunk.endswith(suffix, lo, hi) and chunk[hi - len(suffix) - 1] != "'":
+                        suffixes.append(suffix)
+                        hi -= len(suffix)
+                        continue
                     if chunk[hi - 2:hi].lower() in _SUFFIX2 and chunk[hi - 3] != "'":
                         cut = hi - 2
                     elif chunk[hi - 3:hi].lower() in _SUFFIX3 and chunk[hi - 4] != "'":
                         cut = hi - 3
                     else:
                         break
-                    stack.append(chunk[cut:hi])
+                    suffixes.append(chunk[cut:hi])
                     hi = cut
+                suffixes.reverse()
+                stack.append(suffixes)
                 stack.append(_Span(lo, hi, False))
             else:
                 stack.extend((chunk[cut:hi], chunk[lo:cut]))
