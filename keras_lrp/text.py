@@ -65,6 +65,7 @@ _ABBREVIATIONS = {
 _ABBREVIATION_MAX = max(len(a) for a in _ABBREVIATIONS)
 # Leading punctuation peeled off a chunk, longest first (matched at the chunk's start).
 _LEADING_RE = re.compile(r"\.{2,}|--|\*+|[(\[{\"`$#\u00bf\u00a1]")
+_LEADING_SINGLE = set("([{\"`$#\u00bf\u00a1")   # the one-character tokens of _LEADING_RE
 # Trailing punctuation peeled off a chunk (the period and the apostrophe are handled separately):
 # runs of ". * ? !" (two dots at least), "--", or one of these characters.
 _TRAILING_SINGLE = set(')]}",;:%')
@@ -225,6 +226,13 @@ def _peel(chunk: str, lo: int, hi: int, head: List[str], tail: List[str]) -> Tup
     """Peel the outer punctuation of ``chunk[lo:hi]``: leading tokens go to ``head``, trailing
     ones to ``tail`` (outermost first). Returns the new ``(lo, hi)``."""
     while lo < hi and not _is_apostrophe_word(chunk, lo, hi):
+        if chunk[lo] in _LEADING_SINGLE:
+            # a run of opening characters peels one by one (no apostrophe word starts with one)
+            while lo + 1 < hi and chunk[lo] in _LEADING_SINGLE:
+                head.append("'" if chunk[lo] == "`" else chunk[lo])
+                lo += 1
+            if hi - lo > 1 or chunk[lo] not in _LEADING_SINGLE:
+                continue
         m = _LEADING_RE.match(chunk, lo, hi)
         if m and m.end() < hi:
             tok = m.group(0)
