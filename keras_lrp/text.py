@@ -396,12 +396,6 @@ def _contraction_cut(chunk: str, lo: int, hi: int) -> Optional[int]:
     return None
 
 
-def _split_word(word: str) -> List[str]:
-    """Split treebank contractions off a word without outer punctuation (one level)."""
-    cut = _contraction_cut(word, 0, len(word))
-    return [word] if cut is None else [word[:cut], word[cut:]]
-
-
 _DEFAULT_TOKENIZER = Tokenizer()
 
 
