@@ -173,3 +173,45 @@ def test_gate_gets_no_relevance_and_signal_takes_all():
     assert np.all(e.rest == 0)   # nothing parked: the gate subgraph received nothing
     _, want = oracle("attention_op", model, X, TARGETS, 0.0, 1.0)
     np.testing.assert_allclose(e.relevance, want, rtol=0, atol=1e-9 * np.abs(want).max())
+
+
+class _DeclaredLinearSliceOracle:
+    """y = 2 x[:, 1:4] (a Lambda the user declared linear): the epsilon-rule on its Jacobian,
+    R_x = x * J^T (R / (y + eps sign y)), no bias share (plain numpy, one sample)."""
+
+    def forward(self, x, mask):
+        self.x = x
+        self.y = 2.0 * x[:, 1:4]
+        return self.y, mask
+
+    def backward(self, r):
+        den = self.y + self.ctx.eps * np.where(self.y >= 0, 1.0, -1.0)
+        s = np.divide(r, den, out=np.zeros_like(r), where=den != 0)
+        r_x = np.zeros_like(self.x)
+        r_x[:, 1:4] = self.x[:, 1:4] * 2.0 * s
+        return r_x, 0.0
+
+
+@pytest.mark.parametrize("eps,bias_factor", [(1e-3, 0.0), (0.0, 1.0), (0.05, 1.0)])
+def test_lambda_declared_linear_matches_numpy_oracle(eps, bias_factor):
+    """Lambda -> LSTM -> Dense with the Lambda declared linear: relevance equals a plain numpy chain
+    (the Lambda's Jacobian rule, then the LSTM and Dense oracles of tests/oracle_layers.py)."""
+    import oracle_layers as OL
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((5, 6))
+    h = keras.layers.Lambda(lambda t: 2.0 * t[:, :, 1:4], name="pick")(inp)
+    lstm = keras.layers.LSTM(3, name="lstm")
+    dense = keras.layers.Dense(2, name="head")
+    model = keras.Model(inp, dense(lstm(h)))
+    x = np.random.default_rng(4).standard_normal((3, 5, 6))
+    targets = np.array([0, 1, 0])
+    e = keras_lrp.explain(model, x, targets, eps=eps, bias_factor=bias_factor, dtype="float64",
+                          layer_rules={"pick": "linear"})
+    oracles = [_DeclaredLinearSliceOracle(), OL.from_keras(lstm), OL.from_keras(dense, is_output=True)]
+    for o in oracles:
+        o.ctx = OL.Ctx(eps, bias_factor, "all")
+    r, rest, scores = OL.run_oracles(oracles, x, targets)
+    np.testing.assert_allclose(e.scores, scores, rtol=1e-10, atol=1e-12)
+    OL.assert_close_rel(e.relevance, r, 1e-8)
+    if eps == 0.0:
+        np.testing.assert_allclose(e.relevance.sum(axis=(1, 2)) + e.rest, e.explained_score, rtol=1e-8)
