@@ -286,17 +286,12 @@ def _read_shard(corpus: _Corpus, shard: _Shard) -> List[np.ndarray]:
 
 
 def _per_sample(value, n: int, name: str) -> Optional[np.ndarray]:
-    """None, an int, or one int per sequence -> None or int64 (n,)."""
+    """None, an int, or one int per sequence -> None or int64 (n,), checked as exact integers
+    (nothing wraps around; see :func:`keras_lrp.explainer._per_sample_ints`)."""
     if value is None:
         return None
-    t = np.asarray(value)
-    if t.dtype == object or not np.issubdtype(t.dtype, np.integer):
-        raise TypeError(f"{name} must be None, an int or one int per sequence, got {value!r}.")
-    if t.ndim == 0:
-        return np.full(n, int(t), np.int64)
-    if t.shape != (n,):
-        raise ValueError(f"{name} has shape {t.shape}; give one int per sequence ({n},) or a single int.")
-    return t.astype(np.int64)
+    from .explainer import _per_sample_ints
+    return _per_sample_ints(value, name, n)
 
 
 # ----------------------------------------------------------------------------------------- worker
