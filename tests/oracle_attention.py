@@ -237,6 +237,17 @@ class LayerNormOracle:
         return r_x, 0.0
 
 
+
+def diagonal_eps(x, w, c, y, r, ctx):
+    """Epsilon-rule through an element-wise affine map ``y = x w + c`` (N = 1), element by element."""
+    r_x = np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+        den = y[idx] + ctx.eps * sgn(y[idx])
+        if den != 0.0:
+            r_x[idx] = (x[idx] * w[idx] + ctx.bias_factor * (c[idx] + ctx.eps * sgn(y[idx]))) / den * r[idx]
+    return r_x
+
+
 class RMSNormOracle:
     """keras.layers.RMSNormalization on the last axis: y = x / sqrt(mean(x^2) + epsilon) * scale, the RMS
     held constant: y_k = x_k scale_k / rms (N = 1)."""
@@ -253,13 +264,7 @@ class RMSNormOracle:
         return self.y, mask
 
     def backward(self, r):
-        ctx, r_x = self.ctx, np.zeros_like(self.x)
-        for idx in np.ndindex(*self.x.shape):
-            y = self.y[idx]
-            den = y + ctx.eps * sgn(y)
-            if den != 0.0:
-                r_x[idx] = (self.x[idx] * self.w[idx] + ctx.bias_factor * ctx.eps * sgn(y)) / den * r[idx]
-        return r_x, 0.0
+        return diagonal_eps(self.x, self.w, np.zeros_like(self.x), self.y, r, self.ctx), 0.0
 
 
 class BatchNormOracle:
@@ -275,14 +280,9 @@ class BatchNormOracle:
         return self.y, mask
 
     def backward(self, r):
-        ctx, r_x = self.ctx, np.zeros_like(self.x)
-        for idx in np.ndindex(*self.x.shape):
-            y = self.y[idx]
-            den = y + ctx.eps * sgn(y)
-            if den != 0.0:
-                k = idx[-1]
-                r_x[idx] = (self.x[idx] * self.a[k] + ctx.bias_factor * (self.c[k] + ctx.eps * sgn(y))) / den * r[idx]
-        return r_x, 0.0
+        shape = self.x.shape
+        return diagonal_eps(self.x, np.broadcast_to(self.a, shape), np.broadcast_to(self.c, shape), self.y, r,
+                            self.ctx), 0.0
 
 
 class SimpleRNNCellOracle:

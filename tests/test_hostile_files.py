@@ -137,10 +137,15 @@ def _external_storage(secret):
     return edit
 
 
-def _external_link(tmp_path):
-    other = tmp_path / "other.h5"
-    with h5py.File(other, "w") as g:
+def _secret_source(path):
+    """An HDF5 file holding the secret's first 8 bytes as the dataset ``stolen``."""
+    with h5py.File(path, "w") as g:
         g.create_dataset("stolen", data=np.frombuffer(SECRET[:8], "float32"))
+    return path
+
+
+def _external_link(tmp_path):
+    other = _secret_source(tmp_path / "other.h5")
 
     def edit(f):
         name = _dense_bias(f)
@@ -157,9 +162,7 @@ def _soft_link(f):
 
 
 def _virtual(tmp_path):
-    other = tmp_path / "source.h5"
-    with h5py.File(other, "w") as g:
-        g.create_dataset("stolen", data=np.frombuffer(SECRET[:8], "float32"))
+    other = _secret_source(tmp_path / "source.h5")
 
     def edit(f):
         name = _dense_bias(f)

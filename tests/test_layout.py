@@ -94,6 +94,13 @@ def test_the_checker_sees_relative_imports():
     assert ("cli", "experiments") in edges and ("experiments", "sst") in edges and ("sst", "engine") in edges
 
 
+def _prints_ok(code: str) -> None:
+    """Run ``code`` in a fresh interpreter on this checkout; it must print exactly 'ok'."""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3"))
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 @pytest.mark.parametrize("first", ["import keras_lrp.explainer", "import keras_lrp.sst",
                                    "import keras_lrp.cli", "import keras_lrp.experiments", "pass"])
 def test_top_level_names_in_any_import_order(first):
@@ -103,17 +110,13 @@ def test_top_level_names_in_any_import_order(first):
             "assert inspect.isclass(LRP) and LRP is keras_lrp.explainer.LRP, LRP\n"
             "assert inspect.isfunction(load_pretrained), load_pretrained\n"
             "import keras_lrp\nassert keras_lrp.explain is explain\nprint('ok')")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3"))
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    _prints_ok(code)
 
 
 def test_reverse_order_explain_first():
     code = ("from keras_lrp import explain, LRP\nimport keras_lrp.explainer\n"
             "assert explain is keras_lrp.explainer.explain and LRP is keras_lrp.explainer.LRP\nprint('ok')")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3"))
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    _prints_ok(code)
 
 
 def test_importing_the_applications_does_not_import_tensorflow():
