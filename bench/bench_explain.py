@@ -1,12 +1,17 @@
-"""Speed of keras_lrp.explain relative to the model's own compiled forward pass, same process.
+"""Speed of keras_lrp.explain against the model's own baselines, same process (issue 12's tables).
 
-    python bench/bench_explain.py            # the README table
-    python bench/bench_explain.py --quick    # one small setting
+    python bench/bench_explain.py            # all tables of the README's Speed section
+    python bench/bench_explain.py --quick    # one small setting per table
 
-Prints, per setting: forward time (tf.function(model) on a tf.Tensor), explain time (LRP.attribute on
-the numpy batch, everything included), their ratio (target <= 3x), and sequences/s. Each timing is the
-median of --repeats calls after a warm-up call, the two calls interleaved so that a change of machine
-load affects both.
+Prints
+1. per README configuration (batch 256, float32): the model's compiled forward pass
+   (``tf.function(model)`` on a tf.Tensor), its compiled gradient x input (``tf.GradientTape`` through
+   the Keras model, the predicted class's score), ``LRP.attribute`` (numpy in, Explanation out,
+   everything included), explain / forward, explain / gradient x input, and sequences/s;
+2. interactive latency: one sequence (batch 1, T = 20), explain / forward, for the Bi-LSTM;
+3. float64 / float32: explain time in each dtype, same model and batch.
+Each timing is the median of --repeats calls after a warm-up call, the calls interleaved so that a
+change of machine load affects all alike.
 """
 import argparse
 import os
@@ -61,20 +66,53 @@ def build_model(arch, units, features, classes):
                             + [keras.layers.Dense(classes, use_bias=False)])
 
 
-def bench(T, units, arch="bilstm", batch=256, features=60, classes=5, repeats=5, dtype="float32", rule="all"):
+def gradient_x_input(model):
+    """The baseline: the Keras model's own gradient x input of the predicted class, compiled."""
+    @tf.function
+    def gxi(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = model(x)
+            score = tf.reduce_sum(tf.gather(out, tf.argmax(out, axis=-1, output_type=tf.int32), batch_dims=1))
+        return tape.gradient(score, x) * x
+    return gxi
+
+
+def setting(arch, T, units, batch, features=60, classes=5):
     keras.utils.set_random_seed(0)
     model = build_model(arch, units, features, classes)
     x = np.random.default_rng(0).standard_normal((batch, T, features)).astype("float32")
-    forward = tf.function(model)
-    xt = tf.constant(x)
-    explainer = keras_lrp.LRP(model, dtype=dtype, rule=rule)
-    return interleaved_medians([lambda: forward(xt).numpy(), lambda: explainer.attribute(x, batch_size=batch)],
-                               repeats)
+    return model, x
+
+
+def bench_ratios(arch, T, units, batch=256, repeats=5):
+    """(forward, gradient x input, explain) median seconds at float32."""
+    model, x = setting(arch, T, units, batch)
+    forward, gxi, xt = tf.function(model), gradient_x_input(model), tf.constant(x)
+    explainer = keras_lrp.LRP(model)
+    return interleaved_medians([lambda: forward(xt).numpy(), lambda: gxi(xt).numpy(),
+                                lambda: explainer.attribute(x, batch_size=batch)], repeats)
+
+
+def bench_latency(T=20, units=60, repeats=300):
+    """(forward, explain) median seconds for one sequence: the interactive case."""
+    model, x = setting("bilstm", T, units, 1)
+    forward, xt = tf.function(model), tf.constant(x)
+    explainer = keras_lrp.LRP(model)
+    return interleaved_medians([lambda: forward(xt).numpy(), lambda: explainer.attribute(x)], repeats)
+
+
+def bench_dtypes(arch, T, units, batch=256, repeats=5):
+    """(float32, float64) median seconds of explain."""
+    model, x = setting(arch, T, units, batch)
+    e32, e64 = keras_lrp.LRP(model, dtype="float32"), keras_lrp.LRP(model, dtype="float64")
+    return interleaved_medians([lambda: e32.attribute(x, batch_size=batch),
+                                lambda: e64.attribute(x, batch_size=batch)], repeats)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one small setting only")
+    parser.add_argument("--quick", action="store_true", help="one small setting per table")
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--only", choices=sorted(ARCHITECTURES) + ["bilstm_mha"], help="run one architecture's rows")
     args = parser.parse_args()
@@ -83,15 +121,40 @@ def main():
         ("stack3", 50, 60), ("bigru", 50, 60), ("bilstm_mha", 50, 60)]
     if args.only:
         settings = [s for s in settings if s[0] == args.only]
-    print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPUs; "
-          "bilstm = Bidirectional(LSTM(units)), stack3 = LSTM > Bidirectional(LSTM) > LSTM, bigru = Bidirectional(GRU(units)); "
-          "bilstm_mha = Bidirectional(LSTM(units, return_sequences)) > MultiHeadAttention(2 heads, key_dim 16) > "
-          "GlobalAveragePooling1D; each + Dense(5), batch 256, 60 features, float32, rule 'all'")
-    print(f"{'model':>10} {'T':>4} {'units':>5} {'forward s':>10} {'explain s':>10} {'ratio':>6} {'explain seq/s':>14}")
+    print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPUs, {cpu_name()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print("bilstm = Bidirectional(LSTM(units)), stack3 = LSTM > Bidirectional(LSTM) > LSTM, bigru = "
+          "Bidirectional(GRU(units)); bilstm_mha = Bidirectional(LSTM(units, return_sequences)) > "
+          "MultiHeadAttention(2 heads, key_dim 16) > GlobalAveragePooling1D; each + Dense(5), 60 features, rule 'all'")
+    print("\n1. batch 256, float32")
+    print(f"{'model':>10} {'T':>4} {'units':>5} {'forward s':>10} {'grad*in s':>10} {'explain s':>10} "
+          f"{'/forward':>9} {'/grad*in':>9} {'explain seq/s':>14}")
     for arch, T, units in settings:
-        t_fwd, t_lrp = bench(T, units, arch=arch, repeats=args.repeats)
-        print(f"{arch:>10} {T:>4} {units:>5} {t_fwd:>10.4f} {t_lrp:>10.4f} {t_lrp / t_fwd:>6.2f} {256 / t_lrp:>14.0f}",
-              flush=True)
+        t_fwd, t_gxi, t_lrp = bench_ratios(arch, T, units, repeats=args.repeats)
+        print(f"{arch:>10} {T:>4} {units:>5} {t_fwd:>10.4f} {t_gxi:>10.4f} {t_lrp:>10.4f} {t_lrp / t_fwd:>9.2f} "
+              f"{t_lrp / t_gxi:>9.2f} {256 / t_lrp:>14.0f}", flush=True)
+
+    print("\n2. one sequence (batch 1), bilstm, units 60, float32")
+    print(f"{'T':>4} {'forward ms':>11} {'explain ms':>11} {'ratio':>6}")
+    for T in [20] if args.quick else [20, 100]:
+        t_fwd, t_lrp = bench_latency(T, repeats=30 if args.quick else 300)
+        print(f"{T:>4} {1e3 * t_fwd:>11.3f} {1e3 * t_lrp:>11.3f} {t_lrp / t_fwd:>6.2f}", flush=True)
+
+    print("\n3. float64 / float32, batch 256")
+    print(f"{'model':>10} {'T':>4} {'units':>5} {'float32 s':>10} {'float64 s':>10} {'ratio':>6}")
+    for arch, T, units in [("bilstm", 20, 60)] if args.quick else [("bilstm", 20, 60), ("bilstm", 100, 60),
+                                                                      ("bilstm", 100, 256), ("bigru", 50, 60)]:
+        t32, t64 = bench_dtypes(arch, T, units, repeats=args.repeats)
+        print(f"{arch:>10} {T:>4} {units:>5} {t32:>10.4f} {t64:>10.4f} {t64 / t32:>6.2f}", flush=True)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 One direction at a time (a Bidirectional layer runs two independent loops, which TensorFlow may
 run in parallel), vectorised over the batch and kept time-major: tensors are (time, batch, .),
 the sequence in its processing order (reversed time for ``go_backwards``). Only the recurrence
-itself is a loop over time (``tf.scan``); everything that does not depend on it (input
+itself is a loop over time (``_time_loop``, a ``tf.while_loop``); everything that does not depend on it (input
 projections, denominators, input relevance) is computed for all timesteps at once.
 
 Shapes: x (time, batch, e); states (time, batch, d); mask (time, batch, 1) bool or None.
@@ -56,6 +56,45 @@ def _carry_where_masked(mask, new, old):
     return new if mask is None else tf.where(mask, new, old)
 
 
+def _time_loop(step: Callable, elems: Dict[str, tf.Tensor], carry: Tuple[tf.Tensor, ...], n_out: int,
+               reverse: bool = False,
+               differentiable: bool = False) -> Tuple[Tuple[tf.Tensor, ...], Tuple[tf.Tensor, ...]]:
+    """Run ``step(carry, e) -> (carry, outputs)`` over axis 0 (time) of the tensors in ``elems``.
+
+    Unlike ``tf.scan`` it stacks only the ``n_out`` outputs (not the carry). The relevance loops
+    (``differentiable=False``) read each step's slice of ``elems`` in place instead of first
+    copying them into tensor lists: less memory traffic and fewer allocations per call. The forward
+    loops are also differentiated (the gradient baselines): they read through tensor lists, whose
+    gradients are one slice per step (a slice's gradient would be a full-size tensor per step).
+    Outputs have the dtype of ``carry[0]``.
+
+    Returns:
+        ``(carry after the last step processed, outputs stacked to (time, ...))``; with ``reverse``
+        the loop runs from the last step to the first, outputs still indexed by time.
+    """
+    steps = tf.shape(next(iter(elems.values())))[0]
+    arrays = tuple(tf.TensorArray(carry[0].dtype, size=steps) for _ in range(n_out))
+    if differentiable:
+        lists = {k: tf.TensorArray(v.dtype, size=steps).unstack(v) for k, v in elems.items()}
+
+        def read(t):
+            return {k: v.read(t) for k, v in lists.items()}
+    else:
+        def read(t):
+            return {k: v[t] for k, v in elems.items()}
+
+    def body(t, carry, arrays):
+        carry, outs = step(carry, read(t))
+        return (t - 1 if reverse else t + 1), carry, tuple(a.write(t, o) for a, o in zip(arrays, outs))
+
+    def cond(t, carry, arrays):
+        return t >= 0 if reverse else t < steps
+
+    start = steps - 1 if reverse else tf.constant(0)
+    _, carry, arrays = tf.while_loop(cond, body, (start, tuple(carry), arrays))
+    return carry, tuple(a.stack() for a in arrays)
+
+
 def _input_relevance(x, m, w, share, mask):
     """``x * (m @ w.T) + share`` for all timesteps at once; exactly 0 at masked steps."""
     r = x * tf.einsum("tbm,em->tbe", m, w)
@@ -85,20 +124,19 @@ def lstm_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor, b
     d = recurrent_kernel.shape[0]
     keep = slice(2 * d, 3 * d) if gate_rule == "all" else slice(0, 4 * d)
     zeros = tf.zeros_like(xz[0, :, :d])
-    elems = (xz,) if mask is None else (xz, mask)
+    elems = {"xz": xz} if mask is None else {"xz": xz, "mask": mask}
 
     def step(carry, e):
-        h_tm1, c_tm1 = carry[0], carry[1]
-        z = e[0] + tf.matmul(h_tm1, recurrent_kernel)
+        h_tm1, c_tm1 = carry
+        z = e["xz"] + tf.matmul(h_tm1, recurrent_kernel)
         s = lstm_step(z, c_tm1, activation, recurrent_activation)
-        m = e[1] if mask is not None else None
-        out = (_carry_where_masked(m, s.h, h_tm1), _carry_where_masked(m, s.c, c_tm1), s.fc, s.ig, z[..., keep])
-        return out if gate_rule == "all" else out + (tf.concat([s.i, s.f, s.g, s.o], axis=-1),)
+        m = e.get("mask")
+        h, c = _carry_where_masked(m, s.h, h_tm1), _carry_where_masked(m, s.c, c_tm1)
+        out = (h, c, s.fc, s.ig, z[..., keep])
+        return (h, c), (out if gate_rule == "all" else out + (tf.concat([s.i, s.f, s.g, s.o], axis=-1),))
 
-    init = (zeros,) * 4 + (xz[0, :, keep],) + ((xz[0],) if gate_rule != "all" else ())
-    out = tf.scan(step, elems, initializer=init)
-    acts = dict(zip(("h", "c", "fc", "ig", "z", "gates"), out))
-    return acts
+    _, out = _time_loop(step, elems, (zeros, zeros), 5 if gate_rule == "all" else 6, differentiable=True)
+    return dict(zip(("h", "c", "fc", "ig", "z", "gates"), out))
 
 
 def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
@@ -153,7 +191,7 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
     zeros = tf.zeros_like(r_h_last)
 
     def step(carry, s):
-        r_h, r_c = carry[0], carry[1]
+        r_h, r_c = carry
         if r_h_seq is not None:
             r_h = r_h + s["r_h"]
         if gate_rule != "all":
@@ -179,18 +217,19 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
         # pre-activations -> [x_t, h_{t-1}]
         m_z = r_pre * s["inv_z"]
         r_h_prev = s["h_prev"] * tf.matmul(m_z, u, transpose_b=True)
-        share_z = bias_share(m_z, s["z"], b, eps, d + e) if share else zeros[..., :1]
-        r_h_prev = r_h_prev + share_z
+        share_z = None
+        if share:
+            share_z = bias_share(m_z, s["z"], b, eps, d + e)
+            r_h_prev = r_h_prev + share_z
         if mask is not None:
             m = s["mask"]
             r_h_prev = tf.where(m, r_h_prev, r_h)
             r_c_prev = tf.where(m, r_c_prev, r_c)
-        return r_h_prev, r_c_prev, m_z, share_z
+        return (r_h_prev, r_c_prev), ((m_z, share_z) if share else (m_z,))
 
-    init = (r_h_last, zeros, tf.zeros_like(z[0]), zeros[..., :1])
-    r_h0, r_c0, m_z, share_z = tf.scan(step, per_step, initializer=init, reverse=True)
-    rest = tf.reduce_sum(r_h0[0] + r_c0[0], axis=-1)
-    return _input_relevance(x, m_z, w, share_z if share else None, mask), rest
+    (r_h0, r_c0), out = _time_loop(step, per_step, (r_h_last, zeros), 2 if share else 1, reverse=True)
+    rest = tf.reduce_sum(r_h0 + r_c0, axis=-1)
+    return _input_relevance(x, out[0], w, out[1] if share else None, mask), rest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,11 +266,11 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activat
     if b_in is not None:
         xz = xz + b_in
     zeros = tf.zeros_like(xz[0, :, :d])
-    elems = (xz,) if mask is None else (xz, mask)
+    elems = {"xz": xz} if mask is None else {"xz": xz, "mask": mask}
 
     def step(carry, e):
         h_tm1 = carry[0]
-        x_z, x_r, x_h = tf.split(e[0], 3, axis=-1)
+        x_z, x_r, x_h = tf.split(e["xz"], 3, axis=-1)
         if reset_after:
             rec = tf.matmul(h_tm1, recurrent_kernel)
             if b_rec is not None:
@@ -250,13 +289,13 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activat
         hh = activation(pre_h)
         zh, zhh = zg * h_tm1, (1 - zg) * hh
         h = zh + zhh
-        m = e[1] if mask is not None else None
-        out = (_carry_where_masked(m, h, h_tm1), rg, pre_h, s_h, zh, zhh)
-        return out + ((zg, hh, tf.concat([pre_z, pre_r], axis=-1)) if gates else ())
+        h = _carry_where_masked(e.get("mask"), h, h_tm1)
+        out = (h, rg, pre_h, s_h, zh, zhh)
+        return (h,), out + ((zg, hh, tf.concat([pre_z, pre_r], axis=-1)) if gates else ())
 
-    init = (zeros,) * 6 + ((zeros, zeros, tf.concat([zeros, zeros], axis=-1)) if gates else ())
+    _, out = _time_loop(step, elems, (zeros,), 9 if gates else 6, differentiable=True)
     names = ("h", "rg", "pre_h", "s_h", "zh", "zhh", "zg", "hh", "pre_zr")
-    return dict(zip(names, tf.scan(step, elems, initializer=init)))
+    return dict(zip(names, out))
 
 
 def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilon,
@@ -354,16 +393,14 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
                 r_h_prev = r_h_prev + share_zr
         if mask is not None:
             r_h_prev = tf.where(s["mask"], r_h_prev, r_h)
-        outs = (r_h_prev, m_h, share_h + share_zr)
-        return outs + ((m_zr,) if gates else ())
+        return (r_h_prev,), (m_h, share_h + share_zr) + ((m_zr,) if gates else ())
 
-    init = (r_h_last, zeros, no_share) + ((tf.concat([zeros, zeros], -1),) if gates else ())
-    out = tf.scan(step, per_step, initializer=init, reverse=True)
-    r_h0, m_h, share_all = out[0], out[1], out[2]
-    rest = tf.reduce_sum(r_h0[0], axis=-1)
+    (r_h0,), out = _time_loop(step, per_step, (r_h_last,), 3 if gates else 2, reverse=True)
+    m_h, share_all = out[0], out[1]
+    rest = tf.reduce_sum(r_h0, axis=-1)
     r_x = _input_relevance(x, m_h, w_h, share_all if share else None, mask)
     if gates:
-        r_x = r_x + _input_relevance(x, out[3], w_zr, None, mask)
+        r_x = r_x + _input_relevance(x, out[2], w_zr, None, mask)
     return r_x, rest
 
 
@@ -386,16 +423,15 @@ def simple_rnn_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Ten
     xz = tf.einsum("tbe,ed->tbd", x, kernel)
     if bias is not None:
         xz = xz + bias
-    elems = (xz,) if mask is None else (xz, mask)
+    elems = {"xz": xz} if mask is None else {"xz": xz, "mask": mask}
 
     def step(carry, e):
         h_tm1 = carry[0]
-        z = e[0] + tf.matmul(h_tm1, recurrent_kernel)
-        h = activation(z)
-        return _carry_where_masked(e[1] if mask is not None else None, h, h_tm1), z
+        z = e["xz"] + tf.matmul(h_tm1, recurrent_kernel)
+        h = _carry_where_masked(e.get("mask"), activation(z), h_tm1)
+        return (h,), (h, z)
 
-    zeros = tf.zeros_like(xz[0])
-    h, z = tf.scan(step, elems, initializer=(zeros, zeros))
+    _, (h, z) = _time_loop(step, elems, (tf.zeros_like(xz[0]),), 2, differentiable=True)
     return {"h": h, "z": z}
 
 
@@ -440,9 +476,8 @@ def simple_rnn_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Te
         r_h_prev = s["h_prev"] * tf.matmul(m_z, recurrent_kernel, transpose_b=True) + share_z
         if mask is not None:
             r_h_prev = tf.where(s["mask"], r_h_prev, r_h)
-        return r_h_prev, m_z, share_z
+        return (r_h_prev,), (m_z, share_z)
 
-    r_h0, m_z, share_z = tf.scan(step, per_step, initializer=(r_h_last, tf.zeros_like(r_h_last), no_share),
-                                 reverse=True)
-    rest = tf.reduce_sum(r_h0[0], axis=-1)
+    (r_h0,), (m_z, share_z) = _time_loop(step, per_step, (r_h_last,), 2, reverse=True)
+    rest = tf.reduce_sum(r_h0, axis=-1)
     return _input_relevance(x, m_z, kernel, share_z if share else None, mask), rest

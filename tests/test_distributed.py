@@ -104,6 +104,48 @@ def test_resume_after_failed_worker_redoes_nothing(uninterrupted, token_model, c
     assert (out / "out.jsonl").read_bytes() == uninterrupted.path.read_bytes()
 
 
+KILLED_JOB = """
+import os, pathlib, signal, sys, threading, time
+import numpy as np
+from keras_lrp.distributed import explain_corpus
+
+model, corpus, out = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+
+
+def kill_after_two_shards():
+    while len(list((out / "shards").glob("*.done.json"))) < 2:
+        time.sleep(0.001)
+    os.killpg(0, signal.SIGKILL)        # the whole job: this driver and the Ray processes it started
+
+
+threading.Thread(target=kill_after_two_shards, daemon=True).start()
+explain_corpus(model, corpus, out, num_workers=1, shard_size=5, batch_size=4, eps=0.0, bias_factor=1.0,
+               dtype="float64")
+"""
+
+
+def test_resume_after_killed_job_gives_the_same_file(uninterrupted, token_model, corpus, tmp_path):
+    """SIGKILL to the driver and its Ray workers part way (no clean-up runs), then resume."""
+    assert SHARD == 5
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(ids) + "\n" for ids in corpus))
+    out = tmp_path / "run"
+    job = subprocess.run([sys.executable, "-c", KILLED_JOB, str(token_model), str(path), str(out)],
+                         capture_output=True, text=True, start_new_session=True, timeout=300)
+    assert job.returncode == -9, job.stderr[-2000:]
+    finished = {p.name: p.stat().st_mtime_ns for p in shard_files(out)}
+    assert 2 <= len(finished) < N // SHARD, sorted(finished)        # killed part way
+    assert not (out / "out.jsonl").exists()
+
+    resumed = explain_corpus(token_model, path, out, num_workers=2, shard_size=SHARD, batch_size=4, **SETTINGS)
+    assert sorted(resumed.reused + resumed.computed) == list(range(N // SHARD))
+    assert len(resumed.reused) >= 2
+    for name in (f"shard-{i:05d}.jsonl" for i in resumed.reused):   # verified and kept, not rewritten
+        assert (out / "shards" / name).stat().st_mtime_ns == finished[name], name
+    assert (out / "out.jsonl").read_bytes() == uninterrupted.path.read_bytes()
+    assert not list((out / "shards").glob(".*tmp"))
+
+
 def test_complete_run_is_not_recomputed_and_settings_are_checked(uninterrupted, token_model, corpus):
     out = uninterrupted.path.parent
     before = uninterrupted.path.read_bytes()

@@ -281,7 +281,7 @@ def test_over_long_inputs_refused_before_allocating():
 
 
 def test_long_sequences_use_fewer_rows_per_call_and_stay_batch_independent(model, monkeypatch):
-    monkeypatch.setattr(kex, "_STEPS_PER_CALL", 60)   # T = 20 -> one row per call instead of 32
+    monkeypatch.setattr(kex, "_LONG_STEPS", 19)   # T = 20 -> one row per call instead of 4
     x = np.random.default_rng(3).standard_normal((7, 20, 3))
     explainer = keras_lrp.Explainer(model, dtype="float64")
     rows = []
@@ -293,12 +293,32 @@ def test_long_sequences_use_fewer_rows_per_call_and_stay_batch_independent(model
 
     explainer._fn = spy
     ref = explainer.attribute(x, 1, batch_size=7)
-    assert rows and set(rows) == {1}, rows        # never 32 copies of a long sample
+    assert rows and set(rows) == {1}, rows        # never 4 copies of a long sample
     for bs in (1, 2, 5):
         e = explainer.attribute(x, 1, batch_size=bs)
         np.testing.assert_array_equal(e.relevance, ref.relevance, err_msg=f"batch_size={bs}")
         np.testing.assert_array_equal(e.rest, ref.rest)
     assert set(rows) == {1}
-    assert kex.Explainer._rows_per_call(1) == 32 and kex.Explainer._rows_per_call(2) == 1
-    monkeypatch.setattr(kex, "_STEPS_PER_CALL", kex._ROWS * 2048)
-    assert kex.Explainer._rows_per_call(2048) == 32 and kex.Explainer._rows_per_call(2049) == 1
+    assert kex.Explainer._rows_per_call(19) == 4 and kex.Explainer._rows_per_call(20) == 1
+    monkeypatch.setattr(kex, "_LONG_STEPS", 2048)
+    assert kex.Explainer._rows_per_call(2048) == 4 and kex.Explainer._rows_per_call(2049) == 1
+
+
+def test_longer_sequences_get_smaller_calls_and_stay_batch_independent(model):
+    """Adaptive chunking: rows x steps of one call stay under 12,800 (256 rows at 50 steps, 84 at 150),
+    but at least 64 rows."""
+    assert [kex.Explainer._chunk_rows(t) for t in (20, 50, 150, 200, 5000)] == [640, 256, 84, 64, 64]
+    x = np.random.default_rng(5).standard_normal((100, 150, 3))
+    explainer = keras_lrp.Explainer(model, dtype="float64")
+    rows = []
+    real = explainer._fn
+
+    def spy(x_, t_, s_):
+        rows.append(int(x_[0].shape[0]))
+        return real(x_, t_, s_)
+
+    explainer._fn = spy
+    e = explainer.attribute(x, 1, batch_size=256)
+    assert rows == [84, 16], rows               # 84 samples, then 16 (a multiple of 4)
+    alone = keras_lrp.Explainer(model, dtype="float64").attribute(x, 1, batch_size=1)
+    np.testing.assert_array_equal(e.relevance, alone.relevance)

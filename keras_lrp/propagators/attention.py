@@ -123,7 +123,14 @@ def _softmax(scores, mask, subtract: bool):
     if mask is not None:
         large = tf.constant(_LARGE, scores.dtype)
         scores = tf.where(mask, scores, scores - large if subtract else -large)
-    return tf.nn.softmax(scores, axis=-1)
+    # Padded with -inf (weight exactly 0) to a multiple of 8 along the softmax axis: TensorFlow's
+    # softmax kernel rounds a row differently depending on where it starts in memory unless every
+    # row starts at a multiple of the vector width; padded, a sample's weights do not depend on its
+    # position in the batch (bit-identical results across batch sizes).
+    keys = tf.shape(scores)[-1]
+    pad = -keys % 8
+    padding = tf.fill(tf.concat([tf.shape(scores)[:-1], [pad]], axis=0), tf.constant(-float("inf"), scores.dtype))
+    return tf.nn.softmax(tf.concat([scores, padding], axis=-1), axis=-1)[..., :keys]
 
 
 def _value_only(inputs, value_position: int, r_value) -> List[tf.Tensor]:
