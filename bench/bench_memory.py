@@ -14,6 +14,7 @@ The second table explains one batch of 256 sequences of --T steps (default 1,000
 after a small warm-up call, and prints each one's growth of peak resident memory during the call.
 """
 import argparse
+import pathlib
 import subprocess
 import sys
 
@@ -38,18 +39,14 @@ import os, resource, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras, numpy as np, tensorflow as tf, keras_lrp
 mode, T = sys.argv[1], int(sys.argv[2])
+sys.path.insert(0, sys.argv[3])
+from bench_explain import gradient_x_input
 keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((None, 60)), keras.layers.Bidirectional(keras.layers.LSTM(60)),
                           keras.layers.Dense(5, use_bias=False)])
 x = np.random.default_rng(0).standard_normal((256, T, 60)).astype("float32")
 if mode == "gradient x input":
-    @tf.function
-    def run(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = model(x)
-            score = tf.reduce_sum(tf.gather(out, tf.argmax(out, axis=-1, output_type=tf.int32), batch_dims=1))
-        return tape.gradient(score, x) * x
+    run = gradient_x_input(model)
     call = lambda a: run(tf.constant(a)).numpy()
 else:
     explainer = keras_lrp.LRP(model, dtype=mode.split()[-1])
@@ -66,7 +63,8 @@ def versus_gradient(T: int):
     print(f"{'method':>18} {'growth MiB':>11} {'/ gradient x input':>19}")
     growth = {}
     for mode in ("gradient x input", "explain float32", "explain float64"):
-        out = subprocess.run([sys.executable, "-c", VERSUS, mode, str(T)], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", VERSUS, mode, str(T), str(pathlib.Path(__file__).resolve().parent)],
+                             capture_output=True, text=True, check=True)
         base, peak = (int(v) / 1024 for v in out.stdout.split())
         growth[mode] = peak - base
         print(f"{mode:>18} {growth[mode]:>11.0f} {growth[mode] / growth['gradient x input']:>19.2f}", flush=True)
