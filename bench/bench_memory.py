@@ -37,14 +37,11 @@ print(base, peak)
 VERSUS = r"""
 import os, resource, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-import keras, numpy as np, tensorflow as tf, keras_lrp
+import tensorflow as tf, keras_lrp
 mode, T = sys.argv[1], int(sys.argv[2])
 sys.path.insert(0, sys.argv[3])
-from bench_explain import gradient_x_input
-keras.utils.set_random_seed(0)
-model = keras.Sequential([keras.Input((None, 60)), keras.layers.Bidirectional(keras.layers.LSTM(60)),
-                          keras.layers.Dense(5, use_bias=False)])
-x = np.random.default_rng(0).standard_normal((256, T, 60)).astype("float32")
+from bench_explain import gradient_x_input, setting
+model, x = setting("bilstm", T, 60, 256)
 if mode == "gradient x input":
     run = gradient_x_input(model)
     call = lambda a: run(tf.constant(a)).numpy()

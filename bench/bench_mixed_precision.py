@@ -9,11 +9,13 @@ forward caches, cast to float64, then the float64 walk's relevance pass) and pri
 1. its error against the golden relevances, next to full float64 and full float32;
 2. its time next to float32 and float64 on a batch of 256 sequences, T = 100.
 It is a measurement, not a product path: the engine does not offer this mode (see the README, Speed).
+It reads the golden cases through ``tests/conftest.py`` (needs the test extra: pytest).
 """
 import dataclasses
 import os
 import pathlib
 import statistics
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -24,9 +26,8 @@ import tensorflow as tf  # noqa: E402
 
 import keras_lrp  # noqa: E402
 
-GOLDEN = pathlib.Path(__file__).resolve().parent.parent / "tests" / "data" / "fixtures" / "arras2017_golden.npz"
-WEIGHT_KEYS = ["kernel_fw", "recurrent_kernel_fw", "bias_fw", "kernel_bw", "recurrent_kernel_bw", "bias_bw",
-               "dense_kernel"]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+from conftest import GOLDEN_WEIGHT_KEYS, data_file, golden_cases  # noqa: E402
 
 
 def to_float64(cache):
@@ -59,22 +60,15 @@ def mixed_explainer(model, eps, bias_factor, classes):
     return run
 
 
-def golden_cases(golden):
-    for i in range(len([k for k in golden if k.endswith("_x")]) // 2):
-        for setting in ("eps", "cons"):
-            p = f"{i}_{setting}_"
-            yield (setting, golden[p + "x"], int(golden[p + "target"]), float(golden[p + "eps"]),
-                   float(golden[p + "bias_factor"]), golden[p + "relevance"])
-
-
 def main():
-    golden = dict(np.load(GOLDEN))
+    golden = dict(np.load(data_file("fixtures/arras2017_golden.npz")))
     model = keras.Sequential([keras.Input((None, 60)), keras.layers.Bidirectional(keras.layers.LSTM(60)),
                               keras.layers.Dense(5, use_bias=False)])
-    model.set_weights([golden[k] for k in WEIGHT_KEYS])
+    model.set_weights([golden[k] for k in GOLDEN_WEIGHT_KEYS[:-1]])   # the Dense has no bias
     errors = {}
     mixed = {}
-    for setting, x, target, eps, bf, relevance in golden_cases(golden):
+    for name, x, target, eps, bf, _, relevance, _ in golden_cases(golden):
+        setting = name.split("_")[1]        # "eps" or "cons"
         run = mixed.setdefault((eps, bf), mixed_explainer(model, eps, bf, 5))
         results = {
             "float64": keras_lrp.explain(model, x[None], target, eps=eps, bias_factor=bf, dtype="float64").relevance[0],

@@ -345,8 +345,7 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
         per_step["r_h"] = r_h_seq
     if mask is not None:
         per_step["mask"] = mask
-    zeros = tf.zeros_like(r_h_last)
-    no_share = zeros[..., :1]
+    no_share = tf.zeros_like(r_h_last[..., :1])
 
     def step(carry, s):
         r_h = carry[0]
@@ -383,7 +382,6 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
             r_r, r_h_prev = gate_split(r_rh, s["rg"] if gates else None, s["h_prev"], gate_rule, eps)
         r_h_prev = r_h_prev + r_h_direct
         # gates (half / prop): [x_t, h_{t-1}] -> (pre_z, pre_r)
-        m_zr = zeros if not gates else None
         share_zr = no_share
         if gates:
             m_zr = tf.concat([r_z1 + r_z2, r_r], axis=-1) * s["inv_zr"]
@@ -393,14 +391,13 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
                 r_h_prev = r_h_prev + share_zr
         if mask is not None:
             r_h_prev = tf.where(s["mask"], r_h_prev, r_h)
-        return (r_h_prev,), (m_h, share_h + share_zr) + ((m_zr,) if gates else ())
+        return (r_h_prev,), (m_h,) + ((share_h + share_zr,) if share else ()) + ((m_zr,) if gates else ())
 
-    (r_h0,), out = _time_loop(step, per_step, (r_h_last,), 3 if gates else 2, reverse=True)
-    m_h, share_all = out[0], out[1]
+    (r_h0,), out = _time_loop(step, per_step, (r_h_last,), 1 + int(share) + int(gates), reverse=True)
     rest = tf.reduce_sum(r_h0, axis=-1)
-    r_x = _input_relevance(x, m_h, w_h, share_all if share else None, mask)
+    r_x = _input_relevance(x, out[0], w_h, out[1] if share else None, mask)
     if gates:
-        r_x = r_x + _input_relevance(x, out[2], w_zr, None, mask)
+        r_x = r_x + _input_relevance(x, out[-1], w_zr, None, mask)
     return r_x, rest
 
 
@@ -465,19 +462,21 @@ def simple_rnn_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Te
         per_step["r_h"] = r_h_seq
     if mask is not None:
         per_step["mask"] = mask
-    no_share = tf.zeros_like(r_h_last[..., :1])
 
     def step(carry, s):
         r_h = carry[0]
         if r_h_seq is not None:
             r_h = r_h + s["r_h"]
         m_z = r_h * s["inv_z"]
-        share_z = bias_share(m_z, s["z"], bias, eps, d + e) if share else no_share
-        r_h_prev = s["h_prev"] * tf.matmul(m_z, recurrent_kernel, transpose_b=True) + share_z
+        r_h_prev = s["h_prev"] * tf.matmul(m_z, recurrent_kernel, transpose_b=True)
+        share_z = None
+        if share:
+            share_z = bias_share(m_z, s["z"], bias, eps, d + e)
+            r_h_prev = r_h_prev + share_z
         if mask is not None:
             r_h_prev = tf.where(s["mask"], r_h_prev, r_h)
-        return (r_h_prev,), (m_z, share_z)
+        return (r_h_prev,), ((m_z, share_z) if share else (m_z,))
 
-    (r_h0,), (m_z, share_z) = _time_loop(step, per_step, (r_h_last,), 2, reverse=True)
+    (r_h0,), out = _time_loop(step, per_step, (r_h_last,), 2 if share else 1, reverse=True)
     rest = tf.reduce_sum(r_h0, axis=-1)
-    return _input_relevance(x, m_z, kernel, share_z if share else None, mask), rest
+    return _input_relevance(x, out[0], kernel, out[1] if share else None, mask), rest

@@ -105,11 +105,11 @@ def test_resume_after_failed_worker_redoes_nothing(uninterrupted, token_model, c
 
 
 KILLED_JOB = """
-import os, pathlib, signal, sys, threading, time
-import numpy as np
+import json, os, pathlib, signal, sys, threading, time
 from keras_lrp.distributed import explain_corpus
 
 model, corpus, out = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+shard_size, settings = int(sys.argv[4]), json.loads(sys.argv[5])
 
 
 def kill_after_two_shards():
@@ -119,18 +119,17 @@ def kill_after_two_shards():
 
 
 threading.Thread(target=kill_after_two_shards, daemon=True).start()
-explain_corpus(model, corpus, out, num_workers=1, shard_size=5, batch_size=4, eps=0.0, bias_factor=1.0,
-               dtype="float64")
+explain_corpus(model, corpus, out, num_workers=1, shard_size=shard_size, batch_size=4, **settings)
 """
 
 
 def test_resume_after_killed_job_gives_the_same_file(uninterrupted, token_model, corpus, tmp_path):
     """SIGKILL to the driver and its Ray workers part way (no clean-up runs), then resume."""
-    assert SHARD == 5
     path = tmp_path / "corpus.jsonl"
     path.write_text("".join(json.dumps(ids) + "\n" for ids in corpus))
     out = tmp_path / "run"
-    job = subprocess.run([sys.executable, "-c", KILLED_JOB, str(token_model), str(path), str(out)],
+    job = subprocess.run([sys.executable, "-c", KILLED_JOB, str(token_model), str(path), str(out), str(SHARD),
+                          json.dumps(SETTINGS)],
                          capture_output=True, text=True, start_new_session=True, timeout=300)
     assert job.returncode == -9, job.stderr[-2000:]
     finished = {p.name: p.stat().st_mtime_ns for p in shard_files(out)}
