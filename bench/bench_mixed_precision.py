@@ -72,7 +72,8 @@ def main():
         run = mixed.setdefault((eps, bf), mixed_explainer(model, eps, bf, 5))
         results = {
             "float64": keras_lrp.explain(model, x[None], target, eps=eps, bias_factor=bf, dtype="float64").relevance[0],
-            "float32 forward + float64 relevance": run(tf.constant(x[None], tf.float32), tf.constant([target])).numpy()[0],
+            "float32 forward + float64 relevance":
+                run(tf.constant(x[None], tf.float32), tf.constant([target])).numpy()[0],
             "float32": keras_lrp.explain(model, x[None], target, eps=eps, bias_factor=bf, dtype="float32").relevance[0]}
         for name, r in results.items():
             errors.setdefault((setting, name), []).append(np.abs(r - relevance).max() / np.abs(relevance).max())

@@ -95,6 +95,17 @@ def _time_loop(step: Callable, elems: Dict[str, tf.Tensor], carry: Tuple[tf.Tens
     return carry, tuple(a.stack() for a in arrays)
 
 
+def _to_previous_state(m_z, h_prev, u, z, bias, eps: Epsilon, fan_in: int):
+    """Epsilon-rule of a pre-activation ``z = x_t W + h_{t-1} U + b`` onto ``h_{t-1}``, given its
+    message ``m_z = R / (z + eps sign(z))``: ``(relevance of h_{t-1}, the per-unit bias share or
+    None)``. The same share goes to ``x_t`` (see :func:`_input_relevance`)."""
+    r_h_prev = h_prev * tf.matmul(m_z, u, transpose_b=True)
+    if not eps.has_bias_share:
+        return r_h_prev, None
+    share = bias_share(m_z, z, bias, eps, fan_in)
+    return r_h_prev + share, share
+
+
 def _input_relevance(x, m, w, share, mask):
     """``x * (m @ w.T) + share`` for all timesteps at once; exactly 0 at masked steps."""
     r = x * tf.einsum("tbm,em->tbe", m, w)
@@ -216,11 +227,7 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
             r_pre = tf.concat([r_i, r_f, r_g, r_o], axis=-1)
         # pre-activations -> [x_t, h_{t-1}]
         m_z = r_pre * s["inv_z"]
-        r_h_prev = s["h_prev"] * tf.matmul(m_z, u, transpose_b=True)
-        share_z = None
-        if share:
-            share_z = bias_share(m_z, s["z"], b, eps, d + e)
-            r_h_prev = r_h_prev + share_z
+        r_h_prev, share_z = _to_previous_state(m_z, s["h_prev"], u, s.get("z"), b, eps, d + e)
         if mask is not None:
             m = s["mask"]
             r_h_prev = tf.where(m, r_h_prev, r_h)
@@ -468,11 +475,7 @@ def simple_rnn_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Te
         if r_h_seq is not None:
             r_h = r_h + s["r_h"]
         m_z = r_h * s["inv_z"]
-        r_h_prev = s["h_prev"] * tf.matmul(m_z, recurrent_kernel, transpose_b=True)
-        share_z = None
-        if share:
-            share_z = bias_share(m_z, s["z"], bias, eps, d + e)
-            r_h_prev = r_h_prev + share_z
+        r_h_prev, share_z = _to_previous_state(m_z, s["h_prev"], recurrent_kernel, s.get("z"), bias, eps, d + e)
         if mask is not None:
             r_h_prev = tf.where(s["mask"], r_h_prev, r_h)
         return (r_h_prev,), ((m_z, share_z) if share else (m_z,))
