@@ -99,8 +99,7 @@ class Explainer:
         self.has_time_axis = len(out_shape) == 3
         specs = [tf.TensorSpec((None,) + tuple(shape[1:]), tf.int32 if ids else dtype)
                  for shape, ids in zip(self.input_shapes, self._ids)]
-        # Traced once here; calling the concrete function skips tf.function's per-call argument
-        # binding (~0.4 ms, a fifth of a one-sentence explanation).
+        # Traced once here, so that a call skips tf.function's dispatch (see _call_compiled).
         self._fn = tf.function(
             self._run, input_signature=[specs, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)]
         ).get_concrete_function()
@@ -231,8 +230,18 @@ class Explainer:
 
         def padded(a):
             return tf.constant(np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a)
-        relevance, *rest = self._fn([padded(a) for a in x], padded(t), padded(steps))
+        relevance, *rest = self._call_compiled([padded(a) for a in x], padded(t), padded(steps))
         return [[r.numpy()[:n] for r in relevance]] + [a.numpy()[:n] for a in rest]
+
+    def _call_compiled(self, xs: list, target: tf.Tensor, timestep: tf.Tensor):
+        """The traced function on tensors already checked against its signature. Its flat call
+        skips the concrete function's argument binding, ~0.4 ms: a fifth of a one-sentence
+        explanation at T = 20 (``ConcreteFunction._call_flat`` is private; where a TensorFlow
+        version lacks it, the public call is used)."""
+        call_flat = getattr(self._fn, "_call_flat", None)
+        if call_flat is None:
+            return self._fn(xs, target, timestep)
+        return call_flat(list(xs) + [target, timestep], self._fn.captured_inputs)
 
     def _split_inputs(self, inputs) -> list:
         """``inputs`` as one array per model input: an array (single-input models), a list / tuple
