@@ -149,6 +149,39 @@ def test_errors_are_one_line_without_traceback(files, args, stdin, message, call
     assert lines[0].startswith("keras-lrp: error:") and message in lines[0], lines[0]
 
 
+def test_fixed_length_model_is_explained_with_its_padding_shown(files, tmp_path, call):
+    """A model with a fixed time axis gets each sentence padded with id 0, shown as <pad> (the model
+    sees it); a longer sentence is refused with the length it takes."""
+    keras.utils.set_random_seed(0)
+    fixed = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(len(WORDS) + 2, 4),
+                              keras.layers.LSTM(3), keras.layers.Dense(2)])
+    fixed.save(tmp_path / "fixed.keras")
+    out = tmp_path / "f.jsonl"
+    r = call("explain", "--model", str(tmp_path / "fixed.keras"), "--vocab", str(files / "vocab.json"),
+             "--json", str(out), stdin="i love it\nthe movie is boring\n")
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert recs[0]["tokens"] == ["i", "love", "it", "<pad>", "<pad>", "<pad>"]
+    assert recs[1]["tokens"] == ["the", "movie", "is", "boring", "<pad>", "<pad>"]
+    assert all(len(rec["relevance"]) == 6 for rec in recs)
+    r = call("explain", "i hate the movie though the plot", "--model", str(tmp_path / "fixed.keras"),
+             "--vocab", str(files / "vocab.json"))
+    assert r.returncode == 1 and "takes exactly 6" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sentence_without_tokens_is_refused_before_explaining(files, tmp_path, call, monkeypatch):
+    import keras_lrp
+
+    def no_explaining(*args, **kwargs):
+        raise AssertionError("explained before the input was checked")
+    monkeypatch.setattr(keras_lrp, "explain_text", no_explaining)
+    # a word_index JSON splits as Keras' Tokenizer does, whose filters drop punctuation
+    (tmp_path / "wi.json").write_text(json.dumps({w: i + 1 for i, w in enumerate(WORDS)}))
+    r = call("explain", "--model", str(files / "tokens.keras"), "--vocab", str(tmp_path / "wi.json"),
+             stdin="i love it\n?!\n")
+    assert r.returncode == 2 and "sentence 2 has no tokens" in r.stderr, r.stderr
+
+
 def test_vocabulary_larger_than_embedding_is_refused(files, tmp_path, call):
     Vocabulary(WORDS + [f"w{i}" for i in range(50)]).save(tmp_path / "big.json")
     r = call("explain", "i love it", "--model", str(files / "tokens.keras"), "--vocab", str(tmp_path / "big.json"))

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 
@@ -38,21 +38,14 @@ class ExplainJob:
 
 @dataclass
 class TextModel:
-    """What the CLI needs to explain text: a model, a vocabulary, optionally an embedding matrix."""
+    """What the CLI needs to explain text: a model, a vocabulary, optionally an embedding matrix
+    (the model object :func:`keras_lrp.explain_text` takes)."""
 
     model: object
     vocabulary: object
     tokenizer: object
     embeddings: Optional[np.ndarray]      # None when the model starts with its own Embedding
     class_names: List[str]
-
-    def encode(self, tokens: Sequence[str]):
-        """``(x, oov)``: x (1, time) ids or (1, time, emb_dim) vectors; oov (time,) bool."""
-        ids, oov = self.vocabulary.encode(tokens)
-        x = np.asarray(ids, np.int32)[None]
-        if self.embeddings is not None:
-            x = self.embeddings[x]
-        return x, np.asarray(oov, bool)
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -229,28 +222,24 @@ def _explain_text(job: ExplainJob, chunk: int) -> int:
     if args.engine == "ray":
         from .corpus import explain_text_corpus
         return explain_text_corpus(job, tm, target)
-    tokenized = [tm.tokenizer.tokenize(s) for s in sentences]
-    empty = [i for i, t in enumerate(tokenized) if not t]
-    if empty:
-        raise UsageError(f"sentence {empty[0] + 1} has no tokens after tokenization: {sentences[empty[0]]!r}")
-    results: List[Optional[dict]] = [None] * len(sentences)
+    empty = next((i for i, s in enumerate(sentences) if not tm.tokenizer.tokenize(s)), None)
+    if empty is not None:   # before any explaining; explain_text would say it chunk by chunk
+        raise UsageError(f"sentence {empty + 1} has no tokens after tokenization: {sentences[empty]!r}")
+    results: List[dict] = []
     bar = ProgressBar(len(sentences), "sentence", enabled=len(sentences) > 1 and not args.quiet)
     chunk = max(4 * args.batch_size, chunk)
     json_file = open(job.outputs.tmp("json"), "w", encoding="utf-8") if "json" in job.outputs else None
     try:
-        # Input-order chunks (so JSON lines are written as they are done); inside a chunk, sentences
-        # of equal length are explained together: no padding, so nothing depends on the batch.
+        # Input-order chunks, so that JSON lines are written as they are done. explain_text explains
+        # the sentences of one length together, unpadded: nothing depends on the other sentences.
         for start in range(0, len(sentences), chunk):
-            indices = sorted(range(start, min(start + chunk, len(sentences))), key=lambda i: len(tokenized[i]))
-            for group in _equal_length_groups(indices, tokenized, args.batch_size):
-                encoded = [tm.encode(tokenized[j]) for j in group]
-                e = keras_lrp.explain(tm.model, np.concatenate([x for x, _ in encoded]), target,
-                                      **_explain_kwargs(args))
-                for k, j in enumerate(group):
-                    results[j] = _record(sentences[j], tokenized[j], encoded[k][1], e, k, tm.class_names, args)
-                bar.add(len(group))
+            e = keras_lrp.explain_text(tm, sentences[start:start + chunk], target=target,
+                                       batch_size=args.batch_size, verbose=False, **_explain_kwargs(args))
+            records = [_record(e, k, args) for k in range(len(e.texts))]
+            results.extend(records)
+            bar.add(len(records))
             if json_file is not None:
-                for r in results[start:start + chunk]:
+                for r in records:
                     json_file.write(json.dumps(r) + "\n")
                 json_file.flush()
     finally:
@@ -284,24 +273,15 @@ def _report(args, lines) -> None:
                 print(line, file=sys.stderr)
 
 
-def _equal_length_groups(indices, tokenized, batch_size):
-    group: List[int] = []
-    for j in indices:
-        if group and (len(tokenized[j]) != len(tokenized[group[0]]) or len(group) == batch_size):
-            yield group
-            group = []
-        group.append(j)
-    if group:
-        yield group
-
-
-def _record(text, tokens, oov, e, k, names, args) -> dict:
-    scores = e.scores[k]
+def _record(e, k: int, args) -> dict:
+    """The JSON line of text ``k`` of ``explain_text``'s Explanation ``e``."""
+    tokens, names, scores = e.tokens[k], e.class_names, e.scores[k]
     pred = int(np.argmax(scores))
-    return {"text": text, "tokens": tokens, "relevance": [float(v) for v in e.word_relevance[k]],
+    return {"text": e.texts[k], "tokens": tokens,
+            "relevance": [float(v) for v in e.word_relevance[k][:len(tokens)]],
             "scores": {n: float(s) for n, s in zip(names, scores)}, "prediction": names[pred],
             "target": names[int(e.target[k])], "target_index": int(e.target[k]),
-            "oov_tokens": [t for t, o in zip(tokens, oov) if o], "method": args.method,
+            "oov_tokens": [t for t, o in zip(tokens, e.oov[k]) if o], "method": args.method,
             "rule": args.rule if args.method == "lrp" else None,
             "eps": args.eps, "bias_factor": args.bias_factor}
 
