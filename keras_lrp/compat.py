@@ -96,15 +96,6 @@ def _time_major(a) -> tf.Tensor:
     return _f64(np.asarray(a).swapaxes(0, 1))
 
 
-def _f64(a) -> tf.Tensor:
-    return tf.constant(np.asarray(a, np.float64))
-
-
-def _time_major(a) -> tf.Tensor:
-    """(batch, T, .) array -> (T, batch, .) float64 tensor."""
-    return _f64(np.asarray(a).swapaxes(0, 1))
-
-
 def _print_local_diff(layer_name, r_out_sum: float, r_in_sum: float) -> None:
     """The seed's debug line: relevance entering minus relevance leaving a layer."""
     print("{} local diff: ".format(layer_name), r_out_sum - r_in_sum)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Optional, Union
 
-from .rules import LINEAR_RULES, AlphaBeta, Epsilon, Gamma, GateRule, LinearRule, ZPlus, as_gate_rule
+from .rules import LINEAR_RULES, AlphaBeta, Gamma, GateRule, LinearRule, ZPlus, as_gate_rule
 
 __all__ = ["Composite", "RULE_NAMES", "as_composite", "LAYER_RULE_KEY"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import keras
 import numpy as np

@@ -1,7 +1,6 @@
 """Hostile inputs: text paths linear and iterative, long sequences refused before allocating,
 integer options checked exactly (no int32 wrap-around), finiteness checked in the compute dtype,
 numpy scalars accepted for eps / bias_factor."""
-import json
 import os
 import resource
 import time
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import re
 from typing import List
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import keras_lrp
