@@ -30,9 +30,10 @@ _ROWS = 4    # compiled calls see batches of a multiple of this many rows (see E
 # sample is not copied to _ROWS rows (see Explainer._rows_per_call).
 _LONG_STEPS = 2048
 # Rows x time steps of one compiled call at most (adaptive chunking, Explainer._chunk_rows): keeps
-# the (time, rows, 4 units) tensors of long sequences cache- and allocator-friendly; but at least
+# the (time, rows, 4 units) tensors of long sequences cache- and allocator-friendly, and the peak
+# memory below gradient x input's from 50 steps on (bench/bench_memory.py); but at least
 # _MIN_CHUNK rows, since every call walks all time steps one after the other.
-_ROW_STEPS_PER_CALL = 256 * 50
+_ROW_STEPS_PER_CALL = 128 * 50
 _MIN_CHUNK = 64
 #: Default longest input sequence (time steps) explained; raise it with ``max_length=``.
 MAX_LENGTH = 100_000
@@ -218,7 +219,7 @@ class Explainer:
     @staticmethod
     def _chunk_rows(steps: int) -> int:
         """Samples per compiled call for sequences of ``steps`` time steps: a multiple of ``_ROWS``
-        with ``rows x steps <= _ROW_STEPS_PER_CALL`` (256 rows at 50 steps, 84 at 150), at least
+        with ``rows x steps <= _ROW_STEPS_PER_CALL`` (128 rows at 50 steps, 80 at 80), at least
         ``_MIN_CHUNK``. Smaller calls for longer sequences keep each whole-sequence tensor small."""
         return max(_MIN_CHUNK, _ROW_STEPS_PER_CALL // max(int(steps), 1) // _ROWS * _ROWS)
 

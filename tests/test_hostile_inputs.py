@@ -304,9 +304,9 @@ def test_long_sequences_use_fewer_rows_per_call_and_stay_batch_independent(model
 
 
 def test_longer_sequences_get_smaller_calls_and_stay_batch_independent(model):
-    """Adaptive chunking: rows x steps of one call stay under 12,800 (256 rows at 50 steps, 84 at 150),
+    """Adaptive chunking: rows x steps of one call stay under 6,400 (128 rows at 50 steps, 80 at 80),
     but at least 64 rows."""
-    assert [kex.Explainer._chunk_rows(t) for t in (20, 50, 150, 200, 5000)] == [640, 256, 84, 64, 64]
+    assert [kex.Explainer._chunk_rows(t) for t in (20, 50, 80, 200, 5000)] == [320, 128, 80, 64, 64]
     x = np.random.default_rng(5).standard_normal((100, 150, 3))
     explainer = keras_lrp.Explainer(model, dtype="float64")
     rows = []
@@ -318,6 +318,6 @@ def test_longer_sequences_get_smaller_calls_and_stay_batch_independent(model):
 
     explainer._fn = spy
     e = explainer.attribute(x, 1, batch_size=256)
-    assert rows == [84, 16], rows               # 84 samples, then 16 (a multiple of 4)
+    assert rows == [64, 36], rows               # 64 samples, then 36 (a multiple of 4)
     alone = keras_lrp.Explainer(model, dtype="float64").attribute(x, 1, batch_size=1)
     np.testing.assert_array_equal(e.relevance, alone.relevance)

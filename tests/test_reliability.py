@@ -6,6 +6,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import keras_lrp
@@ -69,6 +70,33 @@ def test_bit_identical_across_batch_sizes_with_attention_over_odd_lengths():
     for bs in (1, 3, 7):
         e = explainer.attribute(x, 1, batch_size=bs)
         np.testing.assert_array_equal(e.relevance, ref.relevance, err_msg=f"batch_size={bs}")
+
+
+def test_flat_call_equals_the_public_call_and_reads_weights_live():
+    """The compiled function is called through ConcreteFunction._call_flat (a private TensorFlow API,
+    for latency): with two inputs it must give what the public call gives, bit for bit, and see
+    weights changed after the explainer was built."""
+    keras.utils.set_random_seed(5)
+    a, b = keras.Input((None, 4), name="a"), keras.Input((None, 3), name="b")
+    h = L.Concatenate()([L.LSTM(5)(a), L.GRU(4)(b)])
+    model = keras.Model([a, b], L.Dense(3)(h))
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal((5, 7, 4)), rng.standard_normal((5, 7, 3))]
+    explainer = keras_lrp.LRP(model, dtype="float64")
+    assert hasattr(explainer._fn, "_call_flat"), "this TensorFlow has no flat call: the public one is used"
+    tensors = [tf.constant(np.concatenate([x, x[-3:]])) for x in xs]     # 8 rows, a multiple of 4
+    t, s = tf.constant(np.full(8, 1, np.int32)), tf.constant(np.zeros(8, np.int32))
+    flat, public = explainer._call_compiled(tensors, t, s), explainer._fn(tensors, t, s)
+    for got, want in zip(tf.nest.flatten(flat), tf.nest.flatten(public)):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    before = explainer.attribute(xs, 1)
+    model.set_weights([w * 1.5 for w in model.get_weights()])
+    after = explainer.attribute(xs, 1)
+    fresh = keras_lrp.LRP(model, dtype="float64").attribute(xs, 1)
+    np.testing.assert_array_equal(after.scores, fresh.scores)
+    for got, want, old in zip(after.relevance, fresh.relevance, before.relevance):
+        np.testing.assert_array_equal(got, want)
+        assert not np.allclose(got, old)
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
