@@ -83,7 +83,8 @@ def test_flat_call_equals_the_public_call_and_reads_weights_live():
     rng = np.random.default_rng(6)
     xs = [rng.standard_normal((5, 7, 4)), rng.standard_normal((5, 7, 3))]
     explainer = keras_lrp.LRP(model, dtype="float64")
-    assert hasattr(explainer._fn, "_call_flat"), "this TensorFlow has no flat call: the public one is used"
+    if not hasattr(explainer._fn, "_call_flat"):
+        pytest.skip("this TensorFlow has no ConcreteFunction._call_flat: explain uses the public call")
     tensors = [tf.constant(np.concatenate([x, x[-3:]])) for x in xs]     # 8 rows, a multiple of 4
     t, s = tf.constant(np.full(8, 1, np.int32)), tf.constant(np.zeros(8, np.int32))
     flat, public = explainer._call_compiled(tensors, t, s), explainer._fn(tensors, t, s)
