@@ -352,7 +352,6 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
         per_step["r_h"] = r_h_seq
     if mask is not None:
         per_step["mask"] = mask
-    no_share = tf.zeros_like(r_h_last[..., :1])
 
     def step(carry, s):
         r_h = carry[0]
@@ -369,7 +368,6 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
                                 gate_rule, eps)
         # pre_h = x W_h + [b_in] + (P = r * s_h)   or   x W_h + (r h) U_h + b
         m_h = r_hh * s["inv_pre_h"]
-        share_h = no_share
         if reset_after:
             p = s["rg"] * s["s_h"]
             r_p = p * m_h
@@ -389,7 +387,6 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
             r_r, r_h_prev = gate_split(r_rh, s["rg"] if gates else None, s["h_prev"], gate_rule, eps)
         r_h_prev = r_h_prev + r_h_direct
         # gates (half / prop): [x_t, h_{t-1}] -> (pre_z, pre_r)
-        share_zr = no_share
         if gates:
             m_zr = tf.concat([r_z1 + r_z2, r_r], axis=-1) * s["inv_zr"]
             r_h_prev = r_h_prev + s["h_prev"] * tf.matmul(m_zr, u_zr, transpose_b=True)
@@ -398,7 +395,10 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
                 r_h_prev = r_h_prev + share_zr
         if mask is not None:
             r_h_prev = tf.where(s["mask"], r_h_prev, r_h)
-        return (r_h_prev,), (m_h,) + ((share_h + share_zr,) if share else ()) + ((m_zr,) if gates else ())
+        outs = (m_h,)
+        if share:   # x_t's bias share: from pre_h's map, plus the gates' map (half / prop)
+            outs += (share_h + share_zr if gates else share_h,)
+        return (r_h_prev,), outs + ((m_zr,) if gates else ())
 
     (r_h0,), out = _time_loop(step, per_step, (r_h_last,), 1 + int(share) + int(gates), reverse=True)
     rest = tf.reduce_sum(r_h0, axis=-1)

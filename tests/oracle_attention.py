@@ -237,7 +237,6 @@ class LayerNormOracle:
         return r_x, 0.0
 
 
-
 def diagonal_eps(x, w, c, y, r, ctx):
     """Epsilon-rule through an element-wise affine map ``y = x w + c`` (N = 1), element by element."""
     r_x = np.zeros_like(x)
