@@ -11,10 +11,11 @@ import numpy as np
 import tensorflow as tf
 
 from .composites import Composite, as_composite
-from .explanation import Explanation, output_activation
+from .explanation import Explanation
 from .graph import model_graph
 from .propagators import Context
 from .rules import Epsilon, as_gate_rule
+from .selfcheck import self_check
 from .walk import Walk
 
 __all__ = ["Explanation", "Explainer", "LRP", "explain", "METHODS"]
@@ -62,11 +63,20 @@ class Explainer:
         max_length: the longest input sequence (time steps) explained, 100_000 by default;
             longer inputs raise a ValueError before anything is allocated (memory grows with
             time x units). Raise it for long time series.
+        self_check: the first :meth:`attribute` call compares the model output of the explainer's
+            forward pass with ``model(x)`` on that batch and raises
+            :class:`~keras_lrp.selfcheck.SelfCheckError`, naming the first layer that computes
+            differently from Keras, when they disagree (:mod:`keras_lrp.selfcheck`). True by default.
     """
 
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
                  dtype: str = "float32", rule: str = "all", method: str = "lrp",
-                 layer_rules: Union[None, dict, Composite] = None, max_length: int = MAX_LENGTH):
+                 layer_rules: Union[None, dict, Composite] = None, max_length: int = MAX_LENGTH,
+                 self_check: bool = True):
+        if not isinstance(self_check, (bool, np.bool_)):
+            raise TypeError(f"self_check must be True or False, got {self_check!r}.")
+        #: whether the first attribute() call still has to compare the forward pass with the model's
+        self._checked = not self_check
         if isinstance(max_length, (bool, np.bool_)) or not isinstance(max_length, (int, np.integer)) \
                 or max_length < 1:
             raise ValueError(f"max_length must be a positive integer (time steps), got {max_length!r}.")
@@ -105,6 +115,12 @@ class Explainer:
             self._run, input_signature=[specs, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)]
         ).get_concrete_function()
 
+    @property
+    def _probability_activation(self) -> Optional[str]:
+        """"softmax" / "sigmoid" when the model outputs probabilities of the explained scores."""
+        name = self._walk.output_activation
+        return name if name in ("softmax", "sigmoid") else None
+
     def _scores(self, out, timestep):
         if not self.has_time_axis:
             return out, timestep
@@ -123,7 +139,7 @@ class Explainer:
         else:
             r_out = r_scores
         relevance, rest = self._walk.relevance(caches, r_out)
-        return self._fill(relevance, scores), scores, target, rest, timestep
+        return self._fill(relevance, scores), scores, target, rest, timestep, self._walk.model_output(out)
 
     @staticmethod
     def _fill(relevance, scores):
@@ -137,6 +153,7 @@ class Explainer:
         with tf.GradientTape() as tape:
             tape.watch(watched)
             out, _, _ = self._walk.forward(xs, starts=starts)
+            model_out = self._walk.model_output(out)
             scores, timestep = self._scores(out, timestep)
             target = tf.where(target < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), target)
             explained = tf.reduce_sum(tf.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores)
@@ -144,7 +161,7 @@ class Explainer:
         by_input = dict(zip([i for i, s in enumerate(starts) if s is not None], grads))
         relevance = [None if s is None else (by_input[i] * s if self.method == "gi" else by_input[i] ** 2)
                      for i, s in enumerate(starts)]
-        return self._fill(relevance, scores), scores, target, tf.zeros_like(scores[:, 0]), timestep
+        return self._fill(relevance, scores), scores, target, tf.zeros_like(scores[:, 0]), timestep, model_out
 
     def attribute(self, inputs, target: Target = None, timestep=None, batch_size: int = 256,
                   verbose: Optional[bool] = None) -> Explanation:
@@ -170,8 +187,11 @@ class Explainer:
         bar = keras.utils.Progbar(n, unit_name="sample") if progress_wanted(verbose, n, batch_size) else None
         parts = []
         for i in range(0, n, batch_size):
-            parts.append(self._call_padded([x[i:i + batch_size] for x in xs], t[i:i + batch_size],
-                                           steps[i:i + batch_size]))
+            batch = [x[i:i + batch_size] for x in xs]
+            parts.append(self._call_padded(batch, t[i:i + batch_size], steps[i:i + batch_size]))
+            if not self._checked:
+                self_check(self._walk, self.model, batch, parts[-1][5], self.multi_input)
+                self._checked = True
             if bar is not None:
                 bar.update(min(i + batch_size, n), finalize=i + batch_size >= n)
         relevances = [np.concatenate([p[0][j] for p in parts]) for j in range(len(xs))]
@@ -188,7 +208,7 @@ class Explainer:
                           "a larger eps, or rule='all'.", RuntimeWarning, stacklevel=2)
         return Explanation(relevance=relevance, scores=scores, target=target_out.astype(np.int64), rest=rest,
                            timestep=step_out.astype(np.int64) if self.has_time_axis else None,
-                           method=self.method, output_activation=output_activation(self.model))
+                           method=self.method, output_activation=self._probability_activation)
 
     def _call_padded(self, x, t, steps):
         """Compiled calls on chunks of the batch, each padded to a multiple of ``rows`` rows
@@ -423,9 +443,9 @@ class LRP(Explainer):
 
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
                  dtype: str = "float32", rule: str = "all", layer_rules: Union[None, dict, Composite] = None,
-                 max_length: int = MAX_LENGTH):
+                 max_length: int = MAX_LENGTH, self_check: bool = True):
         super().__init__(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method="lrp",
-                         layer_rules=layer_rules, max_length=max_length)
+                         layer_rules=layer_rules, max_length=max_length, self_check=self_check)
 
 
 # The most recently used explainers, so that repeated explain() calls reuse the compiled function.
@@ -438,7 +458,7 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
             bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32",
             batch_size: int = 256, method: str = "lrp",
             layer_rules: Union[None, dict, Composite] = None, verbose: Optional[bool] = None,
-            max_length: int = MAX_LENGTH) -> Explanation:
+            max_length: int = MAX_LENGTH, self_check: bool = True) -> Explanation:
     """Explain a model's outputs with LRP (Arras et al. 2017).
 
     Args:
@@ -460,17 +480,20 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
             batch on an interactive stdout (terminal or Jupyter).
         max_length: the longest input sequence (time steps) explained (default 100_000); longer
             inputs raise a ValueError before anything is allocated.
+        self_check: compare the explainer's forward pass with the model's output on the first batch
+            an explainer sees (see :class:`Explainer`).
 
     Returns:
         :class:`~keras_lrp.explanation.Explanation` with ``relevance``, ``word_relevance``
         (batch, time), ``scores``, ``target``, ``rest`` (see :mod:`keras_lrp.explanation`).
     """
     composite = as_composite(layer_rules)
-    key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule, method, composite.key(), max_length)
+    key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule, method, composite.key(), max_length,
+           bool(self_check))
     explainer = _CACHE.get(key)
     if explainer is None or explainer.model is not model:
         explainer = Explainer(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method=method,
-                              layer_rules=composite, max_length=max_length)
+                              layer_rules=composite, max_length=max_length, self_check=self_check)
     _CACHE[key] = explainer
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:

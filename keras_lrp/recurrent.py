@@ -30,7 +30,9 @@ from typing import Callable, Dict, Optional, Tuple
 import tensorflow as tf
 
 from .cells import lstm_step
-from .rules import GATE_RULE_OBJECTS, Epsilon, bias_share, inverse_denominator
+from keras import ops
+
+from .rules import GATE_RULE_OBJECTS, Epsilon, bias_share, inverse_denominator, needs_zero_limit, zero_limit
 
 __all__ = ["GATE_RULES", "gate_split", "lstm_forward", "lstm_relevance", "gru_forward", "gru_relevance",
            "simple_rnn_forward", "simple_rnn_relevance"]
@@ -95,15 +97,38 @@ def _time_loop(step: Callable, elems: Dict[str, tf.Tensor], carry: Tuple[tf.Tens
     return carry, tuple(a.stack() for a in arrays)
 
 
-def _to_previous_state(m_z, h_prev, u, z, bias, eps: Epsilon, fan_in: int):
+def _to_previous_state(m_z, h_prev, u, z, bias, eps: Epsilon, fan_in: int, limit=None):
     """Epsilon-rule of a pre-activation ``z = x_t W + h_{t-1} U + b`` onto ``h_{t-1}``, given its
     message ``m_z = R / (z + eps sign(z))``: ``(relevance of h_{t-1}, the per-unit bias share or
-    None)``. The same share goes to ``x_t`` (see :func:`_input_relevance`)."""
+    None)``. The same share goes to ``x_t`` (see :func:`_input_relevance`); ``limit`` is the map's
+    :func:`~keras_lrp.rules.zero_limit`."""
     r_h_prev = h_prev * tf.matmul(m_z, u, transpose_b=True)
     if not eps.has_bias_share:
         return r_h_prev, None
-    share = bias_share(m_z, z, bias, eps, fan_in)
+    share = bias_share(m_z, z, bias, eps, fan_in, limit)
     return r_h_prev + share, share
+
+
+def _input_magnitude(x, w, bias):
+    """``sum_k |x_k w_km| + |b_m|`` of the input part of a map, for all timesteps at once (time, batch, m):
+    with the recurrent part's (:func:`_step_limit`) it tells a pre-activation whose terms are all zero."""
+    magnitude = ops.einsum("tbe,em->tbm", ops.abs(x), ops.abs(w))
+    return magnitude if bias is None else magnitude + ops.abs(bias)
+
+
+def _step_limit(r, z, input_magnitude, h_prev, u, eps: Epsilon):
+    """:func:`~keras_lrp.rules.zero_limit` of ``z = x_t W + h_{t-1} U + b`` at one step, given the input
+    part's magnitude (:func:`_input_magnitude`, or None when no zero limit is needed)."""
+    if input_magnitude is None:
+        return None
+    return zero_limit(r, z, input_magnitude + ops.matmul(ops.abs(h_prev), ops.abs(u)), eps)
+
+
+def _sum_limit(r, z, terms, eps: Epsilon):
+    """:func:`~keras_lrp.rules.zero_limit` of an element-wise sum of ``terms`` (a two-term update)."""
+    if not needs_zero_limit(eps):
+        return None
+    return zero_limit(r, z, sum(ops.abs(t) for t in terms), eps)
 
 
 def _input_relevance(x, m, w, share, mask):
@@ -193,6 +218,8 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
                 "inv_z": inverse_denominator(z, eps), "h_prev": _shift(h)}
     if share:
         per_step.update(c=c, z=z)
+    if needs_zero_limit(eps):
+        per_step["mag_x"] = _input_magnitude(x, w, b)
     if gate_rule != "all":
         per_step.update(gates=acts["gates"], c_prev=_shift(c), tanh_c=activation(c))
     if r_h_seq is not None:
@@ -217,7 +244,8 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
         m_c = r_c_t * s["inv_c"]
         r_fc, r_ig = s["fc"] * m_c, s["ig"] * m_c
         if share:
-            share_c = bias_share(m_c, s["c"], None, eps, 2 * d)
+            limit = _sum_limit(r_c_t, s["c"], (s["fc"], s["ig"]), eps)
+            share_c = bias_share(m_c, s["c"], None, eps, 2 * d, limit)
             r_fc, r_ig = r_fc + share_c, r_ig + share_c
         if gate_rule == "all":
             r_c_prev, r_pre = r_fc, r_ig
@@ -227,7 +255,8 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
             r_pre = tf.concat([r_i, r_f, r_g, r_o], axis=-1)
         # pre-activations -> [x_t, h_{t-1}]
         m_z = r_pre * s["inv_z"]
-        r_h_prev, share_z = _to_previous_state(m_z, s["h_prev"], u, s.get("z"), b, eps, d + e)
+        limit = _step_limit(r_pre, s.get("z"), s.get("mag_x"), s["h_prev"], u, eps)
+        r_h_prev, share_z = _to_previous_state(m_z, s["h_prev"], u, s.get("z"), b, eps, d + e, limit)
         if mask is not None:
             m = s["mask"]
             r_h_prev = tf.where(m, r_h_prev, r_h)
@@ -348,6 +377,12 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
                         pre_zr=acts["pre_zr"])
     if share:
         per_step.update(h_t=h_t, pre_h=acts["pre_h"])
+    limits = needs_zero_limit(eps)
+    if limits:   # the input parts' magnitudes, for the zero limits of pre_h and the gates' map
+        per_step["mag_xh"] = _input_magnitude(x, w_h, b_h)
+        if gates:
+            per_step["mag_xzr"] = _input_magnitude(x, w_zr, b_zr)
+    mag_s_h = (0.0 if b_rh is None else ops.abs(b_rh)) if limits else None
     if r_h_seq is not None:
         per_step["r_h"] = r_h_seq
     if mask is not None:
@@ -361,7 +396,7 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
         m = r_h * s["inv_h"]
         r_zh, r_zhh = s["zh"] * m, s["zhh"] * m
         if share:
-            sh = bias_share(m, s["h_t"], None, eps, 2 * d)
+            sh = bias_share(m, s["h_t"], None, eps, 2 * d, _sum_limit(r_h, s["h_t"], (s["zh"], s["zhh"]), eps))
             r_zh, r_zhh = r_zh + sh, r_zhh + sh
         r_z1, r_h_direct = gate_split(r_zh, s["zg"] if gates else None, s["h_prev"], gate_rule, eps)
         r_z2, r_hh = gate_split(r_zhh, (1 - s["zg"]) if gates else None, s["hh"] if gates else None,
@@ -372,26 +407,31 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
             p = s["rg"] * s["s_h"]
             r_p = p * m_h
             if share:
-                share_h = bias_share(m_h, s["pre_h"], b_h, eps, d + e)
+                limit = zero_limit(r_hh, s["pre_h"], s["mag_xh"] + ops.abs(p), eps) if limits else None
+                share_h = bias_share(m_h, s["pre_h"], b_h, eps, d + e, limit)
                 r_p = r_p + share_h
             r_r, r_s = gate_split(r_p, s["rg"] if gates else None, s["s_h"], gate_rule, eps)
             m_s = r_s * s["inv_s_h"]
             r_h_prev = s["h_prev"] * tf.matmul(m_s, u_h, transpose_b=True)
             if share:
-                r_h_prev = r_h_prev + bias_share(m_s, s["s_h"], b_rh, eps, d)
+                limit = _step_limit(r_s, s["s_h"], mag_s_h, s["h_prev"], u_h, eps)
+                r_h_prev = r_h_prev + bias_share(m_s, s["s_h"], b_rh, eps, d, limit)
         else:
             r_rh = s["s_h"] * tf.matmul(m_h, u_h, transpose_b=True)
             if share:
-                share_h = bias_share(m_h, s["pre_h"], b_h, eps, d + e)
+                limit = _step_limit(r_hh, s["pre_h"], s.get("mag_xh"), s["s_h"], u_h, eps)
+                share_h = bias_share(m_h, s["pre_h"], b_h, eps, d + e, limit)
                 r_rh = r_rh + share_h
             r_r, r_h_prev = gate_split(r_rh, s["rg"] if gates else None, s["h_prev"], gate_rule, eps)
         r_h_prev = r_h_prev + r_h_direct
         # gates (half / prop): [x_t, h_{t-1}] -> (pre_z, pre_r)
         if gates:
-            m_zr = tf.concat([r_z1 + r_z2, r_r], axis=-1) * s["inv_zr"]
+            r_zr = tf.concat([r_z1 + r_z2, r_r], axis=-1)
+            m_zr = r_zr * s["inv_zr"]
             r_h_prev = r_h_prev + s["h_prev"] * tf.matmul(m_zr, u_zr, transpose_b=True)
             if share:
-                share_zr = bias_share(m_zr, s["pre_zr"], b_zr, eps, d + e)
+                limit = _step_limit(r_zr, s["pre_zr"], s.get("mag_xzr"), s["h_prev"], u_zr, eps)
+                share_zr = bias_share(m_zr, s["pre_zr"], b_zr, eps, d + e, limit)
                 r_h_prev = r_h_prev + share_zr
         if mask is not None:
             r_h_prev = tf.where(s["mask"], r_h_prev, r_h)
@@ -465,6 +505,8 @@ def simple_rnn_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Te
     per_step = {"inv_z": inverse_denominator(z, eps), "h_prev": _shift(acts["h"])}
     if share:
         per_step["z"] = z
+    if needs_zero_limit(eps):
+        per_step["mag_x"] = _input_magnitude(x, kernel, bias)
     if r_h_seq is not None:
         per_step["r_h"] = r_h_seq
     if mask is not None:
@@ -475,7 +517,9 @@ def simple_rnn_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Te
         if r_h_seq is not None:
             r_h = r_h + s["r_h"]
         m_z = r_h * s["inv_z"]
-        r_h_prev, share_z = _to_previous_state(m_z, s["h_prev"], recurrent_kernel, s.get("z"), bias, eps, d + e)
+        limit = _step_limit(r_h, s.get("z"), s.get("mag_x"), s["h_prev"], recurrent_kernel, eps)
+        r_h_prev, share_z = _to_previous_state(m_z, s["h_prev"], recurrent_kernel, s.get("z"), bias, eps, d + e,
+                                               limit)
         if mask is not None:
             r_h_prev = tf.where(s["mask"], r_h_prev, r_h)
         return (r_h_prev,), ((m_z, share_z) if share else (m_z,))

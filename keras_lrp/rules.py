@@ -18,8 +18,13 @@ Every rule here is written as two steps so that maps with several inputs share t
     share = bias_factor / N * sum_m (b_m + eps * sign(z_m)) * s_m     # (..., 1)
     R_in  = x * (s @ w.T) + share
 
-A zero denominator (only possible with ``eps = 0``) defines ``0 / 0 := 0``: the output unit passes
-no relevance, so the result is never NaN or inf.
+A zero denominator (only possible with ``eps = 0``, at ``z_m = 0``) is resolved by the ``eps -> 0``
+limit of the rule (:func:`zero_limit`): where every term of ``z_m`` (each ``x_k w_km`` and ``b_m``) is
+exactly 0, ``bias_factor (eps sign z_m) / N / (z_m + eps sign z_m) -> bias_factor / N``, so each of the
+N inputs gets ``bias_factor R_m / N`` (with ``bias_factor = 1`` the unit splits its relevance equally
+and conservation holds); where non-zero terms cancel to exactly 0 the limit does not exist (it
+diverges) and the unit passes nothing, which shows in ``convergence_delta``. The result is never NaN
+or inf.
 """
 from __future__ import annotations
 
@@ -30,10 +35,12 @@ from typing import Callable, Union
 
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 __all__ = ["Epsilon", "ZPlus", "AlphaBeta", "Gamma", "LinearRule", "LINEAR_RULES", "GateRule", "SignalTakeAll",
            "Half", "Proportional", "GATE_RULE_OBJECTS", "as_gate_rule", "stabilizer",
-           "inverse_denominator", "bias_share", "linear"]
+           "inverse_denominator", "bias_share", "share_numerator", "linear", "elementwise_sum", "zero_limit",
+           "needs_zero_limit"]
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,30 @@ def inverse_denominator(z: tf.Tensor, rule: Epsilon) -> tf.Tensor:
     return tf.math.reciprocal_no_nan(z + stabilizer(z, rule.eps))
 
 
-def bias_share(s: tf.Tensor, z: tf.Tensor, bias, rule: Epsilon, fan_in: int) -> tf.Tensor:
+def needs_zero_limit(rule: Epsilon) -> bool:
+    """Whether :func:`zero_limit` can be non-zero: a zero denominator needs ``eps = 0``, and the limit
+    gives relevance only through the share, so ``bias_factor != 0``. Check it before computing the
+    terms' magnitudes a zero limit needs."""
+    return rule.eps == 0 and rule.has_bias_share
+
+
+def zero_limit(r: tf.Tensor, z: tf.Tensor, magnitude: tf.Tensor, rule: Epsilon):
+    """The ``eps -> 0`` limit of the epsilon-rule's stabiliser share at ``z_m = 0``: ``R_m`` where ``z_m``
+    is exactly 0 and so is every one of its terms (``magnitude_m = sum_k |x_k w_km| + |b_m| = 0``),
+    else 0; None when it is 0 everywhere (see :func:`needs_zero_limit`). :func:`bias_share` spreads it
+    like the stabiliser: ``bias_factor R_m / N`` to each of the N inputs. Where non-zero terms cancel
+    to exactly 0 the limit diverges and the unit passes nothing (0/0 := 0).
+
+    Args:
+        r: relevance on z, (..., M); z: the pre-activation (..., M); magnitude: (..., M), >= 0.
+    """
+    if not needs_zero_limit(rule):
+        return None
+    dead = ops.logical_and(ops.equal(z, 0), ops.equal(magnitude, 0))
+    return ops.where(dead, r, ops.zeros_like(r))
+
+
+def bias_share(s: tf.Tensor, z: tf.Tensor, bias, rule: Epsilon, fan_in: int, limit=None) -> tf.Tensor:
     """Per-input-unit share of bias and stabiliser, ``(..., 1)``; zero when ``bias_factor == 0``.
 
     Args:
@@ -89,13 +119,37 @@ def bias_share(s: tf.Tensor, z: tf.Tensor, bias, rule: Epsilon, fan_in: int) -> 
         z: the map's full pre-activation, shape (..., M).
         bias: (M,) or None.
         fan_in: N, the number of input units the share is spread over.
+        limit: :func:`zero_limit` of the map (the stabiliser share where ``z = 0``), or None.
     """
     if not rule.has_bias_share:
         return tf.zeros_like(s[..., :1])
+    return (rule.bias_factor / fan_in) * tf.reduce_sum(share_numerator(s, z, bias, rule, limit), axis=-1,
+                                                       keepdims=True)
+
+
+def share_numerator(s: tf.Tensor, z: tf.Tensor, bias, rule: Epsilon, limit=None) -> tf.Tensor:
+    """Per output unit, what its bias / stabiliser share redistributes before the ``bias_factor / N``
+    factor: ``(b_m + eps sign z_m) s_m``, plus the :func:`zero_limit` ``limit`` (..., M)."""
     a = stabilizer(z, rule.eps)
     if bias is not None:
         a = a + bias
-    return (rule.bias_factor / fan_in) * tf.reduce_sum(a * s, axis=-1, keepdims=True)
+    out = a * s
+    return out if limit is None else out + limit
+
+
+def elementwise_sum(terms, z: tf.Tensor, r: tf.Tensor, rule: Epsilon, bias=None) -> list:
+    """Epsilon-rule through an element-wise sum ``z = sum_i terms[i] (+ bias)`` (``Add``, the two
+    directions of a Bidirectional ``sum``): each term of output unit m is one contribution (N = number
+    of terms); ``bias`` (broadcastable to z) holds the constants. Returns the relevance of each term."""
+    s = r * inverse_denominator(z, rule)
+    if not rule.has_bias_share:
+        return [t * s for t in terms]
+    limit = None
+    if needs_zero_limit(rule):
+        magnitude = sum(ops.abs(t) for t in terms)
+        limit = zero_limit(r, z, magnitude if bias is None else magnitude + ops.abs(bias), rule)
+    share = (rule.bias_factor / len(terms)) * share_numerator(s, z, bias, rule, limit)
+    return [t * s + share for t in terms]
 
 
 def linear(x: tf.Tensor, w: tf.Tensor, bias, z: tf.Tensor, r_out: tf.Tensor, rule: Epsilon,
@@ -111,7 +165,11 @@ def linear(x: tf.Tensor, w: tf.Tensor, bias, z: tf.Tensor, r_out: tf.Tensor, rul
         relevance on x, (..., D).
     """
     s = r_out * inverse_denominator(z, rule)
-    share = bias_share(s, z, bias, rule, x.shape[-1] if fan_in is None else fan_in)
+    limit = None
+    if needs_zero_limit(rule):
+        magnitude = ops.einsum("...d,dm->...m", ops.abs(x), ops.abs(w))
+        limit = zero_limit(r_out, z, magnitude if bias is None else magnitude + ops.abs(bias), rule)
+    share = bias_share(s, z, bias, rule, x.shape[-1] if fan_in is None else fan_in, limit)
     return x * tf.einsum("...m,dm->...d", s, w) + share
 
 

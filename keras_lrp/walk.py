@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Tuple
 import keras
 import tensorflow as tf
 from keras import tree
+from keras.src.backend.common.masking import get_keras_mask, set_keras_mask
 
 from .graph import Graph, Node
 from .propagators import IDENTITY_LAYERS, Context, UnsupportedLayerError, propagator_for
@@ -146,6 +147,7 @@ class Walk:
     def _plan(self):
         """Decide, from the output backwards, what each node is; build (or refuse) the rules."""
         outputs = self._output_nodes()
+        self._output_ids = outputs
         receives = {self.graph.output}
         steps: List[_Step] = []
         for node in reversed(self.graph.nodes):
@@ -190,14 +192,30 @@ class Walk:
                 out.append(x if start is not None else None)
         return out
 
-    def _generic(self, node: Node, values: Dict):
-        """Run a call as Keras runs it (plumbing: masks, constants, unruled nodes off the relevance path)."""
+    def _generic(self, node: Node, values: Dict, masks: List) -> Tuple[List, List]:
+        """Run a call as Keras runs it (plumbing: masks, constants, unruled nodes off the relevance
+        path): ``(outputs, their Keras masks)``. A layer sees the masks of its inputs as Keras's own
+        ``__call__`` does (attached to the tensors, auto-filled into ``mask`` arguments)."""
         args, kwargs = node.call.arguments.fill_in(values)
         if not is_op(node.op):
             if "training" in kwargs:
                 kwargs["training"] = False
+            for key, m in zip(node.inputs, masks):
+                set_keras_mask(values[key], m)
         outs = tree.flatten(node.op(*args, **kwargs))
-        return [tf.cast(o, self.ctx.dtype) if o.dtype.is_floating else o for o in outs]
+        out_masks = [get_keras_mask(o) if not is_op(node.op) else None for o in outs]
+        if not is_op(node.op):
+            for key in node.inputs:
+                set_keras_mask(values[key], None)
+        return [tf.cast(o, self.ctx.dtype) if o.dtype.is_floating else o for o in outs], out_masks
+
+    @staticmethod
+    def _input_masks(node: Node, values: Dict, mask_of: Dict) -> List:
+        """The mask each input of a call sees: the one passed explicitly (``mask=``), else the Keras
+        mask its tensor carries (``Embedding(mask_zero=True)``, ``Masking`` and every layer that
+        propagates them), as Keras attaches it to the tensor and fills it into the call's mask
+        arguments (``mask``, or ``query_mask`` / ``value_mask`` / ``key_mask``)."""
+        return [values[m] if m is not None else mask_of.get(k) for k, m in zip(node.inputs, node.masks)]
 
     def forward(self, xs: List, starts: Optional[List] = None) -> Tuple[tf.Tensor, List, Dict]:
         """Returns ``(output, starts, caches)``: the model output (pre-activation), the tensors relevance
@@ -207,20 +225,45 @@ class Walk:
         for key, s in zip(self.starts, starts):
             if key is not None:
                 values[key] = s
+        # Keras masks by tensor key, propagated at run time as Keras propagates them (a layer's
+        # compute_mask; keras.ops calls drop them), so every layer sees the masks Keras gives it
+        mask_of: Dict[int, tf.Tensor] = {}
         caches = []
         for step in self.steps:
             node, cache = step.node, None
             if step.kind == _EMBED:
-                pass
-            elif step.prop is None:
-                outs = self._generic(node, values)
-                values.update(zip(node.outputs, outs))
+                emb = node.op
+                if emb.mask_zero:
+                    mask_of[node.outputs[0]] = emb.compute_mask(values[node.inputs[0]])
+                caches.append(cache)
+                continue
+            masks = self._input_masks(node, values, mask_of)
+            if step.prop is None:
+                outs, out_masks = self._generic(node, values, masks)
             else:
-                masks = [values[m] if m is not None else None for m in node.masks]
-                outs, _, cache = step.prop.forward([values[k] for k in node.inputs], masks)
-                values.update(zip(node.outputs, outs))
+                outs, out_masks, cache = step.prop.forward([values[k] for k in node.inputs], masks)
+            values.update(zip(node.outputs, outs))
+            mask_of.update((k, m) for k, m in zip(node.outputs, out_masks) if m is not None)
             caches.append(cache)
-        return values[self.graph.output], starts, {"values": values, "steps": caches}
+        return values[self.graph.output], starts, {"values": values, "steps": caches, "masks": mask_of}
+
+    def model_output(self, out: tf.Tensor) -> tf.Tensor:
+        """What the model itself outputs, from the explained pre-activation ``out`` (:meth:`forward`):
+        the activations the output calls skip (``Dense(activation="softmax")``, a trailing
+        ``Activation`` or softmax op) applied in call order."""
+        for step in self.steps:
+            if id(step.node) in self._output_ids and step.prop is not None:
+                out = step.prop.activate(out)
+        return out
+
+    @property
+    def output_activation(self) -> Optional[str]:
+        """The activation between the explained pre-activation and the model's output ("softmax",
+        "sigmoid", ...; the last non-linear one when several), or None."""
+        names = [step.prop.activation_name for step in self.steps
+                 if id(step.node) in self._output_ids and step.prop is not None]
+        names = [n for n in names if n not in (None, "linear")]
+        return names[-1] if names else None
 
     def relevance(self, caches: Dict, r_out: tf.Tensor) -> Tuple[List[Optional[tf.Tensor]], tf.Tensor]:
         """Relevance at each start tensor (None for inputs without one), and ``rest`` (batch,): relevance

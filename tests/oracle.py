@@ -18,11 +18,14 @@ def eps_rule(hin, w, b, hout, r_out, bias_nb_units, eps, bias_factor):
     """Epsilon-rule for one linear map hout = hin @ w + b (+ other inputs).
 
     R_k = sum_m (hin_k w_km + bias_factor (b_m + eps sign(hout_m)) / N) / (hout_m + eps sign(hout_m)) R_m
-    with sign(0) = +1 and N = bias_nb_units.
+    with sign(0) = +1 and N = bias_nb_units. (A zero denominator, which needs eps = 0 and an exactly
+    zero pre-activation, does not occur in the tanh / sigmoid LSTMs this oracle is used for; the
+    layer oracles in ``oracle_layers`` cover it.)
     """
     sign = np.where(hout >= 0, 1.0, -1.0)                               # (M,)
     numer = hin[:, None] * w + bias_factor * (b + eps * sign)[None, :] / bias_nb_units  # (D, M)
     denom = hout + eps * sign                                           # (M,)
+    assert np.all(denom != 0), "zero denominator: use the oracles of oracle_layers"
     return (numer / denom[None, :] * r_out[None, :]).sum(axis=1)
 
 

@@ -32,22 +32,9 @@ import oracle_layers as OL
 LARGE = 1.0e9   # Keras's masked-score constant
 
 
-def sgn(v):
-    return 1.0 if v >= 0 else -1.0
-
-
 def eps_map(blocks, bias, z, r_out, fan_in, ctx):
     """The epsilon-rule for z_m = sum over blocks (x (D,), w (D, M)) of x w + bias; one (D,) array per block."""
-    res = [np.zeros(len(x)) for x, _ in blocks]
-    for m in range(len(z)):
-        den = z[m] + ctx.eps * sgn(z[m])
-        if den == 0.0:
-            continue
-        share = ctx.bias_factor * ((0.0 if bias is None else bias[m]) + ctx.eps * sgn(z[m])) / fan_in
-        for (x, w), rx in zip(blocks, res):
-            for k in range(len(x)):
-                rx[k] += (x[k] * w[k, m] + share) / den * r_out[m]
-    return res
+    return OL.eps_linear(blocks, bias, z, r_out, fan_in, ctx)
 
 
 def softmax(row):
@@ -63,13 +50,9 @@ def weighted_sum_backward(a, v, out, allowed, r, ctx):
         conn = allowed[i] if allowed[i].any() else np.ones(v.shape[0], bool)
         n = conn.sum()
         for d in range(out.shape[1]):
-            z = out[i, d]
-            den = z + ctx.eps * sgn(z)
-            if den == 0.0:
-                continue
+            inv, share = OL.eps_unit(out[i, d], [a[i, j] * v[j, d] for j in range(v.shape[0])], 0.0, n, ctx)
             for j in range(v.shape[0]):
-                share = ctx.bias_factor * ctx.eps * sgn(z) / n if conn[j] else 0.0
-                r_v[j, d] += (a[i, j] * v[j, d] + share) / den * r[i, d]
+                r_v[j, d] += (a[i, j] * v[j, d] * inv + (share if conn[j] else 0.0)) * r[i, d]
     return r_v
 
 
@@ -228,9 +211,8 @@ class LayerNormOracle:
             x, y, std = self.x[idx], self.y[idx], self.std[idx]
             if self.rms:   # diagonal map, N = 1
                 for k in range(D):
-                    den = y[k] + ctx.eps * sgn(y[k])
-                    if den != 0.0:
-                        r_x[idx][k] = (x[k] * g[k] / std + ctx.bias_factor * ctx.eps * sgn(y[k])) / den * r[idx][k]
+                    inv, share = OL.eps_unit(y[k], [x[k] * g[k] / std], 0.0, 1, ctx)
+                    r_x[idx][k] = (x[k] * g[k] / std * inv + share) * r[idx][k]
                 continue
             W = np.array([[((j == k) - 1.0 / D) * g[k] / std for k in range(D)] for j in range(D)])
             r_x[idx] = eps_map([(x, W)], self.beta, y, r[idx], D, ctx)[0]
@@ -241,9 +223,8 @@ def diagonal_eps(x, w, c, y, r, ctx):
     """Epsilon-rule through an element-wise affine map ``y = x w + c`` (N = 1), element by element."""
     r_x = np.zeros_like(x)
     for idx in np.ndindex(*x.shape):
-        den = y[idx] + ctx.eps * sgn(y[idx])
-        if den != 0.0:
-            r_x[idx] = (x[idx] * w[idx] + ctx.bias_factor * (c[idx] + ctx.eps * sgn(y[idx]))) / den * r[idx]
+        inv, share = OL.eps_unit(y[idx], [x[idx] * w[idx]], c[idx], 1, ctx)
+        r_x[idx] = (x[idx] * w[idx] * inv + share) * r[idx]
     return r_x
 
 

@@ -15,7 +15,9 @@ The epsilon-rule (``Ctx.eps``, ``Ctx.bias_factor``) for ``z_m = sum_k x_k w_km +
 
     R_k = sum_m (x_k w_km + bias_factor (b_m + eps sign z_m) / N) / (z_m + eps sign z_m) R_m,
 
-sign(0) = +1, and an output with a zero denominator passes nothing (0/0 := 0). Fully connected maps
+sign(0) = +1. A zero denominator (eps = 0, z_m = 0) takes the eps -> 0 limit: when every term of z_m
+(each x_k w_km, and b_m) is exactly 0, each of the N inputs gets bias_factor R_m / N; when non-zero
+terms cancel, the unit passes nothing (:func:`eps_unit`). Fully connected maps
 (Dense, the LSTM / GRU maps, the two-term state updates) spread each output's bias share over all
 their N inputs; maps with local connectivity (Conv1D, pooling, Add, Bidirectional sum / ave) spread
 it over the inputs actually connected to that output.
@@ -48,6 +50,19 @@ ACTIVATIONS = {
 
 # --------------------------------------------------------------------------- the rules
 
+def eps_unit(z, terms, bias, n, ctx):
+    """One output unit ``z = sum(terms) + bias`` whose share goes to n inputs: ``(1 / den, share)`` such
+    that term k's input gets ``(term_k / den + share) R`` and every other of the n inputs ``share R``.
+    At den = 0 (eps = 0, z = 0): the eps -> 0 limit of ``bias_factor eps / n / eps``, i.e. share =
+    bias_factor / n, when all terms and the bias are exactly 0; else the unit passes nothing."""
+    den = z + ctx.eps * sgn(z)
+    if den != 0.0:
+        return 1.0 / den, ctx.bias_factor * (bias + ctx.eps * sgn(z)) / n / den
+    if bias == 0.0 and all(t == 0.0 for t in terms):
+        return 0.0, ctx.bias_factor / n
+    return 0.0, 0.0
+
+
 def eps_linear(blocks, bias, z, r_out, fan_in, ctx):
     """Epsilon-rule for a fully connected map ``z_m = sum over blocks of sum_k x_k w_km + b_m``.
 
@@ -57,14 +72,12 @@ def eps_linear(blocks, bias, z, r_out, fan_in, ctx):
     """
     out = [np.zeros(len(x)) for x, _ in blocks]
     for m in range(len(z)):
-        den = z[m] + ctx.eps * sgn(z[m])
-        if den == 0.0:
-            continue
         b = 0.0 if bias is None else bias[m]
-        share = ctx.bias_factor * (b + ctx.eps * sgn(z[m])) / fan_in
+        terms = [x[k] * w[k, m] for x, w in blocks for k in range(len(x))]
+        inv, share = eps_unit(z[m], terms, b, fan_in, ctx)
         for (x, w), rx in zip(blocks, out):
             for k in range(len(x)):
-                rx[k] += (x[k] * w[k, m] + share) / den * r_out[m]
+                rx[k] += (x[k] * w[k, m] * inv + share) * r_out[m]
     return out
 
 
@@ -74,12 +87,9 @@ def eps_elementwise_sum(parts, z, r_out, ctx):
     n = len(parts)
     res = [np.zeros_like(p) for p in parts]
     for idx in np.ndindex(*z.shape):
-        den = z[idx] + ctx.eps * sgn(z[idx])
-        if den == 0.0:
-            continue
-        share = ctx.bias_factor * ctx.eps * sgn(z[idx]) / n
+        inv, share = eps_unit(z[idx], [p[idx] for p in parts], 0.0, n, ctx)
         for p, rp in zip(parts, res):
-            rp[idx] = (p[idx] + share) / den * r_out[idx]
+            rp[idx] = (p[idx] * inv + share) * r_out[idx]
     return res
 
 
@@ -177,14 +187,11 @@ class Conv1D:
             real = [(j, q) for j, q in enumerate(win) if 0 <= q < T]
             n = len(real) * C
             for m in range(w.shape[2]):
-                z = self.z[p, m]
-                den = z + ctx.eps * sgn(z)
-                if den == 0.0:
-                    continue
-                share = ctx.bias_factor * ((0.0 if self.b is None else self.b[m]) + ctx.eps * sgn(z)) / n
+                terms = [x[q, c] * w[j, c, m] for j, q in real for c in range(C)]
+                inv, share = eps_unit(self.z[p, m], terms, 0.0 if self.b is None else self.b[m], n, ctx)
                 for j, q in real:
                     for c in range(C):
-                        r_x[q, c] += (x[q, c] * w[j, c, m] + share) / den * r[p, m]
+                        r_x[q, c] += (x[q, c] * w[j, c, m] * inv + share) * r[p, m]
         return r_x, 0.0
 
 
@@ -217,13 +224,10 @@ class Pool1D:
                     winner = next(q for q in win if x[q, c] == self.y[p, c])
                     r_x[winner, c] += r[p, c]
                     continue
-                z = self.y[p, c]
-                den = z + ctx.eps * sgn(z)
-                if den == 0.0:
-                    continue
                 n = len(win)
+                inv, share = eps_unit(self.y[p, c], [x[q, c] / n for q in win], 0.0, n, ctx)
                 for q in win:
-                    r_x[q, c] += (x[q, c] / n + ctx.bias_factor * ctx.eps * sgn(z) / n) / den * r[p, c]
+                    r_x[q, c] += (x[q, c] / n * inv + share) * r[p, c]
         return r_x, 0.0
 
 
@@ -253,13 +257,10 @@ class GlobalPool1D:
                 winner = next(t for t in range(x.shape[0]) if x[t, c] == self.y[c])
                 r_x[winner, c] = r[c]
                 continue
-            z = self.y[c]
-            den = z + ctx.eps * sgn(z)
-            if den == 0.0:
-                continue
             n = len(self.real)
+            inv, share = eps_unit(self.y[c], [x[t, c] / n for t in self.real], 0.0, n, ctx)
             for t in self.real:
-                r_x[t, c] = (x[t, c] / n + ctx.bias_factor * ctx.eps * sgn(z) / n) / den * r[c]
+                r_x[t, c] = (x[t, c] / n * inv + share) * r[c]
         return r_x, 0.0
 
 

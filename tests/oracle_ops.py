@@ -4,7 +4,9 @@ Epsilon-rule (Arras et al. 2017, Bach et al. 2015) for ``z = sum_k c_k + b`` (c_
 
     R_k = (c_k + bias_factor * (b + eps * sign(z)) / N) * R_z / (z + eps * sign(z)),  sign(0) = +1,
 
-with N the number of contributions and 0 / 0 := 0. A selection (slice, reshape, transpose,
+with N the number of contributions. At a zero denominator (eps = 0, z = 0) the eps -> 0 limit: each
+contribution gets bias_factor R_z / N when all contributions and b are exactly 0, else nothing
+(:func:`zero_limit`). A selection (slice, reshape, transpose,
 concatenate, stack) routes each output element's relevance back to the input element it copies.
 A gate x signal product (attention weights times values) gives all the relevance to the signal.
 """
@@ -21,11 +23,19 @@ def message(r, z, eps):
     return np.divide(r, den, out=np.zeros_like(r), where=den != 0)
 
 
+def zero_limit(r, z, magnitude, eps):
+    """R where the denominator is 0 and so is every contribution (``magnitude``: the sum of their
+    absolute values), else 0: what the stabiliser share tends to as eps -> 0."""
+    den = z + eps * sign(z)
+    return np.where((den == 0) & (magnitude == 0), r, 0.0)
+
+
 def dense(x, kernel, bias, r_out, eps, bias_factor):
     """z = x @ kernel + bias (last axis): R on x, N = number of inputs."""
     z = x @ kernel + bias
     s = message(r_out, z, eps)
-    share = bias_factor * ((bias + eps * sign(z)) * s).sum(axis=-1, keepdims=True) / x.shape[-1]
+    limit = zero_limit(r_out, z, np.abs(x) @ np.abs(kernel) + np.abs(bias), eps)
+    share = bias_factor * ((bias + eps * sign(z)) * s + limit).sum(axis=-1, keepdims=True) / x.shape[-1]
     return x * (s @ kernel.T) + share
 
 
@@ -48,15 +58,18 @@ def reduce_sum(x, axis, r_y, eps, bias_factor, mean=False):
     n = int(np.prod([x.shape[a] for a in axis]))
     terms = x / n if mean else x
     z = terms.sum(axis=axis, keepdims=True)
-    s = message(r_y.reshape(z.shape), z, eps)
-    return terms * s + bias_factor * eps * sign(z) * s / n
+    r = r_y.reshape(z.shape)
+    s = message(r, z, eps)
+    limit = zero_limit(r, z, np.abs(terms).sum(axis=axis, keepdims=True), eps)
+    return terms * s + bias_factor * (eps * sign(z) * s + limit) / n
 
 
 def add(terms, const, r_z, eps, bias_factor):
     """z = sum(terms) + const, all of z's shape (terms already signed, e.g. -b for a subtraction)."""
     z = sum(terms) + const
     s = message(r_z, z, eps)
-    return [t * s + bias_factor * (const + eps * sign(z)) * s / len(terms) for t in terms]
+    limit = zero_limit(r_z, z, sum(np.abs(t) for t in terms) + np.abs(const), eps)
+    return [t * s + bias_factor * ((const + eps * sign(z)) * s + limit) / len(terms) for t in terms]
 
 
 def unbroadcast(r, shape):

@@ -178,10 +178,43 @@ def masking_bilstm_sum_mean():
     return keras.Model(inp, L.Dense(2)(h)), XF, XF_PAD, {}
 
 
+def masked_attention():
+    """keras.io's pattern: Attention()([h, h]) after Embedding(mask_zero=True): query and key masks."""
+    inp = keras.Input((None,), dtype="int32")
+    h = L.LSTM(4, return_sequences=True)(L.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    a = L.Attention()([h, h])
+    return keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(a))), IDS, ID_PAD, {}
+
+
+def masked_additive_attention_query_value():
+    inp = keras.Input((None,), dtype="int32")
+    e = L.Embedding(VOCAB, EMB, mask_zero=True)(inp)
+    q = L.GRU(3, return_sequences=True)(e)
+    v = L.LSTM(3, return_sequences=True)(e)
+    a = L.AdditiveAttention()([q, v])
+    return keras.Model(inp, L.Dense(2, activation="softmax")(L.GlobalAveragePooling1D()(a))), IDS, ID_PAD, {}
+
+
+def masked_multi_head_attention():
+    inp = keras.Input((None,), dtype="int32")
+    h = L.Bidirectional(L.LSTM(3, return_sequences=True))(L.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    a = L.MultiHeadAttention(num_heads=2, key_dim=3)(h, h)
+    return keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(a))), IDS, ID_PAD, {}
+
+
+def masked_causal_self_attention():
+    inp = keras.Input((None,), dtype="int32")
+    h = L.LSTM(4, return_sequences=True)(L.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    a = L.MultiHeadAttention(num_heads=2, key_dim=2)(h, h, use_causal_mask=True)
+    x = L.LayerNormalization()(L.Add()([h, a]))
+    return keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(x))), IDS, ID_PAD, {}
+
+
 ZOO = [imdb_bilstm, functional_masking, attention_bigru, attention_ops_softmax_output, last_step_head,
        feature_slice_head, two_inputs, two_inputs_numeric_first, shared_encoder, seed_sliced, gap_mask,
        stacked_concat_last, mean_over_time, residual_add, masked_tagger, gated_sum, conv_reshape_lstm,
-       masking_bilstm_sum_mean]
+       masking_bilstm_sum_mean, masked_attention, masked_additive_attention_query_value,
+       masked_multi_head_attention, masked_causal_self_attention]
 
 
 def build(fn, seed=0):
@@ -202,19 +235,43 @@ def explain64(model, x, rules):
                              timestep=timestep)
 
 
+def check_padded_equals_unpadded(model, x, pads, rules, e, i):
+    """Sample i without its masked steps (in every input that has a mask), explained for the same target
+    (and the same output step, shifted by the steps removed before it), against its padded explanation;
+    where the model itself gives the padded and the unpadded sample the same output (a hand-written
+    softmax over time does not apply the mask: there the padding is part of the input)."""
+    pads = as_list(pads)
+    if all(p is None or not p[i].any() for p in pads):
+        return
+    keep = [None if p is None else ~p[i] for p in pads]
+    x_i = [np.asarray(a)[i][k][None] if k is not None else np.asarray(a)[i:i + 1] for a, k in zip(as_list(x), keep)]
+    timestep = None
+    if len(model.outputs[0].shape) == 3:
+        timestep = 2 - int(np.sum(~keep[0][:2]))
+    x_i = x_i if len(x_i) > 1 else x_i[0]
+    e_i = keras_lrp.explain(model, x_i, e.target[i:i + 1], eps=0.0, bias_factor=1.0,
+                            dtype="float64", layer_rules=rules or None, timestep=timestep)
+    if not np.allclose(e_i.scores[0], e.scores[i], rtol=1e-6, atol=0):
+        return
+    for r, r_i, k in zip(as_list(e.relevance), as_list(e_i.relevance), keep):
+        want = r[i][k] if k is not None else r[i]
+        np.testing.assert_allclose(r_i[0], want, rtol=0, atol=1e-10 * np.abs(want).max())
+    np.testing.assert_allclose(e_i.scores[0], e.scores[i], rtol=0, atol=1e-10 * np.abs(e.scores[i]).max())
+
+
 @pytest.mark.parametrize("fn", ZOO, ids=[f.__name__ for f in ZOO])
 def test_zoo_conserves_masks_and_reloads(fn, tmp_path):
     model, x, pads, rules = build(fn)
     e = explain64(model, x, rules)
     relevances = as_list(e.relevance)
     assert len(relevances) == len(model.inputs)
-    # scores are the model's own (pre-activation) outputs
-    if "softmax" not in fn.__name__ and fn is not functional_masking:
-        out = np.asarray(model([np.asarray(a, dtype=i.dtype) for a, i in zip(as_list(x), model.inputs)]
-                               if len(model.inputs) > 1 else np.asarray(x, dtype=model.inputs[0].dtype)))
-        if out.ndim == 3:
-            out = out[:, 2]
-        np.testing.assert_allclose(e.scores, out, rtol=0, atol=1e-4 * max(1.0, np.abs(out).max()))
+    # the explained scores are the model's own outputs (before its output activation)
+    out = np.asarray(model([np.asarray(a, dtype=i.dtype) for a, i in zip(as_list(x), model.inputs)]
+                           if len(model.inputs) > 1 else np.asarray(x, dtype=model.inputs[0].dtype)))
+    if out.ndim == 3:
+        out = out[:, 2]
+    probabilities = e.probabilities if e.probabilities is not None else e.scores
+    np.testing.assert_allclose(probabilities, out, rtol=0, atol=1e-5 * max(1.0, np.abs(out).max()))
     # conservation in float64
     score = e.explained_score
     np.testing.assert_allclose(e.total_relevance() + e.rest, score, rtol=0, atol=1e-8 * np.abs(score).max())
@@ -224,6 +281,9 @@ def test_zoo_conserves_masks_and_reloads(fn, tmp_path):
         if pad is not None:
             assert pad.any() and np.all(r[pad] == 0)
             assert np.all(np.abs(r[~pad]).sum(axis=-1) > 0)
+    # padded = unpadded: each padded sample, explained without its masked steps, gets the same relevance
+    for i in range(B):
+        check_padded_equals_unpadded(model, x, pads, rules, e, i)
     # word relevance: one (batch, time) array per sequence input
     words = as_list(e.word_relevance)
     for r, w in zip(relevances, words):
@@ -394,6 +454,30 @@ def _tf_keras_functional_models():
     h = KL.Bidirectional(KL.LSTM(3, return_sequences=True), merge_mode="sum")(KL.Masking(0.0)(inp))
     cases["masking_bilstm_sum_mean"] = TfkCase(K.Model(inp, KL.Dense(2)(KL.LSTM(3)(h))), XF, XF_PAD)
 
+    inp = KL.Input((None,), dtype="int32")
+    h = KL.LSTM(4, return_sequences=True)(KL.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    cases["masked_attention"] = TfkCase(
+        K.Model(inp, KL.Dense(2)(KL.GlobalAveragePooling1D()(KL.Attention()([h, h])))), IDS, ID_PAD)
+
+    inp = KL.Input((None,), dtype="int32")
+    e = KL.Embedding(VOCAB, EMB, mask_zero=True)(inp)
+    a = KL.AdditiveAttention()([KL.GRU(3, return_sequences=True)(e), KL.LSTM(3, return_sequences=True)(e)])
+    cases["masked_additive_attention_query_value"] = TfkCase(
+        K.Model(inp, KL.Dense(2, activation="softmax")(KL.GlobalAveragePooling1D()(a))), IDS, ID_PAD)
+
+    inp = KL.Input((None,), dtype="int32")
+    h = KL.Bidirectional(KL.LSTM(3, return_sequences=True))(KL.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    a = KL.MultiHeadAttention(num_heads=2, key_dim=3)(h, h)
+    cases["masked_multi_head_attention"] = TfkCase(K.Model(inp, KL.Dense(2)(KL.GlobalAveragePooling1D()(a))),
+                                                   IDS, ID_PAD)
+
+    inp = KL.Input((None,), dtype="int32")
+    h = KL.LSTM(4, return_sequences=True)(KL.Embedding(VOCAB, EMB, mask_zero=True)(inp))
+    a = KL.MultiHeadAttention(num_heads=2, key_dim=2)(h, h, use_causal_mask=True)
+    x = KL.LayerNormalization()(KL.Add()([h, a]))
+    cases["masked_causal_self_attention"] = TfkCase(K.Model(inp, KL.Dense(2)(KL.GlobalAveragePooling1D()(x))),
+                                                    IDS, ID_PAD)
+
     # --- further tf.keras idioms (not in the Keras 3 zoo) ---
     inp = KL.Input((None, 3))
     cases["tfk_masking_gru"] = TfkCase(K.Model(inp, KL.Dense(2)(KL.GRU(3)(KL.Masking(0.0)(inp)))), XF, XF_PAD)
@@ -426,7 +510,7 @@ TFK_EXTRA = ["seed_sliced_tensor_syntax", "tfk_masking_gru", "tfk_attention", "t
              "tfk_reshape_transpose_squeeze"]
 TFK_NAMES = [f.__name__ for f in ZOO] + TFK_EXTRA
 # models whose output is a softmax: the explained scores are its logits
-TFK_SOFTMAX_OUTPUT = {"functional_masking", "attention_ops_softmax_output"}
+TFK_SOFTMAX_OUTPUT = {"functional_masking", "attention_ops_softmax_output", "masked_additive_attention_query_value"}
 
 
 @pytest.fixture(scope="module")
@@ -445,7 +529,14 @@ def _softmax(z):
     return z / z.sum(axis=-1, keepdims=True)
 
 
-@pytest.mark.parametrize("name", TFK_NAMES)
+# attention layers in tf.keras .h5 files are not rebuilt by keras_lrp.load_model yet (issue 18)
+TFK_NOT_LOADED = {"masked_attention", "masked_additive_attention_query_value", "masked_multi_head_attention",
+                  "masked_causal_self_attention"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    strict=True, raises=keras_lrp.UnsafeModelError, reason="the .h5 loader does not rebuild attention layers yet"))
+    if n in TFK_NOT_LOADED else n for n in TFK_NAMES])
 def test_tf_keras_h5_functional_models(name, tf_keras_models, tmp_path):
     """tf.keras .h5 twins of the zoo load and are explained: masked ones (was: loads, then refused) and
     ones with tensor syntax between layers (TFOpLambda / SlicingOpLambda, rebuilt as keras.ops nodes)."""

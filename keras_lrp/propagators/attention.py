@@ -113,7 +113,12 @@ def weighted_sum_relevance(weights: tf.Tensor, values: tf.Tensor, out: tf.Tensor
         if conn_over_n is None:
             n = tf.cast(tf.shape(weights)[-1], weights.dtype)
             conn_over_n = tf.ones_like(weights) / n
-        r_v += eps.bias_factor * tf.einsum(equation, conn_over_n, rules.stabilizer(out, eps.eps) * s)
+        limit = None
+        if rules.needs_zero_limit(eps):   # the terms A_ij v_j (A >= 0): sum_j A_ij |v_j|
+            operands, result = equation.split("->")
+            forward = f"{operands.split(',')[0]},{result}->{operands.split(',')[1]}"
+            limit = rules.zero_limit(r_out, out, tf.einsum(forward, weights, tf.abs(values)), eps)
+        r_v += eps.bias_factor * tf.einsum(equation, conn_over_n, rules.share_numerator(s, out, None, eps, limit))
     return r_v
 
 
@@ -260,13 +265,21 @@ class MultiHeadAttentionProp(Propagator):
         s = r_outs[0] * rules.inverse_denominator(o, eps)
         r_c = c * tf.einsum("abe,cde->abcd", s, w_o)
         if eps.has_bias_share:
-            r_c += rules.bias_share(s, o, b_o, eps, w_o.shape[0] * w_o.shape[1])[..., None]
+            limit = self._limit(r_outs[0], o, c, w_o, b_o, "abcd,cde->abe")
+            r_c += rules.bias_share(s, o, b_o, eps, w_o.shape[0] * w_o.shape[1], limit)[..., None]
         # weighted sum over values, per head (weights held constant)
         r_v = weighted_sum_relevance(weights, v, c, r_c, eps, conn, "acbe,abcd->aecd")
         # value projection V = x_v W_v + b_v  (N = value features)
         s = r_v * rules.inverse_denominator(v, eps)
         r_x = v_in * tf.einsum("abde,cde->abc", s, w_v)
         if eps.has_bias_share:
-            a = rules.stabilizer(v, eps.eps) + (0.0 if b_v is None else b_v)
-            r_x += (eps.bias_factor / w_v.shape[0]) * tf.reduce_sum(a * s, axis=[2, 3])[..., None]
+            a = rules.share_numerator(s, v, b_v, eps, self._limit(r_v, v, v_in, w_v, b_v, "abc,cde->abde"))
+            r_x += (eps.bias_factor / w_v.shape[0]) * tf.reduce_sum(a, axis=[2, 3])[..., None]
         return _value_only(inputs, self.roles.value, r_x), None
+
+    def _limit(self, r, z, x, w, b, equation: str):
+        """:func:`~keras_lrp.rules.zero_limit` of the projection ``z = einsum(equation, x, w) + b``."""
+        if not rules.needs_zero_limit(self.ctx.eps):
+            return None
+        magnitude = tf.einsum(equation, tf.abs(x), tf.abs(w))
+        return rules.zero_limit(r, z, magnitude if b is None else magnitude + tf.abs(b), self.ctx.eps)

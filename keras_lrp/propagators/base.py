@@ -91,6 +91,17 @@ class Propagator:
         r_in, rest = self.relevance1(cache, r_outs[0])
         return [r_in], rest
 
+    #: the output activation :meth:`activate` applies ("softmax", "sigmoid", ...), None for identity
+    @property
+    def activation_name(self) -> Optional[str]:
+        return None
+
+    def activate(self, y):
+        """The output layer's forward pass stops at the explained pre-activation: this maps it to
+        what the layer itself outputs (its activation; identity for most layers). Used only to
+        compare the explainer's forward pass with the model's own output."""
+        return y
+
     def forward1(self, x, mask):
         raise NotImplementedError
 

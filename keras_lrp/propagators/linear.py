@@ -104,6 +104,17 @@ class _FoldsBatchNorm(Propagator):
         bn = folded_batch_norm(node, walk)
         self.batch_norm = None if bn is None else bn.op
 
+    @property
+    def _inner(self):
+        return self.layer.layer if isinstance(self.layer, keras.layers.TimeDistributed) else self.layer
+
+    @property
+    def activation_name(self):
+        return getattr(self._inner.activation, "__name__", None)
+
+    def activate(self, y):
+        return self._inner.activation(y)
+
     def linear_forward(self, layer, linear_map, x):
         """:func:`linear_forward`; with a folded BatchNormalization the cache holds the folded map
         ``(x, W a, b a + c, y)``, ``y`` the BatchNormalization's output, computed as it computes it."""
@@ -138,13 +149,15 @@ class DenseProp(_FoldsBatchNorm):
         return rule.relevance(_last_axis_matmul, x, w, b, r), None
 
 
-def gradient_linear(f, x, z, bias, r, eps: Epsilon, connections=None):
+def gradient_linear(f, x, z, bias, r, eps: Epsilon, connections=None, absolute=None):
     """Epsilon-rule through a linear map given as a function ``f(x)`` (no bias), ``z = f(x) + bias``.
 
     ``R_x = x * (f^T s) + share`` with ``s = R / (z + eps sign z)``; ``f^T s`` is the gradient of
     ``<f(x), s>``. The bias/stabiliser share of output m goes to the N_m inputs connected to it,
     ``connections`` being ``f`` with every weight set to 1 (default: ``f`` itself, right for maps
-    with equal positive weights such as average pooling).
+    with equal positive weights such as average pooling). ``absolute`` is ``f`` with every weight
+    replaced by its absolute value (default ``f``: maps with non-negative weights), for the zero limit
+    (:func:`~keras_lrp.rules.zero_limit`).
     """
     s = tf.stop_gradient(r * rules.inverse_denominator(z, eps))
     with tf.GradientTape() as tape:
@@ -153,12 +166,16 @@ def gradient_linear(f, x, z, bias, r, eps: Epsilon, connections=None):
     r_x = x * tape.gradient(y, x, output_gradients=s)
     if eps.has_bias_share:
         conn = connections or f
-        a = rules.stabilizer(z, eps.eps) + (0 if bias is None else bias)
+        limit = None
+        if rules.needs_zero_limit(eps):
+            magnitude = (absolute or f)(tf.abs(x))
+            limit = rules.zero_limit(r, z, magnitude if bias is None else magnitude + tf.abs(bias), eps)
+        a = rules.share_numerator(s, z, bias, eps, limit)
         counts = conn(tf.ones_like(x))
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = conn(x)
-        r_x += tape.gradient(y, x, output_gradients=eps.bias_factor * tf.math.divide_no_nan(a * s, counts))
+        r_x += tape.gradient(y, x, output_gradients=eps.bias_factor * tf.math.divide_no_nan(a, counts))
     return r_x
 
 
@@ -192,7 +209,8 @@ class Conv1DProp(_FoldsBatchNorm):
         x, w, b, z = cache
         rule = self.ctx.linear_rule(self.layer)
         if isinstance(rule, Epsilon):
-            return gradient_linear(self._conv(w), x, z, b, r, rule, self._conv(tf.ones_like(w))), None
+            return gradient_linear(self._conv(w), x, z, b, r, rule, self._conv(tf.ones_like(w)),
+                                   self._conv(tf.abs(w))), None
         return rule.relevance(self._conv, x, w, b, r), None
 
 

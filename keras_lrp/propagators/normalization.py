@@ -45,7 +45,10 @@ def _diagonal_relevance(x, y, a, c, r, eps: rules.Epsilon):
     s = r * rules.inverse_denominator(y, eps)
     r_x = x * a * s
     if eps.has_bias_share:
-        r_x += eps.bias_factor * (rules.stabilizer(y, eps.eps) + (0.0 if c is None else c)) * s
+        limit = None
+        if rules.needs_zero_limit(eps):
+            limit = rules.zero_limit(r, y, tf.abs(x * a) + (0.0 if c is None else tf.abs(c)), eps)
+        r_x += eps.bias_factor * rules.share_numerator(s, y, c, eps, limit)
     return r_x
 
 
@@ -105,9 +108,16 @@ class LayerNormalizationProp(_LastAxisNorm):
         gs = scale * s
         r_x = x * (gs - tf.reduce_mean(gs, axis=-1, keepdims=True))
         if eps.has_bias_share:
-            a = rules.stabilizer(y, eps.eps) + (0.0 if beta is None else beta)
+            limit = None
+            if rules.needs_zero_limit(eps):
+                # sum_j |x_j W_jk| + |beta_k| with |W_jk| = |delta_jk - 1/N| |gamma_k / std|
+                n = x.shape[-1]
+                abs_x = tf.abs(x)
+                magnitude = tf.abs(scale) * (abs_x * (1 - 2 / n) + tf.reduce_mean(abs_x, axis=-1, keepdims=True))
+                limit = rules.zero_limit(r, y, magnitude + (0.0 if beta is None else tf.abs(beta)), eps)
             # bias_factor / N * sum over the N normalized units
-            r_x += eps.bias_factor * tf.reduce_mean(a * s, axis=-1, keepdims=True)
+            r_x += eps.bias_factor * tf.reduce_mean(rules.share_numerator(s, y, beta, eps, limit), axis=-1,
+                                                    keepdims=True)
         return r_x, None
 
 

@@ -149,17 +149,13 @@ class SumProp(OpPropagator):
     def relevance(self, cache, r_outs):
         inputs, z = cache
         eps = self.ctx.eps
-        s = r_outs[0] * rules.inverse_denominator(z, eps)
         signs = self._signs()
         terms = [sign * x for x, sign, rel in zip(inputs, signs, self.relevant) if rel]
-        share = 0.0
+        bias = None
         if eps.has_bias_share:
             bias = z - tf.add_n([t + tf.zeros_like(z) for t in terms])   # the constants' sum
-            share = eps.bias_factor * (bias + rules.stabilizer(z, eps.eps)) * s / len(terms)
-        out, it = [], iter(terms)
-        for x, rel in zip(inputs, self.relevant):
-            out.append(_unbroadcast(next(it) * s + share, x) if rel else None)
-        return out, None
+        relevance = iter(rules.elementwise_sum(terms, z, r_outs[0], eps, bias))
+        return [_unbroadcast(next(relevance), x) if rel else None for x, rel in zip(inputs, self.relevant)], None
 
     def _signs(self):
         """The sign of each tensor argument in ``z`` (Subtract: x1 - x2)."""
@@ -266,6 +262,13 @@ class GateProp(OpPropagator):
 
     def relevance(self, cache, r_outs):
         return [r_outs[0]], None   # only reached as the output activation (identity)
+
+    @property
+    def activation_name(self):
+        return "sigmoid" if isinstance(self.layer, _nn.Sigmoid) else "softmax"
+
+    def activate(self, y):
+        return self.call_op([y])
 
 
 class LambdaLinearProp(OpPropagator):

@@ -169,12 +169,7 @@ class RecurrentProp(Propagator):
         # sum / ave: z = y_f + y_b (times 1/2): epsilon-rule over the two directions (N = 2)
         scale = 0.5 if self.merge_mode == "ave" else 1.0
         parts = [scale * y for y in ys]
-        z = parts[0] + parts[1]
-        s = r_outs[0] * rules.inverse_denominator(z, self.ctx.eps)
-        share = 0.0
-        if self.ctx.eps.has_bias_share:
-            share = self.ctx.eps.bias_factor * rules.stabilizer(z, self.ctx.eps.eps) * s / 2
-        return [p * s + share for p in parts]
+        return rules.elementwise_sum(parts, parts[0] + parts[1], r_outs[0], self.ctx.eps)
 
     def relevance(self, cache, r_outs):
         ys, caches = cache

@@ -27,6 +27,15 @@ class Identity(Propagator):
     def relevance1(self, cache, r):
         return r, None
 
+    @property
+    def activation_name(self):
+        if isinstance(self.layer, keras.layers.Activation):
+            return getattr(self.layer.activation, "__name__", None)
+        return None
+
+    def activate(self, y):
+        return self.layer.activation(y) if isinstance(self.layer, keras.layers.Activation) else y
+
 
 @register(keras.layers.Masking, rule="R passes where kept, exactly 0 at masked steps")
 class MaskingProp(Propagator):
@@ -83,8 +92,4 @@ class AddProp(Propagator):
 
     def relevance(self, cache, r_outs):
         inputs, z = cache
-        s = r_outs[0] * rules.inverse_denominator(z, self.ctx.eps)
-        share = 0.0
-        if self.ctx.eps.has_bias_share:
-            share = self.ctx.eps.bias_factor * rules.stabilizer(z, self.ctx.eps.eps) * s / len(inputs)
-        return [x * s + share for x in inputs], None
+        return rules.elementwise_sum(inputs, z, r_outs[0], self.ctx.eps), None

@@ -1,0 +1,112 @@
+"""The self-check: an explanation whose score differs from the model's own output is a bug.
+
+The first call of every explainer compares the model output its forward pass computes (the
+explained pre-activation, with the output activation applied, :meth:`~keras_lrp.walk.Walk.model_output`)
+with ``model(x)`` on that batch. When they differ, :func:`first_disagreeing_call` runs every call of
+the graph once more as Keras runs it, on the explainer's own inputs to that call, and names the first
+call whose output differs: a rule that computes its layer differently from Keras (a mask it does not
+apply, an argument it ignores). When every call agrees with Keras on its own inputs, the difference is
+rounding amplified along the network (float32 through a long recurrence): that is only a warning.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+
+__all__ = ["SelfCheckError", "Disagreement", "RTOL", "max_difference", "first_disagreeing_call", "self_check"]
+
+#: The model outputs agree when ``max |explainer - model| <= RTOL * max |model|`` (plus a tiny
+#: absolute floor): loose enough for float32 rounding along a network, two orders of magnitude below
+#: the errors a wrong mask or rule makes (1e-2 and more on the scores).
+RTOL = 1e-4
+#: One call, run on the same inputs by keras_lrp and by Keras, agrees to this relative tolerance
+#: (looser: a single recurrent call of many steps may amplify the float32 rounding of its inputs).
+CALL_RTOL = 1e-3
+_ATOL = 1e-7
+
+
+class SelfCheckError(ValueError):
+    """The explainer's forward pass does not reproduce the model's output: the explanation would be
+    of another function than the model's, so none is given."""
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """A call whose output, computed by keras_lrp, differs from Keras's on the same inputs."""
+
+    name: str            # "layer 'attention' (Attention)" or "op node 'get_item' (keras.ops.get_item)"
+    difference: float    # max |keras_lrp - Keras| over the batch
+    scale: float         # max |Keras|
+
+
+def max_difference(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return float("inf")
+    return float(np.max(np.abs(got - want))) if got.size else 0.0
+
+
+def _agree(got, want, rtol: float = RTOL) -> bool:
+    scale = float(np.max(np.abs(np.asarray(want, np.float64)))) if np.size(want) else 0.0
+    return max_difference(got, want) <= rtol * scale + _ATOL
+
+
+def _describe(op) -> str:
+    from .propagators.ops import is_op, op_function_name
+    if is_op(op):
+        return f"op node {op.name!r} ({op_function_name(op)})"
+    return f"layer {op.name!r} ({type(op).__name__})"
+
+
+def first_disagreeing_call(walk, xs: List) -> Optional[Disagreement]:
+    """Run the explainer's forward pass on ``xs`` (one array per model input), then every call once
+    more as Keras runs it (its ``__call__``, with the masks Keras's own calls attached to their
+    outputs) on the explainer's inputs to that call; the first, in call order, whose outputs differ,
+    or None."""
+    import tensorflow as tf
+
+    tensors = [tf.constant(x) for x in xs]
+    _, _, caches = walk.forward(tensors)
+    values = caches["values"]
+    keras_masks = {}   # the masks as Keras's own calls compute them
+    for step in walk.steps:
+        node = step.node
+        masks = walk._input_masks(node, values, keras_masks)
+        want, out_masks = walk._generic(node, values, masks)
+        keras_masks.update((k, m) for k, m in zip(node.outputs, out_masks) if m is not None)
+        got = [values[k] for k in node.outputs]
+        if id(node) in walk._output_ids and step.prop is not None:
+            got = [step.prop.activate(g) for g in got]
+        for g, w in zip(got, want):
+            if not _agree(g.numpy(), w.numpy(), CALL_RTOL):
+                return Disagreement(_describe(node.op), max_difference(g.numpy(), w.numpy()),
+                                    float(np.max(np.abs(w.numpy()))))
+    return None
+
+
+def self_check(walk, model, xs: List, explained_output, multi_input: bool) -> None:
+    """Compare ``explained_output`` (the explainer's model output for the batch ``xs``) with
+    ``model(xs)``; raise :class:`SelfCheckError` naming the first call that disagrees, or warn when
+    none does (rounding)."""
+    reference = model(list(xs) if multi_input else xs[0], training=False)
+    reference = np.asarray(reference)
+    if _agree(explained_output, reference):
+        return
+    diff = max_difference(explained_output, reference)
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    found = first_disagreeing_call(walk, xs)
+    if found is None:
+        warnings.warn(f"the explainer's forward pass differs from the model's output by up to {diff:.3g} "
+                      f"(outputs up to {scale:.3g}), although every layer agrees with Keras on its own inputs: "
+                      "rounding amplified through the network. Explain in dtype='float64' to see whether "
+                      "it shrinks.", RuntimeWarning, stacklevel=3)
+        return
+    raise SelfCheckError(
+        f"the explainer's forward pass differs from the model's output by up to {diff:.3g} (outputs up to "
+        f"{scale:.3g}), so its relevance would explain another function than the model's. The first call "
+        f"that computes differently from Keras is {found.name}: up to {found.difference:.3g} off (its "
+        f"outputs up to {found.scale:.3g}). This is a bug in keras_lrp's rule for it; please report it "
+        "with the model. Explainer(..., self_check=False) skips this check.")
