@@ -78,6 +78,10 @@ class Composite:
                 return self.by_type[cls]
         return None
 
+    def linear_names(self) -> list:
+        """The names of the layers declared linear (``"linear"``: Lambda layers kept whole)."""
+        return [name for name, rule in self.by_name.items() if rule == "linear"]
+
     def unknown_names(self, layer_names) -> list:
         """The names this composite mentions that are not in ``layer_names``."""
         return sorted(set(self.by_name) - set(layer_names))

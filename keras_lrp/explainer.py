@@ -9,6 +9,7 @@ from typing import Optional, Sequence, Union
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import tree
 
 from .composites import Composite, as_composite
 from .explanation import Explanation
@@ -67,12 +68,14 @@ class Explainer:
             forward pass with ``model(x)`` on that batch and raises
             :class:`~keras_lrp.selfcheck.SelfCheckError`, naming the first layer that computes
             differently from Keras, when they disagree (:mod:`keras_lrp.selfcheck`). True by default.
+        output: the output to explain, by name (``model.output_names``) or index, for models with
+            several outputs; None for single-output models.
     """
 
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
                  dtype: str = "float32", rule: str = "all", method: str = "lrp",
                  layer_rules: Union[None, dict, Composite] = None, max_length: int = MAX_LENGTH,
-                 self_check: bool = True):
+                 self_check: bool = True, output: Union[None, int, str] = None):
         if not isinstance(self_check, (bool, np.bool_)):
             raise TypeError(f"self_check must be True or False, got {self_check!r}.")
         #: whether the first attribute() call still has to compare the forward pass with the model's
@@ -90,8 +93,8 @@ class Explainer:
         self.rule = Epsilon(eps=eps, bias_factor=bias_factor)
         self.gate_rule, self.dtype, self.model = rule, dtype, model
         self.composite = as_composite(layer_rules)
-        graph = model_graph(model)
-        self.composite.check_names([n.op.name for n in graph.nodes if isinstance(n.op, keras.layers.Layer)])
+        graph = model_graph(model, output, keep=self.composite.linear_names())
+        self.composite.check_names(_layer_names(model, graph))
         self._walk = Walk(graph, Context(dtype, self.rule, rule, self.composite))
         self.composite.check(self._walk.propagators)
         self.input_names = list(graph.input_names)
@@ -102,9 +105,13 @@ class Explainer:
         self.multi_input = len(graph.inputs) > 1
         self.tokens = self._tokens[0]
         self.input_shape = graph.input_shape
-        out_shape = tuple(model.outputs[0].shape)
+        out_shape = graph.output_shape
+        #: the explained output: its index among the model's outputs, and its name
+        self.output_index = graph.outputs.index(graph.output)
+        self.output_name = graph.output_names[self.output_index] if graph.output_names else None
         if len(out_shape) not in (2, 3) or out_shape[-1] is None:
-            raise ValueError(f"model {model.name!r} has output shape {out_shape}; explain needs "
+            what = f"output {self.output_name!r}" if len(graph.outputs) > 1 else "output"
+            raise ValueError(f"model {model.name!r} has {what} shape {out_shape}; explain needs "
                              "(batch, outputs) or, for sequence outputs, (batch, time, outputs).")
         self.n_outputs = int(out_shape[-1])
         self.has_time_axis = len(out_shape) == 3
@@ -179,7 +186,7 @@ class Explainer:
                              + ", ".join(f"{name!r}: {x.shape[0]}" for name, x in zip(self.input_names, xs)) + ".")
         x = xs[0]
         t = self._check_target(target, n)
-        steps = self._check_timestep(timestep, n, x)
+        steps = self._check_timestep(timestep, n, xs)
         if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -190,7 +197,7 @@ class Explainer:
             batch = [x[i:i + batch_size] for x in xs]
             parts.append(self._call_padded(batch, t[i:i + batch_size], steps[i:i + batch_size]))
             if not self._checked:
-                self_check(self._walk, self.model, batch, parts[-1][5], self.multi_input)
+                self_check(self._walk, self.model, batch, parts[-1][5], self.multi_input, self.output_index)
                 self._checked = True
             if bar is not None:
                 bar.update(min(i + batch_size, n), finalize=i + batch_size >= n)
@@ -351,7 +358,7 @@ class Explainer:
                              f"(valid targets 0..{self.n_outputs - 1}).")
         return t.astype(np.int32)
 
-    def _check_timestep(self, timestep, batch: int, x: np.ndarray) -> np.ndarray:
+    def _check_timestep(self, timestep, batch: int, xs: list) -> np.ndarray:
         if not self.has_time_axis:
             if timestep is not None:
                 raise ValueError("timestep is only for models whose output has a time axis "
@@ -361,21 +368,33 @@ class Explainer:
             raise ValueError("this model's output has a time axis (batch, time, outputs): pass "
                              "timestep= (an int, or one per sample) to say which output step to explain.")
         t = _per_sample_ints(timestep, "timestep", batch)   # int64, exact
-        steps = self._output_steps(x.shape)
+        steps = self._output_steps([x.shape for x in xs])
         if np.any(t >= steps) or np.any(t < -steps):
-            raise ValueError(f"timestep out of range: for inputs of {x.shape[1]} steps the model outputs "
-                             f"{steps} steps (valid 0..{steps - 1}, or negative from the end).")
+            lengths = ", ".join(str(x.shape[1]) for x in xs if x.ndim > 1)
+            raise ValueError(f"timestep out of range: for inputs of {lengths} steps the model's output "
+                             f"{'' if self.output_name is None else repr(self.output_name) + ' '}has {steps} steps "
+                             f"(valid 0..{steps - 1}, or negative from the end).")
         return t.astype(np.int32)
 
-    def _output_steps(self, input_shape) -> int:
-        """Length of the output's time axis for inputs of ``input_shape`` (pooling may shorten it)."""
+    def _output_steps(self, input_shapes) -> int:
+        """Length of the explained output's time axis for inputs of ``input_shapes`` (one per model
+        input; pooling may shorten it, a second input may set it)."""
         try:
-            if self.multi_input:   # the other inputs' lengths are not known here: assume time is kept
-                raise ValueError
-            steps = self.model.compute_output_shape((1,) + tuple(input_shape[1:]))[1]
-        except Exception:  # a layer without static shape inference: assume time is kept
+            specs = [keras.KerasTensor((1,) + tuple(shape[1:]), dtype=dtype)
+                     for shape, dtype in zip(input_shapes, self._walk.graph.input_dtypes)]
+            out = self.model.compute_output_spec(specs if self.multi_input else specs[0])
+            steps = tree.flatten(out)[self.output_index].shape[1]
+        except Exception:  # a layer without static shape inference: assume the first input's time axis
             steps = None
-        return int(steps) if steps is not None else int(input_shape[1])
+        return int(steps) if steps is not None else int(input_shapes[0][1])
+
+
+def _layer_names(model: keras.Model, graph) -> list:
+    """Every layer name ``layer_rules`` may use: the graph's calls and every layer of the model, nested
+    and traced ones included."""
+    names = [n.op.name for n in graph.nodes if isinstance(n.op, keras.layers.Layer)]
+    names += [layer.name for layer in model._flatten_layers(include_self=False)]
+    return list(dict.fromkeys(names))
 
 
 def progress_wanted(verbose: Optional[bool], n: int, batch_size: int) -> bool:
@@ -443,9 +462,9 @@ class LRP(Explainer):
 
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
                  dtype: str = "float32", rule: str = "all", layer_rules: Union[None, dict, Composite] = None,
-                 max_length: int = MAX_LENGTH, self_check: bool = True):
+                 max_length: int = MAX_LENGTH, self_check: bool = True, output: Union[None, int, str] = None):
         super().__init__(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method="lrp",
-                         layer_rules=layer_rules, max_length=max_length, self_check=self_check)
+                         layer_rules=layer_rules, max_length=max_length, self_check=self_check, output=output)
 
 
 # The most recently used explainers, so that repeated explain() calls reuse the compiled function.
@@ -458,7 +477,8 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
             bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32",
             batch_size: int = 256, method: str = "lrp",
             layer_rules: Union[None, dict, Composite] = None, verbose: Optional[bool] = None,
-            max_length: int = MAX_LENGTH, self_check: bool = True) -> Explanation:
+            max_length: int = MAX_LENGTH, self_check: bool = True,
+            output: Union[None, int, str] = None) -> Explanation:
     """Explain a model's outputs with LRP (Arras et al. 2017).
 
     Args:
@@ -482,6 +502,7 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
             inputs raise a ValueError before anything is allocated.
         self_check: compare the explainer's forward pass with the model's output on the first batch
             an explainer sees (see :class:`Explainer`).
+        output: for models with several outputs, the one to explain (its name or index).
 
     Returns:
         :class:`~keras_lrp.explanation.Explanation` with ``relevance``, ``word_relevance``
@@ -489,11 +510,12 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
     """
     composite = as_composite(layer_rules)
     key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule, method, composite.key(), max_length,
-           bool(self_check))
+           bool(self_check), output)
     explainer = _CACHE.get(key)
     if explainer is None or explainer.model is not model:
         explainer = Explainer(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method=method,
-                              layer_rules=composite, max_length=max_length, self_check=self_check)
+                              layer_rules=composite, max_length=max_length, self_check=self_check,
+                              output=output)
     _CACHE[key] = explainer
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:

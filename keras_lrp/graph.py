@@ -27,6 +27,13 @@ _RNN_KEYS = ("return_sequences", "return_state", "go_backwards", "stateful", "un
 _DROPPED_KEYS = ("use_cudnn", "implementation")
 
 
+@dataclass(frozen=True)
+class Ref:
+    """A tensor argument of a call, by the key of the tensor in the :class:`Graph`."""
+
+    key: int
+
+
 @dataclass
 class Node:
     """One call of a layer or of a ``keras.ops`` operation.
@@ -36,14 +43,24 @@ class Node:
         inputs: keys of the tensors it reads (every tensor argument but ``mask``, in call order).
         outputs: keys of the tensors it writes.
         masks: per input, the key of the mask tensor given through ``mask=`` (or None).
-        call: the Keras node (its ``arguments`` hold the non-tensor arguments, e.g. a slice).
+        args / kwargs: the call's arguments, each tensor replaced by its :class:`Ref` (non-tensor
+            arguments as given: a slice, an axis, a weight variable of a traced layer).
+        output_shapes: the symbolic shape of each output.
+        path: where the call was found: ``""`` for the model itself, ``"encoder/"`` inside a nested
+            model or a traced layer ``encoder``.
+        trace_error: for a layer whose ``call`` could not be traced into simpler calls (see
+            :mod:`keras_lrp.canonical`), why, to refuse it with if relevance must pass through it.
     """
 
     op: Any
     inputs: List[int]
     outputs: List[int]
     masks: List[Optional[int]] = field(default_factory=list)
-    call: Any = None
+    args: tuple = ()
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    output_shapes: List[tuple] = field(default_factory=list)
+    path: str = ""
+    trace_error: Optional[str] = None
 
     @property
     def layer(self):
@@ -53,6 +70,12 @@ class Node:
     def is_layer(self) -> bool:
         return isinstance(self.op, keras.layers.Layer)
 
+    def fill_in(self, values: Dict[int, Any]):
+        """``(args, kwargs)`` with every :class:`Ref` replaced by its value in ``values`` (by key)."""
+        def value(a):
+            return values[a.key] if isinstance(a, Ref) else a
+        return tree.map_structure(value, self.args), tree.map_structure(value, self.kwargs)
+
 
 @dataclass
 class Graph:
@@ -61,9 +84,11 @@ class Graph:
     Attributes:
         nodes: every call but the input layers, producers before consumers.
         inputs: keys of the model inputs, in the order of ``model.inputs``.
-        output: key of the (single) model output.
+        output: key of the explained model output.
         input_shapes / input_dtypes / input_names: per model input.
         dtypes: dtype of every tensor, by key.
+        output_shape: the symbolic shape of the explained output.
+        outputs / output_names: every model output (a model may have several; ``output`` is one).
     """
 
     nodes: List[Node]
@@ -73,6 +98,9 @@ class Graph:
     input_dtypes: List[str]
     input_names: List[str]
     dtypes: Dict[int, str] = field(default_factory=dict)
+    output_shape: tuple = ()
+    outputs: List[int] = field(default_factory=list)
+    output_names: List[str] = field(default_factory=list)
 
     @property
     def input(self) -> int:
@@ -93,77 +121,17 @@ class Graph:
         return [n for n in self.nodes if key in n.inputs]
 
 
-def _is_input(layer) -> bool:
-    return isinstance(layer, keras.layers.InputLayer)
-
-
-def _check_model(model):
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"expected a keras.Model, got {type(model).__name__}.")
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        inputs = None
-    if not model.built or not inputs:
-        raise ValueError("the model is not built: call it on data (or give it an Input) first.")
-    if len(model.outputs) != 1:
-        raise ValueError(f"model {model.name!r} has {len(model.outputs)} outputs; keras_lrp explains "
-                         "single-output models (build one Model per output to explain).")
-
-
-def _functional(model):
-    if isinstance(model, keras.Sequential):
-        functional = getattr(model, "_functional", None)
-        if functional is None:
-            raise ValueError("the model is not built: call it on data (or give it an Input) first.")
-        return functional
-    return model
-
-
-def _masks_for(inputs: List, mask) -> List[Optional[int]]:
-    """The ``mask=`` argument of a call, one key (or None) per data input."""
-    if mask is None:
-        return [None] * len(inputs)
-    if isinstance(mask, (list, tuple)) and len(mask) == len(inputs):
-        return [id(m) if isinstance(m, keras.KerasTensor) else None for m in mask]
-    flat = [m for m in tree.flatten(mask) if isinstance(m, keras.KerasTensor)]
-    first = id(flat[0]) if flat else None
-    return [first] + [None] * (len(inputs) - 1)
-
-
-def _node(keras_node) -> Node:
-    arguments = keras_node.arguments
-    kwargs = {k: v for k, v in arguments.kwargs.items() if k != "mask"}
-    inputs = [t for t in tree.flatten((arguments.args, kwargs)) if isinstance(t, keras.KerasTensor)]
-    return Node(op=keras_node.operation, inputs=[id(t) for t in inputs],
-                outputs=[id(t) for t in keras_node.output_tensors],
-                masks=_masks_for(inputs, arguments.kwargs.get("mask")), call=keras_node)
-
-
-def model_graph(model: keras.Model) -> Graph:
-    """Read a built Sequential or functional model (one or several inputs, one output) as a
-    :class:`Graph`.
+def model_graph(model: keras.Model, output=None, keep=()) -> Graph:
+    """Read a built Keras model (Sequential, functional or subclassed; one or several inputs) as the
+    :class:`Graph` of its canonical form (:func:`keras_lrp.canonical.canonicalize`: nested models
+    inlined, layers without a propagator traced into their calls), explaining output ``output`` (a
+    name or an index; the only output by default). Layers named in ``keep`` are not traced.
 
     Raises:
-        TypeError / ValueError: for non-models, unbuilt models or several outputs.
+        TypeError / ValueError: for non-models, unbuilt models, or an ``output`` that names none.
     """
-    _check_model(model)
-    functional = _functional(model)
-    nodes, dtypes = [], {}
-    # Keras's depth: a producer is always deeper than its consumers, so deepest first is topological.
-    for depth in sorted(functional._nodes_by_depth, reverse=True):
-        for keras_node in functional._nodes_by_depth[depth]:
-            for t in keras_node.output_tensors:
-                dtypes[id(t)] = t.dtype
-            if _is_input(keras_node.operation):
-                continue
-            nodes.append(_node(keras_node))
-    ins = list(functional.inputs)
-    for t in ins:
-        dtypes[id(t)] = t.dtype
-    return Graph(nodes=nodes, inputs=[id(t) for t in ins], output=id(functional.outputs[0]),
-                 input_shapes=[tuple(t.shape) for t in ins], input_dtypes=[t.dtype for t in ins],
-                 input_names=[t.name for t in ins], dtypes=dtypes)
+    from .canonical import canonicalize
+    return canonicalize(model, output, keep)
 
 
 def _lrp_rnn_from_lstm(layer) -> keras.layers.RNN:

@@ -87,12 +87,13 @@ def first_disagreeing_call(walk, xs: List) -> Optional[Disagreement]:
     return None
 
 
-def self_check(walk, model, xs: List, explained_output, multi_input: bool) -> None:
-    """Compare ``explained_output`` (the explainer's model output for the batch ``xs``) with
-    ``model(xs)``; raise :class:`SelfCheckError` naming the first call that disagrees, or warn when
-    none does (rounding)."""
+def self_check(walk, model, xs: List, explained_output, multi_input: bool, output_index: int = 0) -> None:
+    """Compare ``explained_output`` (the explainer's model output for the batch ``xs``) with output
+    ``output_index`` of ``model(xs)``; raise :class:`SelfCheckError` naming the first call that
+    disagrees, or warn when none does (rounding)."""
+    from keras import tree
     reference = model(list(xs) if multi_input else xs[0], training=False)
-    reference = np.asarray(reference)
+    reference = np.asarray(tree.flatten(reference)[output_index])
     if _agree(explained_output, reference):
         return
     diff = max_difference(explained_output, reference)

@@ -25,6 +25,7 @@ import tensorflow as tf
 from keras import tree
 from keras.src.backend.common.masking import get_keras_mask, set_keras_mask
 
+from .canonical import KerasMask
 from .graph import Graph, Node
 from .propagators import IDENTITY_LAYERS, Context, UnsupportedLayerError, propagator_for
 from .propagators.base import lookup
@@ -47,6 +48,11 @@ class _Step:
 
 def _is_float(dtype) -> bool:
     return "float" in str(dtype)
+
+
+def _where(node: Node) -> str:
+    """`` (inside 'encoder/')`` for a call found inside a nested model or a traced layer."""
+    return f" (inside {node.path.rstrip('/')!r})" if node.path else ""
 
 
 class Walk:
@@ -132,10 +138,14 @@ class Walk:
                                  f"{type(op).__name__}; 'linear' is for Lambda layers.")
             prop = LambdaLinearProp(op, self.ctx, is_output)
         elif is_op(op) and lookup(op) is None:
-            raise UnsupportedOpError(op, "it is not linear or not known to keras_lrp. Supported: slicing, "
-                                         "reshape, transpose, squeeze, expand_dims, concatenate, stack, cast, "
-                                         "sum, mean, add, subtract, multiply / divide by a constant, and a "
-                                         "softmax / sigmoid gate times a signal.")
+            raise UnsupportedOpError(op, "it is not linear or not known to keras_lrp" + _where(node) + ". "
+                                         "Supported op nodes are listed by keras_lrp.propagators.markdown_table().")
+        elif node.trace_error is not None:
+            raise UnsupportedLayerError(op, f"it has no propagator and its call could not be traced into Keras layers "
+                                            f"and keras.ops calls: {node.trace_error}. Write its call with keras.ops "
+                                            "(no Python branches on tensor values, no TensorFlow functions on Keras "
+                                            "tensors), or register a propagator for it: keras_lrp.register"
+                                            f"({type(op).__name__}, rule=...) (see the README)." + _where(node))
         else:
             prop = propagator_for(op, self.ctx, is_output=is_output)
         if isinstance(op, (keras.layers.RNN, keras.layers.Bidirectional)) and len(node.inputs) > 1:
@@ -196,7 +206,7 @@ class Walk:
         """Run a call as Keras runs it (plumbing: masks, constants, unruled nodes off the relevance
         path): ``(outputs, their Keras masks)``. A layer sees the masks of its inputs as Keras's own
         ``__call__`` does (attached to the tensors, auto-filled into ``mask`` arguments)."""
-        args, kwargs = node.call.arguments.fill_in(values)
+        args, kwargs = node.fill_in(values)
         if not is_op(node.op):
             if "training" in kwargs:
                 kwargs["training"] = False
@@ -238,6 +248,10 @@ class Walk:
                 caches.append(cache)
                 continue
             masks = self._input_masks(node, values, mask_of)
+            if isinstance(node.op, KerasMask):   # plumbing: the mask its input carries
+                values[node.outputs[0]] = mask_of.get(node.inputs[0])
+                caches.append(cache)
+                continue
             if step.prop is None:
                 outs, out_masks = self._generic(node, values, masks)
             else:

@@ -63,7 +63,7 @@ def test_rounding_that_no_layer_explains_is_a_warning(monkeypatch):
     model = masked_attention_model(2)
     lrp = keras_lrp.LRP(model)
     monkeypatch.setattr(keras_lrp.explainer, "self_check",
-                        lambda walk, m, xs, out, multi: selfcheck.self_check(walk, m, xs, out + 0.01, multi))
+                        lambda walk, m, xs, out, multi, index: selfcheck.self_check(walk, m, xs, out + 0.01, multi, index))
     with pytest.warns(RuntimeWarning, match="every layer agrees with Keras"):
         lrp.attribute(IDS)
 

@@ -20,17 +20,17 @@ from .shape import IDENTITY_LAYERS
 __all__ = ["UnsupportedLayerError", "Context", "Propagator", "RegistryRow", "register", "refuse",
            "propagator_for", "supported_layers", "IDENTITY_LAYERS", "markdown_table"]
 
-refuse(keras.layers.Lambda, "Lambda layers run arbitrary code; LRP needs a rule per operation. Rewrite it as "
-                            "Keras layers or keras.ops calls, or, if it is linear (a slice, a sum, a scaling), "
-                            "declare it: explain(..., layer_rules={'<lambda name>': 'linear'}).")
-refuse(keras.Model, "nested models are not supported; build the model from its layers directly.")
+refuse(keras.layers.Lambda, "a Lambda layer is explained through the keras.ops calls of its function. Rewrite it "
+                            "with keras.ops, or, if it is linear (a slice, a sum, a scaling), declare it: "
+                            "explain(..., layer_rules={'<lambda name>': 'linear'}).")
 
 
 def markdown_table() -> str:
     """The supported-layer table of the README, generated from the registry."""
     lines = ["| layer | rule |", "| --- | --- |"]
     for row in supported_layers():
-        names = ", ".join(f"`{ops.op_function_name(t)}`" if not issubclass(t, keras.layers.Layer)
+        names = ", ".join(f"`{t.registry_name}`" if hasattr(t, "registry_name")
+                          else f"`{ops.op_function_name(t)}`" if not issubclass(t, keras.layers.Layer)
                           else f"`{t.__name__}`" for t in row.layers)
         lines.append(f"| {names} | {row.rule} |")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from .. import rules
+from ..graph import Ref
 from .base import Propagator, UnsupportedLayerError, register
 
 __all__ = ["AttentionProp", "MultiHeadAttentionProp", "CallRoles", "call_roles", "weighted_sum_relevance"]
@@ -47,19 +48,19 @@ class CallRoles:
 
 
 def _call_roles(layer, tensor_names: Dict[str, object], bound: inspect.BoundArguments,
-                input_tensors: List) -> CallRoles:
+                input_keys: List[int]) -> CallRoles:
     taken = set()
 
-    def position(tensor):
-        for i, t in enumerate(input_tensors):
-            if t is tensor and i not in taken:
+    def position(ref):
+        for i, key in enumerate(input_keys):
+            if isinstance(ref, Ref) and key == ref.key and i not in taken:
                 taken.add(i)
                 return i
         raise UnsupportedLayerError(layer, "could not find its query / value tensors among the call's inputs.")
 
     q, v = position(tensor_names["query"]), position(tensor_names["value"])
     k = position(tensor_names["key"]) if tensor_names.get("key") is not None else None
-    if len(taken) != len(input_tensors):
+    if len(taken) != len(input_keys):
         raise UnsupportedLayerError(layer, "it is called with extra tensors (explicit mask or attention_mask "
                                            "tensors); only the Keras masks of query / value (Embedding(mask_zero), "
                                            "Masking) and use_causal_mask are supported.")
@@ -69,22 +70,16 @@ def _call_roles(layer, tensor_names: Dict[str, object], bound: inspect.BoundArgu
     return CallRoles(q, v, k, bool(bound.arguments.get("use_causal_mask", False)))
 
 
-def call_roles(layer, node=None) -> CallRoles:
-    """Read a call of the layer (``node``, a Keras graph node; default: its only call): which of its input
-    tensors is query / value / key, and its call arguments."""
-    if node is None:
-        nodes = getattr(layer, "_inbound_nodes", [])
-        if len(nodes) != 1:
-            raise UnsupportedLayerError(layer, "an attention layer must be called exactly once in a functional "
-                                               "model (e.g. layer(h, h) or Attention()([h, h])).")
-        node = nodes[0]
-    bound = inspect.signature(layer.call).bind(*node.arguments.args, **node.arguments.kwargs)
+def call_roles(layer, node) -> CallRoles:
+    """Read a call of the layer (``node``, a :class:`~keras_lrp.graph.Node`): which of its input tensors is
+    query / value / key, and its call arguments."""
+    bound = inspect.signature(layer.call).bind(*node.args, **node.kwargs)
     if isinstance(layer, keras.layers.MultiHeadAttention):
         names = {n: bound.arguments.get(n) for n in ("query", "value", "key")}
     else:
         inputs = bound.arguments["inputs"]
         names = {"query": inputs[0], "value": inputs[1], "key": inputs[2] if len(inputs) > 2 else None}
-    return _call_roles(layer, names, bound, list(node.input_tensors))
+    return _call_roles(layer, names, bound, list(node.inputs))
 
 
 def _connections(mask, shape, dtype):
@@ -153,9 +148,12 @@ def _causal(tq, tv):
 class AttentionProp(Propagator):
     """``Attention`` (score_mode dot / concat, use_scale) and ``AdditiveAttention``: see module docstring."""
 
+    def bind(self, node, walk) -> None:
+        """Called by the walk with this call's graph node: which input is query, value, key."""
+        self.roles = call_roles(self.layer, node)
+
     def __init__(self, layer, ctx, is_output=False):
         super().__init__(layer, ctx, is_output)
-        self.roles = call_roles(layer)
         self.additive = isinstance(layer, keras.layers.AdditiveAttention)
 
     def _scores(self, q, k):
@@ -208,9 +206,10 @@ class AttentionProp(Propagator):
 class MultiHeadAttentionProp(Propagator):
     """``MultiHeadAttention`` on (batch, time, features) inputs, default ``attention_axes``."""
 
+    bind = AttentionProp.bind
+
     def __init__(self, layer, ctx, is_output=False):
         super().__init__(layer, ctx, is_output)
-        self.roles = call_roles(layer)
         if getattr(layer, "_use_gate", False):
             raise UnsupportedLayerError(layer, "use_gate=True is not supported.")
         if getattr(layer, "_sliding_window", None) is not None:

@@ -17,7 +17,7 @@ from ..recurrent import GATE_RULES
 from ..composites import Composite
 from ..rules import Epsilon, GateRule, LinearRule
 
-__all__ = ["UnsupportedLayerError", "Context", "Propagator", "register", "refuse", "propagator_for",
+__all__ = ["UnsupportedLayerError", "Context", "Propagator", "register", "refuse", "propagator_for", "handles",
            "supported_layers", "RegistryRow"]
 
 
@@ -77,6 +77,12 @@ class Propagator:
 
     def __init__(self, layer, ctx: Context, is_output: bool = False):
         self.layer, self.ctx, self.is_output = layer, ctx, is_output
+
+    @classmethod
+    def handles(cls, layer) -> bool:
+        """Whether this propagator explains ``layer`` as configured (a registered layer type it does not
+        handle, e.g. ``TimeDistributed`` around another layer, is traced into its calls instead)."""
+        return True
 
     def out_mask(self, x, mask):
         if mask is None or not self.layer.supports_masking:
@@ -150,6 +156,12 @@ def lookup(layer) -> Optional[RegistryRow]:
         if cls in _REGISTRY:
             return _REGISTRY[cls]
     return None
+
+
+def handles(layer) -> bool:
+    """Whether the registry has a propagator that explains ``layer`` as it is configured."""
+    row = lookup(layer)
+    return row is not None and row.propagator.handles(layer)
 
 
 def propagator_for(layer, ctx: Context, is_output: bool = False) -> Propagator:

@@ -71,7 +71,7 @@ def folded_batch_norm(node, walk) -> Optional[object]:
     bn = readers[0]
     if not isinstance(bn.op, keras.layers.BatchNormalization):
         return None
-    rank = len(bn.call.output_tensors[0].shape)
+    rank = len(bn.output_shapes[0])
     return bn if _is_last_axis_bn(bn.op, rank) else None
 
 
@@ -130,6 +130,10 @@ class DenseProp(_FoldsBatchNorm):
     """``y = activation(x W + b)`` on the last axis, epsilon-rule over W (N = input units)."""
 
     accepts_rules = True   # a Composite may give it ZPlus, AlphaBeta, Gamma or its own Epsilon
+
+    @classmethod
+    def handles(cls, layer) -> bool:
+        return not isinstance(layer, keras.layers.TimeDistributed) or isinstance(layer.layer, keras.layers.Dense)
 
     def __init__(self, layer, ctx, is_output=False):
         inner = layer.layer if isinstance(layer, keras.layers.TimeDistributed) else layer

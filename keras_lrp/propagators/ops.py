@@ -29,6 +29,7 @@ import tensorflow as tf
 from keras.src.ops import core as _core, nn as _nn, numpy as _np
 
 from .. import rules
+from ..graph import Ref
 from .base import Propagator, UnsupportedLayerError, lookup, register
 from .linear import gradient_linear
 
@@ -85,7 +86,7 @@ class OpPropagator(Propagator):
         for key, m in zip(self.node.masks, masks or []):
             if key is not None:
                 values[key] = m
-        args, kwargs = self.node.call.arguments.fill_in(values)
+        args, kwargs = self.node.fill_in(values)
         if isinstance(self.layer, keras.layers.Layer):
             kwargs.pop("training", None)
         return self.layer.call(*args, **kwargs)
@@ -161,10 +162,9 @@ class SumProp(OpPropagator):
         """The sign of each tensor argument in ``z`` (Subtract: x1 - x2)."""
         if isinstance(self.layer, keras.layers.Subtract):
             return [1.0, -1.0]
-        args = self.node.call.arguments.args
         signs = []
-        for pos, a in enumerate(args):
-            if isinstance(a, keras.KerasTensor):
+        for pos, a in enumerate(self.node.args):
+            if isinstance(a, Ref):
                 signs.append(-1.0 if (pos == 1 and isinstance(self.layer, _np.Subtract)) else 1.0)
         return signs
 
@@ -187,22 +187,31 @@ SHAPE_OPS = (_np.GetItem, _np.Reshape, _np.Transpose, _np.Squeeze, _np.ExpandDim
              keras.layers.Flatten)
 
 
-def _is_gate(graph, key) -> bool:
-    """Whether tensor ``key`` is (a re-arrangement of) the output of a softmax / sigmoid."""
-    while True:
-        node = graph.producer(key)
-        if node is None:
-            return False
-        op = node.op
-        if isinstance(op, GATE_OPS):
-            return True
-        inner = op.layer if isinstance(op, keras.layers.TimeDistributed) else op
-        if isinstance(inner, (keras.layers.Activation, keras.layers.Dense)):
-            return getattr(inner.activation, "__name__", "") in _GATE_ACTIVATIONS
-        if isinstance(op, SHAPE_OPS) and node.inputs:
-            key = node.inputs[0]
-            continue
+#: element-wise arithmetic that keeps attention weights attention weights when every input-dependent
+#: operand is one (a mask applied, a renormalisation ``a / sum(a)``)
+_GATE_ARITHMETIC = (_np.Multiply, _np.Divide, _np.TrueDivide, _np.Add, _np.Subtract, _np.Sum, _np.Mean,
+                    keras.layers.Multiply)
+
+
+def _is_gate(walk, key) -> bool:
+    """Whether tensor ``key`` holds attention weights or a gate: the output of a softmax / sigmoid (or of
+    ``exp``, the numerator of a softmax written by hand), re-arranged, masked by a constant, or
+    renormalised by its own sum."""
+    node = walk.graph.producer(key)
+    if node is None:
         return False
+    op = node.op
+    if isinstance(op, GATE_OPS + (_np.Exp,)):
+        return True
+    inner = op.layer if isinstance(op, keras.layers.TimeDistributed) else op
+    if isinstance(inner, (keras.layers.Activation, keras.layers.Dense)):
+        return getattr(inner.activation, "__name__", "") in _GATE_ACTIVATIONS
+    if isinstance(op, SHAPE_OPS) and node.inputs:
+        return _is_gate(walk, node.inputs[0])
+    if isinstance(op, _GATE_ARITHMETIC):
+        dependent = [k for k in node.inputs if walk.is_relevant(k)]
+        return bool(dependent) and all(_is_gate(walk, k) for k in dependent)
+    return False
 
 
 @register(_np.Multiply, _np.Divide, _np.TrueDivide, keras.layers.Multiply,
@@ -218,7 +227,7 @@ class MultiplyProp(OpPropagator):
         if isinstance(self.layer, (_np.Divide, _np.TrueDivide)) and len(node.inputs) == 2 and self.relevant[1]:
             raise UnsupportedOpError(self.layer, "dividing by an input-dependent tensor is not linear; "
                                                  "only division by a constant is supported.")
-        signals = [i for i in relevant if not _is_gate(walk.graph, node.inputs[i])]
+        signals = [i for i in relevant if not _is_gate(walk, node.inputs[i])]
         if len(relevant) > 1 and len(signals) != 1:
             why = ("every factor is a softmax / sigmoid (no signal)" if not signals
                    else "neither factor is a softmax / sigmoid gate" if len(signals) == len(relevant)

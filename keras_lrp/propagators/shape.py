@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
+from keras import tree
 
 from .. import rules
+from ..canonical import MaskedOutput
+from ..graph import Ref
 from .base import Propagator, register
 
-__all__ = ["IDENTITY_LAYERS", "Identity", "MaskingProp", "ReshapeProp", "ConcatenateProp", "AddProp"]
+__all__ = ["IDENTITY_LAYERS", "Identity", "MaskingProp", "ReshapeProp", "ConcatenateProp", "AddProp", "MaskedOutputProp"]
 
 
 IDENTITY_LAYERS = (keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.GaussianNoise,
@@ -93,3 +96,31 @@ class AddProp(Propagator):
     def relevance(self, cache, r_outs):
         inputs, z = cache
         return rules.elementwise_sum(inputs, z, r_outs[0], self.ctx.eps), None
+
+
+@register(MaskedOutput, rule="identity: R passes unchanged; the outputs get the mask the traced layer's "
+                             "compute_mask gives, where its own calls did not set one (as Keras does)")
+class MaskedOutputProp(Propagator):
+    """The outputs of a traced layer that ``supports_masking`` (see :class:`~keras_lrp.canonical.MaskedOutput`)."""
+
+    def bind(self, node, walk) -> None:
+        self.node = node
+
+    def forward(self, inputs, masks):
+        op = self.layer
+        n = op.n_outputs
+        by_key = dict(zip(self.node.inputs[n:], zip(inputs[n:], masks[n:])))
+        (args, kwargs) = op.call_args
+        first = args[0] if args else next(iter(kwargs.values()))
+        first_values = tree.map_structure(lambda r: by_key[r.key][0] if isinstance(r, Ref) else r, first)
+        previous = tree.map_structure(lambda r: by_key[r.key][1] if isinstance(r, Ref) else None, first)
+        computed = None
+        if any(m is None for m in masks[:n]):
+            computed = op.layer.compute_mask(first_values, previous)
+        computed = tree.flatten(computed) if computed is not None else [None] * n
+        out_masks = [own if own is not None else (computed[i] if i < len(computed) else None)
+                     for i, own in enumerate(masks[:n])]
+        return list(inputs[:n]), out_masks, None
+
+    def relevance(self, cache, r_outs):
+        return list(r_outs) + [None] * (len(self.node.inputs) - len(r_outs)), None
