@@ -10,6 +10,7 @@ import resource
 import threading
 import time
 import zipfile
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -236,6 +237,107 @@ def test_small_h5_declaring_6_gib_weight(tiny_h5, tmp_path):
     assert path.stat().st_size < 100_000
     error = _refused(path, ModelTooLargeError, match="max_bytes=")
     assert "6.00 GiB" in str(error)
+
+
+def _zeros_deflated(nbytes):
+    """A zlib stream (what HDF5's gzip filter stores) of ``nbytes`` zero bytes, built in 1 MiB steps."""
+    packer, block = zlib.compressobj(6), bytes(2**20)
+    parts = [packer.compress(block) for _ in range(nbytes // 2**20)]
+    return b"".join(parts + [packer.compress(bytes(nbytes % 2**20)), packer.flush()])
+
+
+@pytest.fixture(scope="module")
+def zeros_64mib():
+    return _zeros_deflated(2**26)   # 65 KB
+
+
+# How each bomb stores the Dense bias, declared (2,) float32 = 8 bytes:
+# (shape, maxshape, chunks, bytes of zeros deflated into its one chunk)
+CHUNK_BOMBS = {
+    "chunk_larger_than_data": ((2,), (None,), (2**24,), 2**26),   # one 64 MiB chunk
+    "chunk_stores_more_than_it_holds": ((2,), None, (2,), 2**20),   # 1 KB stored for 8 bytes
+    "chunk_inflates_past_its_size": ((2,), None, (2,), 256),        # 12 bytes stored, 256 inflated
+}
+
+
+def _store_bomb(f, name, bomb, zeros_64mib):
+    shape, maxshape, chunks, nbytes = CHUNK_BOMBS[bomb]
+    stream = zeros_64mib if nbytes == 2**26 else _zeros_deflated(nbytes)
+    del f[name]
+    dataset = f.create_dataset(name, shape=shape, maxshape=maxshape, chunks=chunks,
+                               dtype="float32", compression="gzip")
+    dataset.id.write_direct_chunk((0,), stream)
+
+
+def _compress_all(f):
+    """Rewrite every dataset gzip + shuffle + fletcher32 compressed (what a user's h5py may do)."""
+    for name in _weight_paths(f):
+        data = f[name][()]
+        del f[name]
+        f.create_dataset(name, data=data, compression="gzip", shuffle=True, fletcher32=True)
+
+
+def _no_dataset_reads(monkeypatch):
+    """Record every read of h5py dataset values (by load_model or by Keras)."""
+    reads = []
+    for method in ("__getitem__", "read_direct", "__array__"):
+        original = getattr(h5py.Dataset, method)
+
+        def spy(self, *args, _original=original, _method=method, **kwargs):
+            reads.append((_method, self.name))
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(h5py.Dataset, method, spy)
+    return reads
+
+
+@pytest.mark.parametrize("bomb", list(CHUNK_BOMBS))
+def test_h5_chunk_bombs_refused_before_any_read(tiny_h5, tmp_path, zeros_64mib, monkeypatch, bomb):
+    """The Dense bias, declared (2,), in a chunk that unpacks to far more: HDF5's inflate keeps
+    growing its buffer (a 1 GiB chunk peaked at 1 GB). Refused before any dataset is read."""
+    genuine = _tamper(tiny_h5, tmp_path / "compressed.h5", _compress_all)
+    x = np.ones((1, 3, 4), "float32")
+    np.testing.assert_allclose(load_model(genuine)(x), _tiny_model()(x), atol=1e-6)
+    path = _tamper(tiny_h5, tmp_path / f"{bomb}.h5",
+                   lambda f: _store_bomb(f, _dense_bias(f), bomb, zeros_64mib))
+    assert path.stat().st_size < 200_000
+    reads = _no_dataset_reads(monkeypatch)
+    _refused(path, ModelTooLargeError, match=r"chunk.*(decompression bomb|far more than)")
+    assert reads == []
+
+
+@pytest.mark.parametrize("bomb", list(CHUNK_BOMBS))
+def test_keras_archive_chunk_bombs_refused_before_keras_reads(tiny_keras, tmp_path, zeros_64mib,
+                                                              monkeypatch, bomb):
+    inner = tmp_path / "model.weights.h5"
+    with zipfile.ZipFile(tiny_keras) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    inner.write_bytes(members["model.weights.h5"])
+    with h5py.File(inner, "r+") as f:
+        name = "layers/dense/vars/1"   # the Dense bias (Keras 3 names the path by class)
+        assert f[name].shape == (2,)
+        _store_bomb(f, name, bomb, zeros_64mib)
+    members["model.weights.h5"] = inner.read_bytes()
+    path = tmp_path / f"{bomb}.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        for member, data in members.items():
+            z.writestr(member, data)
+    reads = _no_dataset_reads(monkeypatch)
+    _refused(path, ModelTooLargeError, match=r"model\.weights\.h5: dataset.*chunk")
+    assert reads == []
+
+
+@pytest.mark.parametrize("compression", ["lzf", "szip"])
+def test_filters_sizing_output_from_the_file_refused(tiny_h5, tmp_path, compression):
+    if compression == "szip" and not h5py.h5z.filter_avail(h5py.h5z.FILTER_SZIP):
+        pytest.skip("this HDF5 has no szip encoder")
+
+    def edit(f):
+        name = max(_weight_paths(f), key=lambda p: f[p].size)   # the LSTM kernel (4, 12)
+        data = f[name][()]
+        del f[name]
+        f.create_dataset(name, data=data, compression=compression)
+    _refused(_tamper(tiny_h5, tmp_path / f"{compression}.h5", edit), UnsafeModelError,
+             match=f"{compression} filter")
 
 
 def _h5_with_config(src, dst, mutate):

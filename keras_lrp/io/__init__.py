@@ -59,13 +59,14 @@ import re
 import stat
 import warnings
 import zipfile
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import h5py
 import keras
 import numpy as np
 
 from ..cells import LRP_LSTMCell
+from .chunks import audit_chunks, check_filters
 from .errors import (ModelFileError, ModelFileNotFoundError, ModelTooLargeError, UnsafeModelError,
                      UnsupportedModelError)
 from .plan import _Plan, _build, _plan_checked
@@ -110,10 +111,6 @@ MAX_LAYERS = 5_000
 #: weights uncompressed, so a genuine file declares at most about its own size.
 WEIGHT_BYTES_PER_FILE_BYTE = 16
 WEIGHT_BYTES_FLOOR = 16 * 2**20
-
-# HDF5 filters that only decode the file's own bytes (deflate, shuffle, fletcher32, szip, n-bit,
-# scale-offset, lzf); any other filter would make HDF5 look for a plugin library.
-_SAFE_H5_FILTERS = {1, 2, 3, 4, 5, 6, 32000}
 
 
 def _mib(n: int) -> str:
@@ -191,10 +188,13 @@ def _audit_hdf5(path: str, handle: h5py.File, budget: int, where: str = "") -> i
     virtual datasets, filters that need plugins; and files declaring more than ``budget`` bytes
     of datasets or more than :data:`MAX_HDF5_OBJECTS` links.
 
+    Chunked datasets are checked chunk by chunk before HDF5 decodes any (see :mod:`.chunks`).
+
     Returns:
         the total declared size of all datasets, in bytes (``prod(shape) * itemsize``).
     """
     state = {"count": 0, "total": 0}
+    file_size = handle.id.get_filesize()
 
     def visit(name: str, link: Any) -> Optional[ModelFileError]:
         # An exception may not cross HDF5's C iteration: a returned error stops the walk.
@@ -228,10 +228,14 @@ def _audit_hdf5(path: str, handle: h5py.File, budget: int, where: str = "") -> i
                                    f"{type(link).__name__}, not a plain group or dataset.")
         obj = handle.get(name)
         if isinstance(obj, h5py.Dataset):
-            state["total"] += _audit_dataset(path, where, shown, obj)
+            filters = _audit_dataset(path, where, shown, obj)
+            shape = obj.shape
+            if shape is not None:
+                state["total"] += math.prod(int(d) for d in shape) * obj.dtype.itemsize
             if state["total"] > budget:
                 raise _too_large(path, f"{where}declares datasets of at least", state["total"],
                                  budget)
+            audit_chunks(path, where, shown, obj, filters, file_size)
 
     try:
         problem = handle.visititems_links(visit)
@@ -243,7 +247,9 @@ def _audit_hdf5(path: str, handle: h5py.File, budget: int, where: str = "") -> i
     return state["total"]
 
 
-def _audit_dataset(path: str, where: str, shown: str, dataset: h5py.Dataset) -> int:
+def _audit_dataset(path: str, where: str, shown: str, dataset: h5py.Dataset) -> List[int]:
+    """Refuse external storage, virtual datasets and filters not decoded by :mod:`.chunks`;
+    returns the dataset's filter ids in write order."""
     plist = dataset.id.get_create_plist()
     if plist.get_external_count() > 0:
         target = _one_line(_decode(plist.get_external(0)[0]))[:120]
@@ -256,14 +262,7 @@ def _audit_dataset(path: str, where: str, shown: str, dataset: h5py.Dataset) -> 
             f"{path}: {where}dataset {shown} is an HDF5 virtual dataset (its data lives in "
             "other datasets or files); load_model refuses it. Re-save the model with "
             "model.save().")
-    for index in range(plist.get_nfilters()):
-        code = plist.get_filter(index)[0]
-        if code not in _SAFE_H5_FILTERS:
-            raise UnsafeModelError(
-                f"{path}: {where}dataset {shown} uses HDF5 filter #{code}, which would need a "
-                "plugin library; load_model only decodes the standard filters.")
-    shape = dataset.shape
-    return 0 if shape is None else math.prod(int(d) for d in shape) * dataset.dtype.itemsize
+    return check_filters(path, where, shown, plist)
 
 
 @contextlib.contextmanager
