@@ -390,6 +390,35 @@ def test_config_disagreeing_with_stored_shapes(tiny_h5, tmp_path):
     _refused(path, ModelFileError, match=r"'lstm'.*shape")
 
 
+def _input_features(features):
+    def mutate(config):
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "InputLayer":
+                shape = layer["config"]["batch_shape"]
+                layer["config"]["batch_shape"] = shape[:-1] + [features]
+        return config
+    return mutate
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential"])
+def test_config_input_contradicting_stored_kernel(tmp_path, kind):
+    """An Input declaring 5 features before an LSTM stored with a (4, 12) kernel: Keras builds the
+    LSTM from its build_config (4 features), loads, and explain then failed "in user code"."""
+    model = _tiny_model()
+    if kind == "sequential":
+        model = keras.Sequential([keras.Input((None, 4))] + model.layers[1:])
+    for ext in ("keras", "h5"):
+        genuine = tmp_path / f"{kind}.{ext}"
+        model.save(genuine)
+        assert load_model(genuine) is not None
+        liar = tmp_path / f"{kind}_5_features.{ext}"
+        if ext == "keras":
+            _rewrite_keras(genuine, liar, _input_features(5))
+        else:
+            _h5_with_config(genuine, liar, _input_features(5))
+        _refused(liar, ModelFileError, match=r"layer 'lstm'.*\(5, 12\).*\(4, 12\)")
+
+
 def test_explicit_max_bytes(tiny_h5, tmp_path):
     _refused(tiny_h5, ModelTooLargeError, match="max_bytes=", max_bytes=100)
     assert load_model(tiny_h5, max_bytes=10**6) is not None

@@ -575,20 +575,74 @@ def _check_needed_bytes(path: str, needed: int, stored: int) -> None:
             f"stores only {_mib(stored)}; the file is not a consistent Keras model.")
 
 
+class _Measured(NamedTuple):
+    """A ``config.json`` built with shape-only variables."""
+
+    needed: int   # bytes its variables take
+    # per top-level layer, the (path, shape) of each weight, as the layer graph implies them;
+    # None when the layers were built from their build_config instead
+    implied: Optional[Dict[str, List[Tuple[str, Tuple[int, ...]]]]]
+
+
+def _graph_built_config(config: Any) -> Optional[Any]:
+    """``config`` without its top-level layers' ``build_config``, so that deserialising it builds
+    each layer on the tensors the layer graph feeds it (Keras builds a layer from its
+    ``build_config`` instead, which a file may contradict: an ``InputLayer`` of 5 features
+    feeding an LSTM stored with a (3, 16) kernel). None for a model whose layers only a
+    ``build_config`` would build (a Sequential without an ``InputLayer``)."""
+    body = config.get("config") if isinstance(config, dict) else None
+    layers = body.get("layers") if isinstance(body, dict) else None
+    if not isinstance(layers, list) or config.get("class_name") not in ("Functional", "Model",
+                                                                          "Sequential"):
+        return None
+    if config["class_name"] == "Sequential" and not (
+            layers and isinstance(layers[0], dict) and layers[0].get("class_name") == "InputLayer"):
+        return None
+    stripped = [{k: v for k, v in entry.items() if k != "build_config"}
+                if isinstance(entry, dict) else entry for entry in layers]
+    return {**config, "config": {**body, "layers": stripped}}
+
+
 def _measure_keras3_config(path: str, config: Any, scope: Mapping[str, Any], safe_mode: bool,
-                           budget: int) -> int:
-    """Bytes of variables a Keras 3 ``config.json`` builds, measured without allocating them."""
+                           budget: int) -> _Measured:
+    """Bytes of variables a Keras 3 ``config.json`` builds, and the weight shapes its layer graph
+    implies, measured without allocating any variable."""
     if isinstance(config, dict):
         config = {k: v for k, v in config.items() if k != "compile_config"}
+    graph_config = _graph_built_config(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with _variables_without_values():
-            model = keras.saving.deserialize_keras_object(config, custom_objects=dict(scope),
-                                                          safe_mode=safe_mode)
+            model, implied = None, None
+            if graph_config is not None:
+                with contextlib.suppress(Exception):   # then as Keras would build it, below
+                    model = keras.saving.deserialize_keras_object(
+                        graph_config, custom_objects=dict(scope), safe_mode=safe_mode)
+                    implied = {layer.name: [(v.path, tuple(v.shape)) for v in layer.weights]
+                               for layer in model.layers}
+            if model is None:
+                model = keras.saving.deserialize_keras_object(config, custom_objects=dict(scope),
+                                                              safe_mode=safe_mode)
             needed = _variable_bytes(model)
     if needed > budget:
         raise _too_large(path, "the architecture's weights would take", needed, budget)
-    return needed
+    return _Measured(needed, implied)
+
+
+def _check_implied_shapes(path: str, measured: _Measured, model: keras.Model) -> None:
+    """The weights Keras loaded (built from each layer's ``build_config``, so of the stored
+    shapes) against the shapes the architecture's layer graph implies."""
+    for layer in model.layers:
+        implied = (measured.implied or {}).get(layer.name)
+        if not implied or len(implied) != len(layer.weights):
+            continue
+        for (weight, want), var in zip(implied, layer.weights):
+            if want != tuple(var.shape):
+                raise ModelFileError(
+                    f"{path}: layer {layer.name!r} ({type(layer).__name__}): the architecture in "
+                    f"config.json feeds it inputs that need weight {weight!r} of shape {want}, "
+                    f"but the file stores shape {tuple(var.shape)}; the config contradicts the "
+                    "weights (e.g. an Input of another feature size).")
 
 
 def _load_keras_zip(path: str, custom_objects: Dict[str, Any], safe_mode: bool,
@@ -603,18 +657,21 @@ def _load_keras_zip(path: str, custom_objects: Dict[str, Any], safe_mode: bool,
     first_error: Optional[BaseException] = None
     if not _is_keras2(version):
         try:
-            needed = _measure_keras3_config(path, config, scope, safe_mode, budget)
+            measured = _measure_keras3_config(path, config, scope, safe_mode, budget)
         except ModelFileError:
             raise
         except Exception as exc:  # Keras cannot build it: rebuild it ourselves (below)
             first_error = exc
         else:
-            _check_needed_bytes(path, needed, stored)
+            _check_needed_bytes(path, measured.needed, stored)
             try:
-                return keras.saving.load_model(path, custom_objects=scope, compile=False,
-                                               safe_mode=safe_mode)
+                model = keras.saving.load_model(path, custom_objects=scope, compile=False,
+                                                safe_mode=safe_mode)
             except Exception as exc:  # fall back to rebuilding the architecture ourselves
                 first_error = exc
+            else:
+                _check_implied_shapes(path, measured, model)
+                return model
     translator = _Translator(path, _is_keras2(version), custom_objects, safe_mode)
     try:
         _, needed = _measure_plan(translator, config, {}, budget)
