@@ -9,6 +9,7 @@ import os
 import resource
 import threading
 import time
+import warnings
 import zipfile
 import zlib
 
@@ -417,6 +418,30 @@ def test_config_input_contradicting_stored_kernel(tmp_path, kind):
         else:
             _h5_with_config(genuine, liar, _input_features(5))
         _refused(liar, ModelFileError, match=r"layer 'lstm'.*\(5, 12\).*\(4, 12\)")
+
+
+def test_non_finite_weights_named_at_load(tiny_h5, tiny_keras, tmp_path):
+    """A NaN in the Dense bias and an inf in the LSTM kernel: the model loads (the file is valid)
+    with one RuntimeWarning naming the file, each layer and its counts."""
+    model = _tiny_model()
+    model.get_layer("out").bias.assign([np.nan, 0.0])
+    kernel = model.get_layer("lstm").cell.kernel
+    values = kernel.numpy()
+    values.flat[5] = np.inf
+    kernel.assign(values)
+    for ext in ("h5", "keras"):
+        path = tmp_path / f"nan.{ext}"
+        model.save(path)
+        with pytest.warns(RuntimeWarning, match="not all finite") as record:
+            loaded = load_model(path)
+        message = str(record[0].message)
+        assert str(path) in message and "\n" not in message
+        assert "layer 'lstm' 0 NaN and 1 inf of 96 values" in message
+        assert "layer 'out' 1 NaN and 0 inf of 8 values" in message
+        assert np.isnan(loaded.get_layer("out").bias.numpy()[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(tiny_h5), load_model(tiny_keras)
 
 
 def test_explicit_max_bytes(tiny_h5, tmp_path):

@@ -241,6 +241,34 @@ def test_finiteness_checked_in_the_compute_dtype(model):
     assert np.isfinite(keras_lrp.explain(model, x, 0).scores).all()
 
 
+def _with_weight(model, layer_index, weight_index, value):
+    copy = keras.models.clone_model(model)
+    weights = [w.copy() for w in model.get_weights()]
+    copy.set_weights(weights)
+    layer = copy.layers[layer_index]
+    own = layer.get_weights()
+    own[weight_index].flat[0] = value
+    layer.set_weights(own)
+    return copy
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("bias_factor_beyond_float32", r"bias_factor=1e\+300 is beyond float32's largest value"),
+    ("bias_factor_far_above_one", r"bias_factor=1e\+30 \(meaningful values are 0..1\)"),
+    ("nan_weight", r"weights are not all finite \(layer 'dense\w*' 1 NaN and 0 inf of 8 values\)"),
+])
+def test_overflow_warning_names_its_cause(model, case, pattern):
+    """The inf/NaN warning blamed the 'prop' rule whatever the cause; it names the real one."""
+    kwargs = {"bias_factor": 1e300} if case == "bias_factor_beyond_float32" else (
+        {"bias_factor": 1e30} if case == "bias_factor_far_above_one" else {})
+    explained = _with_weight(model, 1, 1, np.nan) if case == "nan_weight" else model
+    with pytest.warns(RuntimeWarning, match="contain inf/NaN") as record:
+        keras_lrp.explain(explained, X, 0, **kwargs)
+    message = next(str(w.message) for w in record if "inf/NaN" in str(w.message))
+    assert re.search(pattern, message), message
+    assert "'prop' rule" not in message
+
+
 def test_eps_and_bias_factor_accept_numpy_scalars(model):
     ref = keras_lrp.explain(model, X, 0, eps=1e-3, bias_factor=0.0, dtype="float64").relevance
     e = keras_lrp.explain(model, X, 0, eps=np.float64(1e-3), bias_factor=np.int64(0), dtype="float64")

@@ -71,7 +71,8 @@ from .errors import (ModelFileError, ModelFileNotFoundError, ModelTooLargeError,
                      UnsupportedModelError)
 from .plan import _Plan, _build, _plan_checked
 from .translate import KERAS2_ACTIVATIONS, _decode, _one_line, _Translator, keras2_hard_sigmoid
-from .weights import _assign_weights, _check_weight_shapes, _h5_weight_datasets, _read_h5_weights
+from .weights import (_assign_weights, _check_weight_shapes, _h5_weight_datasets,
+                      _read_h5_weights, describe_non_finite, non_finite_weights)
 
 __all__ = [
     "load_model",
@@ -763,8 +764,10 @@ def load_model(path: PathLike, custom_objects: Optional[Mapping[str, Any]] = Non
     budget = _weight_budget(model_path.size, max_bytes)
     try:
         if model_path.kind == "zip":
-            return _load_keras_zip(path, custom_objects, bool(safe_mode), budget)
-        return _load_h5(path, custom_objects, bool(safe_mode), budget)
+            model = _load_keras_zip(path, custom_objects, bool(safe_mode), budget)
+        else:
+            model = _load_h5(path, custom_objects, bool(safe_mode), budget)
+        found = non_finite_weights(model)
     except ModelFileError:
         raise
     except RecursionError:
@@ -775,3 +778,8 @@ def load_model(path: PathLike, custom_objects: Optional[Mapping[str, Any]] = Non
     except Exception as exc:  # any other failure on untrusted data: one documented type
         raise ModelFileError(f"{path}: could not be loaded ({type(exc).__name__}: "
                              f"{_one_line(exc)[:200]}).") from exc
+    if found:
+        warnings.warn(f"{path}: the weights are not all finite: {describe_non_finite(found)}; "
+                      "every prediction and explanation through these layers will be NaN or inf "
+                      "(training diverged, or the file is damaged).", RuntimeWarning, stacklevel=2)
+    return model
