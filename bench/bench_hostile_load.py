@@ -3,9 +3,10 @@
 * ``--bomb``: a small LSTM model whose Dense bias, declared (2,) float32, is stored in one chunk
   of 1 GiB of zeros, deflated (1 MB file; also inside a ``.keras``). Each file is loaded in a
   fresh process; the peak resident memory (``ru_maxrss``) is printed next to the genuine file's.
-* ``--timing``: median wall time of ``load_model`` (with all checks) and of the HDF5 audit alone
-  (``_audit_hdf5``: links, declared sizes, chunks) on the shipped SST models and the tests' ``.h5``
-  fixture.
+* ``--timing``: median wall time of ``load_model`` (with all checks), of the HDF5 audit alone
+  (``_audit_hdf5``: links, declared sizes, chunks) and of the scan for non-finite weights, on the
+  shipped SST models, the tests' ``.h5`` fixture and a gzip + shuffle copy of it (whose chunks the
+  audit inflates).
 
     python bench/bench_hostile_load.py --bomb --timing
 """
@@ -99,32 +100,63 @@ def bomb(folder: str) -> None:
               f"{result['peak_mib']:>7.0f} MiB {result['seconds']:>8.2f}")
 
 
-def timing(repeats: int) -> None:
+def _compressed_copy(src: str, dst: str) -> str:
+    """``src`` with every dataset rewritten gzip + shuffle compressed (chunked: decoded by the audit)."""
     import h5py
 
-    from keras_lrp.io import _audit_hdf5, load_model
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        g.write(f.read())
+    with h5py.File(dst, "r+") as f:
+        names = []
+        f.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
+        for name in names:
+            data = f[name][()]
+            del f[name]
+            f.create_dataset(name, data=data, compression="gzip", shuffle=True)
+    return dst
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _audit(path: str) -> None:
+    import h5py
+
+    from keras_lrp.io import _audit_hdf5
+
+    if path.endswith(".keras"):
+        with zipfile.ZipFile(path) as z:
+            handle = h5py.File(io.BytesIO(z.read("model.weights.h5")), "r")
+    else:
+        handle = h5py.File(path, "r")
+    with handle:
+        _audit_hdf5(path, handle, 2**40)
+
+
+def timing(repeats: int, folder: str) -> None:
+    from keras_lrp.io import load_model
 
     paths = [os.path.join(ROOT, "models", n) for n in ("sst5_bilstm.keras", "sst2_bilstm.keras")]
     paths.append(os.path.join(ROOT, "tests", "data", "fixtures", "keras2_sst_bilstm.h5"))
-    print(f"{'file':<24} {'load_model':>11} {'HDF5 audit':>11}   (median of {repeats})")
+    paths.append(_compressed_copy(paths[-1], os.path.join(folder, "keras2_sst_bilstm_gzip.h5")))
+    try:
+        from keras_lrp.io.weights import non_finite_weights
+    except ImportError:   # before the non-finite check existed
+        non_finite_weights = None
+    print(f"{'file':<28} {'load_model':>11} {'HDF5 audit':>11} {'non-finite scan':>16}   "
+          f"(median of {repeats})")
     for path in paths:
-        load_model(path)   # warm up imports and tracing
-        loads, audits = [], []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            load_model(path)
-            loads.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            if path.endswith(".keras"):
-                with zipfile.ZipFile(path) as z:
-                    handle = h5py.File(io.BytesIO(z.read("model.weights.h5")), "r")
-            else:
-                handle = h5py.File(path, "r")
-            with handle:
-                _audit_hdf5(path, handle, 2**40)
-            audits.append(time.perf_counter() - start)
-        print(f"{os.path.basename(path):<24} {statistics.median(loads) * 1e3:>8.1f} ms "
-              f"{statistics.median(audits) * 1e3:>8.2f} ms")
+        model = load_model(path)   # warm up imports and tracing
+        scan = (f"{_median_ms(lambda: non_finite_weights(model), repeats):>13.2f} ms"
+                if non_finite_weights else f"{'-':>16}")
+        print(f"{os.path.basename(path):<28} {_median_ms(lambda: load_model(path), repeats):>8.1f} ms "
+              f"{_median_ms(lambda: _audit(path), repeats):>8.2f} ms {scan}")
 
 
 def main() -> None:
@@ -137,7 +169,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             bomb(folder)
     if args.timing:
-        timing(args.repeats)
+        with tempfile.TemporaryDirectory() as folder:
+            timing(args.repeats, folder)
 
 
 if __name__ == "__main__":

@@ -525,6 +525,22 @@ def test_too_many_hdf5_objects(tiny_h5, tmp_path, monkeypatch):
     _refused(tiny_h5, ModelTooLargeError, match="MAX_HDF5_OBJECTS")
 
 
+def test_stored_chunks_count_towards_max_hdf5_objects(tiny_h5, tmp_path, monkeypatch):
+    """Each stored chunk costs a walk and a record; 48 chunks of one value for the LSTM kernel."""
+    def edit(f):
+        name = max(_weight_paths(f), key=lambda p: f[p].size)   # the LSTM kernel (4, 12)
+        data = f[name][()]
+        del f[name]
+        f.create_dataset(name, data=data, chunks=(1, 1))
+    path = _tamper(tiny_h5, tmp_path / "many_chunks.h5", edit)
+    links = []
+    with h5py.File(tiny_h5, "r") as f:
+        f.visititems_links(lambda name, link: links.append(name))
+    monkeypatch.setattr(kio, "MAX_HDF5_OBJECTS", len(links) + 40)
+    assert load_model(tiny_h5) is not None
+    _refused(path, ModelTooLargeError, match="HDF5 objects and chunks")
+
+
 def test_non_numeric_weight(tiny_h5, tmp_path):
     def edit(f):
         name = _dense_bias(f)

@@ -103,7 +103,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 MAX_CONFIG_BYTES = 16 * 2**20
 #: Deepest nesting of JSON arrays / objects accepted in an architecture (Keras configs use ~15).
 MAX_CONFIG_DEPTH = 100
-#: Most HDF5 links (groups and datasets) walked in one file, and most members of a ``.keras`` zip.
+#: Most HDF5 links (groups and datasets) plus stored chunks walked in one file, and most members
+#: of a ``.keras`` zip.
 MAX_HDF5_OBJECTS = 100_000
 #: Most layers in a model's top-level layer list (each costs time to build).
 MAX_LAYERS = 5_000
@@ -187,7 +188,7 @@ def _audit_hdf5(path: str, handle: h5py.File, budget: int, where: str = "") -> i
     """Refuse an HDF5 file that could make HDF5 read anything but its own bytes, before any
     dataset is read: soft / external / user-defined links, datasets kept in external files,
     virtual datasets, filters that need plugins; and files declaring more than ``budget`` bytes
-    of datasets or more than :data:`MAX_HDF5_OBJECTS` links.
+    of datasets or more than :data:`MAX_HDF5_OBJECTS` links and stored chunks.
 
     Chunked datasets are checked chunk by chunk before HDF5 decodes any (see :mod:`.chunks`).
 
@@ -236,7 +237,8 @@ def _audit_hdf5(path: str, handle: h5py.File, budget: int, where: str = "") -> i
             if state["total"] > budget:
                 raise _too_large(path, f"{where}declares datasets of at least", state["total"],
                                  budget)
-            audit_chunks(path, where, shown, obj, filters, file_size)
+            state["count"] += audit_chunks(path, where, shown, obj, filters, file_size,
+                                           MAX_HDF5_OBJECTS - state["count"])
 
     try:
         problem = handle.visititems_links(visit)

@@ -70,12 +70,16 @@ def stored_bound(capacity: int) -> int:
 
 
 def audit_chunks(path: str, where: str, shown: str, dataset: h5py.Dataset,
-                 filters: List[int], file_size: int) -> None:
+                 filters: List[int], file_size: int, max_chunks: int) -> int:
     """Refuse a chunked ``dataset`` whose chunks could unpack to more than it declares.
 
     Args:
         filters: the dataset's filter ids in write order (:func:`check_filters`).
         file_size: bytes of the HDF5 file (stored chunks must lie inside it).
+        max_chunks: the most stored chunks to walk (each costs time and a little memory).
+
+    Returns:
+        the number of stored chunks (0 for a contiguous or compact dataset).
 
     Raises:
         ModelTooLargeError: a chunk shape larger than the dataset, more stored chunks than the
@@ -85,7 +89,7 @@ def audit_chunks(path: str, where: str, shown: str, dataset: h5py.Dataset,
     """
     shape, chunk = dataset.shape, dataset.chunks
     if chunk is None or shape is None:
-        return
+        return 0
     name = f"{path}: {where}dataset {shown}"
     if len(chunk) != len(shape) or any(c > max(int(s), 1) for c, s in zip(chunk, shape)):
         raise ModelTooLargeError(
@@ -99,6 +103,10 @@ def audit_chunks(path: str, where: str, shown: str, dataset: h5py.Dataset,
     if count > grid:
         raise ModelTooLargeError(f"{name} stores {count:,} chunks but its shape {tuple(shape)} "
                                  f"has room for {grid:,}; the file is crafted or corrupt.")
+    if count > max_chunks:
+        raise ModelTooLargeError(
+            f"{path}: {where}holds more than {max_chunks:,} HDF5 objects and chunks "
+            "(keras_lrp.io.MAX_HDF5_OBJECTS); Keras stores weights unchunked.")
     chunks = _stored_chunks(dataset, count)
     for stored in chunks:
         if stored.size > stored_bound(capacity):
@@ -111,6 +119,7 @@ def audit_chunks(path: str, where: str, shown: str, dataset: h5py.Dataset,
     if _DEFLATE in filters:   # the only decoder here whose output can exceed its input
         for stored in chunks:
             _check_inflated_size(name, dataset, stored, filters, capacity, itemsize)
+    return count
 
 
 def _stored_chunks(dataset: h5py.Dataset, count: int) -> List[_Chunk]:
