@@ -28,8 +28,10 @@ extension. Keras 2's ``hard_sigmoid`` (``clip(0.2 x + 0.5, 0, 1)``, not Keras 3'
 ``clip(x / 6 + 0.5, 0, 1)``) is kept as :func:`keras2_hard_sigmoid` in files written by Keras 2.
 
 Model files are untrusted data: nothing outside the given file is ever read (HDF5 external
-storage, external / soft links and virtual datasets are refused), and every declared size is
-checked before anything large is read or allocated (see :func:`load_model` for the limits).
+storage, external / soft links and virtual datasets are refused), every declared size is
+checked before anything large is read or allocated, and so is every chunk of a compressed
+dataset (:mod:`.chunks`; see :func:`load_model` for the limits). Non-finite weights are named in
+a ``RuntimeWarning``.
 
 Errors (all one line, naming the file, raised before the model is built; all subclasses of
 :class:`ModelFileError`):
@@ -45,7 +47,8 @@ Errors (all one line, naming the file, raised before the model is built; all sub
   cannot rebuild faithfully (nested models, ``time_major=True``, a TensorFlow op layer whose
   function is not on the allow-list or whose arguments are not understood, ...).
 * :class:`ModelTooLargeError` (``ValueError``): the file declares more data than the limits
-  allow (raise them with ``max_bytes=``).
+  allow (raise them with ``max_bytes=``), or a compressed chunk would unpack to more than its
+  dataset declares (no opt-in).
 """
 from __future__ import annotations
 
@@ -712,7 +715,13 @@ def load_model(path: PathLike, custom_objects: Optional[Mapping[str, Any]] = Non
     * the path is a regular file (not a FIFO, device, socket, directory or symlink loop);
     * the file never points outside itself: HDF5 external storage, external links, soft links,
       virtual datasets and filters needing plugins are refused (:class:`UnsafeModelError`),
-      also inside a ``.keras`` archive's ``model.weights.h5``;
+      also inside a ``.keras`` archive's ``model.weights.h5``; so are szip, n-bit,
+      scale-offset and lzf, whose decoders size their output from the file;
+    * chunked datasets, before HDF5 decodes any (:class:`ModelTooLargeError`): a chunk shape
+      may not exceed the dataset's in any dimension, the stored chunks may not outnumber the
+      shape's nor lie beyond the file, a stored chunk may take at most its uncompressed size
+      + 0.1% + 64 bytes, and each deflate (gzip) stream is inflated here, stopped one byte past
+      its chunk's size (HDF5's own inflate grows its buffer until the stream ends);
     * sizes (:class:`ModelTooLargeError`): the datasets the file declares, the unpacked size of
       a ``.keras`` archive's members and the weights the architecture would allocate (measured
       by building it with shape-only variables) may not exceed ``max_bytes``, by default
@@ -720,10 +729,16 @@ def load_model(path: PathLike, custom_objects: Optional[Mapping[str, Any]] = Non
       :data:`WEIGHT_BYTES_FLOOR`); an architecture may take :data:`MAX_CONFIG_BYTES` (16 MiB),
       nest :data:`MAX_CONFIG_DEPTH` (100) levels and list :data:`MAX_LAYERS` (5,000) layers;
       an HDF5 file may hold
-      :data:`MAX_HDF5_OBJECTS` (100,000) links. The module constants can be raised for trusted
-      files;
+      :data:`MAX_HDF5_OBJECTS` (100,000) links and stored chunks. The module constants can be
+      raised for trusted files;
     * every stored weight's shape matches what the architecture implies
-      (:class:`ModelFileError`).
+      (:class:`ModelFileError`): for a ``.keras``, the shapes its layer graph implies, not only
+      each layer's ``build_config``;
+    * tf.keras op layers: integer indices, slice bounds, axes and shapes fit int64, slice steps
+      are not 0, constants are finite (:class:`UnsupportedModelError`).
+
+    A model whose weights hold NaN or inf is returned with a ``RuntimeWarning`` naming each such
+    layer and its counts (its predictions and explanations will not be finite).
 
     Args:
         path: the model file (``str``, ``bytes`` or ``os.PathLike``).
@@ -749,7 +764,8 @@ def load_model(path: PathLike, custom_objects: Optional[Mapping[str, Any]] = Non
         UnsafeModelError: a ``Lambda`` layer in safe mode, a class / activation that is not
             built into Keras and not in ``custom_objects``, or data outside the file.
         UnsupportedModelError: something that cannot be rebuilt faithfully in Keras 3.
-        ModelTooLargeError: the file declares more than the limits above.
+        ModelTooLargeError: the file declares more than the limits above, or holds a chunk
+            that would unpack to more than its dataset declares.
     """
     if custom_objects is not None and not isinstance(custom_objects, Mapping):
         raise TypeError("custom_objects must be a dict {name: class_or_function}, got "
