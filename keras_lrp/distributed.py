@@ -52,6 +52,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .npy import load_npy
+
 __all__ = ["explain_corpus", "CorpusResult", "read_corpus_output", "MultiDeviceExplainer", "available_devices"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -167,10 +169,7 @@ def _embedding_spec(path: str, spec: Dict[str, Any]) -> Dict[str, Any]:
     model on embedding vectors (time, emb_dim)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"embeddings file {path!r} does not exist.")
-    try:
-        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as err:
-        raise ValueError(f"embeddings {path}: not a numeric .npy matrix ({err}).") from None
+    matrix = load_npy(path, mmap_mode="r", name=f"embeddings {path}")
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
         raise ValueError(f"embeddings {path}: need a float matrix (vocab, emb_dim), got {matrix.dtype} {matrix.shape}.")
     if spec["tokens"] or spec["features"] != matrix.shape[1]:
@@ -207,10 +206,7 @@ def _scan_jsonl(path: str, shard_size: int, spec: Dict[str, Any]) -> List[_Shard
 
 def _check_npy(path: str, spec: Dict[str, Any]) -> int:
     """Validate a .npy corpus (memory-mapped, in blocks); returns its number of sequences."""
-    try:
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as err:
-        raise ValueError(f"{path}: not a numeric .npy array ({err}).") from None
+    x = load_npy(path, mmap_mode="r")
     if x.ndim != spec["ndim"] + 1:
         raise ValueError(f"{path} has shape {x.shape}; this model needs (batch, {spec['text'][1:]}.")
     if x.shape[0] == 0:
@@ -273,7 +269,7 @@ def _cut(n: int, shard_size: int) -> List[_Shard]:
 def _read_shard(corpus: _Corpus, shard: _Shard) -> List[np.ndarray]:
     """The sequences of one shard, each (time,) or (time, features)."""
     if corpus.kind == "npy":
-        x = np.load(corpus.path, mmap_mode="r", allow_pickle=False)
+        x = load_npy(corpus.path, mmap_mode="r")
         return list(np.asarray(x[shard.start:shard.stop]))
     with open(corpus.path, "rb") as f:
         f.seek(shard.byte_start)
@@ -316,7 +312,7 @@ class _ShardExplainer:
         self.corpus, self.shards_dir, self.fingerprint = corpus, pathlib.Path(shards_dir), fingerprint
         self.batch_size, self.feature_relevance = config["batch_size"], config["feature_relevance"]
         self.target, self.timestep = target, timestep
-        self.embeddings = None if embeddings is None else np.load(embeddings, allow_pickle=False)
+        self.embeddings = None if embeddings is None else load_npy(embeddings)
         self.fail_after, self.done = fail_after, 0
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -42,6 +42,37 @@ MAX_LENGTH = 100_000
 _INT64 = np.iinfo(np.int64)
 
 
+def _overflow_cause(explainer: "Explainer") -> str:
+    """Why relevance came out inf/NaN: non-finite weights, or an eps / bias_factor beyond the dtype's
+    range (both certain causes), else an overflow with what makes one likely (a bias_factor outside
+    0..1, the 'prop' gate rule)."""
+    from .io.weights import describe_non_finite, non_finite_weights
+
+    found = non_finite_weights(explainer.model)
+    if found:
+        return f"the model's weights are not all finite ({describe_non_finite(found)}); repair or re-train the model."
+    dtype, largest = explainer.dtype, float(np.finfo(explainer.dtype).max)
+    rules = [explainer.rule, *explainer.composite.by_name.values(), *explainer.composite.by_type.values()]
+    values = {name: [getattr(r, name) for r in rules if isinstance(getattr(r, name, None), float)]
+              for name in ("bias_factor", "eps")}
+    for name, found_values in values.items():
+        beyond = [v for v in found_values if abs(v) > largest]
+        if beyond:
+            return (f"{name}={beyond[0]!r} is beyond {dtype}'s largest value ({largest:.3g}), so it became inf; "
+                    f"use a smaller {name} or dtype='float64'.")
+    hints, fixes = [], ["dtype='float64'", "a larger eps"]
+    factor = max(values["bias_factor"], key=abs)
+    if abs(factor) > 1:
+        hints.append(f"bias_factor={factor!r} (meaningful values are 0..1) scales every bias share")
+        fixes.append("a bias_factor in [0, 1]")
+    if explainer.gate_rule == "prop":
+        hints.append("the 'prop' rule divides by gate + signal and can amplify relevance step after step")
+        fixes.append("rule='all'")
+    return (f"the relevance overflowed {dtype} (rule={explainer.gate_rule!r}, eps={explainer.rule.eps}, "
+            f"bias_factor={explainer.rule.bias_factor})" + "".join(f"; {h}" for h in hints)
+            + f". Use {', '.join(fixes[:-1])} or {fixes[-1]}.")
+
+
 class Explainer:
     """A compiled explainer for one model (Captum-style: build once, ``attribute`` many times).
 
@@ -209,10 +240,8 @@ class Explainer:
         flat = np.concatenate([r.reshape(n, -1) for r in relevances if r is not None], axis=1)
         bad = ~np.isfinite(flat).all(axis=1)
         if bad.any():
-            warnings.warn(f"{int(bad.sum())} of {n} explanations contain inf/NaN: the relevance overflowed "
-                          f"{self.dtype} (rule={self.gate_rule!r}, eps={self.rule.eps}); the 'prop' rule divides "
-                          "by gate + signal and can amplify relevance step after step. Use dtype='float64', "
-                          "a larger eps, or rule='all'.", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{int(bad.sum())} of {n} explanations contain inf/NaN: {_overflow_cause(self)}",
+                          RuntimeWarning, stacklevel=2)
         return Explanation(relevance=relevance, scores=scores, target=target_out.astype(np.int64), rest=rest,
                            timestep=step_out.astype(np.int64) if self.has_time_axis else None,
                            method=self.method, output_activation=self._probability_activation)

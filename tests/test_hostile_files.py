@@ -9,7 +9,9 @@ import os
 import resource
 import threading
 import time
+import warnings
 import zipfile
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -238,6 +240,107 @@ def test_small_h5_declaring_6_gib_weight(tiny_h5, tmp_path):
     assert "6.00 GiB" in str(error)
 
 
+def _zeros_deflated(nbytes):
+    """A zlib stream (what HDF5's gzip filter stores) of ``nbytes`` zero bytes, built in 1 MiB steps."""
+    packer, block = zlib.compressobj(6), bytes(2**20)
+    parts = [packer.compress(block) for _ in range(nbytes // 2**20)]
+    return b"".join(parts + [packer.compress(bytes(nbytes % 2**20)), packer.flush()])
+
+
+@pytest.fixture(scope="module")
+def zeros_64mib():
+    return _zeros_deflated(2**26)   # 65 KB
+
+
+# How each bomb stores the Dense bias, declared (2,) float32 = 8 bytes:
+# (shape, maxshape, chunks, bytes of zeros deflated into its one chunk)
+CHUNK_BOMBS = {
+    "chunk_larger_than_data": ((2,), (None,), (2**24,), 2**26),   # one 64 MiB chunk
+    "chunk_stores_more_than_it_holds": ((2,), None, (2,), 2**20),   # 1 KB stored for 8 bytes
+    "chunk_inflates_past_its_size": ((2,), None, (2,), 256),        # 12 bytes stored, 256 inflated
+}
+
+
+def _store_bomb(f, name, bomb, zeros_64mib):
+    shape, maxshape, chunks, nbytes = CHUNK_BOMBS[bomb]
+    stream = zeros_64mib if nbytes == 2**26 else _zeros_deflated(nbytes)
+    del f[name]
+    dataset = f.create_dataset(name, shape=shape, maxshape=maxshape, chunks=chunks,
+                               dtype="float32", compression="gzip")
+    dataset.id.write_direct_chunk((0,), stream)
+
+
+def _compress_all(f):
+    """Rewrite every dataset gzip + shuffle + fletcher32 compressed (what a user's h5py may do)."""
+    for name in _weight_paths(f):
+        data = f[name][()]
+        del f[name]
+        f.create_dataset(name, data=data, compression="gzip", shuffle=True, fletcher32=True)
+
+
+def _no_dataset_reads(monkeypatch):
+    """Record every read of h5py dataset values (by load_model or by Keras)."""
+    reads = []
+    for method in ("__getitem__", "read_direct", "__array__"):
+        original = getattr(h5py.Dataset, method)
+
+        def spy(self, *args, _original=original, _method=method, **kwargs):
+            reads.append((_method, self.name))
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(h5py.Dataset, method, spy)
+    return reads
+
+
+@pytest.mark.parametrize("bomb", list(CHUNK_BOMBS))
+def test_h5_chunk_bombs_refused_before_any_read(tiny_h5, tmp_path, zeros_64mib, monkeypatch, bomb):
+    """The Dense bias, declared (2,), in a chunk that unpacks to far more: HDF5's inflate keeps
+    growing its buffer (a 1 GiB chunk peaked at 1 GB). Refused before any dataset is read."""
+    genuine = _tamper(tiny_h5, tmp_path / "compressed.h5", _compress_all)
+    x = np.ones((1, 3, 4), "float32")
+    np.testing.assert_allclose(load_model(genuine)(x), _tiny_model()(x), atol=1e-6)
+    path = _tamper(tiny_h5, tmp_path / f"{bomb}.h5",
+                   lambda f: _store_bomb(f, _dense_bias(f), bomb, zeros_64mib))
+    assert path.stat().st_size < 200_000
+    reads = _no_dataset_reads(monkeypatch)
+    _refused(path, ModelTooLargeError, match=r"chunk.*(decompression bomb|far more than)")
+    assert reads == []
+
+
+@pytest.mark.parametrize("bomb", list(CHUNK_BOMBS))
+def test_keras_archive_chunk_bombs_refused_before_keras_reads(tiny_keras, tmp_path, zeros_64mib,
+                                                              monkeypatch, bomb):
+    inner = tmp_path / "model.weights.h5"
+    with zipfile.ZipFile(tiny_keras) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    inner.write_bytes(members["model.weights.h5"])
+    with h5py.File(inner, "r+") as f:
+        name = "layers/dense/vars/1"   # the Dense bias (Keras 3 names the path by class)
+        assert f[name].shape == (2,)
+        _store_bomb(f, name, bomb, zeros_64mib)
+    members["model.weights.h5"] = inner.read_bytes()
+    path = tmp_path / f"{bomb}.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        for member, data in members.items():
+            z.writestr(member, data)
+    reads = _no_dataset_reads(monkeypatch)
+    _refused(path, ModelTooLargeError, match=r"model\.weights\.h5: dataset.*chunk")
+    assert reads == []
+
+
+@pytest.mark.parametrize("compression", ["lzf", "szip"])
+def test_filters_sizing_output_from_the_file_refused(tiny_h5, tmp_path, compression):
+    if compression == "szip" and not h5py.h5z.filter_avail(h5py.h5z.FILTER_SZIP):
+        pytest.skip("this HDF5 has no szip encoder")
+
+    def edit(f):
+        name = max(_weight_paths(f), key=lambda p: f[p].size)   # the LSTM kernel (4, 12)
+        data = f[name][()]
+        del f[name]
+        f.create_dataset(name, data=data, compression=compression)
+    _refused(_tamper(tiny_h5, tmp_path / f"{compression}.h5", edit), UnsafeModelError,
+             match=f"{compression} filter")
+
+
 def _h5_with_config(src, dst, mutate):
     """Copy of ``src`` whose model_config JSON is passed through ``mutate``."""
     _copy(src, dst)
@@ -286,6 +389,59 @@ def test_keras_archive_declaring_a_huge_lstm(tiny_keras, tmp_path):
 def test_config_disagreeing_with_stored_shapes(tiny_h5, tmp_path):
     path = _h5_with_config(tiny_h5, tmp_path / "units5.h5", _set_units(5))
     _refused(path, ModelFileError, match=r"'lstm'.*shape")
+
+
+def _input_features(features):
+    def mutate(config):
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "InputLayer":
+                shape = layer["config"]["batch_shape"]
+                layer["config"]["batch_shape"] = shape[:-1] + [features]
+        return config
+    return mutate
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential"])
+def test_config_input_contradicting_stored_kernel(tmp_path, kind):
+    """An Input declaring 5 features before an LSTM stored with a (4, 12) kernel: Keras builds the
+    LSTM from its build_config (4 features), loads, and explain then failed "in user code"."""
+    model = _tiny_model()
+    if kind == "sequential":
+        model = keras.Sequential([keras.Input((None, 4))] + model.layers[1:])
+    for ext in ("keras", "h5"):
+        genuine = tmp_path / f"{kind}.{ext}"
+        model.save(genuine)
+        assert load_model(genuine) is not None
+        liar = tmp_path / f"{kind}_5_features.{ext}"
+        if ext == "keras":
+            _rewrite_keras(genuine, liar, _input_features(5))
+        else:
+            _h5_with_config(genuine, liar, _input_features(5))
+        _refused(liar, ModelFileError, match=r"layer 'lstm'.*\(5, 12\).*\(4, 12\)")
+
+
+def test_non_finite_weights_named_at_load(tiny_h5, tiny_keras, tmp_path):
+    """A NaN in the Dense bias and an inf in the LSTM kernel: the model loads (the file is valid)
+    with one RuntimeWarning naming the file, each layer and its counts."""
+    model = _tiny_model()
+    model.get_layer("out").bias.assign([np.nan, 0.0])
+    kernel = model.get_layer("lstm").cell.kernel
+    values = kernel.numpy()
+    values.flat[5] = np.inf
+    kernel.assign(values)
+    for ext in ("h5", "keras"):
+        path = tmp_path / f"nan.{ext}"
+        model.save(path)
+        with pytest.warns(RuntimeWarning, match="not all finite") as record:
+            loaded = load_model(path)
+        message = str(record[0].message)
+        assert str(path) in message and "\n" not in message
+        assert "layer 'lstm' 0 NaN and 1 inf of 96 values" in message
+        assert "layer 'out' 1 NaN and 0 inf of 8 values" in message
+        assert np.isnan(loaded.get_layer("out").bias.numpy()[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(tiny_h5), load_model(tiny_keras)
 
 
 def test_explicit_max_bytes(tiny_h5, tmp_path):
@@ -367,6 +523,22 @@ def test_too_many_layers(tiny_h5, tmp_path):
 def test_too_many_hdf5_objects(tiny_h5, tmp_path, monkeypatch):
     monkeypatch.setattr(kio, "MAX_HDF5_OBJECTS", 5)
     _refused(tiny_h5, ModelTooLargeError, match="MAX_HDF5_OBJECTS")
+
+
+def test_stored_chunks_count_towards_max_hdf5_objects(tiny_h5, tmp_path, monkeypatch):
+    """Each stored chunk costs a walk and a record; 48 chunks of one value for the LSTM kernel."""
+    def edit(f):
+        name = max(_weight_paths(f), key=lambda p: f[p].size)   # the LSTM kernel (4, 12)
+        data = f[name][()]
+        del f[name]
+        f.create_dataset(name, data=data, chunks=(1, 1))
+    path = _tamper(tiny_h5, tmp_path / "many_chunks.h5", edit)
+    links = []
+    with h5py.File(tiny_h5, "r") as f:
+        f.visititems_links(lambda name, link: links.append(name))
+    monkeypatch.setattr(kio, "MAX_HDF5_OBJECTS", len(links) + 40)
+    assert load_model(tiny_h5) is not None
+    _refused(path, ModelTooLargeError, match="HDF5 objects and chunks")
 
 
 def test_non_numeric_weight(tiny_h5, tmp_path):

@@ -1,6 +1,7 @@
 """Hostile inputs: text paths linear and iterative, long sequences refused before allocating,
 integer options checked exactly (no int32 wrap-around), finiteness checked in the compute dtype,
 numpy scalars accepted for eps / bias_factor."""
+import json
 import os
 import resource
 import time
@@ -241,6 +242,34 @@ def test_finiteness_checked_in_the_compute_dtype(model):
     assert np.isfinite(keras_lrp.explain(model, x, 0).scores).all()
 
 
+def _with_weight(model, layer_index, weight_index, value):
+    copy = keras.models.clone_model(model)
+    weights = [w.copy() for w in model.get_weights()]
+    copy.set_weights(weights)
+    layer = copy.layers[layer_index]
+    own = layer.get_weights()
+    own[weight_index].flat[0] = value
+    layer.set_weights(own)
+    return copy
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("bias_factor_beyond_float32", r"bias_factor=1e\+300 is beyond float32's largest value"),
+    ("bias_factor_far_above_one", r"bias_factor=1e\+30 \(meaningful values are 0..1\)"),
+    ("nan_weight", r"weights are not all finite \(layer 'dense\w*' 1 NaN and 0 inf of 8 values\)"),
+])
+def test_overflow_warning_names_its_cause(model, case, pattern):
+    """The inf/NaN warning blamed the 'prop' rule whatever the cause; it names the real one."""
+    kwargs = {"bias_factor": 1e300} if case == "bias_factor_beyond_float32" else (
+        {"bias_factor": 1e30} if case == "bias_factor_far_above_one" else {})
+    explained = _with_weight(model, 1, 1, np.nan) if case == "nan_weight" else model
+    with pytest.warns(RuntimeWarning, match="contain inf/NaN") as record:
+        keras_lrp.explain(explained, X, 0, **kwargs)
+    message = next(str(w.message) for w in record if "inf/NaN" in str(w.message))
+    assert re.search(pattern, message), message
+    assert "'prop' rule" not in message
+
+
 def test_eps_and_bias_factor_accept_numpy_scalars(model):
     ref = keras_lrp.explain(model, X, 0, eps=1e-3, bias_factor=0.0, dtype="float64").relevance
     e = keras_lrp.explain(model, X, 0, eps=np.float64(1e-3), bias_factor=np.int64(0), dtype="float64")
@@ -321,3 +350,73 @@ def test_longer_sequences_get_smaller_calls_and_stay_batch_independent(model):
     assert rows == [64, 36], rows               # 64 samples, then 36 (a multiple of 4)
     alone = keras_lrp.Explainer(model, dtype="float64").attribute(x, 1, batch_size=1)
     np.testing.assert_array_equal(e.relevance, alone.relevance)
+
+
+# ------------------------------------------------------------------------------------------
+# .npy files: the header is checked against the file size before anything is allocated
+# ------------------------------------------------------------------------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_MODEL = os.path.join(ROOT, "models", "sst5_bilstm.keras")
+SHIPPED_VOCAB = os.path.join(ROOT, "embeddings", "sst5_vocab.json")
+
+
+def _npy_declaring(path, shape, descr="<f4"):
+    """A .npy of 144 bytes whose header declares ``shape`` (10**12 x 3 float32 = 10.9 TiB)."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+        f.write(bytes(16))
+    return str(path)
+
+
+def _read_with(reader, bomb, tmp_path, capsys):
+    """Read ``bomb`` through one of the project's .npy readers; returns the error message."""
+    from keras_lrp import cli
+
+    if reader.startswith("cli"):
+        args = (["--npy", bomb, "--out", str(tmp_path / "r.npy")] if reader == "cli --npy" else
+                ["--vocab", SHIPPED_VOCAB, "--embeddings", bomb, "a fine film"])
+        assert cli.main(["explain", "--model", SHIPPED_MODEL] + args) == 1
+        return capsys.readouterr().err
+    if reader == "load_pretrained":
+        meta = tmp_path / "meta.json"
+        meta.write_text(json.dumps({"format": "keras_lrp.text_classifier", "model": SHIPPED_MODEL,
+                                    "vocabulary": SHIPPED_VOCAB, "embeddings": bomb}))
+        with pytest.raises(ValueError) as info:
+            keras_lrp.load_pretrained(str(meta))
+        return str(info.value)
+    pytest.importorskip("ray")
+    with pytest.raises(ValueError) as info:
+        keras_lrp.explain_corpus(SHIPPED_MODEL, bomb, tmp_path / "out") if reader == "explain_corpus inputs" \
+            else keras_lrp.explain_corpus(SHIPPED_MODEL, bomb, tmp_path / "out", embeddings=bomb)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("reader", ["cli --npy", "cli --embeddings", "load_pretrained", "explain_corpus inputs",
+                                    "explain_corpus embeddings"])
+def test_npy_declaring_more_than_it_holds_is_refused_naming_the_file(tmp_path, capsys, reader):
+    """np.load answered "Unable to allocate 10.9 TiB" (or an mmap error) for a 144-byte file."""
+    shape = (10**12, 3) if "embeddings" not in reader and reader != "load_pretrained" else (10**12, 60)
+    bomb = _npy_declaring(tmp_path / "bomb.npy", shape)
+    before, start = _peak_rss(), time.process_time()
+    message = _read_with(reader, bomb, tmp_path, capsys)
+    assert time.process_time() - start < 60 and _peak_rss() - before < 500 * 2**20
+    assert "bomb.npy" in message and "\n" not in message.strip(), message
+    assert re.search(r"declares float32 \(1000000000000, (3|60)\) \((10\.9|218\.3) TiB\) but holds only 16 bytes",
+                     message), message
+
+
+def test_npy_reader_refuses_objects_and_reads_genuine_files(tmp_path):
+    from keras_lrp.npy import NpyFileError, load_npy
+
+    x = np.arange(12, dtype="float32").reshape(3, 4)
+    np.save(tmp_path / "x.npy", x)
+    np.testing.assert_array_equal(load_npy(tmp_path / "x.npy"), x)
+    np.testing.assert_array_equal(load_npy(tmp_path / "x.npy", mmap_mode="r"), x)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(NpyFileError, match=r"objects\.npy: holds Python objects"):
+        load_npy(tmp_path / "objects.npy")
+    (tmp_path / "text.npy").write_text("not numpy")
+    with pytest.raises(NpyFileError, match=r"text\.npy: not a valid \.npy file"):
+        load_npy(tmp_path / "text.npy")
+    with pytest.raises(NpyFileError, match=r"--npy short\.npy: declares int64 \(5,\) \(40 bytes\) but holds only 16"):
+        load_npy(_npy_declaring(tmp_path / "short.npy", (5,), "<i8"), name="--npy short.npy")

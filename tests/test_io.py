@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import re
 import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -641,3 +642,59 @@ def test_tf_keras_op_with_unexpected_arguments_refused(tfk_ops, tmp_path, functi
     with pytest.raises(UnsupportedModelError, match=pattern) as info:
         load_model(path)
     assert "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def tfk_any_length(tmp_path_factory):
+    """A tf.keras .h5 over sequences of any length: h[:, -1] and reduce_sum(h, axis=1), concatenated."""
+    pytest.importorskip("tf_keras")
+    import tensorflow as tf
+    import tf_keras as K
+    K.utils.set_random_seed(5)
+    inp = K.Input((None, 3))
+    h = K.layers.LSTM(4, return_sequences=True)(inp)
+    out = K.layers.Dense(2)(tf.concat([h[:, -1], 0.5 * tf.reduce_sum(h, axis=1)], axis=-1))
+    path = str(tmp_path_factory.mktemp("tfk_any_length") / "any_length.h5")
+    K.Model(inp, out).save(path)
+    return path
+
+
+@pytest.mark.parametrize("function, kwargs, pattern", [
+    ("__operators__.getitem", {"slice_spec": [{"start": None, "stop": None, "step": None}, 10**30]},
+     r"slices with 10{30}; only 64-bit integer"),
+    ("__operators__.getitem", {"slice_spec": [{"start": None, "stop": None, "step": None}, -2**63 - 1]},
+     r"slices with -9223372036854775809"),
+    ("__operators__.getitem", {"slice_spec": [{"start": None, "stop": None, "step": None},
+                                              {"start": 0, "stop": 2**64, "step": None}, 0]},
+     r"slices with \{'start': 0, 'stop': 18446744073709551616"),
+    ("__operators__.getitem", {"slice_spec": [{"start": None, "stop": None, "step": None},
+                                              {"start": 1, "stop": None, "step": 0}, 0]}, r"slices with step 0"),
+    ("math.reduce_sum", {"axis": 10**30}, r"argument axis=10{30} does not fit a 64-bit integer"),
+])
+def test_tf_keras_op_with_out_of_range_integers_refused_at_load(tfk_any_length, tmp_path, function, kwargs,
+                                                                pattern):
+    """On an axis of unknown length Keras cannot bound an index, so h[:, 10**30] loaded and explain then
+    failed with TypeError "in user code"; integers must fit int64 (and steps be non-zero) at load."""
+    x = np.random.default_rng(6).standard_normal((1, 4, 3)).astype("float32")
+    assert np.isfinite(_outputs(load_model(tfk_any_length), x)[0]).all()
+
+    def edit(config):
+        _op_entries(config, function)[0]["inbound_nodes"][0][3].update(kwargs)
+
+    path = str(tmp_path / "huge_index.h5")
+    _edit_model_config(tfk_any_length, path, edit)
+    with pytest.raises(UnsupportedModelError, match=rf"huge_index.h5: layer 'tf\.{re.escape(function)}.*{pattern}") \
+            as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_tf_keras_constant_beyond_int64_refused(tfk_any_length, tmp_path):
+    def edit(config):
+        node = next(e for e in config["config"]["layers"] if e["name"].startswith("tf.math.multiply"))
+        node["inbound_nodes"][0][2] = 10**30      # ["_CONSTANT_VALUE", -1, 0.5, {"y": h}]
+
+    path = str(tmp_path / "huge_constant.h5")
+    _edit_model_config(tfk_any_length, path, edit)
+    with pytest.raises(UnsupportedModelError, match=r"'tf\.math\.multiply.*constant 10{30}; only finite numbers"):
+        load_model(path)

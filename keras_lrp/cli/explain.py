@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..npy import load_npy
 from . import PROG, UsageError
 from .outputs import Outputs
 
@@ -65,8 +66,8 @@ def prepare_explain(args: argparse.Namespace) -> ExplainJob:
                 raise UsageError(f"--npy explains numeric sequences; {_option(opt)} is for text")
         out = args.out or os.path.splitext(args.npy)[0] + "_relevance.npy"
         try:
-            x = np.load(args.npy, allow_pickle=False)
-        except (OSError, ValueError) as err:
+            x = load_npy(args.npy, name=f"--npy {args.npy}")
+        except OSError as err:
             raise OSError(f"cannot read --npy {args.npy}: {err}") from None
         if x.ndim == 2:
             x = x[None]
@@ -95,8 +96,8 @@ def prepare_explain(args: argparse.Namespace) -> ExplainJob:
         vocabulary, tokenizer = loaded.vocabulary, loaded.tokenizer
     if args.embeddings:
         try:
-            embeddings = np.load(args.embeddings, allow_pickle=False)
-        except (OSError, ValueError) as err:
+            embeddings = load_npy(args.embeddings, name=f"--embeddings {args.embeddings}")
+        except OSError as err:
             raise OSError(f"cannot read --embeddings {args.embeddings}: {err}") from None
         if embeddings.ndim != 2 or embeddings.shape[0] < len(vocabulary):
             raise ValueError(f"--embeddings {args.embeddings}: expected a (vocabulary size >= {len(vocabulary)}, "

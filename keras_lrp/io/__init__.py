@@ -28,8 +28,10 @@ extension. Keras 2's ``hard_sigmoid`` (``clip(0.2 x + 0.5, 0, 1)``, not Keras 3'
 ``clip(x / 6 + 0.5, 0, 1)``) is kept as :func:`keras2_hard_sigmoid` in files written by Keras 2.
 
 Model files are untrusted data: nothing outside the given file is ever read (HDF5 external
-storage, external / soft links and virtual datasets are refused), and every declared size is
-checked before anything large is read or allocated (see :func:`load_model` for the limits).
+storage, external / soft links and virtual datasets are refused), every declared size is
+checked before anything large is read or allocated, and so is every chunk of a compressed
+dataset (:mod:`.chunks`; see :func:`load_model` for the limits). Non-finite weights are named in
+a ``RuntimeWarning``.
 
 Errors (all one line, naming the file, raised before the model is built; all subclasses of
 :class:`ModelFileError`):
@@ -45,7 +47,8 @@ Errors (all one line, naming the file, raised before the model is built; all sub
   cannot rebuild faithfully (nested models, ``time_major=True``, a TensorFlow op layer whose
   function is not on the allow-list or whose arguments are not understood, ...).
 * :class:`ModelTooLargeError` (``ValueError``): the file declares more data than the limits
-  allow (raise them with ``max_bytes=``).
+  allow (raise them with ``max_bytes=``), or a compressed chunk would unpack to more than its
+  dataset declares (no opt-in).
 """
 from __future__ import annotations
 
@@ -59,18 +62,20 @@ import re
 import stat
 import warnings
 import zipfile
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import h5py
 import keras
 import numpy as np
 
 from ..cells import LRP_LSTMCell
+from .chunks import audit_chunks, check_filters
 from .errors import (ModelFileError, ModelFileNotFoundError, ModelTooLargeError, UnsafeModelError,
                      UnsupportedModelError)
 from .plan import _Plan, _build, _plan_checked
 from .translate import KERAS2_ACTIVATIONS, _decode, _one_line, _Translator, keras2_hard_sigmoid
-from .weights import _assign_weights, _check_weight_shapes, _h5_weight_datasets, _read_h5_weights
+from .weights import (_assign_weights, _check_weight_shapes, _h5_weight_datasets,
+                      _read_h5_weights, describe_non_finite, non_finite_weights)
 
 __all__ = [
     "load_model",
@@ -101,7 +106,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 MAX_CONFIG_BYTES = 16 * 2**20
 #: Deepest nesting of JSON arrays / objects accepted in an architecture (Keras configs use ~15).
 MAX_CONFIG_DEPTH = 100
-#: Most HDF5 links (groups and datasets) walked in one file, and most members of a ``.keras`` zip.
+#: Most HDF5 links (groups and datasets) plus stored chunks walked in one file, and most members
+#: of a ``.keras`` zip.
 MAX_HDF5_OBJECTS = 100_000
 #: Most layers in a model's top-level layer list (each costs time to build).
 MAX_LAYERS = 5_000
@@ -110,10 +116,6 @@ MAX_LAYERS = 5_000
 #: weights uncompressed, so a genuine file declares at most about its own size.
 WEIGHT_BYTES_PER_FILE_BYTE = 16
 WEIGHT_BYTES_FLOOR = 16 * 2**20
-
-# HDF5 filters that only decode the file's own bytes (deflate, shuffle, fletcher32, szip, n-bit,
-# scale-offset, lzf); any other filter would make HDF5 look for a plugin library.
-_SAFE_H5_FILTERS = {1, 2, 3, 4, 5, 6, 32000}
 
 
 def _mib(n: int) -> str:
@@ -189,12 +191,15 @@ def _audit_hdf5(path: str, handle: h5py.File, budget: int, where: str = "") -> i
     """Refuse an HDF5 file that could make HDF5 read anything but its own bytes, before any
     dataset is read: soft / external / user-defined links, datasets kept in external files,
     virtual datasets, filters that need plugins; and files declaring more than ``budget`` bytes
-    of datasets or more than :data:`MAX_HDF5_OBJECTS` links.
+    of datasets or more than :data:`MAX_HDF5_OBJECTS` links and stored chunks.
+
+    Chunked datasets are checked chunk by chunk before HDF5 decodes any (see :mod:`.chunks`).
 
     Returns:
         the total declared size of all datasets, in bytes (``prod(shape) * itemsize``).
     """
     state = {"count": 0, "total": 0}
+    file_size = handle.id.get_filesize()
 
     def visit(name: str, link: Any) -> Optional[ModelFileError]:
         # An exception may not cross HDF5's C iteration: a returned error stops the walk.
@@ -228,10 +233,15 @@ def _audit_hdf5(path: str, handle: h5py.File, budget: int, where: str = "") -> i
                                    f"{type(link).__name__}, not a plain group or dataset.")
         obj = handle.get(name)
         if isinstance(obj, h5py.Dataset):
-            state["total"] += _audit_dataset(path, where, shown, obj)
+            filters = _audit_dataset(path, where, shown, obj)
+            shape = obj.shape
+            if shape is not None:
+                state["total"] += math.prod(int(d) for d in shape) * obj.dtype.itemsize
             if state["total"] > budget:
                 raise _too_large(path, f"{where}declares datasets of at least", state["total"],
                                  budget)
+            state["count"] += audit_chunks(path, where, shown, obj, filters, file_size,
+                                           MAX_HDF5_OBJECTS - state["count"])
 
     try:
         problem = handle.visititems_links(visit)
@@ -243,7 +253,9 @@ def _audit_hdf5(path: str, handle: h5py.File, budget: int, where: str = "") -> i
     return state["total"]
 
 
-def _audit_dataset(path: str, where: str, shown: str, dataset: h5py.Dataset) -> int:
+def _audit_dataset(path: str, where: str, shown: str, dataset: h5py.Dataset) -> List[int]:
+    """Refuse external storage, virtual datasets and filters not decoded by :mod:`.chunks`;
+    returns the dataset's filter ids in write order."""
     plist = dataset.id.get_create_plist()
     if plist.get_external_count() > 0:
         target = _one_line(_decode(plist.get_external(0)[0]))[:120]
@@ -256,14 +268,7 @@ def _audit_dataset(path: str, where: str, shown: str, dataset: h5py.Dataset) -> 
             f"{path}: {where}dataset {shown} is an HDF5 virtual dataset (its data lives in "
             "other datasets or files); load_model refuses it. Re-save the model with "
             "model.save().")
-    for index in range(plist.get_nfilters()):
-        code = plist.get_filter(index)[0]
-        if code not in _SAFE_H5_FILTERS:
-            raise UnsafeModelError(
-                f"{path}: {where}dataset {shown} uses HDF5 filter #{code}, which would need a "
-                "plugin library; load_model only decodes the standard filters.")
-    shape = dataset.shape
-    return 0 if shape is None else math.prod(int(d) for d in shape) * dataset.dtype.itemsize
+    return check_filters(path, where, shown, plist)
 
 
 @contextlib.contextmanager
@@ -576,20 +581,74 @@ def _check_needed_bytes(path: str, needed: int, stored: int) -> None:
             f"stores only {_mib(stored)}; the file is not a consistent Keras model.")
 
 
+class _Measured(NamedTuple):
+    """A ``config.json`` built with shape-only variables."""
+
+    needed: int   # bytes its variables take
+    # per top-level layer, the (path, shape) of each weight, as the layer graph implies them;
+    # None when the layers were built from their build_config instead
+    implied: Optional[Dict[str, List[Tuple[str, Tuple[int, ...]]]]]
+
+
+def _graph_built_config(config: Any) -> Optional[Any]:
+    """``config`` without its top-level layers' ``build_config``, so that deserialising it builds
+    each layer on the tensors the layer graph feeds it (Keras builds a layer from its
+    ``build_config`` instead, which a file may contradict: an ``InputLayer`` of 5 features
+    feeding an LSTM stored with a (3, 16) kernel). None for a model whose layers only a
+    ``build_config`` would build (a Sequential without an ``InputLayer``)."""
+    body = config.get("config") if isinstance(config, dict) else None
+    layers = body.get("layers") if isinstance(body, dict) else None
+    if not isinstance(layers, list) or config.get("class_name") not in ("Functional", "Model",
+                                                                          "Sequential"):
+        return None
+    if config["class_name"] == "Sequential" and not (
+            layers and isinstance(layers[0], dict) and layers[0].get("class_name") == "InputLayer"):
+        return None
+    stripped = [{k: v for k, v in entry.items() if k != "build_config"}
+                if isinstance(entry, dict) else entry for entry in layers]
+    return {**config, "config": {**body, "layers": stripped}}
+
+
 def _measure_keras3_config(path: str, config: Any, scope: Mapping[str, Any], safe_mode: bool,
-                           budget: int) -> int:
-    """Bytes of variables a Keras 3 ``config.json`` builds, measured without allocating them."""
+                           budget: int) -> _Measured:
+    """Bytes of variables a Keras 3 ``config.json`` builds, and the weight shapes its layer graph
+    implies, measured without allocating any variable."""
     if isinstance(config, dict):
         config = {k: v for k, v in config.items() if k != "compile_config"}
+    graph_config = _graph_built_config(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with _variables_without_values():
-            model = keras.saving.deserialize_keras_object(config, custom_objects=dict(scope),
-                                                          safe_mode=safe_mode)
+            model, implied = None, None
+            if graph_config is not None:
+                with contextlib.suppress(Exception):   # then as Keras would build it, below
+                    model = keras.saving.deserialize_keras_object(
+                        graph_config, custom_objects=dict(scope), safe_mode=safe_mode)
+                    implied = {layer.name: [(v.path, tuple(v.shape)) for v in layer.weights]
+                               for layer in model.layers}
+            if model is None:
+                model = keras.saving.deserialize_keras_object(config, custom_objects=dict(scope),
+                                                              safe_mode=safe_mode)
             needed = _variable_bytes(model)
     if needed > budget:
         raise _too_large(path, "the architecture's weights would take", needed, budget)
-    return needed
+    return _Measured(needed, implied)
+
+
+def _check_implied_shapes(path: str, measured: _Measured, model: keras.Model) -> None:
+    """The weights Keras loaded (built from each layer's ``build_config``, so of the stored
+    shapes) against the shapes the architecture's layer graph implies."""
+    for layer in model.layers:
+        implied = (measured.implied or {}).get(layer.name)
+        if not implied or len(implied) != len(layer.weights):
+            continue
+        for (weight, want), var in zip(implied, layer.weights):
+            if want != tuple(var.shape):
+                raise ModelFileError(
+                    f"{path}: layer {layer.name!r} ({type(layer).__name__}): the architecture in "
+                    f"config.json feeds it inputs that need weight {weight!r} of shape {want}, "
+                    f"but the file stores shape {tuple(var.shape)}; the config contradicts the "
+                    "weights (e.g. an Input of another feature size).")
 
 
 def _load_keras_zip(path: str, custom_objects: Dict[str, Any], safe_mode: bool,
@@ -604,18 +663,21 @@ def _load_keras_zip(path: str, custom_objects: Dict[str, Any], safe_mode: bool,
     first_error: Optional[BaseException] = None
     if not _is_keras2(version):
         try:
-            needed = _measure_keras3_config(path, config, scope, safe_mode, budget)
+            measured = _measure_keras3_config(path, config, scope, safe_mode, budget)
         except ModelFileError:
             raise
         except Exception as exc:  # Keras cannot build it: rebuild it ourselves (below)
             first_error = exc
         else:
-            _check_needed_bytes(path, needed, stored)
+            _check_needed_bytes(path, measured.needed, stored)
             try:
-                return keras.saving.load_model(path, custom_objects=scope, compile=False,
-                                               safe_mode=safe_mode)
+                model = keras.saving.load_model(path, custom_objects=scope, compile=False,
+                                                safe_mode=safe_mode)
             except Exception as exc:  # fall back to rebuilding the architecture ourselves
                 first_error = exc
+            else:
+                _check_implied_shapes(path, measured, model)
+                return model
     translator = _Translator(path, _is_keras2(version), custom_objects, safe_mode)
     try:
         _, needed = _measure_plan(translator, config, {}, budget)
@@ -653,7 +715,13 @@ def load_model(path: PathLike, custom_objects: Optional[Mapping[str, Any]] = Non
     * the path is a regular file (not a FIFO, device, socket, directory or symlink loop);
     * the file never points outside itself: HDF5 external storage, external links, soft links,
       virtual datasets and filters needing plugins are refused (:class:`UnsafeModelError`),
-      also inside a ``.keras`` archive's ``model.weights.h5``;
+      also inside a ``.keras`` archive's ``model.weights.h5``; so are szip, n-bit,
+      scale-offset and lzf, whose decoders size their output from the file;
+    * chunked datasets, before HDF5 decodes any (:class:`ModelTooLargeError`): a chunk shape
+      may not exceed the dataset's in any dimension, the stored chunks may not outnumber the
+      shape's nor lie beyond the file, a stored chunk may take at most its uncompressed size
+      + 0.1% + 64 bytes, and each deflate (gzip) stream is inflated here, stopped one byte past
+      its chunk's size (HDF5's own inflate grows its buffer until the stream ends);
     * sizes (:class:`ModelTooLargeError`): the datasets the file declares, the unpacked size of
       a ``.keras`` archive's members and the weights the architecture would allocate (measured
       by building it with shape-only variables) may not exceed ``max_bytes``, by default
@@ -661,10 +729,16 @@ def load_model(path: PathLike, custom_objects: Optional[Mapping[str, Any]] = Non
       :data:`WEIGHT_BYTES_FLOOR`); an architecture may take :data:`MAX_CONFIG_BYTES` (16 MiB),
       nest :data:`MAX_CONFIG_DEPTH` (100) levels and list :data:`MAX_LAYERS` (5,000) layers;
       an HDF5 file may hold
-      :data:`MAX_HDF5_OBJECTS` (100,000) links. The module constants can be raised for trusted
-      files;
+      :data:`MAX_HDF5_OBJECTS` (100,000) links and stored chunks. The module constants can be
+      raised for trusted files;
     * every stored weight's shape matches what the architecture implies
-      (:class:`ModelFileError`).
+      (:class:`ModelFileError`): for a ``.keras``, the shapes its layer graph implies, not only
+      each layer's ``build_config``;
+    * tf.keras op layers: integer indices, slice bounds, axes and shapes fit int64, slice steps
+      are not 0, constants are finite (:class:`UnsupportedModelError`).
+
+    A model whose weights hold NaN or inf is returned with a ``RuntimeWarning`` naming each such
+    layer and its counts (its predictions and explanations will not be finite).
 
     Args:
         path: the model file (``str``, ``bytes`` or ``os.PathLike``).
@@ -690,7 +764,8 @@ def load_model(path: PathLike, custom_objects: Optional[Mapping[str, Any]] = Non
         UnsafeModelError: a ``Lambda`` layer in safe mode, a class / activation that is not
             built into Keras and not in ``custom_objects``, or data outside the file.
         UnsupportedModelError: something that cannot be rebuilt faithfully in Keras 3.
-        ModelTooLargeError: the file declares more than the limits above.
+        ModelTooLargeError: the file declares more than the limits above, or holds a chunk
+            that would unpack to more than its dataset declares.
     """
     if custom_objects is not None and not isinstance(custom_objects, Mapping):
         raise TypeError("custom_objects must be a dict {name: class_or_function}, got "
@@ -707,8 +782,10 @@ def load_model(path: PathLike, custom_objects: Optional[Mapping[str, Any]] = Non
     budget = _weight_budget(model_path.size, max_bytes)
     try:
         if model_path.kind == "zip":
-            return _load_keras_zip(path, custom_objects, bool(safe_mode), budget)
-        return _load_h5(path, custom_objects, bool(safe_mode), budget)
+            model = _load_keras_zip(path, custom_objects, bool(safe_mode), budget)
+        else:
+            model = _load_h5(path, custom_objects, bool(safe_mode), budget)
+        found = non_finite_weights(model)
     except ModelFileError:
         raise
     except RecursionError:
@@ -719,3 +796,8 @@ def load_model(path: PathLike, custom_objects: Optional[Mapping[str, Any]] = Non
     except Exception as exc:  # any other failure on untrusted data: one documented type
         raise ModelFileError(f"{path}: could not be loaded ({type(exc).__name__}: "
                              f"{_one_line(exc)[:200]}).") from exc
+    if found:
+        warnings.warn(f"{path}: the weights are not all finite: {describe_non_finite(found)}; "
+                      "every prediction and explanation through these layers will be NaN or inf "
+                      "(training diverged, or the file is damaged).", RuntimeWarning, stacklevel=2)
+    return model

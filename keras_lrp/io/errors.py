@@ -15,7 +15,8 @@ class ModelFileNotFoundError(ModelFileError, FileNotFoundError):
 class UnsafeModelError(ModelFileError):
     """The model holds code (``Lambda``) or custom classes, which are only loaded on request, or
     the file refers to data outside itself (HDF5 external storage, external / soft links,
-    virtual datasets, unknown compression filters), which is never read."""
+    virtual datasets, unknown compression filters), which is never read, or uses a compression
+    filter whose decoder sizes its output from the file (szip, n-bit, scale-offset, lzf)."""
 
 
 class UnsupportedModelError(ModelFileError):
@@ -23,4 +24,6 @@ class UnsupportedModelError(ModelFileError):
 
 
 class ModelTooLargeError(ModelFileError):
-    """The file declares more data than :func:`load_model`'s limits allow (``max_bytes=``)."""
+    """The file declares more data than :func:`load_model`'s limits allow (``max_bytes=``), or
+    holds a compressed HDF5 chunk that would unpack to more than its dataset declares (a
+    decompression bomb; no opt-in)."""

@@ -146,9 +146,14 @@ def _parse_node(translator: _Translator, node: Any, layer_name: str, constants: 
     refs, kwargs = [], {}
     for entry in node:
         if entry[0] == "_CONSTANT_VALUE":
-            if not (constants and _is_number(entry[2])):
+            if not constants:
                 raise translator._unsupported(
                     f"layer {layer_name!r} is called on a constant, which is not supported.")
+            if not _is_number(entry[2]):
+                raise translator._unsupported(
+                    f"layer {layer_name!r} is called on the constant "
+                    f"{_one_line(repr(entry[2]))[:60]}; only finite numbers within 64-bit range "
+                    "are rebuilt.")
             refs.append(entry[2])
         else:
             refs.append(_Ref(entry[0], int(entry[1]), int(entry[2])))

@@ -2,6 +2,7 @@
 allow-list of TensorFlow function names, looked up in a table, never imported or evaluated."""
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, NamedTuple, Tuple
 
 import keras
@@ -100,6 +101,7 @@ _TF_OPS: Dict[str, _OpSpec] = {
     "sigmoid": _unary(ops.sigmoid),
 }
 _OP_LAYER_CLASSES = ("TFOpLambda", "SlicingOpLambda")
+_INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
 _SAFE_DTYPES = {"float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64",
                 "uint8", "bool"}
 
@@ -138,25 +140,33 @@ class _TFOp(NamedTuple):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite float or an int TensorFlow can hold."""
+    return (isinstance(value, float) and math.isfinite(value)) or _is_int64(value)
+
+
+def _is_int64(value: Any) -> bool:
+    """An int (not a bool) that TensorFlow can hold: a larger one loads as a Keras op and fails
+    only when the model runs (10**30 in ``h[:, 10**30]``: TypeError "in user code")."""
+    return isinstance(value, int) and not isinstance(value, bool) and _INT64_MIN <= value <= _INT64_MAX
 
 
 def _int_list(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return isinstance(value, (list, tuple)) and all(_is_int64(v) for v in value)
 
 
 def _slice_item(where: str, item: Any):
     """One element of a recorded ``slice_spec``: index, slice dict, None (newaxis), Ellipsis."""
-    if item is None or (isinstance(item, int) and not isinstance(item, bool)):
+    if item is None or _is_int64(item):
         return item
     if isinstance(item, dict) and item.get("class_name") == "__ellipsis__":
         return Ellipsis
     if isinstance(item, dict) and set(item) == {"start", "stop", "step"} and all(
-            v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in item.values()):
+            v is None or _is_int64(v) for v in item.values()):
+        if item["step"] == 0:
+            raise UnsupportedModelError(f"{where} slices with step 0.")
         return slice(item["start"], item["stop"], item["step"])
     raise UnsupportedModelError(f"{where} slices with {_one_line(repr(item))[:100]}; only "
-                                "integer indices, integer slices, None and ... are rebuilt.")
+                                "64-bit integer indices and slices, None and ... are rebuilt.")
 
 
 def _op_value(where: str, name: str, kind: int, value: Any):
@@ -168,12 +178,11 @@ def _op_value(where: str, name: str, kind: int, value: Any):
         value = list(value) if isinstance(value, (list, tuple)) else [value]
         ok = all(isinstance(v, keras.KerasTensor) or _is_number(v) for v in value)
     elif kind == _AXIS:
-        ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+        ok = value is None or _is_int64(value)
     elif kind in (_AXES, _SHAPE):
         if isinstance(value, list):
             value = tuple(value)
-        ok = (value is None and kind == _AXES) or _int_list(value) or (
-            isinstance(value, int) and not isinstance(value, bool))
+        ok = (value is None and kind == _AXES) or _int_list(value) or _is_int64(value)
     elif kind == _BOOL:
         ok = isinstance(value, bool)
     elif kind == _DTYPE:
@@ -185,8 +194,12 @@ def _op_value(where: str, name: str, kind: int, value: Any):
         ok = value is None or name == "name"  # tf.keras drops `name`; `var` must be absent
         value = None
     if not ok:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        huge = any(isinstance(v, int) and not isinstance(v, bool) and not _is_int64(v)
+                   for v in values)
         raise UnsupportedModelError(f"{where}: argument {name}={_one_line(repr(value))[:100]} "
-                                    "is not supported.")
+                                    + ("does not fit a 64-bit integer." if huge else
+                                       "is not supported."))
     return value
 
 

@@ -2,7 +2,7 @@
 before assignment."""
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Tuple
 
 import h5py
 import keras
@@ -85,3 +85,38 @@ def _assign_weights(path: str, layers: Mapping[str, keras.layers.Layer],
                                         for n, arrays in weights.items()})
     for name, layer in layers.items():
         layer.set_weights(weights.get(name, []))
+
+
+class NonFiniteWeights(NamedTuple):
+    """A layer whose weights hold NaN or inf values."""
+
+    layer: str
+    nan: int
+    inf: int
+    size: int   # floating-point weight values of the layer
+
+
+def non_finite_weights(model: keras.Model) -> List[NonFiniteWeights]:
+    """The top-level layers of ``model`` whose weights are not all finite, in layer order."""
+    found = []
+    for layer in model.layers:
+        nan = inf = size = 0
+        for variable in layer.weights:
+            values = np.asarray(variable.numpy())
+            if values.dtype.kind not in "fc":
+                continue
+            size += values.size
+            if not np.isfinite(values).all():
+                nan += int(np.isnan(values).sum())
+                inf += int(np.isinf(values).sum())
+        if nan or inf:
+            found.append(NonFiniteWeights(layer.name, nan, inf, size))
+    return found
+
+
+def describe_non_finite(found: List[NonFiniteWeights]) -> str:
+    """``"layer 'out' 1 NaN and 0 inf of 8 values, ..."`` (at most five layers named)."""
+    shown = [f"layer {f.layer!r} {f.nan:,} NaN and {f.inf:,} inf of {f.size:,} values"
+             for f in found[:5]]
+    more = f" and {len(found) - 5} more layers" if len(found) > 5 else ""
+    return ", ".join(shown) + more

@@ -13,6 +13,7 @@ import sysconfig
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
+from ..npy import load_npy
 from ..text import Tokenizer, Vocabulary
 
 __all__ = ["SentimentModel", "load_pretrained", "shipped_models_dir", "ShippedModelNotFoundError"]
@@ -154,7 +155,7 @@ def load_pretrained(name: str = "sst5", models_dir: Optional[Union[str, os.PathL
     from ..io import load_model
 
     vocabulary = Vocabulary.load(vocab_path)
-    embeddings = np.load(emb_path, allow_pickle=False)
+    embeddings = load_npy(emb_path)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(vocabulary) or embeddings.dtype != np.float32:
         raise ValueError(f"{emb_path}: expected float32 (vocab size {len(vocabulary)}, emb_dim), found "
                          f"{embeddings.dtype} {embeddings.shape}")
