@@ -36,7 +36,7 @@ from keras.src.ops.operation import Operation
 
 from .graph import Graph, Node, Ref
 
-__all__ = ["canonicalize", "KerasMask", "MaskedOutput", "OPAQUE_LAYERS"]
+__all__ = ["canonicalize", "KerasMask", "MaskedOutput", "OPAQUE_LAYERS", "restoring_graph_bookkeeping"]
 
 
 class KerasMask(Operation):
@@ -94,7 +94,7 @@ def _functional_of(model: keras.Model):
 
 
 @contextlib.contextmanager
-def _restoring_graph_bookkeeping(layer) -> Iterator[None]:
+def restoring_graph_bookkeeping(layer) -> Iterator[None]:
     """Undo what a symbolic call adds to ``layer`` and its sublayers (their inbound / outbound nodes)."""
     layers = [layer] + list(layer._flatten_layers(include_self=False)) if hasattr(layer, "_flatten_layers") else [layer]
     saved = [(l, len(l._inbound_nodes), len(l._outbound_nodes)) for l in layers]
@@ -206,7 +206,7 @@ class _Canonicalizer:
 
         inputs = tree.map_shape_structure(spec, structure)
         kwargs = {"training": False} if "training" in inspect.signature(model.call).parameters else {}
-        with _restoring_graph_bookkeeping(model):
+        with restoring_graph_bookkeeping(model):
             outputs = model.call(inputs, **kwargs)
             return keras.Model(inputs, outputs)
 
@@ -241,6 +241,7 @@ class _Canonicalizer:
         return tree.map_structure(lambda a: Ref(known[id(a)]) if isinstance(a, keras.KerasTensor) else a, structure)
 
     def _emit(self, op, args, kwargs, output_tensors, known, path, trace_error=None) -> List[int]:
+        _open_batch_axis(op)
         args, kwargs = self._refs(args, known), self._refs(kwargs, known)
         data_kwargs = {k: v for k, v in kwargs.items() if k != "mask"}
         inputs = [a.key for a in tree.flatten((args, data_kwargs)) if isinstance(a, Ref)]
@@ -294,7 +295,7 @@ class _Canonicalizer:
             s_kwargs["training"] = False
         for name, masks in self._carried_masks(layer, args, kwargs, known).items():
             s_kwargs[name] = tree.map_structure(lambda key: None if key is None else mask_stand_in(key), masks)
-        with _restoring_graph_bookkeeping(layer):
+        with restoring_graph_bookkeeping(layer):
             try:
                 outputs = layer.call(*s_args, **s_kwargs)
                 flat_out = tree.flatten(outputs)
@@ -361,6 +362,15 @@ class _Canonicalizer:
                                args=tuple(Ref(k) for k in list(outs) + originals),
                                output_shapes=[tuple(t.shape) for t in output_tensors], path=path))
         return new
+
+
+def _open_batch_axis(op) -> None:
+    """A ``reshape`` traced from code that read a symbolic shape (``ops.reshape(x, (x.shape[0], 1, d))``)
+    holds None for the batch axis: -1 there (it is the only unknown axis)."""
+    shape = getattr(op, "newshape", None)
+    if isinstance(op, keras.src.ops.numpy.Reshape) and isinstance(shape, (tuple, list)) and \
+            sum(d is None for d in shape) == 1 and -1 not in shape:
+        op.newshape = tuple(-1 if d is None else d for d in shape)
 
 
 def _flat_inputs(args, kwargs) -> List:

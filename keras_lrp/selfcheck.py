@@ -43,15 +43,28 @@ class Disagreement:
 
 
 def max_difference(got, want) -> float:
+    """max |got - want|; non-finite values count as equal where both are the same (a model with NaN
+    weights outputs NaN, and so does its explanation), as infinitely apart elsewhere."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     if got.shape != want.shape:
         return float("inf")
-    return float(np.max(np.abs(got - want))) if got.size else 0.0
+    if not got.size:
+        return 0.0
+    finite = np.isfinite(got) & np.isfinite(want)
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    if np.any(~finite & ~same):
+        return float("inf")
+    return float(np.max(np.abs(got[finite] - want[finite]))) if finite.any() else 0.0
+
+
+def _scale(want) -> float:
+    want = np.asarray(want, np.float64)
+    finite = want[np.isfinite(want)]
+    return float(np.max(np.abs(finite))) if finite.size else 0.0
 
 
 def _agree(got, want, rtol: float = RTOL) -> bool:
-    scale = float(np.max(np.abs(np.asarray(want, np.float64)))) if np.size(want) else 0.0
-    return max_difference(got, want) <= rtol * scale + _ATOL
+    return max_difference(got, want) <= rtol * _scale(want) + _ATOL
 
 
 def _describe(op) -> str:
@@ -82,8 +95,7 @@ def first_disagreeing_call(walk, xs: List) -> Optional[Disagreement]:
             got = [step.prop.activate(g) for g in got]
         for g, w in zip(got, want):
             if not _agree(g.numpy(), w.numpy(), CALL_RTOL):
-                return Disagreement(_describe(node.op), max_difference(g.numpy(), w.numpy()),
-                                    float(np.max(np.abs(w.numpy()))))
+                return Disagreement(_describe(node.op), max_difference(g.numpy(), w.numpy()), _scale(w.numpy()))
     return None
 
 
@@ -97,7 +109,7 @@ def self_check(walk, model, xs: List, explained_output, multi_input: bool, outpu
     if _agree(explained_output, reference):
         return
     diff = max_difference(explained_output, reference)
-    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    scale = _scale(reference)
     found = first_disagreeing_call(walk, xs)
     if found is None:
         warnings.warn(f"the explainer's forward pass differs from the model's output by up to {diff:.3g} "

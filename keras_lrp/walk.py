@@ -28,8 +28,8 @@ from keras.src.backend.common.masking import get_keras_mask, set_keras_mask
 from .canonical import KerasMask
 from .graph import Graph, Node
 from .propagators import IDENTITY_LAYERS, Context, UnsupportedLayerError, propagator_for
-from .propagators.base import lookup
-from .propagators.ops import GATE_OPS, LambdaLinearProp, UnsupportedOpError, is_op
+from .propagators.base import lookup, refusal_reason
+from .propagators.ops import ELEMENTWISE_ACTIVATIONS, GATE_OPS, LambdaLinearProp, UnsupportedOpError, is_op
 
 __all__ = ["Walk", "UnsupportedLayerError"]
 
@@ -125,7 +125,7 @@ class Walk:
             if node is None or id(node) in self._embed_nodes:
                 return marked
             marked.add(id(node))
-            if not isinstance(node.op, IDENTITY_LAYERS + GATE_OPS) or not node.inputs:
+            if not isinstance(node.op, IDENTITY_LAYERS + GATE_OPS + ELEMENTWISE_ACTIVATIONS) or not node.inputs:
                 return marked
             key = node.inputs[0]
 
@@ -141,11 +141,11 @@ class Walk:
             raise UnsupportedOpError(op, "it is not linear or not known to keras_lrp" + _where(node) + ". "
                                          "Supported op nodes are listed by keras_lrp.propagators.markdown_table().")
         elif node.trace_error is not None:
+            advice = (refusal_reason(op) or "Write its call with keras.ops (no Python branches on tensor values, no "
+                      f"TensorFlow functions on Keras tensors), or register a propagator for it: keras_lrp.register"
+                      f"({type(op).__name__}, rule=...) (see the README).")
             raise UnsupportedLayerError(op, f"it has no propagator and its call could not be traced into Keras layers "
-                                            f"and keras.ops calls: {node.trace_error}. Write its call with keras.ops "
-                                            "(no Python branches on tensor values, no TensorFlow functions on Keras "
-                                            "tensors), or register a propagator for it: keras_lrp.register"
-                                            f"({type(op).__name__}, rule=...) (see the README)." + _where(node))
+                                            f"and keras.ops calls: {node.trace_error}. {advice}" + _where(node))
         else:
             prop = propagator_for(op, self.ctx, is_output=is_output)
         if isinstance(op, (keras.layers.RNN, keras.layers.Bidirectional)) and len(node.inputs) > 1:

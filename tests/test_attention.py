@@ -221,14 +221,14 @@ def test_refusals_name_the_problem():
     att = L.Attention()
     att([inp, inp], return_attention_scores=True)
     with pytest.raises(UnsupportedLayerError, match="return_attention_scores"):
-        propagator_for(att, Context("float64", Epsilon(), "all"))
+        propagator_for(att, Context("float64", Epsilon(), "all")).roles
     twice = L.Attention()
     twice([inp, inp])
     twice([inp, inp])
     with pytest.raises(UnsupportedLayerError, match="called exactly once"):
-        propagator_for(twice, Context("float64", Epsilon(), "all"))
+        propagator_for(twice, Context("float64", Epsilon(), "all")).roles
     mask_in = keras.Input((T,), dtype="bool")
     explicit = L.MultiHeadAttention(2, 2)
     explicit(inp, inp, attention_mask=mask_in[:, None, :] & mask_in[:, :, None])
     with pytest.raises(UnsupportedLayerError, match="extra tensors"):
-        propagator_for(explicit, Context("float64", Epsilon(), "all"))
+        propagator_for(explicit, Context("float64", Epsilon(), "all")).roles

@@ -326,13 +326,14 @@ def test_functional_and_sequential_masking_agree():
     np.testing.assert_allclose(b.relevance, a.relevance, rtol=0, atol=1e-12 * np.abs(a.relevance).max())
 
 
-def test_seed_sliced_lambda_needs_layer_rules():
+def test_seed_sliced_lambdas_are_traced_or_declared_linear():
+    """The seed's slicing Lambdas are traced into get_item calls; declared linear, they give the same."""
     model, x, _, rules = build(seed_sliced)
-    with pytest.raises(keras_lrp.UnsupportedLayerError, match="Lambda layers run arbitrary code"):
-        keras_lrp.explain(model, x)
+    traced = keras_lrp.LRP(model, eps=0.0, bias_factor=1.0, dtype="float64").attribute(x)
     e = keras_lrp.LRP(model, eps=0.0, bias_factor=1.0, dtype="float64", layer_rules=rules).attribute(x)
     # each slice's Bi-LSTM sees 4 features: every feature gets relevance through its own slice
     assert np.all(np.abs(e.relevance).sum(axis=(0, 1)) > 0)
+    np.testing.assert_allclose(traced.relevance, e.relevance, rtol=0, atol=1e-12 * np.abs(e.relevance).max())
 
 
 class TfkCase(NamedTuple):

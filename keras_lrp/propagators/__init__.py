@@ -12,12 +12,12 @@ from __future__ import annotations
 import keras
 
 from .base import (Context, Propagator, RegistryRow, UnsupportedLayerError, propagator_for, refuse, register,
-                   supported_layers)
+                   supported_layers, unregister)
 # each module registers its propagators; the import order is the order of the README table
-from . import linear, recurrent, shape, normalization, attention, ops  # noqa: F401
+from . import linear, recurrent, shape, normalization, attention, ops, wrappers  # noqa: F401
 from .shape import IDENTITY_LAYERS
 
-__all__ = ["UnsupportedLayerError", "Context", "Propagator", "RegistryRow", "register", "refuse",
+__all__ = ["UnsupportedLayerError", "Context", "Propagator", "RegistryRow", "register", "unregister", "refuse",
            "propagator_for", "supported_layers", "IDENTITY_LAYERS", "markdown_table"]
 
 refuse(keras.layers.Lambda, "a Lambda layer is explained through the keras.ops calls of its function. Rewrite it "

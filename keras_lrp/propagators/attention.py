@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 from .. import rules
-from ..graph import Ref
+from ..graph import Node, Ref
 from .base import Propagator, UnsupportedLayerError, register
 
 __all__ = ["AttentionProp", "MultiHeadAttentionProp", "CallRoles", "call_roles", "weighted_sum_relevance"]
@@ -80,6 +80,19 @@ def call_roles(layer, node) -> CallRoles:
         inputs = bound.arguments["inputs"]
         names = {"query": inputs[0], "value": inputs[1], "key": inputs[2] if len(inputs) > 2 else None}
     return _call_roles(layer, names, bound, list(node.inputs))
+
+
+def _only_call(layer) -> Node:
+    """The layer's only call in the Keras graph, as a :class:`~keras_lrp.graph.Node` (tensors keyed by id)."""
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if len(nodes) != 1:
+        raise UnsupportedLayerError(layer, "an attention layer used on its own must be called exactly once.")
+    kn = nodes[0]
+    refs = lambda s: keras.tree.map_structure(  # noqa: E731
+        lambda t: Ref(id(t)) if isinstance(t, keras.KerasTensor) else t, s)
+    kwargs = {k: v for k, v in kn.arguments.kwargs.items() if k != "mask"}
+    inputs = [id(t) for t in keras.tree.flatten((kn.arguments.args, kwargs)) if isinstance(t, keras.KerasTensor)]
+    return Node(op=layer, inputs=inputs, outputs=[], args=refs(kn.arguments.args), kwargs=refs(kwargs))
 
 
 def _connections(mask, shape, dtype):
@@ -150,7 +163,15 @@ class AttentionProp(Propagator):
 
     def bind(self, node, walk) -> None:
         """Called by the walk with this call's graph node: which input is query, value, key."""
-        self.roles = call_roles(self.layer, node)
+        self._roles = call_roles(self.layer, node)
+
+    @property
+    def roles(self) -> CallRoles:
+        """The call's roles (see :meth:`bind`); for a propagator used on its own, from the layer's only call
+        in a functional model."""
+        if getattr(self, "_roles", None) is None:
+            self._roles = call_roles(self.layer, _only_call(self.layer))
+        return self._roles
 
     def __init__(self, layer, ctx, is_output=False):
         super().__init__(layer, ctx, is_output)
@@ -207,6 +228,7 @@ class MultiHeadAttentionProp(Propagator):
     """``MultiHeadAttention`` on (batch, time, features) inputs, default ``attention_axes``."""
 
     bind = AttentionProp.bind
+    roles = AttentionProp.roles
 
     def __init__(self, layer, ctx, is_output=False):
         super().__init__(layer, ctx, is_output)

@@ -17,7 +17,8 @@ from ..recurrent import GATE_RULES
 from ..composites import Composite
 from ..rules import Epsilon, GateRule, LinearRule
 
-__all__ = ["UnsupportedLayerError", "Context", "Propagator", "register", "refuse", "propagator_for", "handles",
+__all__ = ["UnsupportedLayerError", "Context", "Propagator", "register", "unregister", "refuse", "propagator_for",
+           "handles",
            "supported_layers", "RegistryRow"]
 
 
@@ -26,8 +27,15 @@ class UnsupportedLayerError(ValueError):
 
     def __init__(self, layer, why: str):
         super().__init__(
-            f"layer {layer.name!r} ({type(layer).__name__}) is not supported by keras_lrp: {why}")
+            f"layer {layer.name!r} ({class_name(layer)}) is not supported by keras_lrp: {why}")
         self.layer = layer
+
+
+def class_name(layer) -> str:
+    """``LSTM`` for Keras's own classes, ``module.Class`` for a user's (a user's ``Attention`` is not
+    ``keras.layers.Attention``)."""
+    cls = type(layer)
+    return cls.__name__ if _is_library_class(cls) else f"{cls.__module__}.{cls.__qualname__}"
 
 
 class Context:
@@ -131,17 +139,46 @@ _REFUSED: Dict[type, str] = {}
 
 def register(*layer_types: type, rule: str) -> Callable[[Type[Propagator]], Type[Propagator]]:
     """Class decorator: ``propagator`` handles ``layer_types`` (and their subclasses, unless a
-    subclass has a row of its own); ``rule`` says in words what it does, for the docs."""
+    subclass has a row of its own); ``rule`` says in words what it does, for the docs.
+
+    This is also how a user gives their own layer a rule (``keras_lrp.register``); registering a user's
+    class again (a notebook cell run twice) replaces its propagator."""
+    if not layer_types or not all(isinstance(t, type) for t in layer_types):
+        raise TypeError(f"register takes layer classes, got {layer_types!r}.")
+    if not isinstance(rule, str) or not rule.strip():
+        raise TypeError("register needs rule=, a sentence saying what the propagator does (for the docs).")
+
     def deco(propagator: Type[Propagator]) -> Type[Propagator]:
+        if not (isinstance(propagator, type) and issubclass(propagator, Propagator)):
+            raise TypeError(f"@register decorates a keras_lrp Propagator subclass, got {propagator!r}.")
         row = RegistryRow(tuple(layer_types), propagator, rule)
         for t in layer_types:
-            if t in _REGISTRY:
-                raise ValueError(f"{t.__name__} is registered twice ({_REGISTRY[t].propagator.__name__}, "
-                                 f"{propagator.__name__}).")
+            old = _REGISTRY.get(t)
+            if old is not None:
+                if _is_library_class(t) or _is_library_class(old.propagator):
+                    raise ValueError(f"{t.__name__} is registered twice ({old.propagator.__name__}, "
+                                     f"{propagator.__name__}).")
+                _ROWS.remove(old)
+                for other in old.layers:
+                    _REGISTRY.pop(other, None)
             _REGISTRY[t] = row
         _ROWS.append(row)
         return propagator
     return deco
+
+
+def unregister(*layer_types: type) -> None:
+    """Remove a user's layer types from the registry (their layers are traced again)."""
+    for t in layer_types:
+        if _is_library_class(t):
+            raise ValueError(f"{t.__name__} is one of keras_lrp's own rules; it cannot be unregistered.")
+        row = _REGISTRY.pop(t, None)
+        if row is not None and not any(r is row for r in _REGISTRY.values()):
+            _ROWS.remove(row)
+
+
+def _is_library_class(cls: type) -> bool:
+    return cls.__module__.split(".")[0] in ("keras", "keras_lrp")
 
 
 def refuse(layer_type: type, why: str) -> None:
@@ -156,6 +193,11 @@ def lookup(layer) -> Optional[RegistryRow]:
         if cls in _REGISTRY:
             return _REGISTRY[cls]
     return None
+
+
+def refusal_reason(layer) -> Optional[str]:
+    """Why layers of this type have no rule (:func:`refuse`), or None."""
+    return next((why for cls, why in _REFUSED.items() if isinstance(layer, cls)), None)
 
 
 def handles(layer) -> bool:

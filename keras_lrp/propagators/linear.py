@@ -125,15 +125,12 @@ class _FoldsBatchNorm(Propagator):
         return out, (x, w * a, c if b is None else b * a + c, z * a + c)
 
 
-@register(keras.layers.Dense, keras.layers.TimeDistributed, rule="epsilon-rule over the kernel (N = input units); the activation passes R unchanged; TimeDistributed around Dense only; a following BatchNormalization is folded in")
+@register(keras.layers.Dense, rule="epsilon-rule over the kernel (N = input units); the activation passes R "
+                                  "unchanged; a following BatchNormalization is folded in")
 class DenseProp(_FoldsBatchNorm):
     """``y = activation(x W + b)`` on the last axis, epsilon-rule over W (N = input units)."""
 
     accepts_rules = True   # a Composite may give it ZPlus, AlphaBeta, Gamma or its own Epsilon
-
-    @classmethod
-    def handles(cls, layer) -> bool:
-        return not isinstance(layer, keras.layers.TimeDistributed) or isinstance(layer.layer, keras.layers.Dense)
 
     def __init__(self, layer, ctx, is_output=False):
         inner = layer.layer if isinstance(layer, keras.layers.TimeDistributed) else layer

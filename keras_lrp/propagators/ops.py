@@ -26,6 +26,7 @@ from typing import List, Optional
 
 import keras
 import tensorflow as tf
+from keras import tree
 from keras.src.ops import core as _core, nn as _nn, numpy as _np
 
 from .. import rules
@@ -92,22 +93,28 @@ class OpPropagator(Propagator):
         return self.layer.call(*args, **kwargs)
 
 
-@register(_np.GetItem, _np.Reshape, _np.Transpose, _np.Squeeze, _np.ExpandDims, _np.Concatenate, _np.Stack,
-          _np.Moveaxis, _np.Swapaxes,
-          rule="identity: each output element is one input element, R is routed back unchanged")
+#: ops whose every output element is one input element (a copy, a selection, the winner of a max)
+ROUTE_OPS = (_np.GetItem, _np.Reshape, _np.Transpose, _np.Squeeze, _np.ExpandDims, _np.Concatenate, _np.Stack,
+             _np.Moveaxis, _np.Swapaxes, _np.Repeat, _np.Tile, _np.Flip, _np.Roll, _np.BroadcastTo, _np.Pad,
+             _np.Split, _np.Take, _np.TakeAlongAxis, _np.Where, _np.Maximum, _np.Minimum)
+
+
+@register(*ROUTE_OPS, rule="identity: each output element is one input element (copied, selected, or the winner of "
+                           "a maximum / minimum), R is routed back unchanged; constants it copies get none")
 class RouteProp(OpPropagator):
-    """Slicing and re-arranging ops: ``R_x`` is the vector-Jacobian product of the 0/1 selection."""
+    """Selecting and re-arranging ops: ``R_x`` is the vector-Jacobian product of the 0/1 selection."""
 
     def forward(self, inputs, masks):
-        y = self.call_op(inputs, masks)
-        return [y], [None], inputs
+        ys = tree.flatten(self.call_op(inputs, masks))
+        return ys, [None] * len(ys), inputs
 
     def relevance(self, inputs, r_outs):
         floats = [x for x in inputs if _is_float(x)]
         with tf.GradientTape() as tape:
             tape.watch(floats)
-            y = self.call_op(inputs)
-        grads = iter(tape.gradient(y, floats, output_gradients=r_outs[0]))
+            ys = tree.flatten(self.call_op(inputs))
+        grads = iter(tape.gradient(ys, floats, output_gradients=list(r_outs),
+                                   unconnected_gradients=tf.UnconnectedGradients.ZERO))
         return [next(grads) if _is_float(x) else None for x in inputs], None
 
 
@@ -141,13 +148,24 @@ class ReduceProp(OpPropagator):
 @register(_np.Add, _np.Subtract, keras.layers.Subtract,
           rule="epsilon-rule over the summands (N = number of input-dependent summands; constants are a bias)")
 class SumProp(OpPropagator):
-    """``z = ±x1 ± x2``: each input-dependent term is a contribution; constants act as a bias."""
+    """``z = ±x1 ± x2``: each input-dependent term is a contribution; constants act as a bias. The bias
+    ``+ b`` of a traced ``matmul(x, W) + b`` is explained with the product (:func:`folded_bias`)."""
+
+    #: True when the product before it explains this addition with it (see :meth:`bind`)
+    folded = False
+
+    def bind(self, node, walk):
+        super().bind(node, walk)
+        producers = [walk.graph.producer(k) for k, rel in zip(node.inputs, self.relevant) if rel]
+        self.folded = len(producers) == 1 and producers[0] is not None and folded_bias(producers[0], walk) is node
 
     def forward(self, inputs, masks):
         z = self.call_op(inputs)
         return [z], [None], (inputs, z)
 
     def relevance(self, cache, r_outs):
+        if self.folded:
+            return [r_outs[0] if rel else None for rel in self.relevant], None
         inputs, z = cache
         eps = self.ctx.eps
         signs = self._signs()
@@ -215,9 +233,9 @@ def _is_gate(walk, key) -> bool:
 
 
 @register(_np.Multiply, _np.Divide, _np.TrueDivide, keras.layers.Multiply,
-          rule="times / divided by a constant: R unchanged; gate x signal (one factor a softmax or "
-               "sigmoid, e.g. attention weights): the gate is held constant, the signal takes all "
-               "(AttnLRP, Achtibat et al. 2024)")
+          rule="times / divided by a constant: R unchanged; gate x signal (one factor attention weights or a "
+               "gate: a softmax, sigmoid or exp output, possibly masked or renormalised): the gate is held "
+               "constant, the signal takes all (AttnLRP, Achtibat et al. 2024)")
 class MultiplyProp(OpPropagator):
     """``y = x1 * x2`` (or ``x1 / x2``, or the ``Multiply`` layer's product of its inputs)."""
 
@@ -256,11 +274,15 @@ class MultiplyProp(OpPropagator):
 
 
 @register(*GATE_OPS, rule="gate: held constant where it multiplies a signal (gets no relevance); "
-                          "at the output: the explained score is its input")
+                          "at the output: the explained score is its input; a sigmoid elsewhere is an element-wise "
+                          "activation (R unchanged)")
 class GateProp(OpPropagator):
-    """Softmax / sigmoid: only as a gate (attention weights) of a product, or as the output activation."""
+    """Softmax / sigmoid: a gate (attention weights) of a product, or the output activation; a sigmoid
+    elsewhere on the relevance path is an element-wise activation (R passes unchanged)."""
 
-    gate_only = True
+    @property
+    def gate_only(self) -> bool:
+        return not isinstance(self.layer, _nn.Sigmoid)
 
     def forward(self, inputs, masks):
         if self.is_output:
@@ -278,6 +300,121 @@ class GateProp(OpPropagator):
 
     def activate(self, y):
         return self.call_op([y])
+
+
+#: element-wise activations written as keras.ops calls (in traced layers, or between layers)
+ELEMENTWISE_ACTIVATIONS = (_nn.Relu, _nn.Relu6, _np.Tanh, _nn.Gelu, _nn.Elu, _nn.Selu, _nn.Softplus, _nn.Softsign,
+                           _nn.Silu, _nn.LeakyRelu, _nn.HardSigmoid, _nn.HardSilu, _nn.Celu, _nn.HardTanh)
+
+
+@register(*ELEMENTWISE_ACTIVATIONS, rule="element-wise activation: R passes unchanged (as for Activation layers); "
+                                         "at the output: the explained score is its input")
+class ElementwiseProp(OpPropagator):
+    """``y = act(x)`` element-wise (Arras et al. 2017: activations pass relevance unchanged)."""
+
+    def forward(self, inputs, masks):
+        return [inputs[0] if self.is_output else self.call_op(inputs)], [None], None
+
+    def relevance(self, cache, r_outs):
+        return [r_outs[0]] + [None] * (len(self.node.inputs) - 1), None
+
+    @property
+    def activation_name(self):
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", type(self.layer).__name__).lower()
+
+    def activate(self, y):
+        return self.call_op([y])
+
+
+@register(_np.Matmul, _np.Einsum, _np.Tensordot, _np.Dot,
+          rule="a product with weights (a traced layer's add_weight) or with attention weights (held constant): "
+               "epsilon-rule over the contracted terms (N = connected inputs); a product of two signals is refused")
+class ProductMapProp(OpPropagator):
+    """``z = op(x, W)``: linear in the one input-dependent operand ``x`` that is not a gate, the other operands
+    (weights, constants, attention weights) held constant; the epsilon-rule over the contraction, each
+    output's share spread over the inputs connected to it (non-zero weights)."""
+
+    def bind(self, node, walk):
+        super().bind(node, walk)
+        relevant = [i for i, r in enumerate(self.relevant) if r]
+        signals = [i for i in relevant if not _is_gate(walk, node.inputs[i])]
+        if len(signals) != 1:
+            raise UnsupportedOpError(self.layer, "it multiplies two input-dependent tensors, neither of them "
+                                                 "attention weights (a softmax); LRP has no rule for a product of "
+                                                 "two signals." if signals else
+                                     "every input-dependent operand is attention weights (no signal).")
+        self.signal = signals[0]
+        self.no_relevance_inputs = tuple(i for i in range(len(node.inputs)) if i != self.signal)
+        self.bias_node = folded_bias(node, walk)
+
+    def _map(self, inputs, transform=None):
+        """``t -> op(...)`` with the signal replaced by ``t`` and every other tensor operand by
+        ``transform(operand)`` (unchanged when None)."""
+        values = dict(zip(self.node.inputs, inputs))
+        signal_key = self.node.inputs[self.signal]
+
+        def operand(a):
+            if isinstance(a, Ref):
+                return _SIGNAL if a.key == signal_key else (values[a.key] if transform is None
+                                                            else transform(values[a.key]))
+            if transform is not None and (_is_tensor_like(a)):
+                return transform(a)
+            return a
+        args, kwargs = tree.map_structure(operand, self.node.args), tree.map_structure(operand, self.node.kwargs)
+
+        def f(t):
+            put = lambda a: t if a is _SIGNAL else a  # noqa: E731
+            return self.layer.call(*tree.map_structure(put, args), **tree.map_structure(put, kwargs))
+        return f
+
+    def forward(self, inputs, masks):
+        z = self.call_op(inputs)
+        return [z], [None], (inputs, z)
+
+    def relevance(self, cache, r_outs):
+        inputs, z = cache
+        x = inputs[self.signal]
+        bias = None
+        if self.bias_node is not None:   # explained with its "+ b" (which passes R through)
+            bias = keras.ops.cast(_bias_of(self.bias_node), z.dtype)
+            z = z + bias
+        r_x = gradient_linear(self._map(inputs), x, z, bias, r_outs[0], self.ctx.eps,
+                              connections=self._map(inputs, lambda w: keras.ops.cast(keras.ops.not_equal(w, 0), x.dtype)),
+                              absolute=self._map(inputs, keras.ops.abs))
+        out = [None] * len(inputs)
+        out[self.signal] = r_x
+        return out, None
+
+
+_SIGNAL = object()
+
+
+def folded_bias(node, walk):
+    """The call ``+ b`` that adds a constant bias to the product ``node`` (``ops.matmul(x, self.W) + self.b``
+    in a traced layer), so that the pair is explained as one map with a bias, as a Dense layer is; or None.
+
+    It folds when ``node`` is a matmul / einsum / tensordot / dot whose one output is not the model output
+    and is read only by an ``add`` whose other operand is a weight or constant (not a graph tensor)."""
+    if not isinstance(node.op, (_np.Matmul, _np.Einsum, _np.Tensordot, _np.Dot)) or len(node.outputs) != 1:
+        return None
+    key = node.outputs[0]
+    readers = walk.graph.consumers(key)
+    if key == walk.graph.output or len(readers) != 1:
+        return None
+    add = readers[0]
+    if not isinstance(add.op, _np.Add) or add.inputs != [key] or len(add.args) != 2:
+        return None
+    return add
+
+
+def _bias_of(add) -> object:
+    """The constant operand of a folded ``+ b`` call (see :func:`folded_bias`)."""
+    return next(a for a in add.args if not isinstance(a, Ref))
+
+
+def _is_tensor_like(a) -> bool:
+    return isinstance(a, (tf.Tensor, tf.Variable, keras.Variable)) or (hasattr(a, "shape") and hasattr(a, "dtype")
+                                                                       and not isinstance(a, (str, bytes)))
 
 
 class LambdaLinearProp(OpPropagator):

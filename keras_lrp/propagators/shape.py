@@ -73,6 +73,22 @@ class ReshapeProp(Propagator):
         return tf.reshape(r, shape), None
 
 
+@register(keras.layers.RepeatVector, keras.layers.Permute, keras.layers.Cropping1D, keras.layers.ZeroPadding1D,
+          keras.layers.UpSampling1D,
+          rule="identity: each output element is a copy of one input element (or a zero), R is routed back")
+class CopyProp(Propagator):
+    """Layers that copy elements: relevance is the vector-Jacobian product of the copying."""
+
+    def forward1(self, x, mask):
+        return self.layer.call(x), x
+
+    def relevance1(self, x, r):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = self.layer.call(x)
+        return tape.gradient(y, x, output_gradients=r), None
+
+
 @register(keras.layers.Concatenate, rule="R is split back onto the inputs, unchanged")
 class ConcatenateProp(Propagator):
     def forward(self, inputs, masks):
