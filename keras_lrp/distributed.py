@@ -52,6 +52,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .safe_io import atomic_open, atomic_write
+
 __all__ = ["explain_corpus", "CorpusResult", "read_corpus_output", "MultiDeviceExplainer", "available_devices"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -114,13 +116,9 @@ def _sha256_file(path: PathLike) -> str:
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` either does not exist or is complete."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` so that ``path`` either does not exist or is complete (a new
+    temporary file, fsynced and renamed: a symlink at ``path`` is replaced, never followed)."""
+    atomic_write(path, data, durable=True)
 
 
 def _check_sequence(seq: np.ndarray, where: str, spec: Dict[str, Any]) -> None:
@@ -533,15 +531,11 @@ def _run_ray(todo: List[_Shard], address: Optional[str], num_workers: int, cpus_
 
 
 def _merge(shards_dir: pathlib.Path, shards: Sequence[_Shard], path: pathlib.Path) -> None:
-    """Concatenate the shard files in order into ``path`` (temporary file + rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as out:
+    """Concatenate the shard files in order into ``path`` (a new temporary file + rename)."""
+    with atomic_open(path, "wb", durable=True) as out:
         for shard in shards:
             with open(shards_dir / (_SHARD_NAME.format(shard.index) + ".jsonl"), "rb") as f:
                 shutil.copyfileobj(f, out)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
 
 
 def read_corpus_output(path: PathLike) -> Iterator[Dict[str, Any]]:

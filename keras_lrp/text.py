@@ -523,8 +523,11 @@ class Vocabulary:
         }
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write the vocabulary as UTF-8 JSON (one token per id, reserved ones first)."""
-        with open(path, "w", encoding="utf-8") as f:
+        """Write the vocabulary as UTF-8 JSON (one token per id, reserved ones first), through a
+        new temporary file renamed over ``path`` (:class:`keras_lrp.safe_io.AtomicFile`)."""
+        from .safe_io import atomic_open
+
+        with atomic_open(path, "w") as f:
             json.dump(self.to_json_dict(), f, ensure_ascii=False, indent=0)
             f.write("\n")
 
