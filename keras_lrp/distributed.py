@@ -130,6 +130,9 @@ def _check_sequence(seq: np.ndarray, where: str, spec: Dict[str, Any]) -> None:
         raise ValueError(f"{where}: has shape {seq.shape}; this model needs {want} {spec['text']}.")
     if seq.shape[0] == 0:
         raise ValueError(f"{where}: empty sequence; give at least one token / timestep.")
+    if seq.shape[0] > spec["max_length"]:
+        raise ValueError(f"{where}: {seq.shape[0]:,} timesteps, more than max_length={spec['max_length']:,}; "
+                         "shorten it, or pass a larger max_length= if the workers have the memory.")
     if spec["time"] is not None and seq.shape[0] != spec["time"]:
         raise ValueError(f"{where}: {seq.shape[0]} timesteps, but the model takes exactly {spec['time']}.")
     if spec["features"] is not None and seq.ndim == 2 and seq.shape[1] != spec["features"]:
@@ -304,13 +307,16 @@ class _ShardExplainer:
 
     def __init__(self, model_path: str, corpus: _Corpus, shards_dir: str, fingerprint: str,
                  config: Dict[str, Any], target: Optional[np.ndarray], timestep: Optional[np.ndarray],
-                 embeddings: Optional[str] = None, fail_after: Optional[int] = None):
+                 embeddings: Optional[str] = None, fail_after: Optional[int] = None,
+                 max_length: Optional[int] = None):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import keras_lrp
+        from .explainer import MAX_LENGTH
 
         self.explainer = keras_lrp.Explainer(keras_lrp.load_model(model_path), eps=config["eps"],
                                              bias_factor=config["bias_factor"], dtype=config["dtype"],
-                                             rule=config["rule"], method=config["method"])
+                                             rule=config["rule"], method=config["method"],
+                                             max_length=MAX_LENGTH if max_length is None else max_length)
         self.corpus, self.shards_dir, self.fingerprint = corpus, pathlib.Path(shards_dir), fingerprint
         self.batch_size, self.feature_relevance = config["batch_size"], config["feature_relevance"]
         self.target, self.timestep = target, timestep
@@ -383,7 +389,7 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
                    shard_size: int = 4096, target=None, timestep=None, eps: float = 1e-3,
                    bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32", method: str = "lrp",
                    embeddings: Optional[PathLike] = None, feature_relevance: bool = False, resume: bool = True,
-                   _fail_after_shards: Optional[int] = None) -> CorpusResult:
+                   max_length: Optional[int] = None, _fail_after_shards: Optional[int] = None) -> CorpusResult:
     """Explain a corpus with LRP (or a gradient baseline) on a pool of Ray Data actors; write one
     JSON line per sequence.
 
@@ -408,6 +414,8 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         feature_relevance: write the full (time, features) relevance instead of per-timestep sums.
         resume: keep the shards an earlier run with identical settings and inputs finished; False
             deletes ``out_dir``'s shards and starts over.
+        max_length: the longest sequence explained (default 100,000, as :func:`keras_lrp.explain`);
+            a corpus with a longer one is refused before any worker starts.
 
     Returns:
         :class:`CorpusResult`; the explanations are in ``result.path``.
@@ -433,9 +441,12 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
     model_path = os.path.abspath(os.fspath(model_path))
     # Load and check the model here, so that a bad file or an unsupported layer fails before any
     # worker starts (the workers load the same file again).
+    from .explainer import MAX_LENGTH
+
+    max_length = MAX_LENGTH if max_length is None else max_length
     explainer = keras_lrp.Explainer(keras_lrp.load_model(model_path), eps=eps, bias_factor=bias_factor,
-                                    dtype=dtype, rule=rule, method=method)
-    spec = _input_spec(explainer)
+                                    dtype=dtype, rule=rule, method=method, max_length=max_length)
+    spec = {**_input_spec(explainer), "max_length": max_length}
     if embeddings is not None:
         embeddings = os.path.abspath(os.fspath(embeddings))
         spec = _embedding_spec(embeddings, spec)
@@ -472,7 +483,7 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         _run_ray(todo, address, num_workers, cpus_per_worker,
                  dict(model_path=model_path, corpus=corpus, shards_dir=str(shards_dir.resolve()),
                       fingerprint=fingerprint, config=config, target=target_arr, timestep=timestep_arr,
-                      embeddings=embeddings, fail_after=_fail_after_shards))
+                      embeddings=embeddings, fail_after=_fail_after_shards, max_length=max_length))
     missing = [s.index for s in todo if not _shard_complete(shards_dir, s, fingerprint)]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} did not complete; rerun with resume=True to finish them.")
