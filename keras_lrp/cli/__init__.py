@@ -69,10 +69,20 @@ class UsageError(Exception):
     """The command line is wrong (bad or conflicting options, no text): exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the user's text in its messages shown safely on a terminal."""
+
+    def error(self, message: str):
+        from ..safe_io import printable
+
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {printable(message)}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from ..experiments.evaluate import add_evaluate_parser, finite_float, int_at_least, nonnegative_float
 
-    parser = argparse.ArgumentParser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Explain Keras LSTM/GRU predictions with LRP "
                                                  "(Arras et al. 2017).", epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -142,7 +152,27 @@ def _start_tensorflow_quietly() -> None:
 
 
 def _error(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    from ..safe_io import printable
+
+    print(f"{PROG}: error: {printable(message)}", file=sys.stderr)
+
+
+# Lines of a TensorFlow / Keras error message that frame the cause rather than state it.
+_FRAME_PREFIXES = ("in user code:", "File ", "Traceback", "[[", "Detected at node", "Graph execution error",
+                   "Call arguments received", "During handling", "The above exception", "•", "Exception encountered")
+
+
+def one_line(err: BaseException) -> str:
+    """The line of ``err``'s message that states the cause: its first line, unless that only
+    frames what follows (TensorFlow's "in user code:", "Graph execution error:"), then the last
+    line that is not a frame (the root cause, e.g. "ValueError: ..."). Never empty."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if len(lines) == 1 or not (lines[0].endswith(":") or lines[0].startswith(_FRAME_PREFIXES)):
+        return lines[0]
+    causes = [line for line in lines if not line.startswith(_FRAME_PREFIXES)]
+    return causes[-1] if causes else lines[0]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -177,6 +207,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as err:  # noqa: BLE001 - every error becomes one readable line
         if args.debug:
             raise
-        text = str(err).strip()
-        _error(text.splitlines()[0] if text else type(err).__name__)
+        _error(one_line(err))
         return EXIT_USAGE if isinstance(err, (UsageError, EvaluateArgumentError, OutputError)) else EXIT_ERROR
