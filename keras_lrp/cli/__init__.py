@@ -50,10 +50,16 @@ vocabulary files (--vocab), recognised by their content:
   with Embedding(mask_zero=True), as Keras' texts_to_sequences leaves the word out).
   Unknown words are marked * and listed in the JSON (oov_tokens).
 
+input: one sentence per line (empty lines skipped), UTF-8; sentences are read, explained and written
+a chunk at a time, so memory stays flat however many lines there are. A sentence of more than
+--max-length tokens (default 100,000) is refused after tokenizing that many.
+
 outputs: --json (one JSON line per sentence, in input order), --html (all sentences, one shared
-colour scale), --png (the first sentence; with --npy the first sample's time x feature heatmap),
---out (with --npy: the relevance array, default X_relevance.npy). Output paths are checked before
-any work; a failed run leaves no partial file (an interrupted one keeps the finished JSON lines).
+colour scale; spooled to a temporary file, written at the end), --png (the first sentence; with
+--npy the first sample's time x feature heatmap), --out (with --npy: the relevance array, default
+X_relevance.npy). Output paths are checked before any work; each output is written to a new
+temporary file and renamed into place (a symlink there is replaced, not followed), so a failed run
+leaves no partial file (an interrupted one keeps the finished JSON lines).
 
 examples:
   keras-lrp explain "i hate the movie though the plot is interesting ."
@@ -112,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--npy", help="explain numeric sequences from this .npy (batch, time, features)")
     p.add_argument("--out", help="with --npy: where to write the relevance .npy")
     p.add_argument("--batch-size", type=int_at_least(1), default=256, help="sentences per batch (default 256)")
+    p.add_argument("--max-length", type=int_at_least(1), default=None,
+                   help="most tokens a sentence may have (default 100,000, keras_lrp's max_length); "
+                        "memory grows with tokens x units")
     p.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="ray: explain --input on Ray Data workers, resumable (pip install 'keras-lrp[distributed]')")
     p.add_argument("--address", help="with --engine ray: a Ray cluster address (default: a local instance)")
