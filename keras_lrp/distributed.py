@@ -53,6 +53,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from .npy import load_npy
+from .safe_io import atomic_open, atomic_write
 
 __all__ = ["explain_corpus", "CorpusResult", "read_corpus_output", "MultiDeviceExplainer", "available_devices"]
 
@@ -116,13 +117,9 @@ def _sha256_file(path: PathLike) -> str:
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` either does not exist or is complete."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` so that ``path`` either does not exist or is complete (a new
+    temporary file, fsynced and renamed: a symlink at ``path`` is replaced, never followed)."""
+    atomic_write(path, data, durable=True)
 
 
 def _check_sequence(seq: np.ndarray, where: str, spec: Dict[str, Any]) -> None:
@@ -134,6 +131,9 @@ def _check_sequence(seq: np.ndarray, where: str, spec: Dict[str, Any]) -> None:
         raise ValueError(f"{where}: has shape {seq.shape}; this model needs {want} {spec['text']}.")
     if seq.shape[0] == 0:
         raise ValueError(f"{where}: empty sequence; give at least one token / timestep.")
+    if seq.shape[0] > spec["max_length"]:
+        raise ValueError(f"{where}: {seq.shape[0]:,} timesteps, more than max_length={spec['max_length']:,}; "
+                         "shorten it, or pass a larger max_length= if the workers have the memory.")
     if spec["time"] is not None and seq.shape[0] != spec["time"]:
         raise ValueError(f"{where}: {seq.shape[0]} timesteps, but the model takes exactly {spec['time']}.")
     if spec["features"] is not None and seq.ndim == 2 and seq.shape[1] != spec["features"]:
@@ -302,13 +302,16 @@ class _ShardExplainer:
 
     def __init__(self, model_path: str, corpus: _Corpus, shards_dir: str, fingerprint: str,
                  config: Dict[str, Any], target: Optional[np.ndarray], timestep: Optional[np.ndarray],
-                 embeddings: Optional[str] = None, fail_after: Optional[int] = None):
+                 embeddings: Optional[str] = None, fail_after: Optional[int] = None,
+                 max_length: Optional[int] = None):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import keras_lrp
+        from .explainer import MAX_LENGTH
 
         self.explainer = keras_lrp.Explainer(keras_lrp.load_model(model_path), eps=config["eps"],
                                              bias_factor=config["bias_factor"], dtype=config["dtype"],
-                                             rule=config["rule"], method=config["method"])
+                                             rule=config["rule"], method=config["method"],
+                                             max_length=MAX_LENGTH if max_length is None else max_length)
         self.corpus, self.shards_dir, self.fingerprint = corpus, pathlib.Path(shards_dir), fingerprint
         self.batch_size, self.feature_relevance = config["batch_size"], config["feature_relevance"]
         self.target, self.timestep = target, timestep
@@ -381,7 +384,7 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
                    shard_size: int = 4096, target=None, timestep=None, eps: float = 1e-3,
                    bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32", method: str = "lrp",
                    embeddings: Optional[PathLike] = None, feature_relevance: bool = False, resume: bool = True,
-                   _fail_after_shards: Optional[int] = None) -> CorpusResult:
+                   max_length: Optional[int] = None, _fail_after_shards: Optional[int] = None) -> CorpusResult:
     """Explain a corpus with LRP (or a gradient baseline) on a pool of Ray Data actors; write one
     JSON line per sequence.
 
@@ -406,6 +409,8 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         feature_relevance: write the full (time, features) relevance instead of per-timestep sums.
         resume: keep the shards an earlier run with identical settings and inputs finished; False
             deletes ``out_dir``'s shards and starts over.
+        max_length: the longest sequence explained (default 100,000, as :func:`keras_lrp.explain`);
+            a corpus with a longer one is refused before any worker starts.
 
     Returns:
         :class:`CorpusResult`; the explanations are in ``result.path``.
@@ -431,9 +436,12 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
     model_path = os.path.abspath(os.fspath(model_path))
     # Load and check the model here, so that a bad file or an unsupported layer fails before any
     # worker starts (the workers load the same file again).
+    from .explainer import MAX_LENGTH
+
+    max_length = MAX_LENGTH if max_length is None else max_length
     explainer = keras_lrp.Explainer(keras_lrp.load_model(model_path), eps=eps, bias_factor=bias_factor,
-                                    dtype=dtype, rule=rule, method=method)
-    spec = _input_spec(explainer)
+                                    dtype=dtype, rule=rule, method=method, max_length=max_length)
+    spec = {**_input_spec(explainer), "max_length": max_length}
     if embeddings is not None:
         embeddings = os.path.abspath(os.fspath(embeddings))
         spec = _embedding_spec(embeddings, spec)
@@ -470,7 +478,7 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         _run_ray(todo, address, num_workers, cpus_per_worker,
                  dict(model_path=model_path, corpus=corpus, shards_dir=str(shards_dir.resolve()),
                       fingerprint=fingerprint, config=config, target=target_arr, timestep=timestep_arr,
-                      embeddings=embeddings, fail_after=_fail_after_shards))
+                      embeddings=embeddings, fail_after=_fail_after_shards, max_length=max_length))
     missing = [s.index for s in todo if not _shard_complete(shards_dir, s, fingerprint)]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} did not complete; rerun with resume=True to finish them.")
@@ -529,15 +537,11 @@ def _run_ray(todo: List[_Shard], address: Optional[str], num_workers: int, cpus_
 
 
 def _merge(shards_dir: pathlib.Path, shards: Sequence[_Shard], path: pathlib.Path) -> None:
-    """Concatenate the shard files in order into ``path`` (temporary file + rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as out:
+    """Concatenate the shard files in order into ``path`` (a new temporary file + rename)."""
+    with atomic_open(path, "wb", durable=True) as out:
         for shard in shards:
             with open(shards_dir / (_SHARD_NAME.format(shard.index) + ".jsonl"), "rb") as f:
                 shutil.copyfileobj(f, out)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
 
 
 def read_corpus_output(path: PathLike) -> Iterator[Dict[str, Any]]:

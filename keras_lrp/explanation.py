@@ -18,6 +18,7 @@ import base64
 import io
 import json
 import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -413,7 +414,7 @@ class Explanation:
             for k, i in enumerate(rows):
                 words, arr = sentences[k]
                 parts.append(f'<div style="margin:0.4em 0 0.8em 0;"><div style="font-size:0.9em;'
-                             f'font-weight:600;color:#444;">{_escape(titles[k])}</div>')
+                             f'font-weight:600;color:#444;"><bdi>{_escape(titles[k])}</bdi></div>')
                 parts.append(html_heatmap(words, arr, scale=common, oov=oov[k] if oov else None,
                                           sequential=self._sequential).rstrip("\n"))
                 if common is None:
@@ -509,7 +510,13 @@ class Explanation:
     def save(self, path: Union[str, os.PathLike], scale: ScaleArg = None, **kwargs) -> Path:
         """Write the explanation to ``path``, by extension: ``.png`` (:meth:`plot`), ``.html``
         (:meth:`html` as a full page) or ``.json`` (:meth:`to_json_dict`; read back with
-        :meth:`load`). ``scale`` and ``kwargs`` go to :meth:`plot` / :meth:`html`."""
+        :meth:`load`). ``scale`` and ``kwargs`` go to :meth:`plot` / :meth:`html`.
+
+        The file is written under a new temporary name in the same folder and renamed over
+        ``path`` (:class:`keras_lrp.safe_io.AtomicFile`): a symlink at ``path`` is replaced, not
+        followed, and a failed save leaves ``path`` as it was."""
+        from .safe_io import atomic_open
+
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in (".png", ".html", ".htm", ".json"):
@@ -517,58 +524,202 @@ class Explanation:
         if not path.parent.exists():
             raise ValueError(f"directory {str(path.parent)!r} does not exist; create it first.")
         if suffix == ".png":
-            self.plot(scale=scale, **kwargs).savefig(path, format="png", dpi=kwargs.get("dpi", 150))
+            fig = self.plot(scale=scale, **kwargs)
+            with atomic_open(path, "wb") as f:
+                fig.savefig(f, format="png", dpi=kwargs.get("dpi", 150))
         elif suffix in (".html", ".htm"):
-            path.write_text(self.html(scale=scale, full_page=True, **kwargs), encoding="utf-8")
+            page = self.html(scale=scale, full_page=True, **kwargs)
+            with atomic_open(path, "w") as f:
+                f.write(page)
         else:
-            with open(path, "w", encoding="utf-8") as f:
+            with atomic_open(path, "w") as f:
                 json.dump(self.to_json_dict(), f)
                 f.write("\n")
         return path
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "Explanation":
-        """Read an Explanation written by ``save("....json")`` (plain JSON, never pickle)."""
-        path = os.fspath(path)
+    def load(cls, path: Union[str, os.PathLike], *, max_bytes: Optional[int] = None) -> "Explanation":
+        """Read an Explanation written by ``save("....json")`` (plain JSON, never pickle).
+
+        The file is untrusted data: every field is checked (types, one entry per sample, targets
+        among the outputs, rows no longer than ``time``), nesting is limited, and the arrays it
+        declares may take at most ``max_bytes`` (default 64 x the file's size + 64 MiB: a saved
+        explanation pads short rows with zeros, but never declares far more than it holds).
+
+        Raises:
+            FileNotFoundError; ValueError naming the file and the field.
+        """
+        return _read_json(os.fspath(path), max_bytes, cls)
+
+
+_MAX_JSON_DEPTH = 16     # a saved explanation nests 6 deep (relevance of several inputs, time x features)
+_LOAD_DTYPES = ("float16", "float32", "float64")
+
+
+def _read_json(path: str, max_bytes: Optional[int], cls) -> Explanation:
+    """:meth:`Explanation.load`: parse ``path`` and check every field before allocating."""
+    def bad(message: str) -> ValueError:
+        return ValueError(f"{path}: {message}; expected a file written by Explanation.save('....json').")
+
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"explanation file not found: {path}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path}: not a regular file; give the path of a .json file written by Explanation.save.")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except json.JSONDecodeError as e:
+        raise bad(f"not valid JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise bad(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise bad(f"JSON nested too deeply (a saved explanation nests {_MAX_JSON_DEPTH} levels at most)") from None
+    except ValueError as e:          # an integer of over 4,300 digits
+        raise bad(f"not readable JSON ({str(e)[:120]})") from None
+    if not isinstance(data, dict) or data.get("format") != _JSON_FORMAT:
+        raise ValueError(f"{path}: not an explanation file (expected \"format\": \"{_JSON_FORMAT}\").")
+    if data.get("version") != _JSON_VERSION:
+        raise ValueError(f"{path}: unsupported version {str(data.get('version'))[:40]!r} (this keras_lrp "
+                         f"reads {_JSON_VERSION}).")
+    if _json_depth(data, _MAX_JSON_DEPTH) > _MAX_JSON_DEPTH:
+        raise bad(f"JSON nested more than {_MAX_JSON_DEPTH} levels deep")
+    if data.get("dtype") not in _LOAD_DTYPES:
+        raise bad(f"\"dtype\" must be one of {', '.join(_LOAD_DTYPES)}, got {str(data.get('dtype'))[:40]!r}")
+    dtype = np.dtype(data["dtype"])
+
+    def numbers(name: str, value, ndim: int) -> np.ndarray:
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"explanation file not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); expected a file "
-                             "written by Explanation.save('....json').") from None
-        if not isinstance(data, dict) or data.get("format") != _JSON_FORMAT:
-            raise ValueError(f"{path}: not an explanation file (expected \"format\": \"{_JSON_FORMAT}\").")
-        if data.get("version") != _JSON_VERSION:
-            raise ValueError(f"{path}: unsupported version {data.get('version')!r} (this keras_lrp "
-                             f"reads {_JSON_VERSION}).")
-        dtype = np.dtype(data["dtype"])
-        n = len(data["scores"])
-        lengths = data["lengths"]
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            arr = None
+        if arr is None or arr.ndim != ndim:
+            raise bad(f"\"{name}\" must be {'a list' if ndim == 1 else 'a list of lists'} of numbers")
+        return arr
 
-        def array(rows, time):
-            if time is None:
-                return np.asarray(rows, dtype=dtype)
-            shape_tail = next((np.shape(r)[1:] for r in rows if len(r)), ())
-            out = np.zeros((n, time) + tuple(shape_tail), dtype=dtype)
+    def ints(name: str, value, n: int, low: int, high: Optional[int] = None) -> np.ndarray:
+        if not isinstance(value, list) or len(value) != n or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise bad(f"\"{name}\" must be a list of {n} integers, one per sample")
+        arr = np.asarray([min(max(v, -1), 2**62) for v in value], dtype=np.int64)   # clipped: no overflow
+        if len(arr) and (arr.min() < low or (high is not None and arr.max() >= high)):
+            where = int(np.flatnonzero((arr < low) | ((arr >= high) if high is not None else False))[0])
+            valid = f"{low}..{high - 1}" if high is not None else f">= {low}"
+            raise bad(f"\"{name}\" of sample {where} is {str(value[where])[:40]}, out of range (valid {valid})")
+        return arr
+
+    def strings(name: str, value, n: int, nested: bool = False):
+        if value is None:
+            return None
+        ok = isinstance(value, list) and len(value) == n and all(
+            isinstance(v, list) and all(isinstance(t, str) for t in v) if nested else isinstance(v, str)
+            for v in value)
+        if not ok:
+            raise bad(f"\"{name}\" must be null or {n} {'lists of strings' if nested else 'strings'}")
+        return value
+
+    scores = data.get("scores")
+    scores = numbers("scores", scores, 2 if isinstance(scores, list) and scores and isinstance(scores[0], list) else 1)
+    scores = scores.reshape(len(scores), -1)
+    n, n_out = scores.shape
+    target = ints("target", data.get("target"), n, 0, n_out)
+    rest = numbers("rest", data.get("rest"), 1)
+    if len(rest) != n:
+        raise bad(f"\"rest\" must hold {n} numbers, one per sample")
+    timestep = None if data.get("timestep") is None else ints("timestep", data["timestep"], n, 0)
+    multi = data.get("multi_input")
+    if not isinstance(multi, bool):
+        raise bad("\"multi_input\" must be true or false")
+    rel_rows = data.get("relevance") if multi else [data.get("relevance")]
+    times = data.get("time")
+    if not isinstance(rel_rows, list) or not rel_rows or not isinstance(times, list) or len(times) != len(rel_rows):
+        raise bad("\"relevance\" and \"time\" must hold one entry per model input")
+    lengths = data.get("lengths")
+    tokens = strings("tokens", data.get("tokens"), n, nested=True)
+    texts = strings("texts", data.get("texts"), n)
+    class_names = strings("class_names", data.get("class_names"), n_out)
+    oov = data.get("oov")
+    if oov is not None and not (isinstance(oov, list) and len(oov) == n and all(
+            isinstance(o, list) and all(isinstance(b, bool) for b in o) for o in oov)):
+        raise bad(f"\"oov\" must be null or {n} lists of true/false")
+    if not isinstance(data.get("method"), str) or len(data["method"]) > 40:
+        raise bad("\"method\" must be a short string (\"lrp\", \"gi\" or \"sa\")")
+
+    cap = 64 * len(raw) + 64 * 2**20 if max_bytes is None else int(max_bytes)
+    shapes = []
+    for k, (rows, time) in enumerate(zip(rel_rows, times)):
+        name = "relevance" if not multi else f"relevance[{k}]"
+        if rows is None and multi:     # an integer input that no Embedding reads
+            shapes.append(None)
+            continue
+        if not isinstance(rows, list) or len(rows) != n or not all(isinstance(r, list) for r in rows):
+            raise bad(f"\"{name}\" must hold {n} rows, one per sample")
+        if time is not None and (not isinstance(time, int) or isinstance(time, bool) or time < 0):
+            raise bad(f"\"time\" of input {k} must be null or an integer >= 0")
+        tail = next((_row_shape(r, name, bad)[1:] for r in rows if r), ())
+        if time is not None:
+            longest = max((len(r) for r in rows), default=0)
+            if longest > time:
+                raise bad(f"\"{name}\" has a row of {longest} steps, longer than its \"time\" {time}")
+        shape = (n,) + ((time,) if time is not None else ()) + tuple(tail)
+        shapes.append(shape)
+    need = sum(int(np.prod(s, dtype=object)) * dtype.itemsize for s in shapes if s is not None)
+    if need > cap:
+        raise ValueError(f"{path}: the arrays it declares take {need / 2**20:,.0f} MiB, more than max_bytes="
+                         f"{cap:,} (default 64 x the file's {len(raw):,} bytes + 64 MiB); a file written by "
+                         "Explanation.save declares little more than it holds. For a file you trust, pass "
+                         "a larger max_bytes= to Explanation.load.")
+    rels = []
+    for k, (rows, shape) in enumerate(zip(rel_rows, shapes)):
+        if shape is None:
+            rels.append(None)
+            continue
+        name = "relevance" if not multi else f"relevance[{k}]"
+        try:
+            if len(shape) == 1 or times[k] is None:
+                rels.append(np.asarray(rows, dtype=dtype).reshape(shape))
+                continue
+            out = np.zeros(shape, dtype=dtype)
             for i, r in enumerate(rows):
-                if len(r):
+                if r:
                     out[i, : len(r)] = np.asarray(r, dtype=dtype)
-            return out
+            rels.append(out)
+        except (TypeError, ValueError, OverflowError):
+            raise bad(f"\"{name}\" must hold numbers, every row of shape (steps, {', '.join(map(str, shape[2:]))})"
+                      ) from None
+    if lengths is not None:
+        lengths = ints("lengths", lengths, n, 0, None if times[0] is None else times[0] + 1)
+    try:
+        return cls(relevance=rels if multi else rels[0], scores=scores.astype(dtype), target=target,
+                   rest=rest.astype(dtype), timestep=timestep, tokens=tokens, class_names=class_names,
+                   oov=None if oov is None else [np.asarray(o, bool) for o in oov], lengths=lengths,
+                   method=data["method"], output_activation=data.get("output_activation"), texts=texts)
+    except ValueError as e:
+        raise bad(str(e).rstrip(".")) from None
 
-        rel_rows = data["relevance"] if data["multi_input"] else [data["relevance"]]
-        rels = [array(r, t) for r, t in zip(rel_rows, data["time"])]
-        return cls(relevance=rels if data["multi_input"] else rels[0],
-                   scores=np.asarray(data["scores"], dtype=dtype).reshape(n, -1),
-                   target=np.asarray(data["target"], dtype=np.int64),
-                   rest=np.asarray(data["rest"], dtype=dtype),
-                   timestep=None if data["timestep"] is None else np.asarray(data["timestep"], np.int64),
-                   tokens=data["tokens"], class_names=data["class_names"],
-                   oov=None if data["oov"] is None else [np.asarray(o, bool) for o in data["oov"]],
-                   lengths=None if lengths is None else np.asarray(lengths, np.int64),
-                   method=data["method"], output_activation=data["output_activation"],
-                   texts=data.get("texts"))
+
+def _row_shape(row: list, name: str, bad) -> tuple:
+    """The shape of one sample's relevance rows (steps, features...), refusing ragged ones."""
+    try:
+        return np.shape(np.asarray(row, dtype=np.float64))
+    except (TypeError, ValueError, OverflowError):
+        raise bad(f"\"{name}\" rows must be lists of numbers of one shape") from None
+
+
+def _json_depth(value, limit: int) -> int:
+    """How deep ``value`` (parsed JSON) nests, counted up to ``limit + 1`` (iteratively)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)
+                         if isinstance(v, (list, dict)))
+    return deepest
 
 
 def _escape(text: str) -> str:

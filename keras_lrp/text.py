@@ -20,12 +20,12 @@ import os
 import re
 import unicodedata
 from collections import Counter
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["Tokenizer", "tokenize", "Vocabulary", "VocabularyError", "PAD_ID", "UNK_ID",
-           "PAD_TOKEN", "UNK_TOKEN"]
+__all__ = ["Tokenizer", "tokenize", "KerasStyleTokenizer", "KERAS_DEFAULT_FILTERS", "TooManyTokensError",
+           "Vocabulary", "VocabularyError", "PAD_ID", "UNK_ID", "PAD_TOKEN", "UNK_TOKEN"]
 
 PAD_ID = 0
 UNK_ID = 1
@@ -80,6 +80,39 @@ _SIMPLE_CHUNK_RE = re.compile(r"([(\[{\"$#]?)([^\W_]+(?:[-/][^\W_]+)*)"
                               r"((?i:n't|'s|'re|'ll|'ve|'d|'m)?)([,;:)\]}\"%.]|[?!]+|)")
 
 
+class TooManyTokensError(ValueError):
+    """A text has more tokens than the ``max_tokens`` given to ``tokenize``; raised as soon as
+    that is known, so refusing a huge text costs about ``max_tokens`` tokens."""
+
+    def __init__(self, max_tokens: int):
+        super().__init__(f"the text has more than {max_tokens:,} tokens")
+        self.max_tokens = max_tokens
+
+
+class _TooMany(Exception):
+    """Internal: a chunk is known to give more tokens than its allowance."""
+
+
+_BLOCK_CHARS = 1 << 16   # text tokenized under a token limit is cut into blocks of about this size
+
+
+def _blocks(text: str, separator: "re.Pattern[str]", size: int) -> Iterator[str]:
+    """``text`` cut into pieces of about ``size`` characters, each cut at a match of
+    ``separator`` (so no token straddles two pieces); a piece without one is as long as it is."""
+    start, n = 0, len(text)
+    while start < n:
+        m = separator.search(text, start + size) if start + size < n else None
+        stop = m.start() if m else n
+        yield text[start:stop]
+        start = stop
+
+
+def _check_max_tokens(max_tokens: Optional[int]) -> None:
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or max_tokens < 0):
+        raise ValueError(f"max_tokens must be None or an int >= 0, got {max_tokens!r}")
+
+
 class Tokenizer:
     """PTB-style word tokenizer matching the Stanford Sentiment Treebank's tokens.
 
@@ -124,8 +157,14 @@ class Tokenizer:
             raise ValueError(f"unknown tokenizer setting(s) {sorted(unknown)}; known: ['lowercase']")
         return cls(**dict(config))
 
-    def tokenize(self, text: str) -> List[str]:
-        """Split ``text`` into a list of PTB-style tokens."""
+    def tokenize(self, text: str, max_tokens: Optional[int] = None) -> List[str]:
+        """Split ``text`` into a list of PTB-style tokens.
+
+        Args:
+            text: the text.
+            max_tokens: raise :class:`TooManyTokensError` as soon as the text is known to have more
+                tokens than this, having split about ``max_tokens`` of them (not the whole text).
+        """
         if not isinstance(text, str):
             raise TypeError(f"tokenize expects a str, got {type(text).__name__}; "
                             "for a list of words, tokenize ' '.join(words)")
@@ -134,30 +173,52 @@ class Tokenizer:
         text = text.replace("``", ' " ').replace("''", ' " ')
         if self.lowercase:
             text = text.lower()
-        chunks = text.split()
-        if not chunks:
-            return []
-        if max(map(len, chunks)) <= _CACHED_CHUNK_MAX:   # all cached: one C-level pass
-            return list(itertools.chain.from_iterable(map(_split_short_chunk, chunks)))
+        _check_max_tokens(max_tokens)
+        if max_tokens is None:
+            return _chunks_tokens(text.split(), None)
         tokens: List[str] = []
-        for chunk in chunks:
-            tokens.extend(_split_short_chunk(chunk) if len(chunk) <= _CACHED_CHUNK_MAX
-                          else _chunk_tokens(chunk))
+        for block in _blocks(text, _WHITESPACE_RE, min(_BLOCK_CHARS, max_tokens + 1)):
+            try:
+                tokens.extend(_chunks_tokens(block.split(), max_tokens - len(tokens)))
+            except _TooMany:
+                raise TooManyTokensError(max_tokens) from None
+            if len(tokens) > max_tokens:
+                raise TooManyTokensError(max_tokens)
         return tokens
+
+
+_WHITESPACE_RE = re.compile(r"\s")   # the characters str.split() splits at
+
+
+def _chunks_tokens(chunks: List[str], limit: Optional[int]) -> List[str]:
+    """The tokens of whitespace-free chunks; with ``limit``, :class:`_TooMany` once they are
+    known to be more than ``limit``."""
+    if not chunks:
+        return []
+    if max(map(len, chunks)) <= _CACHED_CHUNK_MAX:   # all cached: one C-level pass
+        return list(itertools.chain.from_iterable(map(_split_short_chunk, chunks)))
+    tokens: List[str] = []
+    for chunk in chunks:
+        if len(chunk) <= _CACHED_CHUNK_MAX:
+            tokens.extend(_split_short_chunk(chunk))
+        else:
+            tokens.extend(_chunk_tokens(chunk, None if limit is None else limit - len(tokens)))
+        if limit is not None and len(tokens) > limit:
+            raise _TooMany
+    return tokens
 
 
 _CACHED_CHUNK_MAX = 40   # chunks up to this length go through the cache _split_short_chunk
 
 
-def _chunk_tokens(chunk: str) -> Tuple[str, ...]:
+def _chunk_tokens(chunk: str, limit: Optional[int] = None) -> Tuple[str, ...]:
     """Tokens of one whitespace-free chunk: most chunks are a word with at most one bracket,
-    contraction suffix and punctuation mark, split here; the rest go to :func:`_split_chunk`."""
+    contraction suffix and punctuation mark, split here; the rest go to :func:`_split_chunk`
+    (with ``limit``: :class:`_TooMany` once they are known to be more than ``limit``)."""
     m = _SIMPLE_CHUNK_RE.fullmatch(chunk)
-    if m is None:
-        return tuple(_split_chunk(chunk))
+    if m is None or m.group(2).lower() == "cannot":
+        return tuple(_split_chunk(chunk, limit))
     lead, word, suffix, trail = m.groups()
-    if word.lower() == "cannot":
-        return tuple(_split_chunk(chunk))
     if suffix:   # "don't." -> do n't .: the stem is the word, the period splits off
         tokens: Tuple[str, ...] = (lead, word, suffix, trail)
     elif trail == "." and ((len(word) == 1 and word.isalpha()) or word.lower() in _ABBREVIATIONS):
@@ -179,8 +240,9 @@ class _Span(NamedTuple):
     fresh: bool
 
 
-def _split_chunk(chunk: str) -> List[str]:
-    """Tokens of one whitespace-free chunk.
+def _split_chunk(chunk: str, limit: Optional[int] = None) -> List[str]:
+    """Tokens of one whitespace-free chunk (with ``limit``: :class:`_TooMany` once they are known
+    to be more than ``limit``, having split about that many).
 
     Linear in ``len(chunk)`` and never copies the chunk per step: the chunk's outer punctuation
     is peeled by moving the ends of a span ``chunk[lo:hi]`` (:func:`_peel`); the rest is split
@@ -192,14 +254,18 @@ def _split_chunk(chunk: str) -> List[str]:
         return ["'"] if chunk == "`" else ([chunk] if chunk else [])
     head: List[str] = []
     tail: List[str] = []   # outermost first
-    lo, hi = _peel(chunk, 0, len(chunk), head, tail)
+    lo, hi = _peel(chunk, 0, len(chunk), head, tail, limit)
+    rest = None if limit is None else limit - len(head) - len(tail)   # >= 0 after _peel
     if hi - lo == 1 and chunk[lo] == "`":
         middle: List[str] = ["'"]
     elif _DOTS_RE.fullmatch(chunk, lo, hi):
         middle = ["..."]
     else:
-        # parts alternate piece, punctuation, piece, ... (pieces may be empty)
-        parts = _INNER_SPLIT_RE.split(chunk[lo:hi])
+        # parts alternate piece, punctuation, piece, ... (pieces may be empty); each punctuation
+        # part is a token, so a limit needs at most rest + 1 of them
+        parts = _INNER_SPLIT_RE.split(chunk[lo:hi], maxsplit=0 if rest is None else rest + 1)
+        if rest is not None and (len(parts) - 1) // 2 > rest:
+            raise _TooMany
         if len(parts) > 3 or (len(parts) == 3 and (parts[0] or parts[2])):
             if max(map(len, parts)) <= _CACHED_CHUNK_MAX:
                 # a punctuation part alone splits to itself ("..." for a run of dots)
@@ -211,9 +277,13 @@ def _split_chunk(chunk: str) -> List[str]:
                         middle.append("..." if part.startswith("..") else part)
                     elif part:
                         middle.extend(_split_short_chunk(part) if len(part) <= _CACHED_CHUNK_MAX
-                                      else _split_chunk(part))
+                                      else _split_chunk(part, None if rest is None else rest - len(middle)))
+                    if rest is not None and len(middle) > rest:
+                        raise _TooMany
         else:
-            middle = _split_span(chunk, lo, hi)
+            middle = _split_span(chunk, lo, hi, rest)
+    if rest is not None and len(middle) > rest:
+        raise _TooMany
     if not head and not tail:
         return middle
     tail.reverse()
@@ -222,13 +292,21 @@ def _split_chunk(chunk: str) -> List[str]:
     return head
 
 
-def _peel(chunk: str, lo: int, hi: int, head: List[str], tail: List[str]) -> Tuple[int, int]:
+def _peel(chunk: str, lo: int, hi: int, head: List[str], tail: List[str],
+          limit: Optional[int] = None) -> Tuple[int, int]:
     """Peel the outer punctuation of ``chunk[lo:hi]``: leading tokens go to ``head``, trailing
-    ones to ``tail`` (outermost first). Returns the new ``(lo, hi)``."""
+    ones to ``tail`` (outermost first). Returns the new ``(lo, hi)``, never an empty span.
+
+    With ``limit``: :class:`_TooMany` once ``head`` and ``tail`` hold ``limit`` tokens and there
+    is more to peel (the span left gives at least one token more)."""
+    # how many tokens head and tail may hold (the run loops below stop there)
+    room = len(chunk) if limit is None else limit
     while lo < hi and not _is_apostrophe_word(chunk, lo, hi):
+        if len(head) + len(tail) >= room:
+            raise _TooMany
         if chunk[lo] in _LEADING_SINGLE:
             # a run of opening characters peels one by one (no apostrophe word starts with one)
-            while lo + 1 < hi and chunk[lo] in _LEADING_SINGLE:
+            while lo + 1 < hi and chunk[lo] in _LEADING_SINGLE and len(head) + len(tail) < room:
                 head.append("'" if chunk[lo] == "`" else chunk[lo])
                 lo += 1
             if hi - lo > 1 or chunk[lo] not in _LEADING_SINGLE:
@@ -242,7 +320,7 @@ def _peel(chunk: str, lo: int, hi: int, head: List[str], tail: List[str]) -> Tup
         if chunk[hi - 1] in _TRAILING_SINGLE:
             # a run of closing characters peels one by one; the leading match above cannot
             # start to succeed as hi shrinks, and no apostrophe word ends in one of them
-            while hi - 1 > lo and chunk[hi - 1] in _TRAILING_SINGLE:
+            while hi - 1 > lo and chunk[hi - 1] in _TRAILING_SINGLE and len(head) + len(tail) < room:
                 tail.append(chunk[hi - 1])
                 hi -= 1
             if hi - lo > 1 or chunk[hi - 1] not in _TRAILING_SINGLE:
@@ -282,8 +360,9 @@ _SUFFIX2 = {"'s", "'d", "'m"}
 _SUFFIX3 = {"n't", "'re", "'ll", "'ve"}
 
 
-def _split_span(chunk: str, lo: int, hi: int) -> List[str]:
-    """Tokens of ``chunk[lo:hi]``, a span already peeled and free of inner punctuation.
+def _split_span(chunk: str, lo: int, hi: int, limit: Optional[int] = None) -> List[str]:
+    """Tokens of ``chunk[lo:hi]``, a span already peeled and free of inner punctuation (with
+    ``limit``: :class:`_TooMany` once they are known to be more than ``limit``).
 
     Iterative: a stack of spans (``_Span``) and finished tokens (``str``), popped in output
     order; each contraction suffix moves the span's end, and its stem is peeled again.
@@ -305,7 +384,7 @@ def _split_span(chunk: str, lo: int, hi: int) -> List[str]:
             continue
         head: List[str] = []
         tail: List[str] = []   # outermost first
-        lo, hi = _peel(chunk, lo, hi, head, tail)
+        lo, hi = _peel(chunk, lo, hi, head, tail, None if limit is None else limit - len(out))
         stack.extend(tail)              # popped last, innermost first
         if hi - lo == 1 and chunk[lo] == "`":
             stack.append("'")
@@ -323,6 +402,8 @@ def _split_span(chunk: str, lo: int, hi: int) -> List[str]:
                 # peeled already), so its own suffixes ("n'tn'tn't") come off right here;
                 # the same suffix again is the same choice, given a stem not ending in "'"
                 while hi - lo > _APOSTROPHE_WORD_MAX and chunk[hi - 1].isalnum():
+                    if limit is not None and len(out) + len(suffixes) > limit:
+                        raise _TooMany
                     suffix = suffixes[-1]
                     if chunk.endswith(suffix, lo, hi) and chunk[hi - len(suffix) - 1] != "'":
                         suffixes.append(suffix)
@@ -399,15 +480,61 @@ def _contraction_cut(chunk: str, lo: int, hi: int) -> Optional[int]:
 _DEFAULT_TOKENIZER = Tokenizer()
 
 
-def tokenize(text: str, lowercase: bool = True) -> List[str]:
-    """Tokenize ``text`` with :class:`Tokenizer` (PTB / SST style, lowercased by default).
+def tokenize(text: str, lowercase: bool = True, max_tokens: Optional[int] = None) -> List[str]:
+    """Tokenize ``text`` with :class:`Tokenizer` (PTB / SST style, lowercased by default;
+    ``max_tokens`` as in :meth:`Tokenizer.tokenize`).
 
     >>> tokenize("I hate the movie, though the plot's interesting.")
     ['i', 'hate', 'the', 'movie', ',', 'though', 'the', 'plot', "'s", 'interesting', '.']
     """
     if lowercase:
-        return _DEFAULT_TOKENIZER.tokenize(text)
-    return Tokenizer(lowercase=False).tokenize(text)
+        return _DEFAULT_TOKENIZER.tokenize(text, max_tokens)
+    return Tokenizer(lowercase=False).tokenize(text, max_tokens)
+
+
+#: Keras' default ``Tokenizer(filters=...)``: characters replaced by the split character.
+KERAS_DEFAULT_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
+
+
+class KerasStyleTokenizer:
+    """Splits text as ``keras.preprocessing.text.Tokenizer`` does with these settings (lowercase,
+    replace each character of ``filters`` by ``split``, split at ``split``; or one token per
+    character with ``char_level``). The translation table is built once, here."""
+
+    def __init__(self, filters: str = KERAS_DEFAULT_FILTERS, lower: bool = True, split: str = " ",
+                 char_level: bool = False):
+        for name, value, kind in (("filters", filters, str), ("split", split, str), ("lower", lower, bool),
+                                  ("char_level", char_level, bool)):
+            if not isinstance(value, kind):
+                raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__} {value!r:.40}")
+        if not split:
+            raise ValueError("split must be a non-empty string (the character words are split at)")
+        self.filters, self.lower, self.split, self.char_level = filters, lower, split, char_level
+        self._table = dict.fromkeys(map(ord, filters), split)
+        self._separator = re.compile(re.escape(split))
+
+    def __repr__(self) -> str:
+        return (f"KerasStyleTokenizer(filters={self.filters!r:.60}, lower={self.lower}, split={self.split!r}, "
+                f"char_level={self.char_level})")
+
+    def tokenize(self, text: str, max_tokens: Optional[int] = None) -> List[str]:
+        """The tokens of ``text``; ``max_tokens`` as in :meth:`Tokenizer.tokenize`."""
+        _check_max_tokens(max_tokens)
+        if self.lower:
+            text = text.lower()
+        if self.char_level:
+            if max_tokens is not None and len(text) > max_tokens:
+                raise TooManyTokensError(max_tokens)
+            return list(text)
+        text = text.translate(self._table)
+        if max_tokens is None:
+            return [w for w in text.split(self.split) if w]
+        tokens: List[str] = []
+        for block in _blocks(text, self._separator, min(_BLOCK_CHARS, max_tokens + 1)):
+            tokens.extend(w for w in block.split(self.split) if w)
+            if len(tokens) > max_tokens:
+                raise TooManyTokensError(max_tokens)
+        return tokens
 
 
 class VocabularyError(ValueError):
@@ -523,8 +650,11 @@ class Vocabulary:
         }
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write the vocabulary as UTF-8 JSON (one token per id, reserved ones first)."""
-        with open(path, "w", encoding="utf-8") as f:
+        """Write the vocabulary as UTF-8 JSON (one token per id, reserved ones first), through a
+        new temporary file renamed over ``path`` (:class:`keras_lrp.safe_io.AtomicFile`)."""
+        from .safe_io import atomic_open
+
+        with atomic_open(path, "w") as f:
             json.dump(self.to_json_dict(), f, ensure_ascii=False, indent=0)
             f.write("\n")
 

@@ -19,6 +19,7 @@ relevance never depends on the other sentences of the call (``explain_text(m, te
 """
 from __future__ import annotations
 
+import inspect
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -26,6 +27,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .explanation import Explanation, concatenate, output_activation as _model_activation
+from .safe_io import quote
+from .text import TooManyTokensError
 
 __all__ = ["explain_text"]
 
@@ -47,7 +50,7 @@ class _Encoded:
 def explain_text(model: Any, texts: Union[str, Sequence[str]], tokenizer: Any = None, vocab: Any = None,
                  target: Union[TargetArg, str] = None, class_names: Optional[Sequence[str]] = None, *,
                  oov_id: Optional[int] = None, output_activation: Optional[str] = None,
-                 batch_size: int = 256, verbose: Optional[bool] = None,
+                 batch_size: int = 256, verbose: Optional[bool] = None, max_length: Optional[int] = None,
                  **explain_kwargs) -> Union[Explanation, List[Explanation]]:
     """Explain a text model on raw strings.
 
@@ -72,6 +75,9 @@ def explain_text(model: Any, texts: Union[str, Sequence[str]], tokenizer: Any = 
         batch_size: sentences per compiled call.
         verbose: one progress bar over all texts: True / False, None = only for more than one
             batch on an interactive stdout.
+        max_length: the most tokens a text may have (default 100,000, as :func:`keras_lrp.explain`);
+            a longer text raises a ValueError, found by tokenizing no further than that (with
+            keras_lrp's tokenizers, or any whose ``tokenize`` takes ``max_tokens=``).
         **explain_kwargs: ``eps``, ``bias_factor``, ``rule``, ``dtype``, ``method``,
             ``timestep``, as in :func:`keras_lrp.explain`.
 
@@ -81,15 +87,20 @@ def explain_text(model: Any, texts: Union[str, Sequence[str]], tokenizer: Any = 
         (batch, longest, features), zero beyond each text's length. For ``target="all"``, a
         list with one Explanation per class.
     """
-    from .explainer import explain, progress_wanted
+    from .explainer import MAX_LENGTH, explain, progress_wanted
 
     unknown = set(explain_kwargs) - set(_EXPLAIN_KEYS)
     if unknown:
         raise TypeError(f"explain_text got unknown argument(s) {sorted(unknown)}; it takes "
                         f"tokenizer, vocab, target, class_names, oov_id, output_activation, batch_size, "
-                        f"verbose and the explain arguments {list(_EXPLAIN_KEYS)}.")
+                        f"verbose, max_length and the explain arguments {list(_EXPLAIN_KEYS)}.")
+    if max_length is None:
+        max_length = MAX_LENGTH
+    if isinstance(max_length, (bool, np.bool_)) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
+        raise ValueError(f"max_length must be a positive integer (tokens), got {max_length!r}.")
+    max_length = int(max_length)
     texts_list = _check_texts(texts)
-    front = _front_end(model, tokenizer, vocab, class_names, oov_id, output_activation)
+    front = _front_end(model, tokenizer, vocab, class_names, oov_id, output_activation, max_length)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     n_out = int(front.model.outputs[0].shape[-1])
@@ -100,14 +111,21 @@ def explain_text(model: Any, texts: Union[str, Sequence[str]], tokenizer: Any = 
     if isinstance(target, str) and target == "all":
         return [explain_text(model, texts_list, tokenizer=tokenizer, vocab=vocab, target=k,
                              class_names=class_names, oov_id=oov_id, output_activation=output_activation,
-                             batch_size=batch_size, verbose=verbose, **explain_kwargs)
+                             batch_size=batch_size, verbose=verbose, max_length=max_length, **explain_kwargs)
                 for k in range(n_out)]
     targets = _resolve_targets(target, len(texts_list), names, n_out)
-    encoded = [front.encode(t) for t in texts_list]
-    for i, e in enumerate(encoded):
+    encoded = []
+    for i, text in enumerate(texts_list):
+        try:
+            e = front.encode(text)
+        except TooManyTokensError:
+            raise ValueError(f"text {i} ({quote(text)}) has more than max_length={max_length:,} tokens; memory "
+                             "grows with tokens x units. Shorten it, or pass a larger max_length= to "
+                             "explain_text if this machine has the memory.") from None
         if e.words == 0:
-            raise ValueError(f"text {i} ({texts_list[i]!r}) has no tokens after tokenization; give at "
+            raise ValueError(f"text {i} ({quote(text)}) has no tokens after tokenization; give at "
                              "least one word.")
+        encoded.append(e)
 
     front.refresh()
     by_length: Dict[int, List[int]] = {}
@@ -126,7 +144,7 @@ def explain_text(model: Any, texts: Union[str, Sequence[str]], tokenizer: Any = 
             ids = np.stack([encoded[i].ids for i in chunk])
             t = None if targets is None else targets[chunk]
             e = explain(front.model, front.inputs(ids), t, batch_size=batch_size, verbose=False,
-                        **explain_kwargs)
+                        max_length=max_length, **explain_kwargs)
             parts.append(e)
             order.extend(chunk)
             done += len(chunk)
@@ -185,6 +203,8 @@ def _resolve_targets(target, n: int, names: Optional[List[str]], n_out: int) -> 
 
     if isinstance(target, (str, int, np.integer)):
         return np.full(n, one(target), dtype=np.int32)
+    if isinstance(target, (float, np.floating, np.bool_, bytes)) or not hasattr(target, "__iter__"):
+        one(target)   # raises the TypeError that says what target may be
     values = list(target)
     if len(values) != n:
         raise ValueError(f"target has {len(values)} entries for {n} texts; give one per text or a "
@@ -273,13 +293,13 @@ def _pad_to(length: Optional[int], e: _Encoded, pad_token: str) -> _Encoded:
         return e
     if len(e.ids) > length:
         raise ValueError(f"a text has {len(e.ids)} tokens but the model takes exactly {length} "
-                         f"(its input shape is fixed); shorten the text: {' '.join(e.tokens)!r}")
+                         f"(its input shape is fixed); shorten the text: {quote(' '.join(e.tokens[:40]))}")
     k = length - len(e.ids)
     return _Encoded(e.tokens + [pad_token] * k, np.concatenate([e.ids, np.zeros(k, e.ids.dtype)]),
                     np.concatenate([e.oov, np.zeros(k, bool)]), e.words)
 
 
-def _front_end(model, tokenizer, vocab, class_names, oov_id, activation) -> _Front:
+def _front_end(model, tokenizer, vocab, class_names, oov_id, activation, max_tokens: int) -> _Front:
     import keras
 
     if activation is not None and activation not in ("softmax", "sigmoid"):
@@ -320,7 +340,7 @@ def _front_end(model, tokenizer, vocab, class_names, oov_id, activation) -> _Fro
                              f"shape {embeddings.shape}.")
     shape = keras_model.inputs[0].shape
     fixed = shape[1] if len(shape) > 1 and shape[1] is not None else None
-    return _TokenFront(keras_model, _tokenize_fn(tokenizer), _lookup_fn(vocab, oov_id), embeddings,
+    return _TokenFront(keras_model, _tokenize_fn(tokenizer, max_tokens), _lookup_fn(vocab, oov_id), embeddings,
                        names, activation, fixed)
 
 
@@ -338,17 +358,34 @@ def _check_vectorizer(layer) -> None:
                          "it to split texts into words.")
 
 
-def _tokenize_fn(tokenizer) -> Callable[[str], List[str]]:
+def _tokenize_fn(tokenizer, max_tokens: int) -> Callable[[str], List[str]]:
+    """``str -> tokens`` raising :class:`~keras_lrp.text.TooManyTokensError` for more than
+    ``max_tokens``: found early by a tokenizer whose ``tokenize`` takes ``max_tokens=``, else by
+    counting its tokens."""
     if tokenizer is None:
         from .text import Tokenizer
 
-        return Tokenizer().tokenize
+        tokenizer = Tokenizer()
     if hasattr(tokenizer, "tokenize") and callable(tokenizer.tokenize):
-        return tokenizer.tokenize
-    if callable(tokenizer):
-        return tokenizer
-    raise TypeError(f"tokenizer must be a callable str -> list of str or have a .tokenize method, "
-                    f"got {type(tokenizer).__name__}.")
+        fn = tokenizer.tokenize
+    elif callable(tokenizer):
+        fn = tokenizer
+    else:
+        raise TypeError(f"tokenizer must be a callable str -> list of str or have a .tokenize method, "
+                        f"got {type(tokenizer).__name__}.")
+    try:
+        bounded = "max_tokens" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):    # a builtin without a signature
+        bounded = False
+    if bounded:
+        return lambda text: fn(text, max_tokens=max_tokens)
+
+    def counted(text: str) -> List[str]:
+        tokens = fn(text)
+        if len(tokens) > max_tokens:
+            raise TooManyTokensError(max_tokens)
+        return tokens
+    return counted
 
 
 def _lookup_fn(vocab, oov_id: Optional[int]) -> Callable[[List[str]], Tuple[np.ndarray, np.ndarray]]:
@@ -367,7 +404,7 @@ def _lookup_fn(vocab, oov_id: Optional[int]) -> Callable[[List[str]], Tuple[np.n
         ids = [word_index.get(t) for t in tokens]
         oov = np.array([i is None for i in ids], dtype=bool)
         if oov.any() and oov_id is None:
-            missing = sorted({t for t, o in zip(tokens, oov) if o})[:5]
+            missing = ", ".join(quote(t, 40) for t in sorted({t for t, o in zip(tokens, oov) if o})[:5])
             raise ValueError(f"word(s) {missing} are not in the vocabulary and it has no unknown-word "
                              "entry ('<unk>', '[UNK]' or '<OOV>'); pass oov_id= (the id the model was "
                              "trained with for unknown words).")

@@ -28,7 +28,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import matplotlib as mpl
 import numpy as np
@@ -37,6 +37,8 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.patches import FancyBboxPatch
 from matplotlib.textpath import TextToPath
+
+from .safe_io import atomic_open, atomic_write, printable
 
 __all__ = [
     "ansi_color_supported",
@@ -55,6 +57,7 @@ __all__ = [
     "save_png",
     "shared_scale",
     "text_color_for",
+    "write_html_page",
 ]
 
 CmapLike = Union[None, str, Colormap]
@@ -275,7 +278,8 @@ def _html_span(word: str, score: float, rgba: Sequence[float], oov: bool = False
     fg = text_color_for(rgba)
     note = " (unknown to the vocabulary)" if oov else ""
     title = html.escape(f"{word}: {_fmt(score)}{note}", quote=True)
-    shown = html.escape(word, quote=False)
+    # <bdi>: a word's direction (an Arabic word, a U+202E override) never reorders other words
+    shown = f"<bdi>{html.escape(word, quote=False)}</bdi>"
     border = ""
     if oov:
         shown += f'<sup class="lrp-oov">{OOV_MARK}</sup>'
@@ -314,7 +318,8 @@ def html_heatmap(words: Sequence[str], scores: Any, cmap_name: CmapLike = None,
 
     Returns:
         A ``<div>`` of ``<span>`` elements with inline styles (background colour, readable text
-        colour) and a tooltip ``title="word: +0.1234"``. Words are HTML-escaped. It can be
+        colour) and a tooltip ``title="word: +0.1234"``. Words are HTML-escaped and each is
+        bidi-isolated (``<bdi>``), so no word (say one with a U+202E override) reorders the others. It can be
         shown with ``IPython.display.HTML`` or embedded in a page (see :func:`html_page`).
     """
     words, arr = _check_words_scores(words, scores)
@@ -427,17 +432,52 @@ def html_page(
     if isinstance(scale, str):
         if scale != "shared":
             raise ValueError(f"scale must be None, 'shared' or a positive number, got {scale!r}")
-        common: Optional[float] = shared_scale(a for _, a in pairs)
+        common: Optional[float] = shared_scale(a for _, a in pairs) or None
     else:
         common = _check_scale(scale)
+    has_oov = oov is not None and any(o is not None and o.any() for o in oov)
+    page = "\n".join(_page_pieces(pairs, common, titles, cmap_name, page_title, oov, sequential, has_oov)) + "\n"
+    if path is not None:
+        atomic_write(path, page)
+    return page
+
+
+def write_html_page(file: IO[str], sentences: Iterable[Tuple[Sequence[str], Any]], scale: Optional[float],
+                    titles: Optional[Iterable[str]] = None, cmap_name: CmapLike = None,
+                    page_title: str = "LRP relevance heatmaps", *, sequential: bool = False) -> int:
+    """Write the page of :func:`html_page` to the open text ``file`` piece by piece, reading
+    ``sentences`` (and ``titles``) one at a time: for inputs too large to hold, e.g. read back
+    from a file. ``scale`` is a number (say the running largest ``|score|``, computed as the
+    sentences were made) or None (each sentence its own); returns the number of sentences."""
+    common = _check_scale(scale)
+    count = 0
+
+    def checked():
+        nonlocal count
+        for i, (words, scores) in enumerate(sentences):
+            try:
+                words, arr = _check_words_scores(words, scores)
+                _check_sequential(arr, sequential)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"sentences[{i}]: {exc}") from None
+            count += 1
+            yield words, arr
+
+    for piece in _page_pieces(checked(), common, titles, cmap_name, page_title, None, sequential, False):
+        file.write(piece + "\n")
+    return count
+
+
+def _page_pieces(pairs: Iterable[Tuple[list, np.ndarray]], common: Optional[float], titles: Optional[Iterable[str]],
+                 cmap_name: CmapLike, page_title: str, oov: Optional[Sequence[Any]], sequential: bool,
+                 has_oov: bool) -> Iterator[str]:
+    """The lines of an HTML page of checked ``(words, scores)`` pairs, lazily."""
     what = "Colour: value (white = 0)." if sequential else \
         "Red: relevance for the explained class; blue: against it."
     shared_note = ("All sentences share one colour scale." if common is not None
                    else "Each sentence has its own colour scale.")
-    oov_note = (f" {OOV_MARK} marks words unknown to the vocabulary."
-                if oov is not None and any(o is not None and o.any() for o in oov) else "")
-
-    parts = [
+    oov_note = f" {OOV_MARK} marks words unknown to the vocabulary." if has_oov else ""
+    yield from (
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -446,24 +486,20 @@ def html_page(
         f"<h1>{html.escape(page_title)}</h1>",
         f'<p class="lrp-note">{html.escape(what)} {shared_note} Hover a word for its value.'
         f"{html.escape(oov_note)}</p>",
-    ]
+    )
     if common is not None:
-        parts.append(html_legend(common, cmap_name, sequential=sequential))
+        yield html_legend(common, cmap_name, sequential=sequential)
+    title_iter = iter(titles) if titles is not None else None
     for i, (words, arr) in enumerate(pairs):
-        parts.append('<div class="lrp-sentence">')
-        if titles is not None:
-            parts.append(f"<h2>{html.escape(titles[i])}</h2>")
-        parts.append(html_heatmap(words, arr, cmap_name=cmap_name, scale=common,
-                                  oov=oov[i] if oov is not None else None,
-                                  sequential=sequential).rstrip("\n"))
+        yield '<div class="lrp-sentence">'
+        if title_iter is not None:
+            yield f"<h2><bdi>{html.escape(str(next(title_iter)))}</bdi></h2>"
+        yield html_heatmap(words, arr, cmap_name=cmap_name, scale=common,
+                           oov=oov[i] if oov is not None else None, sequential=sequential).rstrip("\n")
         if common is None:
-            parts.append(html_legend(_resolve_scale(arr, None), cmap_name, sequential=sequential))
-        parts.append("</div>")
-    parts.append("</body></html>\n")
-    page = "\n".join(parts)
-    if path is not None:
-        Path(path).write_text(page, encoding="utf-8")
-    return page
+            yield html_legend(_resolve_scale(arr, None), cmap_name, sequential=sequential)
+        yield "</div>"
+    yield "</body></html>"
 
 
 def display_heatmap(words: Sequence[str], scores: Any, cmap_name: CmapLike = None,
@@ -518,10 +554,12 @@ def ansi_heatmap(words: Sequence[str], scores: Any, scale: ScaleLike = None,
         sequential: non-negative map: sequential colormap (white at 0).
 
     Returns:
-        One line of text (no trailing newline).
+        One line of text (no trailing newline); control characters in words (escape sequences,
+        bidi overrides) are shown as ``\\x1b`` / ``\\u202e`` (:func:`keras_lrp.safe_io.printable`).
     """
     words, arr = _check_words_scores(words, scores)
     mask = _check_oov(oov, len(words))
+    words = [printable(w) for w in words]   # no word acts on the terminal
     if mask is not None:
         words = [w + OOV_MARK if o else w for w, o in zip(words, mask)]
     if not color:
@@ -849,7 +887,8 @@ def save_png(fig: Figure, path: Union[str, os.PathLike], dpi: float = 150.0,
         raise ValueError(f"save_png writes PNG files; give a path ending in .png, got {str(path)!r}")
     if not path.parent.exists():
         raise ValueError(f"directory {str(path.parent)!r} does not exist; create it first")
-    fig.savefig(path, format="png", dpi=dpi)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
     if close and "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close(fig)
     return path

@@ -179,7 +179,7 @@ def test_sentence_without_tokens_is_refused_before_explaining(files, tmp_path, c
     (tmp_path / "wi.json").write_text(json.dumps({w: i + 1 for i, w in enumerate(WORDS)}))
     r = call("explain", "--model", str(files / "tokens.keras"), "--vocab", str(tmp_path / "wi.json"),
              stdin="i love it\n?!\n")
-    assert r.returncode == 2 and "sentence 2 has no tokens" in r.stderr, r.stderr
+    assert r.returncode == 2 and "line 2 of stdin has no tokens" in r.stderr, r.stderr
 
 
 def test_vocabulary_larger_than_embedding_is_refused(files, tmp_path, call):

@@ -294,3 +294,42 @@ def test_cli_engine_usage_errors(argv, message, capsys):
     from keras_lrp.cli import main
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_engine_ray_never_writes_through_a_symlink(ray_instance, tmp_path):
+    """Every file of ``--engine ray`` (ids.jsonl, embeddings.npy, shards, manifest, out.jsonl, and
+    the old guessable temporary names) is created fresh: a symlink planted there is replaced and
+    the file it points at is untouched; the driver's files get 0o666 & ~umask."""
+    import threading
+
+    from keras_lrp.cli import main
+    from keras_lrp.text import Vocabulary
+
+    words = ["good", "bad", "film", "plot"]
+    Vocabulary(words).save(tmp_path / "vocab.json")
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(2), keras.layers.Dense(2)])
+    model.save(tmp_path / "vectors.keras")
+    np.save(tmp_path / "emb.npy", np.random.default_rng(0).standard_normal((len(words) + 2, 3)))
+    (tmp_path / "in.txt").write_text("good film\nbad plot\nfilm\n")
+    run = tmp_path / "run"
+    (run / "shards").mkdir(parents=True)
+    planted = ["ids.jsonl", "embeddings.npy", "out.jsonl", "shards/shard-00000.jsonl", "shards/shard-00000.done.json",
+               f".out.jsonl.{os.getpid()}.tmp", f".manifest.json.{os.getpid()}.{threading.get_ident()}.tmp"]
+    for k, name in enumerate(planted):
+        (tmp_path / f"victim{k}").write_text("secret")
+        os.symlink(tmp_path / f"victim{k}", run / name)
+    old_umask = os.umask(0o027)
+    try:
+        code = main(["explain", "--input", str(tmp_path / "in.txt"), "--model", str(tmp_path / "vectors.keras"),
+                     "--vocab", str(tmp_path / "vocab.json"), "--embeddings", str(tmp_path / "emb.npy"),
+                     "--engine", "ray", "--out-dir", str(run), "--shard-size", "2", "--quiet"])
+    finally:
+        os.umask(old_umask)
+    assert code == 0
+    assert [(tmp_path / f"victim{k}").read_text() for k in range(len(planted))] == ["secret"] * len(planted)
+    for name in planted[:5] + ["manifest.json"]:
+        assert not os.path.islink(run / name) and (run / name).is_file(), name
+    for name in ("ids.jsonl", "embeddings.npy", "out.jsonl", "manifest.json"):
+        assert (run / name).stat().st_mode & 0o777 == 0o640, name
+    assert [r["index"] for r in read(run / "out.jsonl")] == [0, 1, 2]

@@ -302,6 +302,20 @@ def test_cli_toy(tmp_path, capsys):
     assert json.loads((out / "toy_add.json").read_text())["n"] == 64
 
 
+def test_cli_toy_outputs_replace_symlinks(tmp_path, capsys):
+    """--out-dir files are created fresh: a symlink planted at one is replaced, its target untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("toy_add.json", "toy_add.md", "toy_add.png"):
+        (tmp_path / f"victim_{name}").write_text("secret")
+        os.symlink(tmp_path / f"victim_{name}", out / name)
+    code = run_evaluate(_args("--toy", "--n-train", "64", "--n-test", "16", "--epochs", "1", "--units", "2",
+                              "--methods", "random", "--quiet", "--out-dir", str(out)))
+    assert code == 0
+    for name in ("toy_add.json", "toy_add.md", "toy_add.png"):
+        assert (tmp_path / f"victim_{name}").read_text() == "secret" and not (out / name).is_symlink(), name
+
+
 def test_cli_errors_before_work(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     for argv, message in ((["--methods", "lrp,foo"], "unknown method"), (["--max-sentences", "0"], "must be >= 1"),

@@ -115,8 +115,8 @@ def test_html_heatmap_escapes_words():
     assert "&lt;script&gt;alert" in frag
     assert "a&amp;b" in frag
     assert 'title="&quot;q&quot;: +0"' in frag
-    # every tag we emit is ours: div or span
-    assert set(re.findall(r"<(\w+)", frag)) == {"div", "span"}
+    # every tag we emit is ours: div, span, bdi
+    assert set(re.findall(r"<(\w+)", frag)) == {"div", "span", "bdi"}
 
 
 def test_html_page_shared_scale_titles_and_file(tmp_path):

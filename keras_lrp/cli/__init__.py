@@ -50,10 +50,16 @@ vocabulary files (--vocab), recognised by their content:
   with Embedding(mask_zero=True), as Keras' texts_to_sequences leaves the word out).
   Unknown words are marked * and listed in the JSON (oov_tokens).
 
+input: one sentence per line (empty lines skipped), UTF-8; sentences are read, explained and written
+a chunk at a time, so memory stays flat however many lines there are. A sentence of more than
+--max-length tokens (default 100,000) is refused after tokenizing that many.
+
 outputs: --json (one JSON line per sentence, in input order), --html (all sentences, one shared
-colour scale), --png (the first sentence; with --npy the first sample's time x feature heatmap),
---out (with --npy: the relevance array, default X_relevance.npy). Output paths are checked before
-any work; a failed run leaves no partial file (an interrupted one keeps the finished JSON lines).
+colour scale; spooled to a temporary file, written at the end), --png (the first sentence; with
+--npy the first sample's time x feature heatmap), --out (with --npy: the relevance array, default
+X_relevance.npy). Output paths are checked before any work; each output is written to a new
+temporary file and renamed into place (a symlink there is replaced, not followed), so a failed run
+leaves no partial file (an interrupted one keeps the finished JSON lines).
 
 examples:
   keras-lrp explain "i hate the movie though the plot is interesting ."
@@ -69,10 +75,20 @@ class UsageError(Exception):
     """The command line is wrong (bad or conflicting options, no text): exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the user's text in its messages shown safely on a terminal."""
+
+    def error(self, message: str):
+        from ..safe_io import printable
+
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {printable(message)}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from ..experiments.evaluate import add_evaluate_parser, finite_float, int_at_least, nonnegative_float
 
-    parser = argparse.ArgumentParser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Explain Keras LSTM/GRU predictions with LRP "
                                                  "(Arras et al. 2017).", epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -102,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--npy", help="explain numeric sequences from this .npy (batch, time, features)")
     p.add_argument("--out", help="with --npy: where to write the relevance .npy")
     p.add_argument("--batch-size", type=int_at_least(1), default=256, help="sentences per batch (default 256)")
+    p.add_argument("--max-length", type=int_at_least(1), default=None,
+                   help="most tokens a sentence may have (default 100,000, keras_lrp's max_length); "
+                        "memory grows with tokens x units")
     p.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="ray: explain --input on Ray Data workers, resumable (pip install 'keras-lrp[distributed]')")
     p.add_argument("--address", help="with --engine ray: a Ray cluster address (default: a local instance)")
@@ -142,7 +161,27 @@ def _start_tensorflow_quietly() -> None:
 
 
 def _error(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    from ..safe_io import printable
+
+    print(f"{PROG}: error: {printable(message)}", file=sys.stderr)
+
+
+# Lines of a TensorFlow / Keras error message that frame the cause rather than state it.
+_FRAME_PREFIXES = ("in user code:", "File ", "Traceback", "[[", "Detected at node", "Graph execution error",
+                   "Call arguments received", "During handling", "The above exception", "•", "Exception encountered")
+
+
+def one_line(err: BaseException) -> str:
+    """The line of ``err``'s message that states the cause: its first line, unless that only
+    frames what follows (TensorFlow's "in user code:", "Graph execution error:"), then the last
+    line that is not a frame (the root cause, e.g. "ValueError: ..."). Never empty."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if len(lines) == 1 or not (lines[0].endswith(":") or lines[0].startswith(_FRAME_PREFIXES)):
+        return lines[0]
+    causes = [line for line in lines if not line.startswith(_FRAME_PREFIXES)]
+    return causes[-1] if causes else lines[0]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -177,6 +216,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as err:  # noqa: BLE001 - every error becomes one readable line
         if args.debug:
             raise
-        text = str(err).strip()
-        _error(text.splitlines()[0] if text else type(err).__name__)
+        _error(one_line(err))
         return EXIT_USAGE if isinstance(err, (UsageError, EvaluateArgumentError, OutputError)) else EXIT_ERROR

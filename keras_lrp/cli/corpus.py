@@ -10,6 +10,7 @@ import os
 import sys
 
 from . import PROG, UsageError
+from ..safe_io import atomic_open, printable
 
 __all__ = ["check_engine_args", "explain_text_corpus"]
 
@@ -40,7 +41,8 @@ def _model_files(job):
             return args.model, None
         path = os.path.join(args.out_dir, "embeddings.npy")
         import numpy as np
-        np.save(path, job.embeddings)
+        with atomic_open(path, "wb") as f:
+            np.save(f, job.embeddings, allow_pickle=False)
         return args.model, path
     from ..sst.pretrained import shipped_models_dir
     meta_path = os.path.join(shipped_models_dir(), f"{args.shipped}_bilstm.json")
@@ -51,31 +53,35 @@ def _model_files(job):
             os.path.normpath(os.path.join(base, meta["embeddings"])))
 
 
-def explain_text_corpus(job, text_model, target) -> int:
-    """Tokenize the sentences, write ``DIR/ids.jsonl`` and explain it on Ray Data workers."""
+def explain_text_corpus(job, text_model, target, max_length: int) -> int:
+    """Tokenize the sentences (streamed), write ``DIR/ids.jsonl`` and explain it on Ray Data workers."""
     from ..distributed import explain_corpus
+    from .explain import sentence_tokens
 
     args = job.args
     os.makedirs(args.out_dir, exist_ok=True)
     ids_path = os.path.join(args.out_dir, "ids.jsonl")
-    kept = 0
-    with open(ids_path, "w", encoding="utf-8") as f:
-        for sentence in job.sentences:
-            tokens = text_model.tokenizer.tokenize(sentence)
-            if not tokens:
-                continue
-            ids, _ = text_model.vocabulary.encode(tokens)
-            f.write(json.dumps([int(i) for i in ids]) + "\n")
-            kept += 1
+    kept = skipped = 0
+    with atomic_open(ids_path, "w") as f:
+        for sentences in job.source.chunks(4096):
+            for sentence in sentences:
+                tokens = sentence_tokens(text_model.tokenizer, job.source, sentence, max_length)
+                if not tokens:
+                    skipped += 1
+                    continue
+                ids, _ = text_model.vocabulary.encode(tokens)
+                f.write(json.dumps([int(i) for i in ids]) + "\n")
+                kept += 1
     if kept == 0:
         raise UsageError(f"--input {args.input}: no sentence has a token to explain")
     model_path, embeddings = _model_files(job)
     result = explain_corpus(model_path, ids_path, args.out_dir, address=args.address, num_workers=args.workers,
                             shard_size=args.shard_size, batch_size=args.batch_size, target=target,
                             eps=args.eps, bias_factor=args.bias_factor, rule=args.rule, method=args.method,
-                            dtype="float64" if args.float64 else "float32", embeddings=embeddings)
+                            dtype="float64" if args.float64 else "float32", embeddings=embeddings,
+                            max_length=max_length)
     if not args.quiet:
-        print(f"{PROG}: wrote {result.n_sequences} explanations to {result.path} ({result.computed} shards "
-              f"computed, {result.reused} reused; skipped {len(job.sentences) - kept} empty lines)",
+        print(printable(f"{PROG}: wrote {result.n_sequences} explanations to {result.path} ({len(result.computed)} "
+                        f"shards computed, {len(result.reused)} reused; skipped {skipped} sentences without tokens)"),
               file=sys.stderr)
     return 0

@@ -1,26 +1,125 @@
 """The ``explain`` command: text with the shipped SST model or a user's model, or numeric
 sequences (``--npy``).
 
-:func:`prepare_explain` does everything that needs no TensorFlow (option checks, reading the
-sentences, the vocabulary and the embeddings, opening the outputs); :func:`run_explain` loads the
-model and explains.
+:func:`prepare_explain` does everything that needs no TensorFlow (option checks, opening the
+input and reading its first lines, the vocabulary and the embeddings, opening the outputs);
+:func:`run_explain` loads the model and explains.
+
+Text is streamed: sentences are read, explained and written a chunk at a time, so memory stays
+flat in the number of lines. ``--json`` lines are written as each chunk is done; ``--html``, which
+colours every sentence on one shared scale, spools the sentences to a temporary file and writes
+the page from it at the end; ``--png`` keeps the first sentence.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import stat
 import sys
-from dataclasses import dataclass, field
-from typing import List, Optional
+import tempfile
+from dataclasses import dataclass
+from typing import IO, Iterator, List, NamedTuple, Optional
 
 import numpy as np
 
 from ..npy import load_npy
 from . import PROG, UsageError
+from ..safe_io import printable, quote
 from .outputs import Outputs
 
-__all__ = ["prepare_explain", "run_explain", "ExplainJob", "TextModel"]
+__all__ = ["prepare_explain", "run_explain", "ExplainJob", "TextModel", "Sentence", "SentenceSource"]
+
+
+class Sentence(NamedTuple):
+    """One sentence to explain and the input line it is on (1-based)."""
+
+    line: int
+    text: str
+
+
+class SentenceSource:
+    """The sentences to explain, one per line of the argument, ``--input FILE`` or stdin (empty
+    lines skipped), read lazily. Each line is decoded as UTF-8 when it is read: a line that is not
+    is a usage error naming it. The first two sentences are read here, so an empty input is
+    refused before any work and :attr:`single` says whether there is exactly one."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.file: Optional[IO[bytes]] = None
+        self.total_lines: Optional[int] = None      # known for the argument and a regular --input file
+        self.lines_read = 0
+        if args.text is not None:
+            if not args.text.strip():
+                raise UsageError("the text is empty: give a sentence to explain")
+            self.name, self.total_lines, lines = "the sentence", 1, iter([args.text])
+        elif args.input:
+            self.name = f"--input {args.input}"
+            try:
+                self.file = open(args.input, "rb")
+                if stat.S_ISREG(os.fstat(self.file.fileno()).st_mode):
+                    self.total_lines = _count_lines(self.file)
+            except OSError as err:
+                self.close()
+                raise UsageError(f"cannot read {self.name}: {err.strerror or err}") from None
+            lines = self.file
+        else:
+            if sys.stdin is None or sys.stdin.isatty():
+                raise UsageError("no text given: pass a sentence, --input FILE, or pipe sentences on stdin")
+            self.name, lines = "stdin", getattr(sys.stdin, "buffer", sys.stdin)
+        self._sentences = self._decoded(lines)
+        try:
+            self._ahead = list(itertools.islice(self._sentences, 2))
+        except BaseException:
+            self.close()
+            raise
+        if not self._ahead:
+            self.close()
+            raise UsageError("no sentences in the input (only empty lines)")
+        self.single = len(self._ahead) == 1
+
+    def where(self, sentence: Sentence) -> str:
+        return self.name if self.name == "the sentence" else f"line {sentence.line} of {self.name}"
+
+    def _decoded(self, lines) -> Iterator[Sentence]:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                if isinstance(raw, bytes):
+                    text = raw.decode("utf-8")
+                else:       # a text stream (surrogateescape puts undecodable bytes in as surrogates)
+                    text = raw
+                    text.encode("utf-8")
+            except UnicodeError as err:
+                raise UsageError(f"{self.name}, line {number}: not UTF-8 text ({err.reason}); save it as "
+                                 "UTF-8") from None
+            self.lines_read = number
+            for part in text.splitlines():
+                if part.strip():
+                    yield Sentence(number, part)
+
+    def chunks(self, size: int) -> Iterator[List[Sentence]]:
+        """The sentences, ``size`` at a time, in input order (once)."""
+        sentences = itertools.chain(self._ahead, self._sentences)
+        self._ahead = []
+        while True:
+            chunk = list(itertools.islice(sentences, size))
+            if not chunk:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _count_lines(f: IO[bytes]) -> int:
+    """Lines of a file (a last line without a newline counts); leaves it at its start."""
+    count, last = 0, b"\n"
+    for block in iter(lambda: f.read(1 << 20), b""):
+        count += block.count(b"\n")
+        last = block[-1:]
+    f.seek(0)
+    return count + (last != b"\n")
 
 
 @dataclass
@@ -29,12 +128,12 @@ class ExplainJob:
 
     args: argparse.Namespace
     outputs: Outputs
-    sentences: Optional[List[str]] = None          # text mode
+    source: Optional[SentenceSource] = None        # text mode
     vocabulary: object = None                      # --vocab (with --model), else None
     tokenizer: object = None
     embeddings: Optional[np.ndarray] = None        # --embeddings
     x: Optional[np.ndarray] = None                 # --npy: (batch, time, features)
-    oov_note: List[str] = field(default_factory=list)
+    json_lines: int = 0                            # JSON lines written so far
 
 
 @dataclass
@@ -52,7 +151,7 @@ class TextModel:
 # ---------------------------------------------------------------------------------------- checks
 
 def prepare_explain(args: argparse.Namespace) -> ExplainJob:
-    """Check the options, read the inputs and open the outputs, without importing TensorFlow.
+    """Check the options, open the input and the outputs, without importing TensorFlow.
 
     Raises:
         UsageError, OutputError: the command line is wrong (exit code 2).
@@ -83,7 +182,6 @@ def prepare_explain(args: argparse.Namespace) -> ExplainJob:
         raise UsageError("--model with text needs --vocab (a vocabulary JSON); for numeric inputs use --npy")
     if args.text is not None and args.input:
         raise UsageError("give either a sentence or --input FILE, not both")
-    sentences = _read_sentences(args)
     if args.model is None:
         from ..sst.pretrained import shipped_models_dir
 
@@ -102,8 +200,13 @@ def prepare_explain(args: argparse.Namespace) -> ExplainJob:
         if embeddings.ndim != 2 or embeddings.shape[0] < len(vocabulary):
             raise ValueError(f"--embeddings {args.embeddings}: expected a (vocabulary size >= {len(vocabulary)}, "
                              f"dim) matrix, got shape {embeddings.shape}")
-    outputs = Outputs({"json": args.json, "html": args.html, "png": args.png})
-    return ExplainJob(args, outputs, sentences=sentences, vocabulary=vocabulary, tokenizer=tokenizer,
+    source = SentenceSource(args)
+    try:
+        outputs = Outputs({"json": args.json, "html": args.html, "png": args.png})
+    except BaseException:
+        source.close()
+        raise
+    return ExplainJob(args, outputs, source=source, vocabulary=vocabulary, tokenizer=tokenizer,
                       embeddings=embeddings)
 
 
@@ -111,38 +214,18 @@ def _option(name: str) -> str:
     return "a sentence" if name == "text" else "--" + name.replace("_", "-")
 
 
-def _read_sentences(args) -> List[str]:
-    if args.text is not None:
-        if not args.text.strip():
-            raise UsageError("the text is empty: give a sentence to explain")
-        return [args.text]
-    if args.input:
-        try:
-            with open(args.input, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise UsageError(f"cannot read --input {args.input}: {err}") from None
-    else:
-        if sys.stdin is None or sys.stdin.isatty():
-            raise UsageError("no text given: pass a sentence, --input FILE, or pipe sentences on stdin")
-        lines = sys.stdin.read().splitlines()
-    sentences = [line for line in lines if line.strip()]
-    if not sentences:
-        raise UsageError("no sentences in the input (only empty lines)")
-    return sentences
-
-
 def _resolve_target(target: Optional[str], names: List[str]) -> Optional[int]:
     if target is None:
         return None
-    if target.lstrip("-").isdigit():
+    if target.isascii() and target.lstrip("-").isdigit():
         t = int(target)
         if not 0 <= t < len(names):
-            raise UsageError(f"--target {t} is out of range: classes are 0..{len(names) - 1} ({', '.join(names)})")
+            raise UsageError(f"--target {t} is out of range: classes are 0..{len(names) - 1} "
+                             f"({printable(', '.join(names))})")
         return t
     lowered = [n.lower() for n in names]
     if target.lower() not in lowered:
-        raise UsageError(f"unknown class {target!r}: classes are {', '.join(names)}")
+        raise UsageError(f"unknown class {quote(target)} for --target: classes are {printable(', '.join(names))}")
     return lowered.index(target.lower())
 
 
@@ -166,15 +249,17 @@ def run_explain(job: ExplainJob, chunk: int = 1024) -> int:
     except BaseException:
         job.outputs.discard()
         raise
+    finally:
+        if job.source is not None:
+            job.source.close()
     return code
 
 
 def _keep_json_lines(job: ExplainJob) -> None:
-    if "json" in job.outputs and os.path.getsize(job.outputs.tmp("json")) > 0:
+    if "json" in job.outputs and job.json_lines > 0:
         job.outputs.commit(["json"])
-        with open(job.outputs.path("json"), encoding="utf-8") as f:
-            n = sum(1 for _ in f)
-        print(f"{PROG}: kept the {n} finished JSON lines in {job.outputs.path('json')}", file=sys.stderr)
+        print(printable(f"{PROG}: kept the {job.json_lines} finished JSON lines in {job.outputs.path('json')}"),
+              file=sys.stderr)
     job.outputs.discard()
 
 
@@ -211,53 +296,58 @@ def _explain_kwargs(args) -> dict:
                 dtype="float64" if args.float64 else "float32")
 
 
+def max_length_of(args) -> int:
+    """``--max-length``, or keras_lrp's default (imports TensorFlow)."""
+    from ..explainer import MAX_LENGTH
+
+    return args.max_length if args.max_length is not None else MAX_LENGTH
+
+
+def sentence_tokens(tokenizer, source: SentenceSource, sentence: Sentence, max_length: int) -> List[str]:
+    """The tokens of ``sentence``, tokenizing no further than ``max_length + 1`` tokens: a longer
+    sentence is a ValueError naming its line and ``--max-length``; one without tokens is an
+    empty list."""
+    from ..text import TooManyTokensError
+
+    try:
+        return tokenizer.tokenize(sentence.text, max_tokens=max_length)
+    except TooManyTokensError:
+        raise ValueError(f"{source.where(sentence)} has more than {max_length:,} tokens (--max-length "
+                         f"{max_length:,}); memory grows with tokens x units: shorten it, or raise "
+                         "--max-length if this machine has the memory") from None
+
+
 def _explain_text(job: ExplainJob, chunk: int) -> int:
     import keras_lrp
 
-    from ..experiments._common import ProgressBar
-    from ..visualize import ansi_color_supported, ansi_heatmap
+    from .progress import Progress
 
-    args, sentences = job.args, job.sentences
+    args, source = job.args, job.source
     tm = _load_text_model(job)
     target = _resolve_target(args.target, tm.class_names)
+    max_length = max_length_of(args)
     if args.engine == "ray":
         from .corpus import explain_text_corpus
-        return explain_text_corpus(job, tm, target)
-    empty = next((i for i, s in enumerate(sentences) if not tm.tokenizer.tokenize(s)), None)
-    if empty is not None:   # before any explaining; explain_text would say it chunk by chunk
-        raise UsageError(f"sentence {empty + 1} has no tokens after tokenization: {sentences[empty]!r}")
-    results: List[dict] = []
-    bar = ProgressBar(len(sentences), "sentence", enabled=len(sentences) > 1 and not args.quiet)
-    chunk = max(4 * args.batch_size, chunk)
-    json_file = open(job.outputs.tmp("json"), "w", encoding="utf-8") if "json" in job.outputs else None
+        return explain_text_corpus(job, tm, target, max_length)
+    progress = Progress(source.total_lines, enabled=not args.quiet and not source.single)
+    sink = _TextSink(job, show=not args.quiet and not (args.json and not source.single), progress=progress)
     try:
         # Input-order chunks, so that JSON lines are written as they are done. explain_text explains
         # the sentences of one length together, unpadded: nothing depends on the other sentences.
-        for start in range(0, len(sentences), chunk):
-            e = keras_lrp.explain_text(tm, sentences[start:start + chunk], target=target,
-                                       batch_size=args.batch_size, verbose=False, **_explain_kwargs(args))
-            records = [_record(e, k, args) for k in range(len(e.texts))]
-            results.extend(records)
-            bar.add(len(records))
-            if json_file is not None:
-                for r in records:
-                    json_file.write(json.dumps(r) + "\n")
-                json_file.flush()
+        for sentences in source.chunks(max(4 * args.batch_size, chunk)):
+            for s in sentences:    # before any explaining of the chunk
+                if not sentence_tokens(tm.tokenizer, source, s, max_length):
+                    raise UsageError(f"{source.where(s)} has no tokens after tokenization: {quote(s.text)}")
+            e = keras_lrp.explain_text(tm, [s.text for s in sentences], target=target, batch_size=args.batch_size,
+                                       verbose=False, max_length=max_length, **_explain_kwargs(args))
+            sink.add(_records(e, args))
+            progress.update(source.lines_read, sink.n)
+        progress.close()
+        sink.finish()
     finally:
-        if json_file is not None:
-            json_file.close()
-
-    color = ansi_color_supported(sys.stdout) and not args.no_color
-    for r in results:
-        if r["oov_tokens"] and len(r["oov_tokens"]) == len(r["tokens"]):
-            print(f"{PROG}: warning: every word of {r['text']!r} is unknown to the vocabulary; "
-                  "the explanation is of the unknown token only", file=sys.stderr)
-    if not args.quiet and not (args.json and len(results) > 1):
-        for r in results:
-            _print_record(r, color, ansi_heatmap)
-    _write_figures(job, results)
+        sink.close()
     job.outputs.commit()
-    n = len(results)
+    n = sink.n
     what = f"{n} explanation{'s' if n != 1 else ''}"
     _report(args, [f"wrote {what} to {job.outputs.path('json')}" if "json" in job.outputs else None,
                    f"wrote {what} to {job.outputs.path('html')}" if "html" in job.outputs else None,
@@ -267,65 +357,126 @@ def _explain_text(job: ExplainJob, chunk: int) -> int:
     return 0
 
 
+class _TextSink:
+    """Where explained sentences go, a chunk at a time: ``--json`` lines (written at once), the
+    terminal, ``--html`` (spooled to a temporary file with the running largest ``|relevance|``;
+    :meth:`finish` writes the page from it on that shared scale), ``--png`` (the first sentence)."""
+
+    def __init__(self, job: ExplainJob, show: bool, progress):
+        from ..visualize import ansi_color_supported
+
+        self.job, self.show, self.progress = job, show, progress
+        self.color = ansi_color_supported(sys.stdout) and not job.args.no_color
+        self.json = job.outputs.open("json") if "json" in job.outputs else None
+        self.spool = tempfile.TemporaryFile("w+", encoding="utf-8") if "html" in job.outputs else None
+        self.scale = 0.0
+        self.first: Optional[dict] = None
+        self.n = 0
+
+    def add(self, records: List[dict]) -> None:
+        from ..visualize import ansi_heatmap
+
+        self.progress.clear()
+        for r in records:
+            if r["oov_tokens"] and len(r["oov_tokens"]) == len(r["tokens"]):
+                print(f"{PROG}: warning: every word of {quote(r['text'])} is unknown to the vocabulary; "
+                      "the explanation is of the unknown token only", file=sys.stderr)
+            if self.show:
+                _print_record(r, self.color, ansi_heatmap)
+        if self.json is not None:
+            self.json.write("".join(json.dumps(r) + "\n" for r in records))
+            self.json.flush()
+            self.job.json_lines += len(records)
+        if self.spool is not None:
+            for r in records:
+                self.spool.write(json.dumps([r["tokens"], r["relevance"], _title(r)]) + "\n")
+                if r["relevance"]:
+                    self.scale = max(self.scale, float(np.max(np.abs(r["relevance"]))))
+        if self.first is None:
+            self.first = records[0]
+        self.n += len(records)
+
+    def finish(self) -> None:
+        from ..visualize import plot_word_heatmap, write_html_page
+
+        outputs = self.job.outputs
+        if self.spool is not None:
+            self.spool.seek(0)
+            pages, titles = itertools.tee(json.loads(line) for line in self.spool)
+            with outputs.open("html") as f:
+                write_html_page(f, ((p[0], p[1]) for p in pages), self.scale or None, titles=(t[2] for t in titles))
+        if "png" in outputs:
+            r = self.first
+            fig = plot_word_heatmap(r["tokens"], r["relevance"],
+                                    title=printable(f"prediction {r['prediction']}, relevance for {r['target']}"))
+            with outputs.open("png", "wb") as f:
+                fig.savefig(f, format="png", dpi=150)
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+
+
+def _title(r: dict) -> str:
+    return printable(f"{r['text']}  —  prediction {r['prediction']}, relevance for {r['target']}")
+
+
 def _report(args, lines) -> None:
     if not args.quiet:
         for line in lines:
             if line:
-                print(line, file=sys.stderr)
+                print(printable(line), file=sys.stderr)
 
 
-def _record(e, k: int, args) -> dict:
-    """The JSON line of text ``k`` of ``explain_text``'s Explanation ``e``."""
-    tokens, names, scores = e.tokens[k], e.class_names, e.scores[k]
-    pred = int(np.argmax(scores))
-    return {"text": e.texts[k], "tokens": tokens,
-            "relevance": [float(v) for v in e.word_relevance[k][:len(tokens)]],
-            "scores": {n: float(s) for n, s in zip(names, scores)}, "prediction": names[pred],
-            "target": names[int(e.target[k])], "target_index": int(e.target[k]),
-            "oov_tokens": [t for t, o in zip(tokens, e.oov[k]) if o], "method": args.method,
-            "rule": args.rule if args.method == "lrp" else None,
-            "eps": args.eps, "bias_factor": args.bias_factor}
+def _records(e, args) -> List[dict]:
+    """The JSON lines of ``explain_text``'s Explanation ``e``, one per text."""
+    names, word_relevance = e.class_names, e.word_relevance      # (batch, time), summed once
+    records = []
+    for k, (tokens, scores) in enumerate(zip(e.tokens, e.scores)):
+        pred = int(np.argmax(scores))
+        records.append({"text": e.texts[k], "tokens": tokens,
+                        "relevance": word_relevance[k, :len(tokens)].tolist(),
+                        "scores": {n: float(s) for n, s in zip(names, scores)}, "prediction": names[pred],
+                        "target": names[int(e.target[k])], "target_index": int(e.target[k]),
+                        "oov_tokens": [t for t, o in zip(tokens, e.oov[k]) if o], "method": args.method,
+                        "rule": args.rule if args.method == "lrp" else None,
+                        "eps": args.eps, "bias_factor": args.bias_factor})
+    return records
 
 
 def _print_record(r, color, ansi_heatmap):
-    scores = ", ".join(f"{n} {s:+.3f}" for n, s in r["scores"].items())
-    print(f"prediction: {r['prediction']}   scores: {scores}")
+    scores = ", ".join(f"{printable(n)} {s:+.3f}" for n, s in r["scores"].items())
+    print(f"prediction: {printable(r['prediction'])}   scores: {scores}")
     what = "relevance" if r["method"] == "lrp" else r["method"].upper()
-    print(f"{what} for {r['target']}:")
-    marked = [t + ("*" if t in r["oov_tokens"] else "") for t in r["tokens"]]
-    print("  " + ansi_heatmap(marked, r["relevance"], color=color, show_scores=True))
+    print(f"{what} for {printable(r['target'])}:")
+    unknown = set(r["oov_tokens"])
+    print("  " + ansi_heatmap(r["tokens"], r["relevance"], color=color, show_scores=True,
+                              oov=np.array([t in unknown for t in r["tokens"]], dtype=bool)))
     if r["oov_tokens"]:
-        print(f"  (* unknown to the vocabulary: {', '.join(r['oov_tokens'])})")
-
-
-def _write_figures(job: ExplainJob, results):
-    from ..visualize import html_page, plot_word_heatmap, save_png
-
-    if "html" in job.outputs:
-        html_page([(r["tokens"], r["relevance"]) for r in results], scale="shared",
-                  titles=[f"{r['text']}  —  prediction {r['prediction']}, relevance for {r['target']}"
-                          for r in results], path=job.outputs.tmp("html"))
-    if "png" in job.outputs:
-        r = results[0]
-        fig = plot_word_heatmap(r["tokens"], r["relevance"],
-                                title=f"prediction {r['prediction']}, relevance for {r['target']}")
-        save_png(fig, job.outputs.tmp("png"))
+        print(f"  (* unknown to the vocabulary: {printable(', '.join(r['oov_tokens']))})")
 
 
 def _explain_numeric(job: ExplainJob) -> int:
     import keras_lrp
 
-    from ..visualize import plot_time_feature_heatmap, save_png
+    from ..visualize import plot_time_feature_heatmap
 
     args, x = job.args, job.x
+    max_length = max_length_of(args)
+    if x.shape[1] > max_length:
+        raise ValueError(f"--npy {args.npy}: {x.shape[1]:,} time steps, more than --max-length {max_length:,}; "
+                         "memory grows with time x units: shorten the sequences, or raise --max-length if "
+                         "this machine has the memory")
     model = _load_model(args.model)
     target = _resolve_target(args.target, _class_names(args, model.output_shape[-1]))
-    e = keras_lrp.explain(model, x, target, batch_size=args.batch_size, **_explain_kwargs(args))
-    with open(job.outputs.tmp("out"), "wb") as f:
+    e = keras_lrp.explain(model, x, target, batch_size=args.batch_size, max_length=max_length,
+                          **_explain_kwargs(args))
+    with job.outputs.open("out", "wb") as f:
         np.save(f, e.relevance)
     if "png" in job.outputs:
         fig = plot_time_feature_heatmap(e.relevance[0], title=f"relevance for output {e.target[0]} (sample 0)")
-        save_png(fig, job.outputs.tmp("png"))
+        with job.outputs.open("png", "wb") as f:
+            fig.savefig(f, format="png", dpi=150)
     job.outputs.commit()
     if not args.quiet:
         for k in range(min(len(x), 5)):

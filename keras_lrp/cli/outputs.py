@@ -1,10 +1,12 @@
-"""Output files of the CLI: checked before any work, written to a temporary file in the same folder
-and renamed into place at the end, so a failed run leaves no partial or empty file behind."""
+"""Output files of the CLI: checked before any work, written to a new temporary file in the same
+folder and renamed into place at the end (:class:`keras_lrp.safe_io.AtomicFile`), so a failed run
+leaves no partial or empty file behind and a symlink at the output path is replaced, not followed."""
 from __future__ import annotations
 
 import os
-import tempfile
-from typing import Dict, List, Optional
+from typing import IO, Dict, List, Optional
+
+from ..safe_io import AtomicFile
 
 
 class OutputError(Exception):
@@ -12,8 +14,8 @@ class OutputError(Exception):
 
 
 class OutputFile:
-    """One output (``--json``, ``--html``, ``--png``, ``--out``): ``tmp`` is written, then
-    :meth:`commit` renames it to ``path``; :meth:`discard` removes it."""
+    """One output (``--json``, ``--html``, ``--png``, ``--out``): written through :meth:`open`,
+    then :meth:`commit` renames it to ``path``; :meth:`discard` removes it."""
 
     def __init__(self, option: str, path: str):
         self.option, self.path = option, path
@@ -25,32 +27,20 @@ class OutputFile:
             raise OutputError(f"{where}: the folder {folder} does not exist")
         if os.path.exists(path) and not os.access(path, os.W_OK):
             raise OutputError(f"{where}: the file is not writable")
-        name = os.path.basename(path)
-        # Same folder (so the rename is atomic), same extension (matplotlib and numpy look at it).
         try:
-            fd, self.tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part" + os.path.splitext(name)[1],
-                                            dir=folder)
+            self.file = AtomicFile(os.path.join(folder, os.path.basename(path)))
         except OSError as err:
             raise OutputError(f"{where}: cannot write in {folder} ({err.strerror or err})") from None
-        os.close(fd)
-        self.done = False
 
     def commit(self) -> None:
         """Move the finished file into place."""
         try:
-            os.replace(self.tmp, self.path)
+            self.file.commit()
         except OSError as err:
-            self.discard()
             raise OSError(f"{self.option} {self.path}: cannot write it ({err.strerror or err})") from None
-        self.done = True
 
     def discard(self) -> None:
-        if not self.done:
-            try:
-                os.unlink(self.tmp)
-            except FileNotFoundError:
-                pass
-            self.done = True
+        self.file.discard()
 
 
 class Outputs:
@@ -71,9 +61,9 @@ class Outputs:
     def __contains__(self, option: str) -> bool:
         return option in self.files
 
-    def tmp(self, option: str) -> str:
-        """Where to write ``option``'s file now."""
-        return self.files[option].tmp
+    def open(self, option: str, mode: str = "w") -> IO:
+        """``option``'s file, open for writing (once; text is UTF-8)."""
+        return self.files[option].file.open(mode)
 
     def path(self, option: str) -> str:
         return self.files[option].path

@@ -19,34 +19,19 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-#: Keras' default ``Tokenizer(filters=...)``: characters replaced by the split character.
-KERAS_DEFAULT_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
+from ..safe_io import quote
+from ..text import KERAS_DEFAULT_FILTERS, KerasStyleTokenizer
+
+#: Largest id a vocabulary may hold: ids are int32 (an Embedding row each).
+MAX_ID = 2**31 - 2
 
 
 class VocabFileError(ValueError):
     """A ``--vocab`` file is none of the accepted formats."""
-
-
-@dataclass
-class KerasStyleTokenizer:
-    """Splits text as ``keras.preprocessing.text.Tokenizer`` does with these settings."""
-
-    filters: str = KERAS_DEFAULT_FILTERS
-    lower: bool = True
-    split: str = " "
-    char_level: bool = False
-
-    def tokenize(self, text: str) -> List[str]:
-        if self.lower:
-            text = text.lower()
-        if self.char_level:
-            return list(text)
-        text = text.translate({ord(c): self.split for c in self.filters})
-        return [w for w in text.split(self.split) if w]
 
 
 class WordIndex:
@@ -78,16 +63,41 @@ class LoadedVocabulary:
 
 
 def _word_index(data, path: str, what: str) -> Dict[str, int]:
-    if not isinstance(data, dict) or not data or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-            for k, v in data.items()):
-        raise VocabFileError(f"{path}: {what} must map words to ids >= 0 ({{\"word\": 1, ...}})")
+    if not isinstance(data, dict) or not data:
+        raise VocabFileError(f"--vocab {path}: {what} must map words to ids >= 0 ({{\"word\": 1, ...}})")
+    for word, i in data.items():
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= MAX_ID:
+            shown = repr(i) if not isinstance(i, int) or i.bit_length() < 64 else "a number over 2**63"
+            raise VocabFileError(f"--vocab {path}: {what} maps {quote(word)} to {shown:.80}; ids must be integers "
+                                 f"0..{MAX_ID:,}")
     return data
+
+
+# The settings of a Keras Tokenizer JSON that change how text is split or looked up: (types, default).
+_KERAS_SETTINGS = {"filters": ((str,), KERAS_DEFAULT_FILTERS), "lower": ((bool,), True), "split": ((str,), " "),
+                   "char_level": ((bool,), False), "oov_token": ((str, type(None)), None),
+                   "num_words": ((int, type(None)), None)}
+
+
+def _keras_settings(config: dict, path: str) -> dict:
+    settings = {}
+    for name, (types, default) in _KERAS_SETTINGS.items():
+        value = config.get(name, default)
+        if not isinstance(value, types) or (name == "num_words" and isinstance(value, bool)):
+            want = " or ".join("null" if t is type(None) else {"str": "a string", "bool": "true/false",
+                                                                 "int": "an integer"}[t.__name__] for t in types)
+            raise VocabFileError(f"--vocab {path}: config.{name} is {json.dumps(value)[:40]}; a Keras Tokenizer "
+                                 f"JSON has {want} there")
+        settings[name] = value
+    if not settings["split"]:
+        raise VocabFileError(f"--vocab {path}: config.split is empty; it is the character words are split at")
+    return settings
 
 
 def load_vocabulary(path: str) -> LoadedVocabulary:
     """Read ``--vocab``: a keras-lrp vocabulary, a Keras ``Tokenizer.to_json()`` file or a plain
-    ``word_index`` JSON (see the module docstring).
+    ``word_index`` JSON (see the module docstring). Its settings and ids are checked here, before
+    TensorFlow is imported.
 
     Raises:
         FileNotFoundError, VocabFileError: naming ``path``.
@@ -99,25 +109,29 @@ def load_vocabulary(path: str) -> LoadedVocabulary:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise VocabFileError(f"--vocab {path}: not a JSON file ({err}); expected a keras-lrp vocabulary, a Keras "
+    except ValueError as err:      # JSONDecodeError, UnicodeDecodeError, an int of over 4,300 digits
+        raise VocabFileError(f"--vocab {path}: not a JSON file ({str(err)[:200]}); expected a keras-lrp vocabulary, a Keras "
                              "Tokenizer JSON (tokenizer.to_json()) or a word_index JSON") from None
+    except RecursionError:
+        raise VocabFileError(f"--vocab {path}: JSON nested too deeply; a vocabulary is a flat JSON object") from None
     if isinstance(data, dict) and data.get("format") == "keras_lrp.vocabulary":
         return LoadedVocabulary(Vocabulary.from_json_dict(data, source=path), Tokenizer(), "keras-lrp vocabulary")
     if isinstance(data, dict) and isinstance(data.get("config"), dict) and "word_index" in data["config"]:
         config = data["config"]
+        settings = _keras_settings(config, path)
         index = config["word_index"]
         if isinstance(index, str):   # to_json() stores the index as a JSON string inside the JSON
             try:
                 index = json.loads(index)
-            except json.JSONDecodeError:
+            except ValueError:
                 raise VocabFileError(f"--vocab {path}: config.word_index is not valid JSON") from None
-        num_words = config.get("num_words")
-        tokenizer = KerasStyleTokenizer(filters=config.get("filters", KERAS_DEFAULT_FILTERS),
-                                        lower=bool(config.get("lower", True)), split=config.get("split", " ") or " ",
-                                        char_level=bool(config.get("char_level", False)))
-        vocabulary = WordIndex(_word_index(index, path, "config.word_index"), config.get("oov_token"),
-                               num_words if isinstance(num_words, int) and num_words > 0 else None)
+            except RecursionError:
+                raise VocabFileError(f"--vocab {path}: config.word_index is JSON nested too deeply") from None
+        num_words = settings["num_words"]
+        tokenizer = KerasStyleTokenizer(filters=settings["filters"], lower=settings["lower"], split=settings["split"],
+                                        char_level=settings["char_level"])
+        vocabulary = WordIndex(_word_index(index, path, "config.word_index"), settings["oov_token"],
+                               num_words if num_words is not None and num_words > 0 else None)
         return LoadedVocabulary(vocabulary, tokenizer, "Keras Tokenizer JSON")
     if isinstance(data, dict) and data and all(isinstance(v, int) for v in data.values()):
         return LoadedVocabulary(WordIndex(_word_index(data, path, "a word_index")), KerasStyleTokenizer(),

@@ -146,6 +146,7 @@ def _write_outputs(out_dir: Optional[str], stem: str, result, title: str) -> Lis
 
     if not out_dir:
         return []
+    from ..safe_io import atomic_write
     from ..visualize import save_png
 
     os.makedirs(out_dir, exist_ok=True)
@@ -155,11 +156,9 @@ def _write_outputs(out_dir: Optional[str], stem: str, result, title: str) -> Lis
     else:
         save_png(result.plot(title=title), png)
     md = os.path.join(out_dir, f"{stem}.md")
-    with open(md, "w", encoding="utf-8") as f:
-        f.write(f"# {title}\n\n{result.table()}\n")
+    atomic_write(md, f"# {title}\n\n{result.table()}\n")
     js = os.path.join(out_dir, f"{stem}.json")
-    with open(js, "w", encoding="utf-8") as f:
-        json.dump(result.to_dict(), f, indent=1)
+    atomic_write(js, json.dumps(result.to_dict(), indent=1))
     return [png, md, js]
 
 
