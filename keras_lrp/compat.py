@@ -252,11 +252,11 @@ def lrp_lstm_batch_parts(activations: Dict[str, Any], hin, Rout_Left_last, batch
                 "fc": _time_major(gates[..., d:2 * d] * c[:, np.r_[-1, 0:seq_len - 1]]),   # f_t c_{t-1}
                 "ig": _time_major(gates[..., 0:d] * gates[..., 2 * d:3 * d]),             # i_t g_t
                 "z": _time_major(acts_layer[f"gates_pre_{side}"][..., 2 * d:3 * d])}
-        r_x_side, rest_side = lstm_relevance(
+        side_relevance = lstm_relevance(
             _time_major(xs), acts, _f64(kernel), _f64(recurrent), _f64(bias[0]) if bias else None,
             _f64(r), rule)
-        r_x.append(r_x_side.numpy().swapaxes(0, 1))
-        rest += rest_side.numpy()
+        r_x.append(side_relevance.x.numpy().swapaxes(0, 1))
+        rest += side_relevance.rest.numpy()
     parts = LSTMRelevanceParts(Rx=r_x[0], Rx_rev=r_x[1][:, ::-1] if bidirectional else None, rest=rest)
     if debug:
         r_in = parts.Rx.sum() + (0.0 if parts.Rx_rev is None else parts.Rx_rev.sum())

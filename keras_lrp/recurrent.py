@@ -6,7 +6,8 @@ the sequence in its processing order (reversed time for ``go_backwards``). Only 
 itself is a loop over time (``_time_loop``, a ``tf.while_loop``); everything that does not depend on it (input
 projections, denominators, input relevance) is computed for all timesteps at once.
 
-Shapes: x (time, batch, e); states (time, batch, d); mask (time, batch, 1) bool or None.
+Shapes: x (time, batch, e); states (time, batch, d); mask (time, batch, 1) bool or None; initial
+states (batch, d) each, or None for zeros (an encoder's returned states, say).
 LSTM: kernel (e, 4d), recurrent_kernel (d, 4d), bias (4d,) or None, gate order i, f, c (= g), o.
 GRU: kernel (e, 3d), recurrent_kernel (d, 3d), bias (3d,), (2, 3d) with ``reset_after``, or None;
 gate order z, r, h.
@@ -21,11 +22,13 @@ Network Explanations"):
 * element-wise activations (tanh, sigmoid) pass relevance unchanged;
 * every gate x signal product ``p = gate * signal`` follows the gate rule (:class:`GateRule`).
 * a masked timestep copies its states, so it passes the relevance of its states back unchanged
-  and gives its input exactly 0.
+  and gives its input exactly 0;
+* the initial states are the first step's ``h_{t-1}``, ``c_{t-1}``, under the same rules; the
+  relevance that reaches them is returned per unit (:class:`RecurrentRelevance`).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -34,8 +37,8 @@ from keras import ops
 
 from .rules import GATE_RULE_OBJECTS, Epsilon, bias_share, inverse_denominator, needs_zero_limit, zero_limit
 
-__all__ = ["GATE_RULES", "gate_split", "lstm_forward", "lstm_relevance", "gru_forward", "gru_relevance",
-           "simple_rnn_forward", "simple_rnn_relevance"]
+__all__ = ["GATE_RULES", "RecurrentRelevance", "gate_split", "lstm_forward", "lstm_relevance", "gru_forward",
+           "gru_relevance", "simple_rnn_forward", "simple_rnn_relevance"]
 
 #: Gate rules for a product p = gate * signal carrying relevance R, by name (the objects are
 #: :class:`keras_lrp.rules.SignalTakeAll` "all", :class:`~keras_lrp.rules.Half` "half" and
@@ -49,9 +52,33 @@ def gate_split(r, gate, signal, rule: str, eps: Epsilon):
     return GATE_RULE_OBJECTS[rule].split(r, gate, signal, eps)
 
 
-def _shift(t: tf.Tensor) -> tf.Tensor:
-    """The value at t-1 for every t (zeros, the initial state, at t = 0); time axis 0."""
-    return tf.concat([tf.zeros_like(t[:1]), t[:-1]], axis=0)
+class RecurrentRelevance(NamedTuple):
+    """The LRP pass through one recurrent direction: the input relevance and the relevance that
+    reached each initial state (in the cell's state order: ``(h0, c0)`` for an LSTM, ``(h0,)`` else)."""
+
+    x: tf.Tensor                    # (time, batch, e), processing order
+    states: Tuple[tf.Tensor, ...]   # (batch, d) each
+
+    @property
+    def rest(self) -> tf.Tensor:
+        """(batch,): the relevance on all initial states, summed (what zero initial states absorb)."""
+        return sum(ops.sum(r, axis=-1) for r in self.states)
+
+
+def _shift(t: tf.Tensor, first: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """The value at t-1 for every t: ``first`` (the initial state, (batch, d); zeros when None) at
+    t = 0; time axis 0."""
+    first = ops.zeros_like(t[:1]) if first is None else ops.expand_dims(ops.cast(first, t.dtype), 0)
+    return ops.concatenate([first, t[:-1]], axis=0)
+
+
+def _initial_states(like: tf.Tensor, initial_state: Optional[Sequence[tf.Tensor]], n: int) -> Tuple[tf.Tensor, ...]:
+    """The ``n`` initial states (batch, d) in ``like``'s dtype: ``initial_state``, or zeros like ``like``."""
+    if initial_state is None:
+        return (ops.zeros_like(like),) * n
+    if len(initial_state) != n:
+        raise ValueError(f"expected {n} initial state(s), got {len(initial_state)}.")
+    return tuple(ops.cast(s, like.dtype) for s in initial_state)
 
 
 def _carry_where_masked(mask, new, old):
@@ -145,21 +172,23 @@ def _input_relevance(x, m, w, share, mask):
 
 def lstm_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor, bias,
                  activation: Callable, recurrent_activation: Callable,
-                 mask: Optional[tf.Tensor] = None, gate_rule: str = "all") -> Dict[str, tf.Tensor]:
-    """Run an LSTM over its (already ordered) input sequence from zero states.
+                 mask: Optional[tf.Tensor] = None, gate_rule: str = "all",
+                 initial_state: Optional[Sequence[tf.Tensor]] = None) -> Dict[str, tf.Tensor]:
+    """Run an LSTM over its (already ordered) input sequence from ``initial_state`` = (h0, c0)
+    (zeros when None).
 
     Returns (time, batch, .) tensors: hidden states ``h``, cell states ``c`` (both carried over
     masked steps), the two products of the cell update ``fc`` = f_t c_{t-1} and ``ig`` = i_t g_t,
     and the pre-activations ``z`` of the maps that receive relevance under ``gate_rule``: the cell
     candidate's (d) for "all"; all four (4d), plus the gate activations ``gates`` [i, f, g, o],
-    otherwise.
+    otherwise; and the initial states ``h0``, ``c0`` (batch, d).
     """
     xz = tf.einsum("tbe,ef->tbf", x, kernel)
     if bias is not None:
         xz = xz + bias
     d = recurrent_kernel.shape[0]
     keep = slice(2 * d, 3 * d) if gate_rule == "all" else slice(0, 4 * d)
-    zeros = tf.zeros_like(xz[0, :, :d])
+    h0, c0 = _initial_states(xz[0, :, :d], initial_state, 2)
     elems = {"xz": xz} if mask is None else {"xz": xz, "mask": mask}
 
     def step(carry, e):
@@ -171,15 +200,15 @@ def lstm_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor, b
         out = (h, c, s.fc, s.ig, z[..., keep])
         return (h, c), (out if gate_rule == "all" else out + (tf.concat([s.i, s.f, s.g, s.o], axis=-1),))
 
-    _, out = _time_loop(step, elems, (zeros, zeros), 5 if gate_rule == "all" else 6, differentiable=True)
-    return dict(zip(("h", "c", "fc", "ig", "z", "gates"), out))
+    _, out = _time_loop(step, elems, (h0, c0), 5 if gate_rule == "all" else 6, differentiable=True)
+    return dict(zip(("h", "c", "fc", "ig", "z", "gates"), out), h0=h0, c0=c0)
 
 
 def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
                    recurrent_kernel: tf.Tensor, bias, r_h_last: tf.Tensor, eps: Epsilon,
                    gate_rule: str = "all", r_h_seq: Optional[tf.Tensor] = None,
-                   mask: Optional[tf.Tensor] = None,
-                   activation: Callable = tf.tanh) -> Tuple[tf.Tensor, tf.Tensor]:
+                   mask: Optional[tf.Tensor] = None, activation: Callable = tf.tanh,
+                   r_c_last: Optional[tf.Tensor] = None) -> RecurrentRelevance:
     """LRP from the hidden states back to the inputs, through time.
 
     Per step, in reverse (Arras et al. 2017, Sect. 3, with the reference implementation's
@@ -194,16 +223,18 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
 
     Args:
         x: inputs (time, batch, e) in processing order.
-        acts: the dict of :func:`lstm_forward` for the same ``gate_rule``.
+        acts: the dict of :func:`lstm_forward` for the same ``gate_rule`` (without ``h0`` / ``c0``:
+            zero initial states).
         r_h_last: relevance on the last hidden state, (batch, d).
         eps: the epsilon-rule's parameters.
         gate_rule: one of :data:`GATE_RULES`.
         r_h_seq: optional relevance arriving on every output h_t, (time, batch, d).
         mask: optional (time, batch, 1) bool; masked steps copy their states.
+        activation: the cell's activation (for the "half" / "prop" gate rules).
+        r_c_last: optional relevance on the last cell state (a returned state), (batch, d).
 
     Returns:
-        ``(r_x, rest)``: input relevance (time, batch, e) and the relevance left on the zero
-        initial states (batch,).
+        :class:`RecurrentRelevance`: input relevance and the relevance on (h0, c0).
     """
     d = recurrent_kernel.shape[0]
     e = x.shape[-1]
@@ -215,18 +246,19 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
     share = eps.has_bias_share
 
     per_step = {"fc": acts["fc"], "ig": acts["ig"], "inv_c": inverse_denominator(c, eps),
-                "inv_z": inverse_denominator(z, eps), "h_prev": _shift(h)}
+                "inv_z": inverse_denominator(z, eps), "h_prev": _shift(h, acts.get("h0"))}
     if share:
         per_step.update(c=c, z=z)
     if needs_zero_limit(eps):
         per_step["mag_x"] = _input_magnitude(x, w, b)
     if gate_rule != "all":
-        per_step.update(gates=acts["gates"], c_prev=_shift(c), tanh_c=activation(c))
+        per_step.update(gates=acts["gates"], c_prev=_shift(c, acts.get("c0")), tanh_c=activation(c))
     if r_h_seq is not None:
         per_step["r_h"] = r_h_seq
     if mask is not None:
         per_step["mask"] = mask
-    zeros = tf.zeros_like(r_h_last)
+    if r_c_last is None:
+        r_c_last = ops.zeros_like(r_h_last)
 
     def step(carry, s):
         r_h, r_c = carry
@@ -263,9 +295,8 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
             r_c_prev = tf.where(m, r_c_prev, r_c)
         return (r_h_prev, r_c_prev), ((m_z, share_z) if share else (m_z,))
 
-    (r_h0, r_c0), out = _time_loop(step, per_step, (r_h_last, zeros), 2 if share else 1, reverse=True)
-    rest = tf.reduce_sum(r_h0 + r_c0, axis=-1)
-    return _input_relevance(x, out[0], w, out[1] if share else None, mask), rest
+    (r_h0, r_c0), out = _time_loop(step, per_step, (r_h_last, r_c_last), 2 if share else 1, reverse=True)
+    return RecurrentRelevance(_input_relevance(x, out[0], w, out[1] if share else None, mask), (r_h0, r_c0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,14 +317,17 @@ def _gru_biases(bias, d):
 
 
 def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activation,
-                reset_after: bool, mask=None, gate_rule: str = "all") -> Dict[str, tf.Tensor]:
-    """Run a GRU over its (already ordered) input sequence from a zero state.
+                reset_after: bool, mask=None, gate_rule: str = "all",
+                initial_state: Optional[Sequence[tf.Tensor]] = None) -> Dict[str, tf.Tensor]:
+    """Run a GRU over its (already ordered) input sequence from ``initial_state`` = (h0,) (zeros
+    when None).
 
     Returns (time, batch, .) tensors: ``h`` (carried over masked steps), gates ``zg``, ``rg``,
     candidate ``hh`` and its pre-activation ``pre_h``, the recurrent candidate term ``s_h``
     (``h U_h + b_rec`` with reset_after, ``r * h`` without), the update's two products ``zh`` =
     z h_{t-1} and ``zhh`` = (1 - z) hh, and the gates' pre-activations ``pre_zr`` (2d); ``zg``,
-    ``hh`` and ``pre_zr`` only for the gate rules that give gates relevance.
+    ``hh`` and ``pre_zr`` only for the gate rules that give gates relevance; the initial state
+    ``h0`` (batch, d).
     """
     gates = gate_rule != "all"
     d = recurrent_kernel.shape[0]
@@ -301,7 +335,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activat
     xz = tf.einsum("tbe,ef->tbf", x, kernel)
     if b_in is not None:
         xz = xz + b_in
-    zeros = tf.zeros_like(xz[0, :, :d])
+    h0, = _initial_states(xz[0, :, :d], initial_state, 1)
     elems = {"xz": xz} if mask is None else {"xz": xz, "mask": mask}
 
     def step(carry, e):
@@ -329,14 +363,14 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activat
         out = (h, rg, pre_h, s_h, zh, zhh)
         return (h,), out + ((zg, hh, tf.concat([pre_z, pre_r], axis=-1)) if gates else ())
 
-    _, out = _time_loop(step, elems, (zeros,), 9 if gates else 6, differentiable=True)
+    _, out = _time_loop(step, elems, (h0,), 9 if gates else 6, differentiable=True)
     names = ("h", "rg", "pre_h", "s_h", "zh", "zhh", "zg", "hh", "pre_zr")
-    return dict(zip(names, out))
+    return dict(zip(names, out), h0=h0)
 
 
 def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilon,
                   reset_after: bool, gate_rule: str = "all", r_h_seq=None,
-                  mask=None) -> Tuple[tf.Tensor, tf.Tensor]:
+                  mask=None) -> RecurrentRelevance:
     """LRP through a GRU, in reverse over time (same conventions as :func:`lstm_relevance`).
 
     * ``h_t = z h_{t-1} + (1 - z) hh``: epsilon-rule over the two products (N = 2d), each split by
@@ -350,7 +384,7 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
       ``[x_t, h_{t-1}] -> (pre_z, pre_r)`` by the epsilon-rule (N = e + d).
 
     Returns:
-        ``(r_x, rest)`` as :func:`lstm_relevance` (rest = relevance on the zero initial state).
+        :class:`RecurrentRelevance`: input relevance and the relevance on (h0,).
     """
     d = recurrent_kernel.shape[0]
     e = x.shape[-1]
@@ -368,7 +402,7 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
     h = acts["h"]
     h_t = acts["zh"] + acts["zhh"]
     per_step = {"zh": acts["zh"], "zhh": acts["zhh"], "inv_h": inverse_denominator(h_t, eps),
-                "inv_pre_h": inverse_denominator(acts["pre_h"], eps), "h_prev": _shift(h),
+                "inv_pre_h": inverse_denominator(acts["pre_h"], eps), "h_prev": _shift(h, acts.get("h0")),
                 "rg": acts["rg"], "s_h": acts["s_h"]}
     if reset_after:
         per_step["inv_s_h"] = inverse_denominator(acts["s_h"], eps)
@@ -441,11 +475,10 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
         return (r_h_prev,), outs + ((m_zr,) if gates else ())
 
     (r_h0,), out = _time_loop(step, per_step, (r_h_last,), 1 + int(share) + int(gates), reverse=True)
-    rest = tf.reduce_sum(r_h0, axis=-1)
     r_x = _input_relevance(x, out[0], w_h, out[1] if share else None, mask)
     if gates:
         r_x = r_x + _input_relevance(x, out[-1], w_zr, None, mask)
-    return r_x, rest
+    return RecurrentRelevance(r_x, (r_h0,))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,8 +486,10 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
 # ---------------------------------------------------------------------------------------------
 
 def simple_rnn_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor, bias,
-                       activation: Callable, mask: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
-    """Run a SimpleRNN over its (already ordered) input sequence from a zero state.
+                       activation: Callable, mask: Optional[tf.Tensor] = None,
+                       initial_state: Optional[Sequence[tf.Tensor]] = None) -> Dict[str, tf.Tensor]:
+    """Run a SimpleRNN over its (already ordered) input sequence from ``initial_state`` = (h0,)
+    (zeros when None).
 
     Args:
         x: (time, batch, e); kernel (e, d); recurrent_kernel (d, d); bias (d,) or None;
@@ -462,7 +497,7 @@ def simple_rnn_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Ten
 
     Returns:
         (time, batch, d) tensors: hidden states ``h`` (carried over masked steps) and the
-        pre-activations ``z = x_t W + h_{t-1} U + b``.
+        pre-activations ``z = x_t W + h_{t-1} U + b``; the initial state ``h0`` (batch, d).
     """
     xz = tf.einsum("tbe,ed->tbd", x, kernel)
     if bias is not None:
@@ -475,14 +510,15 @@ def simple_rnn_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Ten
         h = _carry_where_masked(e.get("mask"), activation(z), h_tm1)
         return (h,), (h, z)
 
-    _, (h, z) = _time_loop(step, elems, (tf.zeros_like(xz[0]),), 2, differentiable=True)
-    return {"h": h, "z": z}
+    h0, = _initial_states(xz[0], initial_state, 1)
+    _, (h, z) = _time_loop(step, elems, (h0,), 2, differentiable=True)
+    return {"h": h, "z": z, "h0": h0}
 
 
 def simple_rnn_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
                          recurrent_kernel: tf.Tensor, bias, r_h_last: tf.Tensor, eps: Epsilon,
                          r_h_seq: Optional[tf.Tensor] = None,
-                         mask: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+                         mask: Optional[tf.Tensor] = None) -> RecurrentRelevance:
     """LRP through a SimpleRNN, in reverse over time (Arras et al. 2017, Sect. 3: the epsilon-rule
     on every linear map, element-wise activations pass relevance unchanged).
 
@@ -496,13 +532,12 @@ def simple_rnn_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Te
         on every output h_t (time, batch, d); mask: (time, batch, 1) bool or None.
 
     Returns:
-        ``(r_x, rest)``: input relevance (time, batch, e) and the relevance left on the zero initial
-        state (batch,).
+        :class:`RecurrentRelevance`: input relevance and the relevance on (h0,).
     """
     d, e = recurrent_kernel.shape[0], x.shape[-1]
     z = acts["z"]
     share = eps.has_bias_share
-    per_step = {"inv_z": inverse_denominator(z, eps), "h_prev": _shift(acts["h"])}
+    per_step = {"inv_z": inverse_denominator(z, eps), "h_prev": _shift(acts["h"], acts.get("h0"))}
     if share:
         per_step["z"] = z
     if needs_zero_limit(eps):
@@ -525,5 +560,4 @@ def simple_rnn_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Te
         return (r_h_prev,), ((m_z, share_z) if share else (m_z,))
 
     (r_h0,), out = _time_loop(step, per_step, (r_h_last,), 2 if share else 1, reverse=True)
-    rest = tf.reduce_sum(r_h0, axis=-1)
-    return _input_relevance(x, out[0], kernel, out[1] if share else None, mask), rest
+    return RecurrentRelevance(_input_relevance(x, out[0], kernel, out[1] if share else None, mask), (r_h0,))

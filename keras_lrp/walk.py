@@ -148,8 +148,6 @@ class Walk:
                                             f"and keras.ops calls: {node.trace_error}. {advice}" + _where(node))
         else:
             prop = propagator_for(op, self.ctx, is_output=is_output)
-        if isinstance(op, (keras.layers.RNN, keras.layers.Bidirectional)) and len(node.inputs) > 1:
-            raise UnsupportedLayerError(op, "initial_state / constants arguments are not supported.")
         if hasattr(prop, "bind"):
             prop.bind(node, self)
         return prop

@@ -267,17 +267,20 @@ class BatchNormOracle:
 
 class SimpleRNNCellOracle:
     """One SimpleRNN direction over an already ordered sequence (the cell interface of
-    oracle_layers.Recurrent: forward(x, mask) -> h (T, d); backward(r_h_seq, ctx) -> (r_x, rest))."""
+    oracle_layers.Recurrent: forward(x, mask, initial) -> h (T, d); backward(r_h_seq, ctx, r_final) ->
+    (r_x, [r_h0]))."""
 
     def __init__(self, kernel, recurrent_kernel, bias, activation="tanh"):
         self.W, self.U, self.b = kernel, recurrent_kernel, bias
         self.d = recurrent_kernel.shape[0]
         self.act = OL.ACTIVATIONS[activation]
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, initial=None):
         T = x.shape[0]
         self.x, self.mask = x, mask
         self.h = np.zeros((T + 1, self.d))
+        if initial is not None:
+            self.h[0] = initial[0]
         self.z = np.zeros((T, self.d))
         for t in range(T):
             if mask is not None and not mask[t]:
@@ -285,18 +288,20 @@ class SimpleRNNCellOracle:
                 continue
             self.z[t] = x[t] @ self.W + self.h[t] @ self.U + (0.0 if self.b is None else self.b)
             self.h[t + 1] = self.act(self.z[t])
+        self.final = [self.h[T]]
         return self.h[1:]
 
-    def backward(self, r_h_seq, ctx):
+    def backward(self, r_h_seq, ctx, r_final=None):
         x = self.x
         T, e = x.shape
-        r_x, r_h = np.zeros_like(x), np.zeros(self.d)
+        r_x = np.zeros_like(x)
+        r_h = np.zeros(self.d) if r_final is None else np.array(r_final[0], dtype=float)
         for t in reversed(range(T)):
             r_h = r_h + r_h_seq[t]
             if self.mask is not None and not self.mask[t]:
                 continue
             r_x[t], r_h = eps_map([(x[t], self.W), (self.h[t], self.U)], self.b, self.z[t], r_h, self.d + e, ctx)
-        return r_x, r_h.sum()
+        return r_x, [r_h]
 
 
 # --------------------------------------------------------------------------- Keras models
@@ -354,10 +359,11 @@ def from_keras(layer, is_output=False, causal=False):
     if isinstance(layer, L.Bidirectional) and isinstance(layer.forward_layer.cell, L.SimpleRNNCell):
         f, b = layer.forward_layer, layer.backward_layer
         return OL.Recurrent([_simple_rnn_cell(f), _simple_rnn_cell(b)], [f.go_backwards, b.go_backwards],
-                            f.return_sequences, layer.merge_mode or "concat", zero_output_for_mask=f.return_sequences)
+                            f.return_sequences, layer.merge_mode or "concat", zero_output_for_mask=f.return_sequences,
+                            return_state=layer.return_state)
     if isinstance(layer, L.RNN) and isinstance(layer.cell, L.SimpleRNNCell):
         return OL.Recurrent([_simple_rnn_cell(layer)], [layer.go_backwards], layer.return_sequences, None,
-                            zero_output_for_mask=layer.zero_output_for_mask)
+                            zero_output_for_mask=layer.zero_output_for_mask, return_state=layer.return_state)
     return OL.from_keras(layer, is_output)
 
 

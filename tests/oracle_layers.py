@@ -10,6 +10,9 @@ values they belong to; masks are (T,) bool or None. Every layer oracle has
     backward(r_y)    -> (r_x, rest)        (rest: relevance left on recurrent initial states)
 
 and :func:`explain_chain` composes them for Sequential models (built by :func:`from_keras`).
+Recurrent cells have ``forward(x, mask, initial=None) -> h`` (initial: one array per state, zeros when
+None; ``final`` holds the last states) and ``backward(r_h_seq, ctx, r_final=None) -> (r_x, r_initial)``
+(r_final / r_initial: relevance on the last / initial states, one array per state).
 
 The epsilon-rule (``Ctx.eps``, ``Ctx.bias_factor``) for ``z_m = sum_k x_k w_km + b_m`` with fan-in N:
 
@@ -322,12 +325,14 @@ class LSTMCellOracle:
         self.b = np.zeros(4 * self.d) if bias is None else bias
         self.act, self.ract = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, initial=None):
         """Returns h (T, d); h[t] is the state after step t (carried over masked steps)."""
         T, d = x.shape[0], self.d
         self.x, self.mask = x, mask
-        self.h = np.zeros((T + 1, d))   # row 0: the zero initial state; row t+1: after step t
+        self.h = np.zeros((T + 1, d))   # row 0: the initial state; row t+1: after step t
         self.c = np.zeros((T + 1, d))
+        if initial is not None:
+            self.h[0], self.c[0] = initial
         self.pre = np.zeros((T, 4 * d))
         self.gates = np.zeros((T, 4 * d))
         for t in range(T):
@@ -340,15 +345,19 @@ class LSTMCellOracle:
             self.pre[t], self.gates[t] = z, np.concatenate([i, f, g, o])
             self.c[t + 1] = f * self.c[t] + i * g
             self.h[t + 1] = o * self.act(self.c[t + 1])
+        self.final = [self.h[T], self.c[T]]
         return self.h[1:]
 
-    def backward(self, r_h_seq, ctx):
-        """r_h_seq (T, d): relevance arriving on every h_t. Returns (r_x (T, e), rest)."""
+    def backward(self, r_h_seq, ctx, r_final=None):
+        """r_h_seq (T, d): relevance arriving on every h_t; r_final: on the last (h, c).
+        Returns (r_x (T, e), [r_h0, r_c0])."""
         x, d = self.x, self.d
         T, e = x.shape
         eye = np.eye(d)
         r_x = np.zeros_like(x)
         r_h, r_c = np.zeros(d), np.zeros(d)     # carried from step t+1 to the states of step t
+        if r_final is not None:
+            r_h, r_c = r_h + r_final[0], r_c + r_final[1]
         for t in reversed(range(T)):
             r_h = r_h + r_h_seq[t]
             if self.mask is not None and not self.mask[t]:
@@ -366,7 +375,7 @@ class LSTMCellOracle:
             r_pre = np.concatenate([r_i, r_f, r_g, r_o])
             r_x[t], r_h = eps_linear([(x[t], self.W), (self.h[t], self.U)], self.b, self.pre[t],
                                      r_pre, d + e, ctx)
-        return r_x, r_h.sum() + r_c.sum()
+        return r_x, [r_h, r_c]
 
 
 class GRUCellOracle:
@@ -385,11 +394,13 @@ class GRUCellOracle:
             self.b_in, self.b_rec = bias, np.zeros(3 * d)
         self.act, self.ract = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, initial=None):
         T, d = x.shape[0], self.d
         W, U, bi, br = self.W, self.U, self.b_in, self.b_rec
         self.x, self.mask = x, mask
         self.h = np.zeros((T + 1, d))
+        if initial is not None:
+            self.h[0] = initial[0]
         self.st = [None] * T
         for t in range(T):
             hp = self.h[t]
@@ -409,14 +420,15 @@ class GRUCellOracle:
             hh = self.act(pre_h)
             self.h[t + 1] = z * hp + (1 - z) * hh
             self.st[t] = dict(pre_z=pre_z, pre_r=pre_r, z=z, r=r, s_h=s_h, pre_h=pre_h, hh=hh)
+        self.final = [self.h[T]]
         return self.h[1:]
 
-    def backward(self, r_h_seq, ctx):
+    def backward(self, r_h_seq, ctx, r_final=None):
         x, d, W, U = self.x, self.d, self.W, self.U
         T, e = x.shape
         eye = np.eye(d)
         r_x = np.zeros_like(x)
-        r_h = np.zeros(d)
+        r_h = np.zeros(d) if r_final is None else np.array(r_final[0], dtype=float)
         for t in reversed(range(T)):
             r_h = r_h + r_h_seq[t]
             if self.mask is not None and not self.mask[t]:
@@ -448,34 +460,69 @@ class GRUCellOracle:
                                     e + d, ctx)
             r_x[t] = r_xh + r_xg
             r_h = r_hp + r_hg
-        return r_x, r_h.sum()
+        return r_x, [r_h]
+
+
+def keras_step_outputs(h, mask, zero_output_for_mask):
+    """What a Keras RNN outputs at each step, from its states h (T, d): h_t at real steps; at a masked
+    step 0 (zero_output_for_mask) or the previous step's output (0 before the first step)."""
+    out, prev = np.zeros_like(h), np.zeros(h.shape[1])
+    for t in range(len(h)):
+        if mask is None or mask[t]:
+            out[t] = h[t]
+        elif not zero_output_for_mask:
+            out[t] = prev
+        prev = out[t]
+    return out
+
+
+def step_outputs_backward(r_out, mask, zero_output_for_mask):
+    """Relevance on the step outputs (T, d) of :func:`keras_step_outputs` -> (relevance on h_t at the
+    real steps (T, d), what reached outputs that are the constant 0)."""
+    r_h, dropped, passed = np.zeros_like(r_out), 0.0, np.zeros(r_out.shape[1])
+    for t in reversed(range(len(r_out))):
+        r = r_out[t] + passed
+        passed = np.zeros(r_out.shape[1])
+        if mask is None or mask[t]:
+            r_h[t] = r
+        elif zero_output_for_mask or t == 0:
+            dropped += r.sum()
+        else:
+            passed = r            # the output copied the previous step's
+    return r_h, dropped
 
 
 class Recurrent:
     """LSTM / GRU layer, or Bidirectional of two, with go_backwards, return_sequences, masks and the
-    merge modes concat / sum / ave (merge_mode None followed by Concatenate is concat)."""
+    merge modes concat / sum / ave (merge_mode None followed by Concatenate is concat), initial states
+    and returned states (Keras's flat order: each direction's states, forward first)."""
 
-    def __init__(self, cells, go_backwards, return_sequences, merge=None, zero_output_for_mask=False):
+    def __init__(self, cells, go_backwards, return_sequences, merge=None, zero_output_for_mask=False,
+                 return_state=False):
         self.cells = cells                  # one cell oracle, or two (forward, backward) when merge
         self.go_backwards = go_backwards    # per cell
         self.rs, self.merge, self.zero_out = return_sequences, merge, zero_output_for_mask
+        self.return_state = return_state
 
     def _order(self, a, back):
         return a if a is None or not back else a[::-1]
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, initial_state=None):
+        """Returns (output, its mask); the final states (flat) are in ``self.states``."""
         self.T = x.shape[0]
         self.mask = mask
-        self.ys = []
-        for cell, back in zip(self.cells, self.go_backwards):
-            h = cell.forward(self._order(x, back), self._order(mask, back))
+        self.ys, self.states = [], []
+        n = len(initial_state) // len(self.cells) if initial_state is not None else 0
+        for i, (cell, back) in enumerate(zip(self.cells, self.go_backwards)):
+            initial = None if initial_state is None else initial_state[i * n:(i + 1) * n]
+            m = self._order(mask, back)
+            h = keras_step_outputs(cell.forward(self._order(x, back), m, initial), m, self.zero_out)
             if self.rs:
-                if mask is not None and self.zero_out:
-                    h = h * self._order(mask, back)[:, None]
                 y = h[::-1] if (back and self.merge is not None) else h   # Bidirectional re-reverses
             else:
                 y = h[-1]
             self.ys.append(y)
+            self.states += cell.final
         if self.merge is None or self.merge == "concat":
             out = np.concatenate(self.ys, axis=-1)
         elif self.merge == "sum":
@@ -486,7 +533,9 @@ class Recurrent:
             raise ValueError(self.merge)
         return out, (mask if self.rs else None)
 
-    def backward(self, r):
+    def backward_states(self, r, r_states=None):
+        """r: relevance of the output; r_states: of the returned states (flat) or None.
+        Returns (r_x, relevance of the initial states (flat), what reached constant-0 outputs)."""
         ctx = self.ctx
         if self.merge is None or self.merge == "concat":
             sizes = np.cumsum([y.shape[-1] for y in self.ys])[:-1]
@@ -495,17 +544,26 @@ class Recurrent:
             scale = 0.5 if self.merge == "ave" else 1.0
             ps = [scale * y for y in self.ys]
             parts = eps_elementwise_sum(ps, ps[0] + ps[1], r, ctx)
-        r_x, rest = np.zeros((self.T, self.cells[0].x.shape[1])), 0.0
-        for cell, back, rp in zip(self.cells, self.go_backwards, parts):
+        r_x, r_initial, dropped = np.zeros((self.T, self.cells[0].x.shape[1])), [], 0.0
+        n = len(self.states) // len(self.cells)
+        for i, (cell, back, rp) in enumerate(zip(self.cells, self.go_backwards, parts)):
             if self.rs:
-                seq = rp[::-1] if (back and self.merge is not None) else rp   # processing order
+                r_out = rp[::-1] if (back and self.merge is not None) else rp   # processing order
             else:
-                seq = np.zeros((self.T, cell.d))
-                seq[-1] = rp
-            rx, rs = cell.backward(seq, ctx)
+                r_out = np.zeros((self.T, cell.d))
+                r_out[-1] = rp
+            seq, lost = step_outputs_backward(r_out, self._order(self.mask, back), self.zero_out)
+            r_final = None if r_states is None else r_states[i * n:(i + 1) * n]
+            rx, r0 = cell.backward(seq, ctx, r_final)
             r_x += rx[::-1] if back else rx
-            rest += rs
-        return r_x, rest
+            r_initial += r0
+            dropped += lost
+        return r_x, r_initial, dropped
+
+    def backward(self, r):
+        """Chain interface: zero initial states, whose relevance is rest."""
+        r_x, r_initial, dropped = self.backward_states(r)
+        return r_x, dropped + sum(a.sum() for a in r_initial)
 
 
 # --------------------------------------------------------------------------- Keras models
@@ -563,10 +621,10 @@ def from_keras(layer, is_output=False):
         f, b = layer.forward_layer, layer.backward_layer
         return Recurrent([_cell_oracle(f), _cell_oracle(b)], [f.go_backwards, b.go_backwards],
                          f.return_sequences, layer.merge_mode or "concat",
-                         zero_output_for_mask=f.return_sequences)
+                         zero_output_for_mask=f.return_sequences, return_state=layer.return_state)
     if isinstance(layer, L.RNN):
         return Recurrent([_cell_oracle(layer)], [layer.go_backwards], layer.return_sequences, None,
-                         zero_output_for_mask=layer.zero_output_for_mask)
+                         zero_output_for_mask=layer.zero_output_for_mask, return_state=layer.return_state)
     raise NotImplementedError(type(layer).__name__)
 
 

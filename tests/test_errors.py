@@ -135,14 +135,6 @@ def test_several_inputs_errors():
         keras_lrp.explain(model, [ids, np.zeros((2, 3))])
 
 
-def test_return_state_refused():
-    inp = keras.Input((None, 4))
-    out, h, c = keras.layers.LSTM(3, return_state=True)(inp)
-    model = keras.Model(inp, keras.layers.Dense(2)(out))
-    with pytest.raises(keras_lrp.UnsupportedLayerError, match="return_state=True"):
-        keras_lrp.explain(model, X)
-
-
 def test_timestep_errors(model):
     with pytest.raises(ValueError, match="timestep is only for models whose output has a time axis"):
         keras_lrp.explain(model, X, timestep=1)
