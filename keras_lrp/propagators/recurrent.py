@@ -18,6 +18,7 @@ from keras import ops, tree
 from .. import rules
 from ..recurrent import (RecurrentRelevance, gru_forward, gru_relevance, lstm_forward, lstm_relevance,
                          simple_rnn_forward, simple_rnn_relevance)
+from ..graph import Ref
 from .base import Context, Propagator, UnsupportedLayerError, register
 
 __all__ = ["RecurrentProp", "CellWeights", "CellRule", "CELL_RULES", "cell_rule_for"]
@@ -128,7 +129,7 @@ def _split_constant_outputs(r: tf.Tensor, keep: tf.Tensor, axis) -> Tuple[tf.Ten
 
 
 def _is_tensor(value) -> bool:
-    return isinstance(value, keras.KerasTensor) or ops.is_tensor(value)
+    return isinstance(value, (keras.KerasTensor, Ref)) or ops.is_tensor(value)
 
 
 class _InitialState(NamedTuple):
@@ -200,8 +201,7 @@ class RecurrentProp(Propagator):
         inputs, or constants) and the applied mask are. Keras fills ``mask`` from the sequence's mask
         only when the sequence is the call's one tensor argument: with tensor initial states only an
         explicit ``mask=`` applies."""
-        arguments = node.call.arguments
-        args, kwargs = arguments.args, arguments.kwargs
+        args, kwargs = node.args, node.kwargs
         sequences = args[0] if args else kwargs.get("sequences")
         initial = args[1] if len(args) > 1 else kwargs.get("initial_state")
         flat = [] if initial is None else list(tree.flatten(initial))
@@ -213,13 +213,12 @@ class RecurrentProp(Propagator):
         for position, key in enumerate(node.inputs):
             unused.setdefault(key, []).append(position)
 
-        def position_of(tensor) -> Optional[int]:
-            positions = unused.get(id(tensor))
+        def position_of(ref) -> Optional[int]:
+            positions = unused.get(ref.key) if isinstance(ref, Ref) else None
             return positions.pop(0) if positions else None
 
         sequence = position_of(sequences)
-        states = [_InitialState(position_of(t)) if isinstance(t, keras.KerasTensor) else _InitialState(None, t)
-                  for t in flat]
+        states = [_InitialState(position_of(t)) if isinstance(t, Ref) else _InitialState(None, t) for t in flat]
         if sequence is None or any(s.position is None and s.constant is None for s in states) or any(
                 unused.values()):
             raise UnsupportedLayerError(self.layer, "its tensor arguments are not a sequence and its initial_state: "
