@@ -122,6 +122,12 @@ class Explainer:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}.")
         rule = as_gate_rule(rule).name
         self.rule = Epsilon(eps=eps, bias_factor=bias_factor)
+        largest = float(np.finfo(dtype).max)
+        for name in ("eps", "bias_factor"):
+            if abs(getattr(self.rule, name)) > largest:
+                raise ValueError(f"{name}={getattr(self.rule, name)!r} is beyond the {dtype} range (|x| <= "
+                                 f"{largest:.3g}): the relevance would be inf or NaN. Use a smaller {name} or "
+                                 "dtype='float64'.")
         self.gate_rule, self.dtype, self.model = rule, dtype, model
         self.composite = as_composite(layer_rules)
         graph = model_graph(model, output, keep=self.composite.linear_names())

@@ -417,3 +417,25 @@ def test_the_users_model_is_not_mutated():
     assert [(len(l._inbound_nodes), len(l._outbound_nodes)) for l in layers] == before
     assert model.get_config() == config
     np.testing.assert_array_equal(model_output(model, IDS), out)
+
+
+def test_cnn_lstm_time_distributed_conv_and_model():
+    """Video / sequence-of-windows models: TimeDistributed around Conv1D, pooling, or a whole model."""
+    keras.utils.set_random_seed(12)
+    inp = keras.Input((5, 8, 2))
+    h = L.TimeDistributed(L.GlobalMaxPooling1D())(L.TimeDistributed(L.Conv1D(3, 3, activation="relu"))(inp))
+    x = RNG.standard_normal((3, 5, 8, 2))
+    e = check(perturb(keras.Model(inp, L.Dense(2, activation="softmax")(L.LSTM(4)(h)))), x)
+    assert e.relevance.shape == x.shape
+    window = keras.Sequential([keras.Input((8, 2)), L.Conv1D(3, 2), L.Flatten(), L.Dense(4, activation="tanh")])
+    inp = keras.Input((5, 8, 2))
+    check(perturb(keras.Model(inp, L.Dense(2)(L.GRU(3)(L.TimeDistributed(window)(inp))))), x)
+
+
+def test_eps_beyond_the_dtype_range_is_refused():
+    keras.utils.set_random_seed(13)
+    inp = keras.Input((5, 3))
+    model = keras.Model(inp, L.Dense(2)(L.LSTM(3)(inp)))
+    with pytest.raises(ValueError, match="beyond the float32 range"):
+        keras_lrp.explain(model, RNG.standard_normal((2, 5, 3)), eps=1e300)
+    keras_lrp.explain(model, RNG.standard_normal((2, 5, 3)), eps=1e300, dtype="float64")

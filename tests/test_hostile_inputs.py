@@ -253,15 +253,22 @@ def _with_weight(model, layer_index, weight_index, value):
     return copy
 
 
+def test_eps_or_bias_factor_beyond_the_dtype_is_refused(model):
+    """bias_factor=1e300 is inf in float32: refused before anything is computed (was: NaN relevance)."""
+    for kwargs in ({"bias_factor": 1e300}, {"eps": 1e300}):
+        with pytest.raises(ValueError, match="beyond the float32 range"):
+            keras_lrp.explain(model, X, 0, **kwargs)
+    with pytest.warns(RuntimeWarning, match=r"bias_factor=1e\+300 is beyond float32's largest value"):
+        keras_lrp.explain(model, X, 0, layer_rules={keras.layers.Dense: keras_lrp.Epsilon(0.0, 1e300)})
+
+
 @pytest.mark.parametrize("case, pattern", [
-    ("bias_factor_beyond_float32", r"bias_factor=1e\+300 is beyond float32's largest value"),
     ("bias_factor_far_above_one", r"bias_factor=1e\+30 \(meaningful values are 0..1\)"),
     ("nan_weight", r"weights are not all finite \(layer 'dense\w*' 1 NaN and 0 inf of 8 values\)"),
 ])
 def test_overflow_warning_names_its_cause(model, case, pattern):
     """The inf/NaN warning blamed the 'prop' rule whatever the cause; it names the real one."""
-    kwargs = {"bias_factor": 1e300} if case == "bias_factor_beyond_float32" else (
-        {"bias_factor": 1e30} if case == "bias_factor_far_above_one" else {})
+    kwargs = {"bias_factor": 1e30} if case == "bias_factor_far_above_one" else {}
     explained = _with_weight(model, 1, 1, np.nan) if case == "nan_weight" else model
     with pytest.warns(RuntimeWarning, match="contain inf/NaN") as record:
         keras_lrp.explain(explained, X, 0, **kwargs)
