@@ -4,9 +4,11 @@ allocate much more than the file's size, and fail only with documented ModelFile
 Every crafted file is written by the test itself (small). Each refusal is checked for its type, a
 message naming the file, a time bound and a peak-memory bound (well above a normal load).
 """
+import contextlib
 import json
 import os
 import resource
+import stat
 import threading
 import time
 import warnings
@@ -585,11 +587,25 @@ def test_symlink_loop_and_dangling_link(tmp_path):
     _refused(dangling, ModelFileNotFoundError, match="symbolic link to a missing file")
 
 
-def test_device_and_directory(tmp_path):
-    if os.path.exists("/dev/null"):
-        with pytest.raises(ModelFileError, match="character device"):
-            load_model("/dev/null")
+def _character_device():
+    """A character device to point load_model at (in some containers /dev/null is a regular file)."""
+    for path in ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/tty"):
+        with contextlib.suppress(OSError):
+            if stat.S_ISCHR(os.stat(path).st_mode):
+                return path
+    return None
+
+
+def test_directory(tmp_path):
     _refused(tmp_path, ModelFileError, match="directory")
+
+
+def test_character_device():
+    device = _character_device()
+    if device is None:
+        pytest.skip("no character device among /dev/null, /dev/zero, /dev/urandom, /dev/tty here")
+    with pytest.raises(ModelFileError, match="character device"):
+        load_model(device)
 
 
 def test_bytes_and_odd_paths(tiny_h5, tmp_path):
