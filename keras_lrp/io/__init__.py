@@ -75,7 +75,8 @@ from .errors import (ModelFileError, ModelFileNotFoundError, ModelTooLargeError,
 from .plan import _Plan, _build, _plan_checked
 from .translate import KERAS2_ACTIVATIONS, _decode, _one_line, _Translator, keras2_hard_sigmoid
 from .weights import (_assign_weights, _check_weight_shapes, _h5_weight_datasets,
-                      _read_h5_weights, describe_non_finite, non_finite_weights)
+                      _order_by_sublayer, _read_h5_weights, describe_non_finite,
+                      non_finite_weights)
 
 __all__ = [
     "load_model",
@@ -431,6 +432,8 @@ def _load_h5(path: str, custom_objects: Dict[str, Any], safe_mode: bool,
         datasets = _h5_weight_datasets(path, group)
         shapes = {name: [d.shape for d in found] for name, found in datasets.items()}
         dry, _ = _measure_plan(translator, config, datasets, budget, shapes)
+        datasets = _order_by_sublayer(dry.layers, datasets)
+        shapes = {name: [d.shape for d in found] for name, found in datasets.items()}
         # Stored shapes are checked against the architecture before any weight is read.
         _check_weight_shapes(path, dry.layers, shapes)
         del dry

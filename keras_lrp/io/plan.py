@@ -316,8 +316,9 @@ def _build_functional(translator: _Translator, plan: _Plan) -> keras.Model:
                 outputs[(name, index)] = result
             elif all((r.layer, r.node) in outputs for r in needed):
                 layer = plan.layers[name]
+                kwargs = {**translator.call_kwargs.get(name, {}), **_resolve(kwargs, outputs)}
                 try:
-                    result = layer(*_resolve(args, outputs), **_resolve(kwargs, outputs))
+                    result = layer(*_resolve(args, outputs), **kwargs)
                 except Exception as exc:
                     raise translator._unsupported(
                         f"calling layer {name!r} ({type(layer).__name__}) failed: "

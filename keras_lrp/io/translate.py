@@ -88,6 +88,12 @@ _K["conv1d"] = {**_K["dense"], "filters": _PLAIN, "kernel_size": _TUPLE, "stride
                 "groups": _PLAIN}
 del _K["conv1d"]["units"]
 _K["pool1d"] = {"pool_size": _INT1, "strides": _INT1, "padding": _PLAIN, "data_format": _PLAIN}
+_K["mha"] = {"num_heads": _PLAIN, "key_dim": _PLAIN, "value_dim": _PLAIN, "dropout": _PLAIN,
+             "use_bias": _PLAIN, "output_shape": _TUPLE, "attention_axes": _TUPLE,
+             "kernel_initializer": _INIT, "bias_initializer": _INIT, "kernel_regularizer": _REG,
+             "bias_regularizer": _REG, "activity_regularizer": _REG, "kernel_constraint": _CON,
+             "bias_constraint": _CON, "use_gate": _PLAIN, "seed": _PLAIN,
+             "flash_attention": _PLAIN}
 _K["gpool1d"] = {"data_format": _PLAIN, "keepdims": _PLAIN}
 
 # class name -> (Keras 3 constructor, argument kinds, keys ignored because they only matter to
@@ -139,6 +145,15 @@ _SIMPLE_LAYERS: Dict[str, Tuple[Callable, Dict[str, int], set]] = {
                             "gamma_regularizer": _REG, "beta_constraint": _CON,
                             "gamma_constraint": _CON},
                            set()),
+    # tf.keras 2.x's deprecated `causal=True` becomes the call's use_causal_mask=True (below)
+    "Attention": (keras.layers.Attention, {"use_scale": _PLAIN, "score_mode": _PLAIN,
+                                           "dropout": _PLAIN, "seed": _PLAIN}, {"causal"}),
+    "AdditiveAttention": (keras.layers.AdditiveAttention, {"use_scale": _PLAIN,
+                                                           "dropout": _PLAIN}, {"causal"}),
+    # query/key/value_shape: tf.keras's record of the shapes it was built on
+    "MultiHeadAttention": (keras.layers.MultiHeadAttention, _K["mha"],
+                           {"query_shape", "key_shape", "value_shape",
+                            "softmax_robust_masking"}),
     "SimpleRNN": (keras.layers.SimpleRNN, {**_K["simple_cell"], **_K["rnn"],
                                            "activity_regularizer": _REG},
                   {"implementation", "use_cudnn"}),
@@ -198,6 +213,9 @@ class _Translator:
         self.keras2 = keras2
         self.custom_objects = dict(custom_objects)
         self.safe_mode = safe_mode
+        # layer name -> keyword arguments every call of the layer gets (what a Keras 2 config
+        # stored as a constructor option and Keras 3 takes in the call)
+        self.call_kwargs: Dict[str, Dict[str, Any]] = {}
 
     # -- errors --------------------------------------------------------------------------
     def _unsafe(self, msg: str) -> UnsafeModelError:
@@ -384,6 +402,13 @@ class _Translator:
                 "from_config accepts this config).")
         ctor, kinds, ignored = _SIMPLE_LAYERS[class_name]
         kw = self.kwargs(class_name, cfg, kinds, ignored)
+        if class_name == "MultiHeadAttention" and cfg.get("softmax_robust_masking"):
+            raise self._unsupported(
+                f"layer {name!r} (MultiHeadAttention) was saved with softmax_robust_masking=True, "
+                "which Keras 3 does not offer (fully masked rows would differ); re-save it with "
+                "the default masking.")
+        if class_name in ("Attention", "AdditiveAttention") and cfg.get("causal"):
+            self.call_kwargs[name] = {"use_causal_mask": True}
         if class_name in ("GRU", "GRUCell") and "reset_after" not in kw:
             kw["reset_after"] = False  # Keras 2.0/2.1 GRUs predate reset_after (and used False)
         if class_name in ("Dense", "Conv1D") and (cfg.get("lora_rank")

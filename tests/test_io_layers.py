@@ -1,0 +1,138 @@
+"""keras_lrp.load_model on tf.keras 2.x / Keras 2 .h5 files with attention layers, CuDNN layers,
+stateful RNNs and RNNs called with initial states (keras.io's character-level seq2seq): each file is
+written by tf_keras (small sizes, random weights) and loaded to tf_keras's own predictions."""
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+import keras_lrp
+from keras_lrp.io import ModelFileError, UnsupportedModelError, load_model
+
+K = pytest.importorskip("tf_keras")
+KL = K.layers
+RNG = np.random.default_rng(0)
+VOCAB = 9
+
+
+def _randomise(model, seed):
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0.0, 0.5, w.shape).astype("float32") for w in model.get_weights()])
+
+
+def _ids(batch=3, steps=6):
+    ids = RNG.integers(1, VOCAB, (batch, steps))
+    ids[0, -2:] = 0   # padding, masked by mask_zero
+    return ids
+
+
+def _model_config(path):
+    with h5py.File(path) as f:
+        return json.loads(f.attrs["model_config"])
+
+
+def _edit_config(path, edit):
+    """Rewrite the model_config attribute of an .h5 file with ``edit(config)``."""
+    config = _model_config(path)
+    edit(config)
+    with h5py.File(path, "r+") as f:
+        f.attrs["model_config"] = json.dumps(config).encode("utf-8")
+
+
+def _weight_names(group):
+    return [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+
+
+def _layer_entry(config, name):
+    return next(l for l in config["config"]["layers"] if l["config"]["name"] == name)
+
+
+def _layer_config(config, name):
+    return _layer_entry(config, name)["config"]
+
+
+def _close(got, want):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5 * max(1.0, np.abs(want).max()))
+
+
+def _conserves(model, x, **kw):
+    e = keras_lrp.explain(model, x, eps=0.0, bias_factor=1.0, dtype="float64", **kw)
+    score = e.explained_score
+    np.testing.assert_allclose(e.total_relevance() + e.rest, score, rtol=0, atol=1e-8 * np.abs(score).max())
+    return e
+
+
+# ------------------------------------------------------------------------------------------
+# Attention layers
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def attention_h5(tmp_path_factory):
+    """Attention (concat scores, scale), AdditiveAttention with a key, MultiHeadAttention with
+    value_dim != key_dim, an output_shape, a key and a causal mask, LayerNormalization; masked."""
+    inp = KL.Input((None,), dtype="int32")
+    h = KL.LSTM(4, return_sequences=True)(KL.Embedding(VOCAB, 4, mask_zero=True)(inp))
+    k = KL.Dense(4)(h)
+    a = KL.Attention(use_scale=True, score_mode="concat", name="att")([h, h])
+    b = KL.AdditiveAttention(use_scale=False, name="add_att")([h, h, k])
+    m = KL.MultiHeadAttention(num_heads=2, key_dim=3, value_dim=2, output_shape=4, name="mha")(
+        h, h, key=k, use_causal_mask=True)
+    x = KL.LayerNormalization(name="ln")(KL.Add()([a, b, m]))
+    model = K.Model(inp, KL.Dense(2)(KL.GlobalAveragePooling1D()(x)))
+    _randomise(model, 1)
+    path = str(tmp_path_factory.mktemp("att") / "attention.h5")
+    model.save(path)
+    return path, model
+
+
+def test_attention_h5_loads_to_tf_keras_predictions(attention_h5):
+    path, tfk_model = attention_h5
+    x = _ids()
+    model = load_model(path)
+    kinds = {type(l).__name__ for l in model.layers}
+    assert {"Attention", "AdditiveAttention", "MultiHeadAttention", "LayerNormalization"} <= kinds
+    assert model.get_layer("att").score_mode == "concat" and model.get_layer("att").use_scale
+    assert not model.get_layer("add_att").use_scale
+    _close(model(x), tfk_model.predict(x, verbose=0))
+    e = _conserves(model, x)
+    assert np.all(e.relevance[x == 0] == 0)
+
+
+def test_multi_head_attention_weights_matched_by_name(attention_h5, tmp_path):
+    """The query, key and value kernels have one shape: a file storing them in another order
+    (key before query here) is read by their names, not by position."""
+    path, tfk_model = attention_h5
+    shuffled = str(tmp_path / "shuffled.h5")
+    with open(path, "rb") as src, open(shuffled, "wb") as dst:
+        dst.write(src.read())
+    with h5py.File(shuffled, "r+") as f:
+        group = f["model_weights"]["mha"]
+        names = _weight_names(group)
+        assert [n.split("/")[1] for n in names[:4]] == ["query", "query", "key", "key"]
+        group.attrs["weight_names"] = names[2:4] + names[:2] + names[4:]
+    x = _ids()
+    _close(load_model(shuffled)(x), tfk_model.predict(x, verbose=0))
+
+
+def test_causal_attention_of_older_tf_keras(tmp_path):
+    """tf.keras up to 2.9 stored Attention(causal=True) in the config; Keras 3 takes
+    use_causal_mask=True in the call."""
+    inp = KL.Input((None, 3))
+    h = KL.GRU(3, return_sequences=True)(inp)
+    a = KL.Attention(name="att", causal=True)([h, h])   # tf_keras still honours the deprecated flag
+    tfk_model = K.Model(inp, KL.Dense(2)(KL.GlobalAveragePooling1D()(a)))
+    _randomise(tfk_model, 2)
+    path = str(tmp_path / "causal.h5")
+    tfk_model.save(path)
+    x = RNG.standard_normal((3, 5, 3)).astype("float32")
+    want = tfk_model.predict(x, verbose=0)
+    not_causal = np.asarray(load_model(path)(x))   # tf_keras 2.21 no longer writes the flag
+    assert np.abs(not_causal - want).max() > 1e-3
+    _edit_config(path, lambda c: _layer_config(c, "att").update(causal=True))
+    model = load_model(path)
+    _close(model(x), want)
+    _conserves(model, x)
