@@ -136,3 +136,76 @@ def test_causal_attention_of_older_tf_keras(tmp_path):
     model = load_model(path)
     _close(model(x), want)
     _conserves(model, x)
+
+
+# ------------------------------------------------------------------------------------------
+# CuDNNLSTM / CuDNNGRU
+# ------------------------------------------------------------------------------------------
+def _cudnn_pair(functional):
+    """The same architecture with CuDNN layers and with the LSTM / GRU(reset_after=True) they
+    compute; the CuDNN one gets the other's weights in CuDNN layout, converted by tf_keras."""
+    from tf_keras.src.layers.rnn.cudnn_gru import CuDNNGRU
+    from tf_keras.src.layers.rnn.cudnn_lstm import CuDNNLSTM
+
+    def lstm(units, **kw):
+        return KL.LSTM(units, **kw)
+
+    def gru(units, **kw):
+        return KL.GRU(units, reset_after=True, **kw)
+
+    def build(lstm_cls, gru_cls):
+        if not functional:
+            return K.Sequential([KL.Input((None, 3)), lstm_cls(4, return_sequences=True, go_backwards=True),
+                                 lstm_cls(3), KL.Dense(2)])
+        inp = KL.Input((None, 3))
+        h = KL.Bidirectional(gru_cls(3, return_sequences=True))(inp)
+        # a CuDNN forward layer with a plain LSTM backward layer: only the first three weights converted
+        h = KL.Bidirectional(lstm_cls(2), backward_layer=KL.LSTM(2, go_backwards=True), merge_mode="sum")(h)
+        return K.Model(inp, KL.Dense(2)(KL.Concatenate()([h, gru_cls(2)(inp)])))
+
+    return build(CuDNNLSTM, CuDNNGRU), build(lstm, gru)
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["sequential_lstm", "bidirectional_gru_lstm"])
+def test_cudnn_h5_rebuilt_as_lstm_gru(functional, tmp_path):
+    from tf_keras.src.saving.legacy.hdf5_format import _convert_rnn_weights
+
+    cudnn, twin = _cudnn_pair(functional)
+    _randomise(twin, 3)
+    for c_layer, t_layer in zip(cudnn.layers, twin.layers):
+        weights = t_layer.get_weights()
+        if isinstance(c_layer, KL.Bidirectional):
+            n = len(t_layer.forward_layer.weights)
+            weights = (_convert_rnn_weights(c_layer.forward_layer, weights[:n])
+                       + _convert_rnn_weights(c_layer.backward_layer, weights[n:]))
+        else:
+            weights = _convert_rnn_weights(c_layer, weights)
+        c_layer.set_weights(weights)
+    path = str(tmp_path / "cudnn.h5")
+    cudnn.save(path)
+    assert "CuDNNLSTM" in json.dumps(_model_config(path))
+    x = RNG.standard_normal((3, 5, 3)).astype("float32")
+    model = load_model(path)
+    rnns = [l for l in model.layers if isinstance(l, (keras.layers.RNN, keras.layers.Bidirectional))]
+    for layer in rnns:
+        for rnn in ([layer.forward_layer, layer.backward_layer] if isinstance(layer, keras.layers.Bidirectional)
+                    else [layer]):
+            assert type(rnn) in (keras.layers.LSTM, keras.layers.GRU)
+            assert rnn.cell.recurrent_activation is keras.activations.sigmoid
+            assert isinstance(rnn, keras.layers.LSTM) or rnn.cell.reset_after
+    _close(model(x), twin.predict(x, verbose=0))
+    _conserves(model, x)
+
+
+def test_cudnn_weights_of_wrong_shape_named(tmp_path):
+    cudnn, _ = _cudnn_pair(False)
+    path = str(tmp_path / "cudnn.h5")
+    cudnn.save(path)
+    name = cudnn.layers[0].name
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights"][name]
+        bias = [w for w in _weight_names(group) if "bias" in w][0]
+        del group[bias]
+        group[bias] = np.zeros(16, "float32")   # an LSTM's bias, not CuDNN's (2 x 4 gates x 4 units)
+    with pytest.raises(ModelFileError, match=rf"'{name}' \(CuDNNLSTM\).*double bias"):
+        load_model(path)

@@ -70,6 +70,7 @@ import numpy as np
 
 from ..cells import LRP_LSTMCell
 from .chunks import audit_chunks, check_filters
+from .cudnn import canonical_shapes, canonical_weights, cudnn_slots, to_canonical
 from .errors import (ModelFileError, ModelFileNotFoundError, ModelTooLargeError, UnsafeModelError,
                      UnsupportedModelError)
 from .plan import _Plan, _build, _plan_checked
@@ -433,12 +434,16 @@ def _load_h5(path: str, custom_objects: Dict[str, Any], safe_mode: bool,
         shapes = {name: [d.shape for d in found] for name, found in datasets.items()}
         dry, _ = _measure_plan(translator, config, datasets, budget, shapes)
         datasets = _order_by_sublayer(dry.layers, datasets)
-        shapes = {name: [d.shape for d in found] for name, found in datasets.items()}
+        slots = cudnn_slots(dry.layers, dry.graph["cudnn"])
+        shapes = to_canonical(path, slots, {name: [d.shape for d in found]
+                                            for name, found in datasets.items()},
+                              canonical_shapes)
         # Stored shapes are checked against the architecture before any weight is read.
         _check_weight_shapes(path, dry.layers, shapes)
         del dry
         plan = _plan_checked(translator, config)
-        weights = _read_h5_weights(path, datasets)
+        weights = to_canonical(path, slots, _read_h5_weights(path, datasets),
+                               canonical_weights)
     model = _build(translator, plan, weights)
     _assign_weights(path, plan.layers, weights)
     return model

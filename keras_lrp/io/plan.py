@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 import keras
 import numpy as np
 
+from .cudnn import cudnn_parts
 from .errors import ModelFileError, UnsafeModelError, UnsupportedModelError
 from .tf_ops import _OP_LAYER_CLASSES, _TFOp, _is_number, _tf_op
 from .translate import _one_line, _Ref, _Translator
@@ -100,15 +101,19 @@ def _plan_sequential(translator: _Translator, body: Any) -> _Plan:
             input_spec = _InputSpec(None, tuple(shape), dtype, False)
     layers: Dict[str, keras.layers.Layer] = {}
     order: List[str] = []
+    cudnn: Dict[str, Tuple[Optional[str], ...]] = {}
     for entry in entries:
         layer = translator.layer(entry)
         if layer.name in layers:
             raise ModelFileError(f"{translator.path}: two layers are named {layer.name!r}.")
         layers[layer.name] = layer
         order.append(layer.name)
+        parts = cudnn_parts(entry, translator.custom_objects)
+        if parts:
+            cudnn[layer.name] = parts
     first_class = entries[0].get("class_name") if entries else None
     return _Plan("sequential", body.get("name"), layers, order=order, input_spec=input_spec,
-                 first_class=first_class)
+                 first_class=first_class, cudnn=cudnn)
 
 
 def _parse_refs(obj: Any, keras2_kwargs: bool) -> Any:
@@ -179,6 +184,7 @@ def _plan_functional(translator: _Translator, body: Any) -> _Plan:
     nodes: Dict[str, list] = {}
     tf_ops: Dict[str, _TFOp] = {}
     order: List[str] = []
+    cudnn: Dict[str, Tuple[Optional[str], ...]] = {}
     for entry in body["layers"]:
         cfg = entry.get("config") or {}
         name = entry.get("name") or cfg.get("name")
@@ -195,6 +201,9 @@ def _plan_functional(translator: _Translator, body: Any) -> _Plan:
             continue
         layer = translator.layer(entry)
         layers[name] = layer
+        parts = cudnn_parts(entry, translator.custom_objects)
+        if parts:
+            cudnn[name] = parts
         nodes[name] = [_parse_node(translator, n, name) for n in entry.get("inbound_nodes", [])]
     input_refs = _io_refs(body.get("input_layers", []))
     output_refs = _io_refs(body.get("output_layers", []))
@@ -203,7 +212,7 @@ def _plan_functional(translator: _Translator, body: Any) -> _Plan:
             raise ModelFileError(f"{translator.path}: model input/output refers to unknown "
                                  f"layer {ref.layer!r}.")
     return _Plan("functional", body.get("name"), layers, inputs=inputs, nodes=nodes, order=order,
-                 input_refs=input_refs, output_refs=output_refs, tf_ops=tf_ops)
+                 input_refs=input_refs, output_refs=output_refs, tf_ops=tf_ops, cudnn=cudnn)
 
 
 def _resolve(obj: Any, outputs: Mapping[Tuple[str, int], Any]):

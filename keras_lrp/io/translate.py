@@ -175,8 +175,6 @@ _NOT_REBUILDABLE = {
     "TFOpLambda": "a TensorFlow op recorded by tf.keras (e.g. tf.math.add) outside a "
                   "functional model",
     "SlicingOpLambda": "a tensor slice recorded by tf.keras (x[:, 0]) outside a functional model",
-    "CuDNNLSTM": "a Keras 2 GPU-only layer",
-    "CuDNNGRU": "a Keras 2 GPU-only layer",
     "_Merge": "the Keras 1 Merge layer",
 }
 
@@ -387,6 +385,8 @@ class _Translator:
                                    layer=self.layer(cfg["layer"]), **kw)
         if class_name == "RNN":
             return self._rnn(cfg, name)
+        if class_name in ("CuDNNLSTM", "CuDNNGRU"):
+            return self._cudnn(class_name, cfg, name)
         if class_name == "StackedRNNCells":
             cells = [self.layer(c) for c in cfg.get("cells", [])]
             kw = self.kwargs(class_name, {k: v for k, v in cfg.items() if k != "cells"}, {},
@@ -446,6 +446,20 @@ class _Translator:
         kw = self.kwargs("RNN", {k: v for k, v in cfg.items() if k != "cell"}, _K["rnn"],
                          {"input_dim", "input_length", "use_cudnn"})
         return self._construct(keras.layers.RNN, "RNN", name, cell, **kw)
+
+    def _cudnn(self, class_name: str, cfg: Dict[str, Any], name: str):
+        """CuDNNLSTM / CuDNNGRU as the LSTM / GRU cuDNN computes: tanh, sigmoid gates, biases
+        (GRU: reset_after=True). Their weights are converted on load (:mod:`.cudnn`)."""
+        target = class_name[len("CuDNN"):]
+        ctor, kinds, ignored = _SIMPLE_LAYERS[target]
+        fixed = ("activation", "recurrent_activation", "use_bias", "reset_after",
+                 "implementation", "dropout", "recurrent_dropout", "unroll")
+        kw = self.kwargs(class_name, cfg, {k: v for k, v in kinds.items() if k not in fixed},
+                         ignored)
+        kw.update(activation="tanh", recurrent_activation="sigmoid", use_bias=True)
+        if target == "GRU":
+            kw["reset_after"] = True
+        return self._construct(ctor, class_name, name, **kw)
 
     def _bidirectional(self, cfg: Dict[str, Any], name: str):
         forward = self.layer(cfg["layer"])
