@@ -209,3 +209,46 @@ def test_cudnn_weights_of_wrong_shape_named(tmp_path):
         group[bias] = np.zeros(16, "float32")   # an LSTM's bias, not CuDNN's (2 x 4 gates x 4 units)
     with pytest.raises(ModelFileError, match=rf"'{name}' \(CuDNNLSTM\).*double bias"):
         load_model(path)
+
+
+# ------------------------------------------------------------------------------------------
+# keras.io's character-level seq2seq: the encoder's states as the decoder's initial_state
+# ------------------------------------------------------------------------------------------
+def _seq2seq(cell):
+    """keras.io's lstm_seq2seq (Keras 2.x): encoder LSTM(return_state=True), its states passed as
+    initial_state to the decoder; with ``cell="bigru"``, Bidirectional GRUs."""
+    enc_in, dec_in = KL.Input((None, 5)), KL.Input((None, 6))
+    if cell == "lstm":
+        _, h, c = KL.LSTM(4, return_state=True, name="encoder")(enc_in)
+        dec, _, _ = KL.LSTM(4, return_sequences=True, return_state=True, name="decoder")(
+            dec_in, initial_state=[h, c])
+    else:
+        _, forward, backward = KL.Bidirectional(KL.GRU(3, return_state=True), name="encoder")(enc_in)
+        dec = KL.Bidirectional(KL.GRU(3, return_sequences=True), name="decoder")(
+            dec_in, initial_state=[forward, backward])
+    model = K.Model([enc_in, dec_in], KL.Dense(6, activation="softmax")(dec))
+    _randomise(model, 5)
+    return model
+
+
+@pytest.mark.parametrize("cell", ["lstm", "bigru"])
+def test_seq2seq_initial_state_h5(cell, tmp_path):
+    tfk_model = _seq2seq(cell)
+    path = str(tmp_path / "s2s.h5")
+    tfk_model.save(path)
+    # the states are stored as extra inputs of the decoder's call: [x, h, c]
+    assert len(_layer_entry(_model_config(path), "decoder")["inbound_nodes"][0]) == 3
+    xs = [RNG.standard_normal((3, 4, 5)).astype("float32"), RNG.standard_normal((3, 7, 6)).astype("float32")]
+    model = load_model(path)
+    _close(model(xs), tfk_model.predict(xs, verbose=0))
+    # ... and given to Keras 3 as initial_state
+    call = model.get_layer("decoder")._inbound_nodes[0].arguments
+    assert len(call.args) == 1 and len(call.kwargs["initial_state"]) == 2
+
+
+def test_rnn_with_constants_refused(tmp_path):
+    path = str(tmp_path / "s2s.h5")
+    _seq2seq("lstm").save(path)
+    _edit_config(path, lambda c: _layer_config(c, "decoder").update(num_constants=1))
+    with pytest.raises(UnsupportedModelError, match="'decoder'.*constants"):
+        load_model(path)

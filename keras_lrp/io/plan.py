@@ -168,6 +168,25 @@ def _parse_node(translator: _Translator, node: Any, layer_name: str, constants: 
     return (args,), kwargs
 
 
+def _initial_states_as_kwarg(translator: _Translator, layer_name: str, num_constants: Any,
+                             call: Tuple[tuple, dict]):
+    """An RNN / Bidirectional call of a Keras 2 / tf.keras 2 file: ``rnn(x, initial_state=[h, c])``
+    is stored as a call on the list ``[x, h, c]`` (Keras 2 made the states extra inputs, and
+    Bidirectional gives the first half of them to the forward layer); Keras 3 takes them as
+    ``initial_state``. Constants (``rnn(x, constants=...)``, also extra inputs in Keras 2), which
+    Keras 3 recurrent layers do not take, are refused."""
+    args, kwargs = call
+    kwargs = {k: v for k, v in kwargs.items()
+              if not (k in ("initial_state", "constants") and v is None)}
+    if num_constants or "constants" in kwargs:
+        raise translator._unsupported(
+            f"layer {layer_name!r} is called with constants (a Keras 2 cell taking constants); "
+            "Keras 3 recurrent layers do not take constants.")
+    if len(args) == 1 and isinstance(args[0], list) and len(args[0]) > 1:
+        return (args[0][0],), {**kwargs, "initial_state": list(args[0][1:])}
+    return args, kwargs
+
+
 def _io_refs(spec: Any) -> List[_Ref]:
     if isinstance(spec, dict):  # Keras 3 may store dict-structured inputs
         spec = list(spec.values())
@@ -205,6 +224,9 @@ def _plan_functional(translator: _Translator, body: Any) -> _Plan:
         if parts:
             cudnn[name] = parts
         nodes[name] = [_parse_node(translator, n, name) for n in entry.get("inbound_nodes", [])]
+        if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
+            nodes[name] = [_initial_states_as_kwarg(translator, name, cfg.get("num_constants"),
+                                                    call) for call in nodes[name]]
     input_refs = _io_refs(body.get("input_layers", []))
     output_refs = _io_refs(body.get("output_layers", []))
     for ref in input_refs + output_refs:
