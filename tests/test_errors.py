@@ -70,8 +70,6 @@ def _shared_layer_model():
                                keras.layers.Dense(2)]), "merge_mode='mul'"),
     (lambda: keras.Sequential([keras.Input((2, None, 4)), keras.layers.TimeDistributed(keras.layers.LSTM(3)),
                                keras.layers.Dense(2)]), "TimeDistributed is supported around Dense only"),
-    (lambda: keras.Sequential([keras.Input((None, 4), batch_size=2), keras.layers.LSTM(3, stateful=True),
-                               keras.layers.Dense(2)]), "stateful=True"),
     (_lambda_model, "Lambda layers run arbitrary code"),
     (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.UnitNormalization(), keras.layers.LSTM(3),
                                keras.layers.Dense(2)]), "no LRP rule for this layer type"),

@@ -117,8 +117,8 @@ class RecurrentProp(Propagator):
                 names = ", ".join(c.__name__ for c in CELL_RULES)
                 raise UnsupportedLayerError(
                     layer, f"it wraps {type(getattr(rnn, 'cell', rnn)).__name__}; supported cells: {names}.")
-            for flag, why in (("stateful", "stateful RNNs carry state between calls"),
-                              ("return_state", "return_state=True outputs are not supported")):
+            # (stateful=True: explained from the zero state, whatever state the layer holds)
+            for flag, why in (("return_state", "return_state=True outputs are not supported"),):
                 if getattr(rnn, flag, False):
                     raise UnsupportedLayerError(layer, f"{flag}=True ({why}).")
         self.cell_rule = cell_rule_for(self.directions[0])
