@@ -388,6 +388,31 @@ def test_keras_archive_declaring_a_huge_lstm(tiny_keras, tmp_path):
              match="architecture's weights")
 
 
+def _stateful_batch(batch):
+    """Every RNN stateful, the Input's batch size ``batch``: a stateful LSTM allocates its
+    (batch, units) states when built."""
+    def mutate(config):
+        for layer in config["config"]["layers"]:
+            layer.pop("build_config", None)
+            if layer["class_name"] == "InputLayer":
+                layer["config"]["batch_shape"][0] = batch
+            if layer["class_name"] == "LSTM":
+                layer["config"]["stateful"] = True
+        return config
+    return mutate
+
+
+@pytest.mark.parametrize("ext", ["h5", "keras"])
+def test_stateful_rnn_declaring_a_huge_batch(tiny_h5, tiny_keras, tmp_path, ext):
+    # 10^9 rows x 2 states x 3 units of float32: 24 GB of LSTM states if built
+    src, edit = (tiny_h5, _h5_with_config) if ext == "h5" else (tiny_keras, _rewrite_keras)
+    path = edit(src, tmp_path / f"states.{ext}", _stateful_batch(10**9))
+    _refused(path, ModelTooLargeError, match=r"stateful RNN states \(22\.35 GiB\)")
+    # the same file with a batch of 2 is a genuine stateful model
+    small = edit(src, tmp_path / f"small.{ext}", _stateful_batch(2))
+    assert load_model(small).get_layer("lstm").stateful
+
+
 def test_config_disagreeing_with_stored_shapes(tiny_h5, tmp_path):
     path = _h5_with_config(tiny_h5, tmp_path / "units5.h5", _set_units(5))
     _refused(path, ModelFileError, match=r"'lstm'.*shape")

@@ -212,6 +212,49 @@ def test_cudnn_weights_of_wrong_shape_named(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
+# Stateful RNNs: loaded, explained from the zero state
+# ------------------------------------------------------------------------------------------
+def _stateful_tf_keras(batch):
+    model = K.Sequential([KL.Input(batch_shape=(batch, 5, 3)),
+                          KL.LSTM(4, stateful=True, return_sequences=True),
+                          KL.Bidirectional(KL.GRU(3, stateful=True)), KL.Dense(2)])
+    _randomise(model, 4)
+    return model
+
+
+@pytest.mark.parametrize("ext", ["h5", "keras"])
+def test_stateful_files_load_and_explain_from_zero_state(ext, tmp_path):
+    tfk_model = _stateful_tf_keras(4)
+    x = RNG.standard_normal((4, 5, 3)).astype("float32")
+    want = tfk_model.predict(x, verbose=0, batch_size=4)
+    if ext == "h5":
+        path = str(tmp_path / "stateful.h5")
+        tfk_model.save(path)
+    else:   # a Keras 3 file, read by Keras's own loader
+        k3 = keras.Sequential([keras.Input(batch_shape=(4, 5, 3)),
+                               keras.layers.LSTM(4, stateful=True, return_sequences=True),
+                               keras.layers.Bidirectional(keras.layers.GRU(3, stateful=True)),
+                               keras.layers.Dense(2)])
+        k3.set_weights(tfk_model.get_weights())
+        path = str(tmp_path / "stateful.keras")
+        k3.save(path)
+    model = load_model(path)
+    assert model.layers[0].stateful and model.inputs[0].shape[0] == 4
+    first = np.asarray(model(x))
+    _close(first, want)
+    second = np.asarray(model(x))    # the model now holds the state its first call left
+    assert np.abs(second - first).max() > 1e-3
+    held = [v.numpy().copy() for v in model.layers[0].states]
+    # explained from the zero state, for any number of rows, leaving the held state alone
+    for rows in (4, 3, 6):
+        e = _conserves(model, np.concatenate([x, x])[:rows])
+        _close(e.scores, np.concatenate([want, want])[:rows])
+    assert model.layers[0].stateful
+    for h, v in zip(held, model.layers[0].states):
+        np.testing.assert_array_equal(v.numpy(), h)
+
+
+# ------------------------------------------------------------------------------------------
 # keras.io's character-level seq2seq: the encoder's states as the decoder's initial_state
 # ------------------------------------------------------------------------------------------
 def _seq2seq(cell):
