@@ -79,6 +79,7 @@ class Explainer:
     Args:
         model: a built single-output Keras model (one or several inputs) of supported layers
             (see :mod:`keras_lrp.propagators`); the output layer's pre-activation is explained.
+            Stateful RNNs are explained from the zero state, whatever state they hold.
         eps: epsilon-rule stabiliser, ``>= 0``.
         bias_factor: share of bias and stabiliser redistributed to the inputs (0 = paper, 1 = conserving).
         dtype: "float32" or "float64"; the computation runs in this dtype from the model's weights

@@ -10,6 +10,7 @@ rounding amplified along the network (float32 through a long recurrence): that i
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import List, Optional
@@ -99,10 +100,40 @@ def first_disagreeing_call(walk, xs: List) -> Optional[Disagreement]:
     return None
 
 
+@contextlib.contextmanager
+def _from_zero_state(model):
+    """Inside the block, the model's stateful RNNs run as stateless ones: from the zero state, on
+    any batch size, leaving the state they hold untouched (an explanation starts from the zero
+    state, see the README's stateful RNN note)."""
+    import keras
+
+    stateful, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.Bidirectional):
+            stack += [layer.forward_layer, layer.backward_layer]
+        elif isinstance(layer, keras.Model):
+            stack += layer.layers
+        elif isinstance(layer, keras.layers.RNN) and layer.stateful:
+            stateful.append(layer)
+    try:
+        for layer in stateful:
+            layer.stateful = False
+        yield
+    finally:
+        for layer in stateful:
+            layer.stateful = True
+
+
 def self_check(walk, model, xs: List, explained_output, multi_input: bool, output_index: int = 0) -> None:
     """Compare ``explained_output`` (the explainer's model output for the batch ``xs``) with output
-    ``output_index`` of ``model(xs)``; raise :class:`SelfCheckError` naming the first call that
-    disagrees, or warn when none does (rounding)."""
+    ``output_index`` of ``model(xs)`` (stateful RNNs from the zero state); raise
+    :class:`SelfCheckError` naming the first call that disagrees, or warn when none does (rounding)."""
+    with _from_zero_state(model):
+        _self_check(walk, model, xs, explained_output, multi_input, output_index)
+
+
+def _self_check(walk, model, xs: List, explained_output, multi_input: bool, output_index: int) -> None:
     from keras import tree
     reference = model(list(xs) if multi_input else xs[0], training=False)
     reference = np.asarray(tree.flatten(reference)[output_index])

@@ -70,8 +70,6 @@ def _shared_layer_model():
      r"'rnn.*' \(RNN\).*StackedRNNCells; supported cells: LSTMCell, GRUCell, SimpleRNNCell"),
     (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.Bidirectional(keras.layers.LSTM(3), merge_mode="mul"),
                                keras.layers.Dense(2)]), "merge_mode='mul'"),
-    (lambda: keras.Sequential([keras.Input((None, 4), batch_size=2), keras.layers.LSTM(3, stateful=True),
-                               keras.layers.Dense(2)]), "stateful=True"),
     (_lambda_model, r"could not be traced .*tf.math.cumsum.*declare it: .*layer_rules="),
     (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.UnitNormalization(), keras.layers.LSTM(3),
                                keras.layers.Dense(2)]),

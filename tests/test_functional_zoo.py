@@ -530,17 +530,11 @@ def _softmax(z):
     return z / z.sum(axis=-1, keepdims=True)
 
 
-# attention layers in tf.keras .h5 files are not rebuilt by keras_lrp.load_model yet (issue 18)
-TFK_NOT_LOADED = {"masked_attention", "masked_additive_attention_query_value", "masked_multi_head_attention",
-                  "masked_causal_self_attention"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, raises=keras_lrp.UnsafeModelError, reason="the .h5 loader does not rebuild attention layers yet"))
-    if n in TFK_NOT_LOADED else n for n in TFK_NAMES])
+@pytest.mark.parametrize("name", TFK_NAMES)
 def test_tf_keras_h5_functional_models(name, tf_keras_models, tmp_path):
-    """tf.keras .h5 twins of the zoo load and are explained: masked ones (was: loads, then refused) and
-    ones with tensor syntax between layers (TFOpLambda / SlicingOpLambda, rebuilt as keras.ops nodes)."""
+    """tf.keras .h5 twins of the zoo load and are explained: masked ones (was: loads, then refused), ones
+    with tensor syntax between layers (TFOpLambda / SlicingOpLambda, rebuilt as keras.ops nodes) and
+    attention layers (Attention, AdditiveAttention, MultiHeadAttention, with LayerNormalization)."""
     tfk_model, x, pads, rules = tf_keras_models[name]
     path = tmp_path / f"{name}.h5"
     tfk_model.save(path)

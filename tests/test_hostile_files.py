@@ -4,9 +4,11 @@ allocate much more than the file's size, and fail only with documented ModelFile
 Every crafted file is written by the test itself (small). Each refusal is checked for its type, a
 message naming the file, a time bound and a peak-memory bound (well above a normal load).
 """
+import contextlib
 import json
 import os
 import resource
+import stat
 import threading
 import time
 import warnings
@@ -386,6 +388,31 @@ def test_keras_archive_declaring_a_huge_lstm(tiny_keras, tmp_path):
              match="architecture's weights")
 
 
+def _stateful_batch(batch):
+    """Every RNN stateful, the Input's batch size ``batch``: a stateful LSTM allocates its
+    (batch, units) states when built."""
+    def mutate(config):
+        for layer in config["config"]["layers"]:
+            layer.pop("build_config", None)
+            if layer["class_name"] == "InputLayer":
+                layer["config"]["batch_shape"][0] = batch
+            if layer["class_name"] == "LSTM":
+                layer["config"]["stateful"] = True
+        return config
+    return mutate
+
+
+@pytest.mark.parametrize("ext", ["h5", "keras"])
+def test_stateful_rnn_declaring_a_huge_batch(tiny_h5, tiny_keras, tmp_path, ext):
+    # 10^9 rows x 2 states x 3 units of float32: 24 GB of LSTM states if built
+    src, edit = (tiny_h5, _h5_with_config) if ext == "h5" else (tiny_keras, _rewrite_keras)
+    path = edit(src, tmp_path / f"states.{ext}", _stateful_batch(10**9))
+    _refused(path, ModelTooLargeError, match=r"stateful RNN states \(22\.35 GiB\)")
+    # the same file with a batch of 2 is a genuine stateful model
+    small = edit(src, tmp_path / f"small.{ext}", _stateful_batch(2))
+    assert load_model(small).get_layer("lstm").stateful
+
+
 def test_config_disagreeing_with_stored_shapes(tiny_h5, tmp_path):
     path = _h5_with_config(tiny_h5, tmp_path / "units5.h5", _set_units(5))
     _refused(path, ModelFileError, match=r"'lstm'.*shape")
@@ -585,11 +612,25 @@ def test_symlink_loop_and_dangling_link(tmp_path):
     _refused(dangling, ModelFileNotFoundError, match="symbolic link to a missing file")
 
 
-def test_device_and_directory(tmp_path):
-    if os.path.exists("/dev/null"):
-        with pytest.raises(ModelFileError, match="character device"):
-            load_model("/dev/null")
+def _character_device():
+    """A character device to point load_model at (in some containers /dev/null is a regular file)."""
+    for path in ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/tty"):
+        with contextlib.suppress(OSError):
+            if stat.S_ISCHR(os.stat(path).st_mode):
+                return path
+    return None
+
+
+def test_directory(tmp_path):
     _refused(tmp_path, ModelFileError, match="directory")
+
+
+def test_character_device():
+    device = _character_device()
+    if device is None:
+        pytest.skip("no character device among /dev/null, /dev/zero, /dev/urandom, /dev/tty here")
+    with pytest.raises(ModelFileError, match="character device"):
+        load_model(device)
 
 
 def test_bytes_and_odd_paths(tiny_h5, tmp_path):

@@ -390,7 +390,9 @@ def test_loaded_keras2_model_resaves_in_keras3(tfk, tmp_path):
      r"'inner'.*nested Sequential"),
     ({"class_name": "TFOpLambda", "config": {"name": "tf.math.add", "function": "math.add"}},
      r"'tf.math.add' \(TFOpLambda\)"),
-    ({"class_name": "CuDNNLSTM", "config": {"name": "cu", "units": 3}}, r"'cu' \(CuDNNLSTM\)"),
+    ({"class_name": "MultiHeadAttention", "config": {"name": "mha", "num_heads": 1, "key_dim": 2,
+                                                     "softmax_robust_masking": True}},
+     r"'mha' \(MultiHeadAttention\).*softmax_robust_masking"),
 ])
 def test_unsupported_layers_refused_by_name(tmp_path, entry, pattern):
     config = _seed_era_config()

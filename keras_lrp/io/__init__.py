@@ -70,12 +70,15 @@ import numpy as np
 
 from ..cells import LRP_LSTMCell
 from .chunks import audit_chunks, check_filters
+from .cudnn import canonical_shapes, canonical_weights, cudnn_slots, to_canonical
 from .errors import (ModelFileError, ModelFileNotFoundError, ModelTooLargeError, UnsafeModelError,
                      UnsupportedModelError)
 from .plan import _Plan, _build, _plan_checked
+from .stateful import state_bytes, stateless
 from .translate import KERAS2_ACTIVATIONS, _decode, _one_line, _Translator, keras2_hard_sigmoid
 from .weights import (_assign_weights, _check_weight_shapes, _h5_weight_datasets,
-                      _read_h5_weights, describe_non_finite, non_finite_weights)
+                      _order_by_sublayer, _read_h5_weights, describe_non_finite,
+                      non_finite_weights)
 
 __all__ = [
     "load_model",
@@ -300,6 +303,14 @@ def _variable_bytes(model: Any) -> int:
                for v in getattr(model, "variables", []))
 
 
+def _check_budget(path: str, needed: int, states: int, budget: int) -> None:
+    """The weights (``needed`` bytes) and RNN states an architecture allocates, within budget."""
+    if needed + states > budget:
+        what = ("the architecture's weights would take" if not states else
+                f"the architecture's weights and stateful RNN states ({_mib(states)}) would take")
+        raise _too_large(path, what, needed + states, budget)
+
+
 # --------------------------------------------------------------------------------------------
 # Entry points
 # --------------------------------------------------------------------------------------------
@@ -401,18 +412,20 @@ def _measure_plan(translator: _Translator, config: Any, weights: Mapping[str, An
     """Build the architecture with shape-only variables (nothing allocated, no initializer run).
 
     Returns:
-        the plan (its layers know their weights' shapes) and the bytes the real model's
-        variables would take; raises :class:`ModelTooLargeError` above ``budget``.
+        the plan (its layers know their weights' shapes, stateful RNNs built without their
+        state) and the bytes the real model's weights would take; raises
+        :class:`ModelTooLargeError` when they and the states of stateful RNNs exceed ``budget``.
     """
+    without_states = stateless(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the real build warns once
         with _variables_without_values():
-            plan = _plan_checked(translator, config)
+            plan = _plan_checked(translator, without_states.config)
             if shapes is not None:
                 _check_missing(translator.path, plan, shapes)
             needed = _variable_bytes(_build(translator, plan, weights))
-    if needed > budget:
-        raise _too_large(translator.path, "the architecture's weights would take", needed, budget)
+            states = state_bytes(plan.layers.values(), without_states.stateful)
+    _check_budget(translator.path, needed, states, budget)
     return plan, needed
 
 
@@ -431,11 +444,17 @@ def _load_h5(path: str, custom_objects: Dict[str, Any], safe_mode: bool,
         datasets = _h5_weight_datasets(path, group)
         shapes = {name: [d.shape for d in found] for name, found in datasets.items()}
         dry, _ = _measure_plan(translator, config, datasets, budget, shapes)
+        datasets = _order_by_sublayer(dry.layers, datasets)
+        slots = cudnn_slots(dry.layers, dry.graph["cudnn"])
+        shapes = to_canonical(path, slots, {name: [d.shape for d in found]
+                                            for name, found in datasets.items()},
+                              canonical_shapes)
         # Stored shapes are checked against the architecture before any weight is read.
         _check_weight_shapes(path, dry.layers, shapes)
         del dry
         plan = _plan_checked(translator, config)
-        weights = _read_h5_weights(path, datasets)
+        weights = to_canonical(path, slots, _read_h5_weights(path, datasets),
+                               canonical_weights)
     model = _build(translator, plan, weights)
     _assign_weights(path, plan.layers, weights)
     return model
@@ -615,6 +634,8 @@ def _measure_keras3_config(path: str, config: Any, scope: Mapping[str, Any], saf
     implies, measured without allocating any variable."""
     if isinstance(config, dict):
         config = {k: v for k, v in config.items() if k != "compile_config"}
+    without_states = stateless(config)
+    config = without_states.config
     graph_config = _graph_built_config(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -630,8 +651,8 @@ def _measure_keras3_config(path: str, config: Any, scope: Mapping[str, Any], saf
                 model = keras.saving.deserialize_keras_object(config, custom_objects=dict(scope),
                                                               safe_mode=safe_mode)
             needed = _variable_bytes(model)
-    if needed > budget:
-        raise _too_large(path, "the architecture's weights would take", needed, budget)
+            states = state_bytes(model.layers, without_states.stateful)
+    _check_budget(path, needed, states, budget)
     return _Measured(needed, implied)
 
 

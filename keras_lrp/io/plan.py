@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 import keras
 import numpy as np
 
+from .cudnn import cudnn_parts
 from .errors import ModelFileError, UnsafeModelError, UnsupportedModelError
 from .tf_ops import _OP_LAYER_CLASSES, _TFOp, _is_number, _tf_op
 from .translate import _one_line, _Ref, _Translator
@@ -100,15 +101,19 @@ def _plan_sequential(translator: _Translator, body: Any) -> _Plan:
             input_spec = _InputSpec(None, tuple(shape), dtype, False)
     layers: Dict[str, keras.layers.Layer] = {}
     order: List[str] = []
+    cudnn: Dict[str, Tuple[Optional[str], ...]] = {}
     for entry in entries:
         layer = translator.layer(entry)
         if layer.name in layers:
             raise ModelFileError(f"{translator.path}: two layers are named {layer.name!r}.")
         layers[layer.name] = layer
         order.append(layer.name)
+        parts = cudnn_parts(entry, translator.custom_objects)
+        if parts:
+            cudnn[layer.name] = parts
     first_class = entries[0].get("class_name") if entries else None
     return _Plan("sequential", body.get("name"), layers, order=order, input_spec=input_spec,
-                 first_class=first_class)
+                 first_class=first_class, cudnn=cudnn)
 
 
 def _parse_refs(obj: Any, keras2_kwargs: bool) -> Any:
@@ -163,6 +168,25 @@ def _parse_node(translator: _Translator, node: Any, layer_name: str, constants: 
     return (args,), kwargs
 
 
+def _initial_states_as_kwarg(translator: _Translator, layer_name: str, num_constants: Any,
+                             call: Tuple[tuple, dict]):
+    """An RNN / Bidirectional call of a Keras 2 / tf.keras 2 file: ``rnn(x, initial_state=[h, c])``
+    is stored as a call on the list ``[x, h, c]`` (Keras 2 made the states extra inputs, and
+    Bidirectional gives the first half of them to the forward layer); Keras 3 takes them as
+    ``initial_state``. Constants (``rnn(x, constants=...)``, also extra inputs in Keras 2), which
+    Keras 3 recurrent layers do not take, are refused."""
+    args, kwargs = call
+    kwargs = {k: v for k, v in kwargs.items()
+              if not (k in ("initial_state", "constants") and v is None)}
+    if num_constants or "constants" in kwargs:
+        raise translator._unsupported(
+            f"layer {layer_name!r} is called with constants (a Keras 2 cell taking constants); "
+            "Keras 3 recurrent layers do not take constants.")
+    if len(args) == 1 and isinstance(args[0], list) and len(args[0]) > 1:
+        return (args[0][0],), {**kwargs, "initial_state": list(args[0][1:])}
+    return args, kwargs
+
+
 def _io_refs(spec: Any) -> List[_Ref]:
     if isinstance(spec, dict):  # Keras 3 may store dict-structured inputs
         spec = list(spec.values())
@@ -179,6 +203,7 @@ def _plan_functional(translator: _Translator, body: Any) -> _Plan:
     nodes: Dict[str, list] = {}
     tf_ops: Dict[str, _TFOp] = {}
     order: List[str] = []
+    cudnn: Dict[str, Tuple[Optional[str], ...]] = {}
     for entry in body["layers"]:
         cfg = entry.get("config") or {}
         name = entry.get("name") or cfg.get("name")
@@ -195,7 +220,13 @@ def _plan_functional(translator: _Translator, body: Any) -> _Plan:
             continue
         layer = translator.layer(entry)
         layers[name] = layer
+        parts = cudnn_parts(entry, translator.custom_objects)
+        if parts:
+            cudnn[name] = parts
         nodes[name] = [_parse_node(translator, n, name) for n in entry.get("inbound_nodes", [])]
+        if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
+            nodes[name] = [_initial_states_as_kwarg(translator, name, cfg.get("num_constants"),
+                                                    call) for call in nodes[name]]
     input_refs = _io_refs(body.get("input_layers", []))
     output_refs = _io_refs(body.get("output_layers", []))
     for ref in input_refs + output_refs:
@@ -203,7 +234,7 @@ def _plan_functional(translator: _Translator, body: Any) -> _Plan:
             raise ModelFileError(f"{translator.path}: model input/output refers to unknown "
                                  f"layer {ref.layer!r}.")
     return _Plan("functional", body.get("name"), layers, inputs=inputs, nodes=nodes, order=order,
-                 input_refs=input_refs, output_refs=output_refs, tf_ops=tf_ops)
+                 input_refs=input_refs, output_refs=output_refs, tf_ops=tf_ops, cudnn=cudnn)
 
 
 def _resolve(obj: Any, outputs: Mapping[Tuple[str, int], Any]):
@@ -316,8 +347,9 @@ def _build_functional(translator: _Translator, plan: _Plan) -> keras.Model:
                 outputs[(name, index)] = result
             elif all((r.layer, r.node) in outputs for r in needed):
                 layer = plan.layers[name]
+                kwargs = {**translator.call_kwargs.get(name, {}), **_resolve(kwargs, outputs)}
                 try:
-                    result = layer(*_resolve(args, outputs), **_resolve(kwargs, outputs))
+                    result = layer(*_resolve(args, outputs), **kwargs)
                 except Exception as exc:
                     raise translator._unsupported(
                         f"calling layer {name!r} ({type(layer).__name__}) failed: "

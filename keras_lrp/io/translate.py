@@ -88,6 +88,12 @@ _K["conv1d"] = {**_K["dense"], "filters": _PLAIN, "kernel_size": _TUPLE, "stride
                 "groups": _PLAIN}
 del _K["conv1d"]["units"]
 _K["pool1d"] = {"pool_size": _INT1, "strides": _INT1, "padding": _PLAIN, "data_format": _PLAIN}
+_K["mha"] = {"num_heads": _PLAIN, "key_dim": _PLAIN, "value_dim": _PLAIN, "dropout": _PLAIN,
+             "use_bias": _PLAIN, "output_shape": _TUPLE, "attention_axes": _TUPLE,
+             "kernel_initializer": _INIT, "bias_initializer": _INIT, "kernel_regularizer": _REG,
+             "bias_regularizer": _REG, "activity_regularizer": _REG, "kernel_constraint": _CON,
+             "bias_constraint": _CON, "use_gate": _PLAIN, "seed": _PLAIN,
+             "flash_attention": _PLAIN}
 _K["gpool1d"] = {"data_format": _PLAIN, "keepdims": _PLAIN}
 
 # class name -> (Keras 3 constructor, argument kinds, keys ignored because they only matter to
@@ -139,6 +145,15 @@ _SIMPLE_LAYERS: Dict[str, Tuple[Callable, Dict[str, int], set]] = {
                             "gamma_regularizer": _REG, "beta_constraint": _CON,
                             "gamma_constraint": _CON},
                            set()),
+    # tf.keras 2.x's deprecated `causal=True` becomes the call's use_causal_mask=True (below)
+    "Attention": (keras.layers.Attention, {"use_scale": _PLAIN, "score_mode": _PLAIN,
+                                           "dropout": _PLAIN, "seed": _PLAIN}, {"causal"}),
+    "AdditiveAttention": (keras.layers.AdditiveAttention, {"use_scale": _PLAIN,
+                                                           "dropout": _PLAIN}, {"causal"}),
+    # query/key/value_shape: tf.keras's record of the shapes it was built on
+    "MultiHeadAttention": (keras.layers.MultiHeadAttention, _K["mha"],
+                           {"query_shape", "key_shape", "value_shape",
+                            "softmax_robust_masking"}),
     "SimpleRNN": (keras.layers.SimpleRNN, {**_K["simple_cell"], **_K["rnn"],
                                            "activity_regularizer": _REG},
                   {"implementation", "use_cudnn"}),
@@ -160,8 +175,6 @@ _NOT_REBUILDABLE = {
     "TFOpLambda": "a TensorFlow op recorded by tf.keras (e.g. tf.math.add) outside a "
                   "functional model",
     "SlicingOpLambda": "a tensor slice recorded by tf.keras (x[:, 0]) outside a functional model",
-    "CuDNNLSTM": "a Keras 2 GPU-only layer",
-    "CuDNNGRU": "a Keras 2 GPU-only layer",
     "_Merge": "the Keras 1 Merge layer",
 }
 
@@ -198,6 +211,9 @@ class _Translator:
         self.keras2 = keras2
         self.custom_objects = dict(custom_objects)
         self.safe_mode = safe_mode
+        # layer name -> keyword arguments every call of the layer gets (what a Keras 2 config
+        # stored as a constructor option and Keras 3 takes in the call)
+        self.call_kwargs: Dict[str, Dict[str, Any]] = {}
 
     # -- errors --------------------------------------------------------------------------
     def _unsafe(self, msg: str) -> UnsafeModelError:
@@ -369,6 +385,8 @@ class _Translator:
                                    layer=self.layer(cfg["layer"]), **kw)
         if class_name == "RNN":
             return self._rnn(cfg, name)
+        if class_name in ("CuDNNLSTM", "CuDNNGRU"):
+            return self._cudnn(class_name, cfg, name)
         if class_name == "StackedRNNCells":
             cells = [self.layer(c) for c in cfg.get("cells", [])]
             kw = self.kwargs(class_name, {k: v for k, v in cfg.items() if k != "cells"}, {},
@@ -384,6 +402,13 @@ class _Translator:
                 "from_config accepts this config).")
         ctor, kinds, ignored = _SIMPLE_LAYERS[class_name]
         kw = self.kwargs(class_name, cfg, kinds, ignored)
+        if class_name == "MultiHeadAttention" and cfg.get("softmax_robust_masking"):
+            raise self._unsupported(
+                f"layer {name!r} (MultiHeadAttention) was saved with softmax_robust_masking=True, "
+                "which Keras 3 does not offer (fully masked rows would differ); re-save it with "
+                "the default masking.")
+        if class_name in ("Attention", "AdditiveAttention") and cfg.get("causal"):
+            self.call_kwargs[name] = {"use_causal_mask": True}
         if class_name in ("GRU", "GRUCell") and "reset_after" not in kw:
             kw["reset_after"] = False  # Keras 2.0/2.1 GRUs predate reset_after (and used False)
         if class_name in ("Dense", "Conv1D") and (cfg.get("lora_rank")
@@ -421,6 +446,20 @@ class _Translator:
         kw = self.kwargs("RNN", {k: v for k, v in cfg.items() if k != "cell"}, _K["rnn"],
                          {"input_dim", "input_length", "use_cudnn"})
         return self._construct(keras.layers.RNN, "RNN", name, cell, **kw)
+
+    def _cudnn(self, class_name: str, cfg: Dict[str, Any], name: str):
+        """CuDNNLSTM / CuDNNGRU as the LSTM / GRU cuDNN computes: tanh, sigmoid gates, biases
+        (GRU: reset_after=True). Their weights are converted on load (:mod:`.cudnn`)."""
+        target = class_name[len("CuDNN"):]
+        ctor, kinds, ignored = _SIMPLE_LAYERS[target]
+        fixed = ("activation", "recurrent_activation", "use_bias", "reset_after",
+                 "implementation", "dropout", "recurrent_dropout", "unroll")
+        kw = self.kwargs(class_name, cfg, {k: v for k, v in kinds.items() if k not in fixed},
+                         ignored)
+        kw.update(activation="tanh", recurrent_activation="sigmoid", use_bias=True)
+        if target == "GRU":
+            kw["reset_after"] = True
+        return self._construct(ctor, class_name, name, **kw)
 
     def _bidirectional(self, cfg: Dict[str, Any], name: str):
         forward = self.layer(cfg["layer"])

@@ -47,6 +47,30 @@ def _h5_weight_datasets(path: str, group: h5py.Group) -> Dict[str, List[h5py.Dat
     return datasets
 
 
+def _weight_key(name: str) -> str:
+    """``"/model_weights/mha/mha/query/kernel:0"`` -> ``"query/kernel"``."""
+    return "/".join(name.split(":")[0].split("/")[-2:])
+
+
+def _order_by_sublayer(layers: Mapping[str, keras.layers.Layer],
+                       datasets: Mapping[str, List[h5py.Dataset]]
+                       ) -> Dict[str, List[h5py.Dataset]]:
+    """The stored weights of each ``MultiHeadAttention`` in Keras 3's order of ``layer.weights``,
+    matched by sub-layer and variable name (``query/kernel``, ..., ``attention_output/bias``):
+    the query, key and value kernels have the same shape, so a different stored order would
+    pass every shape check. Stored order is kept where the names do not match one to one."""
+    ordered = dict(datasets)
+    for name, layer in layers.items():
+        stored = datasets.get(name)
+        if not isinstance(layer, keras.layers.MultiHeadAttention) or not stored:
+            continue
+        by_key = {_weight_key(d.name): d for d in stored}
+        wanted = [_weight_key(v.path) for v in layer.weights]
+        if len(by_key) == len(stored) and sorted(by_key) == sorted(wanted):
+            ordered[name] = [by_key[k] for k in wanted]
+    return ordered
+
+
 def _read_h5_weights(path: str, datasets: Mapping[str, List[h5py.Dataset]]
                      ) -> Dict[str, List[np.ndarray]]:
     try:

@@ -184,8 +184,7 @@ class RecurrentProp(Propagator):
                 names = ", ".join(c.__name__ for c in CELL_RULES)
                 raise UnsupportedLayerError(
                     layer, f"it wraps {type(getattr(rnn, 'cell', rnn)).__name__}; supported cells: {names}.")
-            if getattr(rnn, "stateful", False):
-                raise UnsupportedLayerError(layer, "stateful=True (stateful RNNs carry state between calls).")
+            # (stateful=True: explained from the zero state, whatever state the layer holds)
         self.cell_rule = cell_rule_for(self.directions[0])
         if len({cell_rule_for(r) for r in self.directions}) != 1:
             raise UnsupportedLayerError(layer, "its two directions use different cell types.")
