@@ -140,12 +140,16 @@ class _Canonicalizer:
         self.nodes: List[Node] = []
         self.dtypes: Dict[int, str] = {}
         self._mask_shapes: Dict[int, tuple] = {}
+        self.carried_mask_shapes: Dict[int, tuple] = {}
         self._next = 0
 
     def _key(self, tensor=None) -> int:
         self._next += 1
         if tensor is not None:
             self.dtypes[self._next] = getattr(tensor, "dtype", None)
+            mask = getattr(tensor, "_keras_mask", None)
+            if mask is not None:
+                self.carried_mask_shapes[self._next] = tuple(mask.shape)
         return self._next
 
     # ------------------------------------------------------------------------------------ the model
@@ -168,7 +172,8 @@ class _Canonicalizer:
         return Graph(nodes=self.nodes, inputs=in_keys, output=outputs[index],
                      input_shapes=[tuple(t.shape) for t in inputs], input_dtypes=[t.dtype for t in inputs],
                      input_names=[t.name for t in inputs], dtypes=self.dtypes,
-                     output_shape=tuple(out_tensor.shape), outputs=outputs, output_names=names)
+                     output_shape=tuple(out_tensor.shape), outputs=outputs, output_names=names,
+                     carried_mask_shapes=self.carried_mask_shapes)
 
     def _trace_model(self, model: keras.Model):
         """A subclassed model as a functional one, from its ``call`` on symbolic inputs of the shapes it

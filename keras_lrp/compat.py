@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from .cells import lstm_activations
-from .recurrent import lstm_relevance
+from .recurrent import DenseMaps, lstm_relevance
 from . import rules
 
 __all__ = ["cache_lstm_forward_activations_batch", "cashe_lstm_forward_activations_batch",
@@ -252,9 +252,8 @@ def lrp_lstm_batch_parts(activations: Dict[str, Any], hin, Rout_Left_last, batch
                 "fc": _time_major(gates[..., d:2 * d] * c[:, np.r_[-1, 0:seq_len - 1]]),   # f_t c_{t-1}
                 "ig": _time_major(gates[..., 0:d] * gates[..., 2 * d:3 * d]),             # i_t g_t
                 "z": _time_major(acts_layer[f"gates_pre_{side}"][..., 2 * d:3 * d])}
-        side_relevance = lstm_relevance(
-            _time_major(xs), acts, _f64(kernel), _f64(recurrent), _f64(bias[0]) if bias else None,
-            _f64(r), rule)
+        maps = DenseMaps(_f64(kernel), _f64(recurrent), _f64(bias[0]) if bias else None)
+        side_relevance = lstm_relevance(_time_major(xs), acts, maps, _f64(r), rule)
         r_x.append(side_relevance.x.numpy().swapaxes(0, 1))
         rest += side_relevance.rest.numpy()
     parts = LSTMRelevanceParts(Rx=r_x[0], Rx_rev=r_x[1][:, ::-1] if bidirectional else None, rest=rest)

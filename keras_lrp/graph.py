@@ -89,6 +89,8 @@ class Graph:
         dtypes: dtype of every tensor, by key.
         output_shape: the symbolic shape of the explained output.
         outputs / output_names: every model output (a model may have several; ``output`` is one).
+        carried_mask_shapes: the shape of the Keras mask a tensor carries in the model's symbolic
+            graph, by key (only tensors that carry one).
     """
 
     nodes: List[Node]
@@ -101,6 +103,7 @@ class Graph:
     output_shape: tuple = ()
     outputs: List[int] = field(default_factory=list)
     output_names: List[str] = field(default_factory=list)
+    carried_mask_shapes: Dict[int, tuple] = field(default_factory=dict)
 
     @property
     def input(self) -> int:

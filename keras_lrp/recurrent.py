@@ -1,4 +1,4 @@
-"""LSTM, GRU and SimpleRNN: forward pass with cached activations, and LRP backward through time.
+"""LSTM, GRU, SimpleRNN and ConvLSTM1D: forward pass with cached activations, and LRP backward through time.
 
 One direction at a time (a Bidirectional layer runs two independent loops, which TensorFlow may
 run in parallel), vectorised over the batch and kept time-major: tensors are (time, batch, .),
@@ -12,6 +12,10 @@ LSTM: kernel (e, 4d), recurrent_kernel (d, 4d), bias (4d,) or None, gate order i
 GRU: kernel (e, 3d), recurrent_kernel (d, 3d), bias (3d,), (2, 3d) with ``reset_after``, or None;
 gate order z, r, h.
 SimpleRNN: kernel (e, d), recurrent_kernel (d, d), bias (d,) or None.
+ConvLSTM1D: the LSTM with convolutions for its two maps (:class:`ConvMaps`): x (time, batch, length, e),
+states (time, batch, length', d), kernel (k, e, 4d), recurrent_kernel (k, d, 4d); every element-wise
+rule acts per position exactly as for the LSTM (a ConvLSTM1D with kernel_size 1 explains as an LSTM at
+each position), its linear maps spread each output's bias share over the inputs it is connected to.
 
 The rules (Arras et al. 2017; gate rules from Arras et al. 2019, "Evaluating Recurrent Neural
 Network Explanations"):
@@ -28,6 +32,7 @@ Network Explanations"):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -37,8 +42,9 @@ from keras import ops
 
 from .rules import GATE_RULE_OBJECTS, Epsilon, bias_share, inverse_denominator, needs_zero_limit, zero_limit
 
-__all__ = ["GATE_RULES", "RecurrentRelevance", "gate_split", "lstm_forward", "lstm_relevance", "gru_forward",
-           "gru_relevance", "simple_rnn_forward", "simple_rnn_relevance"]
+__all__ = ["GATE_RULES", "RecurrentRelevance", "RecurrentMaps", "DenseMaps", "ConvMaps", "gate_split",
+           "lstm_forward", "lstm_relevance", "gru_forward", "gru_relevance", "simple_rnn_forward",
+           "simple_rnn_relevance"]
 
 #: Gate rules for a product p = gate * signal carrying relevance R, by name (the objects are
 #: :class:`keras_lrp.rules.SignalTakeAll` "all", :class:`~keras_lrp.rules.Half` "half" and
@@ -62,7 +68,7 @@ class RecurrentRelevance(NamedTuple):
     @property
     def rest(self) -> tf.Tensor:
         """(batch,): the relevance on all initial states, summed (what zero initial states absorb)."""
-        return sum(ops.sum(r, axis=-1) for r in self.states)
+        return sum(ops.sum(r, axis=tuple(range(1, len(r.shape)))) for r in self.states)
 
 
 def _shift(t: tf.Tensor, first: Optional[tf.Tensor] = None) -> tf.Tensor:
@@ -124,31 +130,173 @@ def _time_loop(step: Callable, elems: Dict[str, tf.Tensor], carry: Tuple[tf.Tens
     return carry, tuple(a.stack() for a in arrays)
 
 
-def _to_previous_state(m_z, h_prev, u, z, bias, eps: Epsilon, fan_in: int, limit=None):
+# ---------------------------------------------------------------------------------------------
+# The two linear maps of a pre-activation  z = x_t W + h_{t-1} U + b
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RecurrentMaps:
+    """The two linear maps of a pre-activation ``z = x_t W + h_{t-1} U + b`` with their transposes and
+    how their bias shares reach the inputs: :class:`DenseMaps` (matrices) or :class:`ConvMaps`
+    (convolutions). The output units (m) are the kernels' last axis, the gates side by side."""
+
+    kernel: tf.Tensor
+    recurrent_kernel: tf.Tensor
+    bias: Optional[tf.Tensor]
+
+    @property
+    def units(self) -> int:
+        """d, the state size (channels of h)."""
+        return self.recurrent_kernel.shape[-2]
+
+    def select(self, columns: slice) -> "RecurrentMaps":
+        """The maps of the output units ``columns`` only."""
+        return replace(self, kernel=self.kernel[..., columns], recurrent_kernel=self.recurrent_kernel[..., columns],
+                       bias=None if self.bias is None else self.bias[columns])
+
+
+@dataclass(frozen=True)
+class DenseMaps(RecurrentMaps):
+    """``z = x_t W + h_{t-1} U + b`` with matrices (LSTM, GRU, SimpleRNN): kernel (e, m),
+    recurrent_kernel (d, m), bias (m,) or None. Fully connected: every output's bias share goes to
+    all N = e + d inputs, so a share is one number per step, (..., 1), the same for every input."""
+
+    def fan_in(self):
+        """N, the inputs each output unit's bias share is spread over: e + d."""
+        return self.kernel.shape[-2] + self.units
+
+    def inputs(self, x):
+        """``x_t W + b`` for all timesteps at once: (time, batch, e) -> (time, batch, m)."""
+        z = ops.einsum("tbe,em->tbm", x, self.kernel)
+        return z if self.bias is None else z + self.bias
+
+    def recurrent(self, h):
+        """``h U``: (batch, d) -> (batch, m)."""
+        return ops.matmul(h, self.recurrent_kernel)
+
+    def input_magnitude(self, x):
+        """``sum_k |x_k w_km| + |b_m|`` for all timesteps (time, batch, m): with :meth:`recurrent_magnitude`
+        it tells a pre-activation whose terms are all zero (:func:`~keras_lrp.rules.zero_limit`)."""
+        magnitude = ops.einsum("tbe,em->tbm", ops.abs(x), ops.abs(self.kernel))
+        return magnitude if self.bias is None else magnitude + ops.abs(self.bias)
+
+    def recurrent_magnitude(self, h):
+        return ops.matmul(ops.abs(h), ops.abs(self.recurrent_kernel))
+
+    def input_transpose(self, m):
+        """``m W^T`` for all timesteps: (time, batch, m) -> (time, batch, e)."""
+        return ops.einsum("tbm,em->tbe", m, self.kernel)
+
+    def recurrent_transpose(self, m):
+        """``m U^T``: (batch, m) -> (batch, d)."""
+        return ops.matmul(m, ops.transpose(self.recurrent_kernel))
+
+    def share_to_inputs(self, share):
+        """What every input x_t gets of the outputs' shares (:func:`~keras_lrp.rules.bias_share`): all of it."""
+        return share
+
+    def share_to_previous(self, share):
+        """What every unit of h_{t-1} gets of the outputs' shares: all of it."""
+        return share
+
+
+def _per_sequence(f: Callable, x):
+    """``f`` (on (n, length, channels)) applied to x (..., length, channels), leading axes merged."""
+    lead = ops.shape(x)[:-2]
+    y = f(ops.reshape(x, (-1,) + tuple(x.shape[-2:])))
+    return ops.reshape(y, tuple(lead) + tuple(y.shape[-2:]))
+
+
+def _conv_adjoint(y, kernel, padding: str, dilation: int, length: int):
+    """The transpose of ``x -> conv(x, kernel)`` (strides 1; ``padding`` "valid" or "same" with
+    TensorFlow's split, left = total // 2) applied to y (n, length', m): (n, length, e). It is the
+    correlation of y, padded so that every window sees the outputs its input feeds, with the kernel
+    flipped in space and transposed in channels."""
+    span = dilation * (kernel.shape[0] - 1)
+    left = span // 2 if padding == "same" else 0   # the forward conv's left padding
+    y = ops.pad(y, [[0, 0], [span - left, length - y.shape[1] + left], [0, 0]])
+    return ops.conv(y, ops.transpose(ops.flip(kernel, axis=0), (0, 2, 1)), padding="valid", dilation_rate=dilation)
+
+
+@dataclass(frozen=True)
+class ConvMaps(RecurrentMaps):
+    """``z = conv(x_t, W) + conv(h_{t-1}, U) + b`` of a ConvLSTM1D cell (channels_last, strides 1): the
+    input convolution with the layer's ``padding`` ("valid" / "same") and ``dilation``, the recurrent
+    one "same" and undilated, as Keras's ConvLSTMCell. kernel (k, e, m), recurrent_kernel (k, d, m);
+    x_t (batch, length, e), h (batch, length', d). Each output unit (p, m) is connected to the real
+    (not padding) positions of its windows: N_p = (its x window) x e + (its h window) x d inputs, and its
+    bias share goes to those; shares are one number per position, (..., length', 1)."""
+
+    padding: str = "valid"
+    dilation: int = 1
+    length: int = 0          # of x_t
+
+    def _ones(self):
+        return ops.ones((self.kernel.shape[0], 1, 1), self.kernel.dtype)
+
+    def _input_conv(self, x, kernel):
+        return _per_sequence(lambda v: ops.conv(v, kernel, padding=self.padding, dilation_rate=self.dilation), x)
+
+    @staticmethod
+    def _recurrent_conv(h, kernel):
+        return ops.conv(h, kernel, padding="same")
+
+    def fan_in(self):
+        """N_p per output position (length', 1): the real positions of its windows times the channels."""
+        n_x = ops.conv(ops.ones((1, self.length, 1), self.kernel.dtype), self._ones(), padding=self.padding,
+                       dilation_rate=self.dilation)[0]
+        n_h = self._recurrent_conv(ops.ones_like(n_x)[None], self._ones())[0]
+        return n_x * self.kernel.shape[-2] + n_h * self.units
+
+    def inputs(self, x):
+        z = self._input_conv(x, self.kernel)
+        return z if self.bias is None else z + self.bias
+
+    def recurrent(self, h):
+        return self._recurrent_conv(h, self.recurrent_kernel)
+
+    def input_magnitude(self, x):
+        magnitude = self._input_conv(ops.abs(x), ops.abs(self.kernel))
+        return magnitude if self.bias is None else magnitude + ops.abs(self.bias)
+
+    def recurrent_magnitude(self, h):
+        return self._recurrent_conv(ops.abs(h), ops.abs(self.recurrent_kernel))
+
+    def _input_adjoint(self, m, kernel):
+        return _per_sequence(lambda v: _conv_adjoint(v, kernel, self.padding, self.dilation, self.length), m)
+
+    def input_transpose(self, m):
+        return self._input_adjoint(m, self.kernel)
+
+    def recurrent_transpose(self, m):
+        return _conv_adjoint(m, self.recurrent_kernel, "same", 1, m.shape[-2])
+
+    def share_to_inputs(self, share):
+        """(..., length', 1) per position -> (..., length, 1): what each input position's units get."""
+        return self._input_adjoint(share, self._ones())
+
+    def share_to_previous(self, share):
+        return _conv_adjoint(share, self._ones(), "same", 1, share.shape[-2])
+
+
+def _to_previous_state(m_z, h_prev, maps: RecurrentMaps, z, eps: Epsilon, fan_in, limit=None):
     """Epsilon-rule of a pre-activation ``z = x_t W + h_{t-1} U + b`` onto ``h_{t-1}``, given its
-    message ``m_z = R / (z + eps sign(z))``: ``(relevance of h_{t-1}, the per-unit bias share or
-    None)``. The same share goes to ``x_t`` (see :func:`_input_relevance`); ``limit`` is the map's
-    :func:`~keras_lrp.rules.zero_limit`."""
-    r_h_prev = h_prev * tf.matmul(m_z, u, transpose_b=True)
+    message ``m_z = R / (z + eps sign(z))``: ``(relevance of h_{t-1}, the outputs' bias shares or
+    None)``. The shares go to ``x_t`` too (see :func:`_input_relevance`); ``fan_in`` is
+    ``maps.fan_in()``, ``limit`` the map's :func:`~keras_lrp.rules.zero_limit`."""
+    r_h_prev = h_prev * maps.recurrent_transpose(m_z)
     if not eps.has_bias_share:
         return r_h_prev, None
-    share = bias_share(m_z, z, bias, eps, fan_in, limit)
-    return r_h_prev + share, share
+    share = bias_share(m_z, z, maps.bias, eps, fan_in, limit)
+    return r_h_prev + maps.share_to_previous(share), share
 
 
-def _input_magnitude(x, w, bias):
-    """``sum_k |x_k w_km| + |b_m|`` of the input part of a map, for all timesteps at once (time, batch, m):
-    with the recurrent part's (:func:`_step_limit`) it tells a pre-activation whose terms are all zero."""
-    magnitude = ops.einsum("tbe,em->tbm", ops.abs(x), ops.abs(w))
-    return magnitude if bias is None else magnitude + ops.abs(bias)
-
-
-def _step_limit(r, z, input_magnitude, h_prev, u, eps: Epsilon):
+def _step_limit(r, z, input_magnitude, h_prev, maps: RecurrentMaps, eps: Epsilon):
     """:func:`~keras_lrp.rules.zero_limit` of ``z = x_t W + h_{t-1} U + b`` at one step, given the input
-    part's magnitude (:func:`_input_magnitude`, or None when no zero limit is needed)."""
+    part's magnitude (``maps.input_magnitude``, or None when no zero limit is needed)."""
     if input_magnitude is None:
         return None
-    return zero_limit(r, z, input_magnitude + ops.matmul(ops.abs(h_prev), ops.abs(u)), eps)
+    return zero_limit(r, z, input_magnitude + maps.recurrent_magnitude(h_prev), eps)
 
 
 def _sum_limit(r, z, terms, eps: Epsilon):
@@ -158,11 +306,11 @@ def _sum_limit(r, z, terms, eps: Epsilon):
     return zero_limit(r, z, sum(ops.abs(t) for t in terms), eps)
 
 
-def _input_relevance(x, m, w, share, mask):
-    """``x * (m @ w.T) + share`` for all timesteps at once; exactly 0 at masked steps."""
-    r = x * tf.einsum("tbm,em->tbe", m, w)
+def _input_relevance(x, m, maps: RecurrentMaps, share, mask):
+    """``x * (m W^T) + (the shares x_t gets)`` for all timesteps at once; exactly 0 at masked steps."""
+    r = x * maps.input_transpose(m)
     if share is not None:
-        r = r + share
+        r = r + maps.share_to_inputs(share)
     return r if mask is None else tf.where(mask, r, tf.zeros_like(r))
 
 
@@ -170,30 +318,27 @@ def _input_relevance(x, m, w, share, mask):
 # LSTM
 # ---------------------------------------------------------------------------------------------
 
-def lstm_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor, bias,
-                 activation: Callable, recurrent_activation: Callable,
+def lstm_forward(x: tf.Tensor, maps: RecurrentMaps, activation: Callable, recurrent_activation: Callable,
                  mask: Optional[tf.Tensor] = None, gate_rule: str = "all",
                  initial_state: Optional[Sequence[tf.Tensor]] = None) -> Dict[str, tf.Tensor]:
-    """Run an LSTM over its (already ordered) input sequence from ``initial_state`` = (h0, c0)
-    (zeros when None).
+    """Run an LSTM (``maps``: :class:`DenseMaps`) or a ConvLSTM1D (:class:`ConvMaps`) over its (already
+    ordered) input sequence from ``initial_state`` = (h0, c0) (zeros when None).
 
-    Returns (time, batch, .) tensors: hidden states ``h``, cell states ``c`` (both carried over
+    Returns (time, batch, ..., .) tensors: hidden states ``h``, cell states ``c`` (both carried over
     masked steps), the two products of the cell update ``fc`` = f_t c_{t-1} and ``ig`` = i_t g_t,
     and the pre-activations ``z`` of the maps that receive relevance under ``gate_rule``: the cell
     candidate's (d) for "all"; all four (4d), plus the gate activations ``gates`` [i, f, g, o],
-    otherwise; and the initial states ``h0``, ``c0`` (batch, d).
+    otherwise; and the initial states ``h0``, ``c0`` (batch, ..., d).
     """
-    xz = tf.einsum("tbe,ef->tbf", x, kernel)
-    if bias is not None:
-        xz = xz + bias
-    d = recurrent_kernel.shape[0]
+    xz = maps.inputs(x)
+    d = maps.units
     keep = slice(2 * d, 3 * d) if gate_rule == "all" else slice(0, 4 * d)
-    h0, c0 = _initial_states(xz[0, :, :d], initial_state, 2)
+    h0, c0 = _initial_states(xz[0][..., :d], initial_state, 2)
     elems = {"xz": xz} if mask is None else {"xz": xz, "mask": mask}
 
     def step(carry, e):
         h_tm1, c_tm1 = carry
-        z = e["xz"] + tf.matmul(h_tm1, recurrent_kernel)
+        z = e["xz"] + maps.recurrent(h_tm1)
         s = lstm_step(z, c_tm1, activation, recurrent_activation)
         m = e.get("mask")
         h, c = _carry_where_masked(m, s.h, h_tm1), _carry_where_masked(m, s.c, c_tm1)
@@ -204,9 +349,8 @@ def lstm_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor, b
     return dict(zip(("h", "c", "fc", "ig", "z", "gates"), out), h0=h0, c0=c0)
 
 
-def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
-                   recurrent_kernel: tf.Tensor, bias, r_h_last: tf.Tensor, eps: Epsilon,
-                   gate_rule: str = "all", r_h_seq: Optional[tf.Tensor] = None,
+def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], maps: RecurrentMaps, r_h_last: tf.Tensor,
+                   eps: Epsilon, gate_rule: str = "all", r_h_seq: Optional[tf.Tensor] = None,
                    mask: Optional[tf.Tensor] = None, activation: Callable = tf.tanh,
                    r_c_last: Optional[tf.Tensor] = None) -> RecurrentRelevance:
     """LRP from the hidden states back to the inputs, through time.
@@ -215,33 +359,34 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
     conventions for ``gate_rule="all"``):
 
     * ``h_t = o_t * tanh(c_t)``: a product; with "all" the gate gets nothing and ``c_t`` all;
-    * ``c_t = f_t * c_{t-1} + i_t * g_t``: epsilon-rule over the two products (N = 2d), then each
-      product is split by the gate rule (to ``c_{t-1}`` / ``f_t`` and ``g_t`` / ``i_t``);
+    * ``c_t = f_t * c_{t-1} + i_t * g_t``: epsilon-rule over the two products (N = 2d; a ConvLSTM's
+      position by position), then each product is split by the gate rule (to ``c_{t-1}`` / ``f_t``
+      and ``g_t`` / ``i_t``);
     * ``g_t = tanh(x_t W_g + h_{t-1} U_g + b_g)`` (and, for the "half" / "prop" rules, the three
       gates likewise): the activation passes relevance unchanged, then the epsilon-rule over
-      ``[x_t, h_{t-1}]`` (N = d + e).
+      ``[x_t, h_{t-1}]`` (N = d + e; a ConvLSTM's: the inputs connected to the unit, ``maps.fan_in``).
 
     Args:
-        x: inputs (time, batch, e) in processing order.
+        x: inputs (time, batch, e) (ConvLSTM1D: (time, batch, length, e)) in processing order.
         acts: the dict of :func:`lstm_forward` for the same ``gate_rule`` (without ``h0`` / ``c0``:
             zero initial states).
-        r_h_last: relevance on the last hidden state, (batch, d).
+        maps: the cell's two linear maps, :class:`DenseMaps` or :class:`ConvMaps`.
+        r_h_last: relevance on the last hidden state, (batch, ..., d).
         eps: the epsilon-rule's parameters.
         gate_rule: one of :data:`GATE_RULES`.
-        r_h_seq: optional relevance arriving on every output h_t, (time, batch, d).
-        mask: optional (time, batch, 1) bool; masked steps copy their states.
+        r_h_seq: optional relevance arriving on every output h_t, (time, batch, ..., d).
+        mask: optional bool, (time, batch, 1) (ConvLSTM1D: (time, batch, 1, 1)); masked steps copy
+            their states.
         activation: the cell's activation (for the "half" / "prop" gate rules).
-        r_c_last: optional relevance on the last cell state (a returned state), (batch, d).
+        r_c_last: optional relevance on the last cell state (a returned state), (batch, ..., d).
 
     Returns:
         :class:`RecurrentRelevance`: input relevance and the relevance on (h0, c0).
     """
-    d = recurrent_kernel.shape[0]
-    e = x.shape[-1]
+    d = maps.units
     # With signal-take-all only the cell candidate's linear map carries relevance.
-    sel = slice(2 * d, 3 * d) if gate_rule == "all" else slice(0, 4 * d)
-    w, u = kernel[:, sel], recurrent_kernel[:, sel]
-    b = None if bias is None else bias[sel]
+    maps = maps.select(slice(2 * d, 3 * d) if gate_rule == "all" else slice(0, 4 * d))
+    fan_in = maps.fan_in()
     h, c, z = acts["h"], acts["c"], acts["z"]
     share = eps.has_bias_share
 
@@ -250,7 +395,7 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
     if share:
         per_step.update(c=c, z=z)
     if needs_zero_limit(eps):
-        per_step["mag_x"] = _input_magnitude(x, w, b)
+        per_step["mag_x"] = maps.input_magnitude(x)
     if gate_rule != "all":
         per_step.update(gates=acts["gates"], c_prev=_shift(c, acts.get("c0")), tanh_c=activation(c))
     if r_h_seq is not None:
@@ -287,8 +432,8 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
             r_pre = tf.concat([r_i, r_f, r_g, r_o], axis=-1)
         # pre-activations -> [x_t, h_{t-1}]
         m_z = r_pre * s["inv_z"]
-        limit = _step_limit(r_pre, s.get("z"), s.get("mag_x"), s["h_prev"], u, eps)
-        r_h_prev, share_z = _to_previous_state(m_z, s["h_prev"], u, s.get("z"), b, eps, d + e, limit)
+        limit = _step_limit(r_pre, s.get("z"), s.get("mag_x"), s["h_prev"], maps, eps)
+        r_h_prev, share_z = _to_previous_state(m_z, s["h_prev"], maps, s.get("z"), eps, fan_in, limit)
         if mask is not None:
             m = s["mask"]
             r_h_prev = tf.where(m, r_h_prev, r_h)
@@ -296,7 +441,7 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
         return (r_h_prev, r_c_prev), ((m_z, share_z) if share else (m_z,))
 
     (r_h0, r_c0), out = _time_loop(step, per_step, (r_h_last, r_c_last), 2 if share else 1, reverse=True)
-    return RecurrentRelevance(_input_relevance(x, out[0], w, out[1] if share else None, mask), (r_h0, r_c0))
+    return RecurrentRelevance(_input_relevance(x, out[0], maps, out[1] if share else None, mask), (r_h0, r_c0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,6 +541,7 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
     if b_in is not None:
         b_zr = b_in[:2 * d] + (b_rec[:2 * d] if b_rec is not None else 0)
     b_rh = None if b_rec is None else b_rec[2 * d:]
+    maps_h, maps_zr = DenseMaps(w_h, u_h, b_h), DenseMaps(w_zr, u_zr, b_zr)
     share = eps.has_bias_share
     gates = gate_rule != "all"
 
@@ -413,9 +559,9 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
         per_step.update(h_t=h_t, pre_h=acts["pre_h"])
     limits = needs_zero_limit(eps)
     if limits:   # the input parts' magnitudes, for the zero limits of pre_h and the gates' map
-        per_step["mag_xh"] = _input_magnitude(x, w_h, b_h)
+        per_step["mag_xh"] = maps_h.input_magnitude(x)
         if gates:
-            per_step["mag_xzr"] = _input_magnitude(x, w_zr, b_zr)
+            per_step["mag_xzr"] = maps_zr.input_magnitude(x)
     mag_s_h = (0.0 if b_rh is None else ops.abs(b_rh)) if limits else None
     if r_h_seq is not None:
         per_step["r_h"] = r_h_seq
@@ -448,12 +594,12 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
             m_s = r_s * s["inv_s_h"]
             r_h_prev = s["h_prev"] * tf.matmul(m_s, u_h, transpose_b=True)
             if share:
-                limit = _step_limit(r_s, s["s_h"], mag_s_h, s["h_prev"], u_h, eps)
+                limit = _step_limit(r_s, s["s_h"], mag_s_h, s["h_prev"], maps_h, eps)
                 r_h_prev = r_h_prev + bias_share(m_s, s["s_h"], b_rh, eps, d, limit)
         else:
             r_rh = s["s_h"] * tf.matmul(m_h, u_h, transpose_b=True)
             if share:
-                limit = _step_limit(r_hh, s["pre_h"], s.get("mag_xh"), s["s_h"], u_h, eps)
+                limit = _step_limit(r_hh, s["pre_h"], s.get("mag_xh"), s["s_h"], maps_h, eps)
                 share_h = bias_share(m_h, s["pre_h"], b_h, eps, d + e, limit)
                 r_rh = r_rh + share_h
             r_r, r_h_prev = gate_split(r_rh, s["rg"] if gates else None, s["h_prev"], gate_rule, eps)
@@ -464,7 +610,7 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
             m_zr = r_zr * s["inv_zr"]
             r_h_prev = r_h_prev + s["h_prev"] * tf.matmul(m_zr, u_zr, transpose_b=True)
             if share:
-                limit = _step_limit(r_zr, s["pre_zr"], s.get("mag_xzr"), s["h_prev"], u_zr, eps)
+                limit = _step_limit(r_zr, s["pre_zr"], s.get("mag_xzr"), s["h_prev"], maps_zr, eps)
                 share_zr = bias_share(m_zr, s["pre_zr"], b_zr, eps, d + e, limit)
                 r_h_prev = r_h_prev + share_zr
         if mask is not None:
@@ -475,9 +621,9 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
         return (r_h_prev,), outs + ((m_zr,) if gates else ())
 
     (r_h0,), out = _time_loop(step, per_step, (r_h_last,), 1 + int(share) + int(gates), reverse=True)
-    r_x = _input_relevance(x, out[0], w_h, out[1] if share else None, mask)
+    r_x = _input_relevance(x, out[0], maps_h, out[1] if share else None, mask)
     if gates:
-        r_x = r_x + _input_relevance(x, out[-1], w_zr, None, mask)
+        r_x = r_x + _input_relevance(x, out[-1], maps_zr, None, mask)
     return RecurrentRelevance(r_x, (r_h0,))
 
 
@@ -534,14 +680,15 @@ def simple_rnn_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Te
     Returns:
         :class:`RecurrentRelevance`: input relevance and the relevance on (h0,).
     """
-    d, e = recurrent_kernel.shape[0], x.shape[-1]
+    maps = DenseMaps(kernel, recurrent_kernel, bias)
+    fan_in = maps.fan_in()
     z = acts["z"]
     share = eps.has_bias_share
     per_step = {"inv_z": inverse_denominator(z, eps), "h_prev": _shift(acts["h"], acts.get("h0"))}
     if share:
         per_step["z"] = z
     if needs_zero_limit(eps):
-        per_step["mag_x"] = _input_magnitude(x, kernel, bias)
+        per_step["mag_x"] = maps.input_magnitude(x)
     if r_h_seq is not None:
         per_step["r_h"] = r_h_seq
     if mask is not None:
@@ -552,12 +699,11 @@ def simple_rnn_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Te
         if r_h_seq is not None:
             r_h = r_h + s["r_h"]
         m_z = r_h * s["inv_z"]
-        limit = _step_limit(r_h, s.get("z"), s.get("mag_x"), s["h_prev"], recurrent_kernel, eps)
-        r_h_prev, share_z = _to_previous_state(m_z, s["h_prev"], recurrent_kernel, s.get("z"), bias, eps, d + e,
-                                               limit)
+        limit = _step_limit(r_h, s.get("z"), s.get("mag_x"), s["h_prev"], maps, eps)
+        r_h_prev, share_z = _to_previous_state(m_z, s["h_prev"], maps, s.get("z"), eps, fan_in, limit)
         if mask is not None:
             r_h_prev = tf.where(s["mask"], r_h_prev, r_h)
         return (r_h_prev,), ((m_z, share_z) if share else (m_z,))
 
     (r_h0,), out = _time_loop(step, per_step, (r_h_last,), 2 if share else 1, reverse=True)
-    return RecurrentRelevance(_input_relevance(x, out[0], kernel, out[1] if share else None, mask), (r_h0,))
+    return RecurrentRelevance(_input_relevance(x, out[0], maps, out[1] if share else None, mask), (r_h0,))

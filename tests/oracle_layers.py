@@ -12,7 +12,8 @@ values they belong to; masks are (T,) bool or None. Every layer oracle has
 and :func:`explain_chain` composes them for Sequential models (built by :func:`from_keras`).
 Recurrent cells have ``forward(x, mask, initial=None) -> h`` (initial: one array per state, zeros when
 None; ``final`` holds the last states) and ``backward(r_h_seq, ctx, r_final=None) -> (r_x, r_initial)``
-(r_final / r_initial: relevance on the last / initial states, one array per state).
+(r_final / r_initial: relevance on the last / initial states, one array per state); ``n_states`` says
+how many states they have. A stack of cells (``StackedCells``) is the cells chained.
 
 The epsilon-rule (``Ctx.eps``, ``Ctx.bias_factor``) for ``z_m = sum_k x_k w_km + b_m`` with fan-in N:
 
@@ -319,6 +320,8 @@ def add_relevance(inputs, r, ctx):
 class LSTMCellOracle:
     """One LSTM direction over an already ordered sequence (Keras layout, gates i, f, g, o)."""
 
+    n_states = 2
+
     def __init__(self, kernel, recurrent_kernel, bias, activation="tanh", recurrent_activation="sigmoid"):
         self.W, self.U = kernel, recurrent_kernel
         self.d = recurrent_kernel.shape[0]
@@ -380,6 +383,8 @@ class LSTMCellOracle:
 
 class GRUCellOracle:
     """One GRU direction (Keras GRUCell equations, gates z, r, h; both reset_after values)."""
+
+    n_states = 1
 
     def __init__(self, kernel, recurrent_kernel, bias, reset_after, activation="tanh",
                  recurrent_activation="sigmoid"):
@@ -463,10 +468,133 @@ class GRUCellOracle:
         return r_x, [r_h]
 
 
+class ConvLSTMCellOracle:
+    """One ConvLSTM1D direction over an already ordered sequence x (T, L, C) (channels_last, strides 1),
+    written from Keras's ConvLSTMCell equations: at each step and output position p,
+
+        z[p, m] = b[m] + sum over x's window of p (the layer's padding, dilation) of x[q, c] W[j, c, m]
+                       + sum over h's window of p ("same", undilated) of h_{t-1}[q, f] U[j, f, m]
+
+    gates i, f, g, o as the LSTM, states h, c (L', F). LRP: the LSTM's rules position by position (the
+    gate rule on every product; c_t = f c_{t-1} + i g by the epsilon-rule over the 2F products of
+    position p, N = 2F), the epsilon-rule on z[p, m] with its share spread over the real inputs of its
+    two windows, N = (real x window) C + (real h window) F."""
+
+    n_states = 2
+
+    def __init__(self, kernel, recurrent_kernel, bias, padding, dilation, activation="tanh",
+                 recurrent_activation="sigmoid"):
+        self.W, self.U = kernel, recurrent_kernel          # (k, C, 4F), (k, F, 4F)
+        self.k, self.d = kernel.shape[0], recurrent_kernel.shape[1]
+        self.b = np.zeros(4 * self.d) if bias is None else bias
+        self.padding, self.dilation = padding, dilation
+        self.act, self.ract = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
+
+    def _connections(self, p):
+        """The inputs of z[p, :]: [("x" or "h", position q, window index j)] over the real positions."""
+        out = [("x", q, j) for j, q in enumerate(self.x_windows[p]) if 0 <= q < self.x.shape[1]]
+        return out + [("h", q, j) for j, q in enumerate(self.h_windows[p]) if 0 <= q < self.n_pos]
+
+    def forward(self, x, mask, initial=None):
+        T, L, C = x.shape
+        d = self.d
+        self.x, self.mask = x, mask
+        self.x_windows = conv_windows(L, self.k, 1, self.padding, self.dilation)
+        self.n_pos = len(self.x_windows)
+        self.h_windows = conv_windows(self.n_pos, self.k, 1, "same")
+        self.h = np.zeros((T + 1, self.n_pos, d))
+        self.c = np.zeros((T + 1, self.n_pos, d))
+        if initial is not None:
+            self.h[0], self.c[0] = initial
+        self.pre = np.zeros((T, self.n_pos, 4 * d))
+        self.gates = np.zeros((T, self.n_pos, 4 * d))
+        for t in range(T):
+            if mask is not None and not mask[t]:
+                self.h[t + 1], self.c[t + 1] = self.h[t], self.c[t]
+                continue
+            for p in range(self.n_pos):
+                z = self.b.copy()
+                for kind, q, j in self._connections(p):
+                    a, w = (x[t], self.W) if kind == "x" else (self.h[t], self.U)
+                    for m in range(4 * d):
+                        z[m] += sum(a[q, ch] * w[j, ch, m] for ch in range(a.shape[1]))
+                i, f = self.ract(z[:d]), self.ract(z[d:2 * d])
+                g, o = self.act(z[2 * d:3 * d]), self.ract(z[3 * d:])
+                self.pre[t, p], self.gates[t, p] = z, np.concatenate([i, f, g, o])
+                self.c[t + 1, p] = f * self.c[t, p] + i * g
+                self.h[t + 1, p] = o * self.act(self.c[t + 1, p])
+        self.final = [self.h[T], self.c[T]]
+        return self.h[1:]
+
+    def backward(self, r_h_seq, ctx, r_final=None):
+        x, d = self.x, self.d
+        eye = np.eye(d)
+        r_x = np.zeros_like(x)
+        r_h, r_c = np.zeros((self.n_pos, d)), np.zeros((self.n_pos, d))
+        if r_final is not None:
+            r_h, r_c = r_h + r_final[0], r_c + r_final[1]
+        for t in reversed(range(x.shape[0])):
+            r_h = r_h + r_h_seq[t]
+            if self.mask is not None and not self.mask[t]:
+                continue
+            r_pre = np.zeros((self.n_pos, 4 * d))
+            r_c_prev = np.zeros((self.n_pos, d))
+            for p in range(self.n_pos):
+                i, f, g, o = (self.gates[t, p, n * d:(n + 1) * d] for n in range(4))
+                c_prev, c_t = self.c[t, p], self.c[t + 1, p]
+                r_o, r_act = gate_split(r_h[p], o, self.act(c_t), ctx)
+                r_fc, r_ig = eps_linear([(f * c_prev, eye), (i * g, eye)], None, c_t, r_c[p] + r_act, 2 * d, ctx)
+                r_f, r_c_prev[p] = gate_split(r_fc, f, c_prev, ctx)
+                r_i, r_g = gate_split(r_ig, i, g, ctx)
+                r_pre[p] = np.concatenate([r_i, r_f, r_g, r_o])
+            r_h_prev = np.zeros((self.n_pos, d))
+            parts = {"x": (x[t], self.W, r_x[t]), "h": (self.h[t], self.U, r_h_prev)}   # value, weights, relevance
+            for p in range(self.n_pos):
+                conns = [parts[kind] + (q, j) for kind, q, j in self._connections(p)]
+                n = sum(a.shape[1] for a, *_ in conns)
+                for m in range(4 * d):
+                    terms = [a[q, ch] * w[j, ch, m] for a, w, _, q, j in conns for ch in range(a.shape[1])]
+                    inv, share = eps_unit(self.pre[t, p, m], terms, self.b[m], n, ctx)
+                    for a, w, r_a, q, j in conns:
+                        for ch in range(a.shape[1]):
+                            r_a[q, ch] += (a[q, ch] * w[j, ch, m] * inv + share) * r_pre[p, m]
+            r_h, r_c = r_h_prev, r_c_prev
+        return r_x, [r_h, r_c]
+
+
+class StackedCells:
+    """A StackedRNNCells: its cells chained, cell i + 1 reading cell i's h (the same mask for all);
+    states (initial, final) are the cells' states in order."""
+
+    def __init__(self, cells):
+        self.cells = cells
+        self.n_states = sum(c.n_states for c in cells)
+
+    def _split(self, states):
+        out = []
+        for c in self.cells:
+            out.append(None if states is None else states[:c.n_states])
+            states = None if states is None else states[c.n_states:]
+        return out
+
+    def forward(self, x, mask, initial=None):
+        for cell, start in zip(self.cells, self._split(initial)):
+            x = cell.forward(x, mask, start)
+        self.final = [s for c in self.cells for s in c.final]
+        return x
+
+    def backward(self, r_h_seq, ctx, r_final=None):
+        r_initial = []
+        for cell, r_last in reversed(list(zip(self.cells, self._split(r_final)))):
+            r_h_seq, r0 = cell.backward(r_h_seq, ctx, r_last)
+            r_initial = r0 + r_initial
+        return r_h_seq, r_initial
+
+
 def keras_step_outputs(h, mask, zero_output_for_mask):
-    """What a Keras RNN outputs at each step, from its states h (T, d): h_t at real steps; at a masked
+    """What a Keras RNN outputs at each step, from its states h (T, ...): h_t at real steps; at a masked
     step 0 (zero_output_for_mask) or the previous step's output (0 before the first step)."""
-    out, prev = np.zeros_like(h), np.zeros(h.shape[1])
+    out, prev = np.zeros_like(h), np.zeros(h.shape[1:])
     for t in range(len(h)):
         if mask is None or mask[t]:
             out[t] = h[t]
@@ -477,12 +605,12 @@ def keras_step_outputs(h, mask, zero_output_for_mask):
 
 
 def step_outputs_backward(r_out, mask, zero_output_for_mask):
-    """Relevance on the step outputs (T, d) of :func:`keras_step_outputs` -> (relevance on h_t at the
-    real steps (T, d), what reached outputs that are the constant 0)."""
-    r_h, dropped, passed = np.zeros_like(r_out), 0.0, np.zeros(r_out.shape[1])
+    """Relevance on the step outputs (T, ...) of :func:`keras_step_outputs` -> (relevance on h_t at the
+    real steps (T, ...), what reached outputs that are the constant 0)."""
+    r_h, dropped, passed = np.zeros_like(r_out), 0.0, np.zeros(r_out.shape[1:])
     for t in reversed(range(len(r_out))):
         r = r_out[t] + passed
-        passed = np.zeros(r_out.shape[1])
+        passed = np.zeros(r_out.shape[1:])
         if mask is None or mask[t]:
             r_h[t] = r
         elif zero_output_for_mask or t == 0:
@@ -493,9 +621,10 @@ def step_outputs_backward(r_out, mask, zero_output_for_mask):
 
 
 class Recurrent:
-    """LSTM / GRU layer, or Bidirectional of two, with go_backwards, return_sequences, masks and the
-    merge modes concat / sum / ave (merge_mode None followed by Concatenate is concat), initial states
-    and returned states (Keras's flat order: each direction's states, forward first)."""
+    """LSTM / GRU / ConvLSTM1D / stacked-cells layer, or Bidirectional of two, with go_backwards,
+    return_sequences, masks and the merge modes concat / sum / ave (merge_mode None followed by
+    Concatenate is concat), initial states and returned states (Keras's flat order: each direction's
+    states, forward first)."""
 
     def __init__(self, cells, go_backwards, return_sequences, merge=None, zero_output_for_mask=False,
                  return_state=False):
@@ -509,7 +638,7 @@ class Recurrent:
 
     def forward(self, x, mask, initial_state=None):
         """Returns (output, its mask); the final states (flat) are in ``self.states``."""
-        self.T = x.shape[0]
+        self.T, self.x_shape = x.shape[0], x.shape
         self.mask = mask
         self.ys, self.states = [], []
         n = len(initial_state) // len(self.cells) if initial_state is not None else 0
@@ -544,13 +673,13 @@ class Recurrent:
             scale = 0.5 if self.merge == "ave" else 1.0
             ps = [scale * y for y in self.ys]
             parts = eps_elementwise_sum(ps, ps[0] + ps[1], r, ctx)
-        r_x, r_initial, dropped = np.zeros((self.T, self.cells[0].x.shape[1])), [], 0.0
+        r_x, r_initial, dropped = np.zeros(self.x_shape), [], 0.0
         n = len(self.states) // len(self.cells)
         for i, (cell, back, rp) in enumerate(zip(self.cells, self.go_backwards, parts)):
             if self.rs:
                 r_out = rp[::-1] if (back and self.merge is not None) else rp   # processing order
             else:
-                r_out = np.zeros((self.T, cell.d))
+                r_out = np.zeros((self.T,) + rp.shape)
                 r_out[-1] = rp
             seq, lost = step_outputs_backward(r_out, self._order(self.mask, back), self.zero_out)
             r_final = None if r_states is None else r_states[i * n:(i + 1) * n]
@@ -577,14 +706,25 @@ def _act_name(layer):
 
 
 def _cell_oracle(rnn):
+    return _oracle_of_cell(rnn.cell)
+
+
+def _oracle_of_cell(cell):
     import keras
-    cell = rnn.cell
+    if isinstance(cell, keras.layers.StackedRNNCells):
+        return StackedCells([_oracle_of_cell(c) for c in cell.cells])
     cfg = cell.get_config()
     k, u = _f64(cell.kernel.numpy()), _f64(cell.recurrent_kernel.numpy())
     b = _f64(cell.bias.numpy()) if cell.use_bias else None
     if isinstance(cell, keras.layers.LSTMCell):
         return LSTMCellOracle(k, u, b, cfg["activation"], cfg["recurrent_activation"])
-    return GRUCellOracle(k, u, b, cfg["reset_after"], cfg["activation"], cfg["recurrent_activation"])
+    if type(cell).__name__ == "ConvLSTMCell":
+        assert cfg["strides"] in (1, (1,), [1]), cfg["strides"]
+        return ConvLSTMCellOracle(k, u, b, cfg["padding"], cfg["dilation_rate"][0], cfg["activation"],
+                                  cfg["recurrent_activation"])
+    if isinstance(cell, keras.layers.GRUCell):
+        return GRUCellOracle(k, u, b, cfg["reset_after"], cfg["activation"], cfg["recurrent_activation"])
+    raise NotImplementedError(type(cell).__name__)
 
 
 def from_keras(layer, is_output=False):
@@ -660,14 +800,15 @@ def run_oracles(oracles, inputs, targets, embedding=None, timesteps=None):
 
 
 def explain_chain(model, inputs, targets, ctx, timesteps=None):
-    """LRP of a Sequential model (optionally starting with an Embedding) sample by sample.
+    """LRP of a Sequential model, or a functional one that is a chain of layers (optionally starting with
+    an Embedding), sample by sample.
 
     inputs: (batch, T, features) floats or (batch, T) token ids; targets: one int per sample;
     timesteps: one int per sample for models whose output has a time axis.
     Returns (relevance (batch, T, features or emb_dim), rest (batch,), scores (batch, outputs)).
     """
     import keras
-    layers = list(model.layers)
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]   # functional
     emb = None
     if isinstance(layers[0], keras.layers.Embedding):
         emb, layers = layers[0], layers[1:]

@@ -66,8 +66,9 @@ def _shared_layer_model():
 
 @pytest.mark.parametrize("build,match", [
     (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.RNN(keras.layers.StackedRNNCells(
-        [keras.layers.LSTMCell(3)])), keras.layers.Dense(2)]),
-     r"'rnn.*' \(RNN\).*StackedRNNCells; supported cells: LSTMCell, GRUCell, SimpleRNNCell"),
+        [keras.layers.StackedRNNCells([keras.layers.LSTMCell(3)])])), keras.layers.Dense(2)]),
+     r"'rnn.*' \(RNN\).*wraps StackedRNNCells; supported cells: LSTMCell, GRUCell, SimpleRNNCell, ConvLSTMCell "
+     r"\(one, or a StackedRNNCells of them\)"),
     (lambda: keras.Sequential([keras.Input((None, 4)), keras.layers.Bidirectional(keras.layers.LSTM(3), merge_mode="mul"),
                                keras.layers.Dense(2)]), "merge_mode='mul'"),
     (_lambda_model, r"could not be traced .*tf.math.cumsum.*declare it: .*layer_rules="),

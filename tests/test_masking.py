@@ -73,6 +73,10 @@ RECURRENT = {
     "bilstm_seq_ave_gap": lambda: [L.Bidirectional(L.LSTM(2, return_sequences=True), merge_mode="ave"),
                                    L.GlobalAveragePooling1D()],
     "bigru_seq_lstm": lambda: [L.Bidirectional(L.GRU(2, return_sequences=True)), L.LSTM(3)],
+    # StackedRNNCells: every cell skips the masked steps
+    "stacked_lstm_gru": lambda: [L.RNN([L.LSTMCell(3), L.GRUCell(2)])],
+    "bi_stacked_gru_lstm_seq_gap": lambda: [L.Bidirectional(L.RNN([L.GRUCell(2), L.LSTMCell(2)], return_sequences=True),
+                                                            merge_mode="sum"), L.GlobalAveragePooling1D()],
     # layers in between that pass the mask on
     "td_dense_dropout_lstm": lambda: [L.TimeDistributed(L.Dense(3, activation="tanh")), L.Dropout(0.5),
                                       L.LSTM(3)],

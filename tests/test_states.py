@@ -1,6 +1,7 @@
 """Returned and initial states (``return_state=True``, ``initial_state=``), in models written the way
 keras.io writes them (functional API): the character-level LSTM seq2seq, a GRU seq2seq, a
-Bidirectional encoder whose concatenated states start the decoder, an LSTM started from a Dense of a
+Bidirectional encoder whose concatenated states start the decoder, a StackedRNNCells encoder and decoder
+(LSTMCell then GRUCell), an LSTM started from a Dense of a
 numeric input, a Bidirectional SimpleRNN with both, masked seq2seq models (Embedding(mask_zero=True)
 on both sides).
 
@@ -64,7 +65,19 @@ def bilstm_encoder_seq2seq():
     return keras.Model([encoder_inputs, decoder_inputs], L.Dense(ND, name="head")(y))
 
 
-SEQ2SEQ = {"lstm": lstm_seq2seq, "gru": gru_seq2seq, "bilstm_encoder": bilstm_encoder_seq2seq}
+def stacked_seq2seq():
+    """RNN(StackedRNNCells) encoder and decoder: the encoder's returned states (per cell: [h1, c1], h2)
+    start the decoder's cells, in Keras's structure (one entry per cell)."""
+    encoder_inputs = keras.Input((None, NE))
+    _, (h1, c1), h2 = L.RNN([L.LSTMCell(U), L.GRUCell(U)], return_state=True, name="encoder")(encoder_inputs)
+    decoder_inputs = keras.Input((None, ND))
+    y = L.RNN([L.LSTMCell(U), L.GRUCell(U)], return_sequences=True, name="decoder")(
+        decoder_inputs, initial_state=[[h1, c1], h2])
+    return keras.Model([encoder_inputs, decoder_inputs], L.Dense(ND, activation="softmax", name="head")(y))
+
+
+SEQ2SEQ = {"lstm": lstm_seq2seq, "gru": gru_seq2seq, "bilstm_encoder": bilstm_encoder_seq2seq,
+           "stacked": stacked_seq2seq}
 
 
 def dense_initial_state():
@@ -233,7 +246,8 @@ CASES = [("all", 0.0, 1.0), ("half", 0.0, 1.0), ("prop", 0.01, 1.0), ("all", 1e-
 
 
 @pytest.mark.parametrize("name,rule,eps,bf", [(n,) + CASES[i % len(CASES)] for i, n in enumerate(SEQ2SEQ)]
-                         + [("lstm", "half", 0.01, 0.0), ("bilstm_encoder", "all", 0.0, 1.0)])
+                         + [("lstm", "half", 0.01, 0.0), ("bilstm_encoder", "all", 0.0, 1.0),
+                            ("stacked", "half", 0.0, 1.0)])
 def test_seq2seq_matches_oracle(name, rule, eps, bf):
     """One decoder step explained onto the encoder's and the decoder's inputs: the relevance that
     reaches the decoder's initial states flows back through the encoder's returned states."""

@@ -1,10 +1,17 @@
-"""Recurrent layers: LSTM, GRU, SimpleRNN, RNN(cell) and Bidirectional (the time loops are in
-keras_lrp.recurrent).
+"""Recurrent layers: LSTM, GRU, SimpleRNN, ConvLSTM1D, RNN(cell), RNN(StackedRNNCells) and
+Bidirectional (the time loops are in keras_lrp.recurrent).
 
 Every cell type is one entry of :data:`CELL_RULES` (cell class -> :class:`CellRule`): its forward
 pass with caches and its relevance through time, behind one interface, so that
 :class:`RecurrentProp` (directions, go_backwards, return_sequences, return_state, initial_state,
-masks, merge modes) is the same for every cell. Adding a cell is one entry.
+masks, merge modes, stacks of cells) is the same for every cell. Adding a cell is one entry.
+
+A ``StackedRNNCells`` (what ``RNN([cell_1, cell_2])`` builds) runs its cells in one time loop, cell
+i + 1 reading cell i's new h_t. That is the same function as a chain of RNN layers, cell 1 (with the
+layer's go_backwards) returning its sequence to cell 2 and so on, all in processing order, every cell
+with the layer's timestep mask, the last one giving the layer's output; it is explained exactly so,
+each cell by its own rule. The stack's states are the cells' states in order (returned and initial
+states included).
 """
 from __future__ import annotations
 
@@ -14,14 +21,15 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import keras
 import tensorflow as tf
 from keras import ops, tree
+from keras.src.layers.rnn.conv_lstm import ConvLSTMCell   # keras.layers exports ConvLSTM1D, not its cell
 
 from .. import rules
-from ..recurrent import (RecurrentRelevance, gru_forward, gru_relevance, lstm_forward, lstm_relevance,
-                         simple_rnn_forward, simple_rnn_relevance)
+from ..recurrent import (ConvMaps, DenseMaps, RecurrentMaps, RecurrentRelevance, gru_forward, gru_relevance,
+                         lstm_forward, lstm_relevance, simple_rnn_forward, simple_rnn_relevance)
 from ..graph import Ref
 from .base import Context, Propagator, UnsupportedLayerError, register
 
-__all__ = ["RecurrentProp", "CellWeights", "CellRule", "CELL_RULES", "cell_rule_for"]
+__all__ = ["RecurrentProp", "CellWeights", "CellRule", "CELL_RULES", "cell_rule_for", "cells_of"]
 
 
 @dataclass(frozen=True)
@@ -29,14 +37,15 @@ class CellWeights:
     """One direction's cell and its weights in the explainer's dtype (Keras layouts)."""
 
     cell: keras.layers.Layer
-    kernel: tf.Tensor            # (e, gates * d)
-    recurrent_kernel: tf.Tensor  # (d, gates * d)
+    kernel: tf.Tensor            # (e, gates * d); ConvLSTM: (k, e, 4d)
+    recurrent_kernel: tf.Tensor  # (d, gates * d); ConvLSTM: (k, d, 4d)
     bias: Optional[tf.Tensor]    # (gates * d,), GRU reset_after (2, 3d), or None
 
 
 #: forward(x_tm (time, batch, e), weights, mask_tm (time, batch, 1) bool or None, ctx,
 #:         initial_state: one (batch, d) tensor per state, or None for zeros)
 #:     -> acts: dict of tensors, at least the carried states of ``CellRule.states`` (time, batch, d)
+#: (ConvLSTM1D: x_tm (time, batch, length, e), mask_tm (time, batch, 1, 1), states (..., length', d))
 ForwardFn = Callable[[tf.Tensor, CellWeights, Optional[tf.Tensor], Context, Optional[Sequence[tf.Tensor]]],
                      Dict[str, tf.Tensor]]
 #: relevance(x_tm, acts, weights, r_last (one (batch, d) per state: the relevance on the last states),
@@ -45,26 +54,50 @@ RelevanceFn = Callable[[tf.Tensor, Dict[str, tf.Tensor], CellWeights, Sequence[t
                         Optional[tf.Tensor], Context], RecurrentRelevance]
 
 
+def _any_configuration(cell) -> Optional[str]:
+    return None
+
+
 @dataclass(frozen=True)
 class CellRule:
     """A recurrent cell type's forward pass with caches and its LRP rule through time; ``states``
-    names the acts of its states in Keras's state order (an RNN's returned / initial states)."""
+    names the acts of its states in Keras's state order (an RNN's returned / initial states);
+    ``refusal(cell)`` says why a cell of this type is not supported as configured (None: it is)."""
 
     name: str
     forward: ForwardFn
     relevance: RelevanceFn
     states: Tuple[str, ...] = ("h",)
+    refusal: Callable[[keras.layers.Layer], Optional[str]] = _any_configuration
+
+
+def _lstm_maps(x, w: CellWeights) -> RecurrentMaps:
+    """The LSTM's matrices, or a ConvLSTM cell's convolutions over inputs x (time, batch, length, e)."""
+    cell = w.cell
+    if isinstance(cell, ConvLSTMCell):
+        return ConvMaps(w.kernel, w.recurrent_kernel, w.bias, cell.padding, cell.dilation_rate[0], x.shape[2])
+    return DenseMaps(w.kernel, w.recurrent_kernel, w.bias)
 
 
 def _lstm_forward(x, w: CellWeights, mask, ctx: Context, initial_state):
-    return lstm_forward(x, w.kernel, w.recurrent_kernel, w.bias, w.cell.activation, w.cell.recurrent_activation,
-                        mask, ctx.gate_rule, initial_state)
+    return lstm_forward(x, _lstm_maps(x, w), w.cell.activation, w.cell.recurrent_activation, mask, ctx.gate_rule,
+                        initial_state)
 
 
 def _lstm_relevance(x, acts, w: CellWeights, r_last, r_seq, mask, ctx: Context):
     r_h_last, r_c_last = r_last
-    return lstm_relevance(x, acts, w.kernel, w.recurrent_kernel, w.bias, r_h_last, ctx.eps, ctx.gate_rule, r_seq,
-                          mask, w.cell.activation, r_c_last)
+    return lstm_relevance(x, acts, _lstm_maps(x, w), r_h_last, ctx.eps, ctx.gate_rule, r_seq, mask,
+                          w.cell.activation, r_c_last)
+
+
+def _conv_lstm_refusal(cell) -> Optional[str]:
+    if cell.rank != 1:
+        return f"ConvLSTM{cell.rank}D is not supported (ConvLSTM1D is)."
+    if cell.data_format != "channels_last":
+        return f"data_format={cell.data_format!r}; ConvLSTM1D is supported with 'channels_last' inputs."
+    if tuple(cell.strides) != (1,):
+        return f"strides={cell.strides[0]}; ConvLSTM1D is supported with strides=1 (dilation_rate may be > 1)."
+    return None
 
 
 def _gru_forward(x, w: CellWeights, mask, ctx: Context, initial_state):
@@ -90,24 +123,43 @@ CELL_RULES: Dict[type, CellRule] = {
     keras.layers.LSTMCell: CellRule("LSTM", _lstm_forward, _lstm_relevance, ("h", "c")),
     keras.layers.GRUCell: CellRule("GRU", _gru_forward, _gru_relevance),
     keras.layers.SimpleRNNCell: CellRule("SimpleRNN", _simple_rnn_forward, _simple_rnn_relevance),
+    ConvLSTMCell: CellRule("ConvLSTM1D", _lstm_forward, _lstm_relevance, ("h", "c"), _conv_lstm_refusal),
 }
 
 
-def cell_rule_for(rnn) -> Optional[CellRule]:
-    """The :class:`CellRule` of an RNN layer's cell (most specific registered class), or None."""
-    cell = getattr(rnn, "cell", None)
+def _rule_of_cell(cell) -> Optional[CellRule]:
     return next((CELL_RULES[c] for c in type(cell).__mro__ if c in CELL_RULES), None)
+
+
+def cell_rule_for(rnn) -> Optional[CellRule]:
+    """The :class:`CellRule` of an RNN layer's cell (most specific registered class), or None (also for
+    a ``StackedRNNCells``: see :func:`cells_of`)."""
+    return _rule_of_cell(getattr(rnn, "cell", None))
+
+
+def cells_of(rnn) -> List[keras.layers.Layer]:
+    """An RNN layer's cells in the order they run: a ``StackedRNNCells``'s cells, else its one cell."""
+    cell = getattr(rnn, "cell", None)
+    return list(cell.cells) if isinstance(cell, keras.layers.StackedRNNCells) else [cell]
+
+
+class _CellPass(NamedTuple):
+    """One cell's forward pass over a direction's sequence (the first cell's input, or the previous
+    cell's h), in processing order."""
+
+    rule: CellRule
+    x: tf.Tensor                  # (time, batch, e) (ConvLSTM1D: (time, batch, length, e))
+    acts: Dict[str, tf.Tensor]
+    weights: CellWeights
 
 
 class _Direction(NamedTuple):
     """One direction's forward pass as its relevance needs it, in processing order (reversed time
     for ``go_backwards``)."""
 
-    x: tf.Tensor                  # (time, batch, e)
     mask: Optional[tf.Tensor]     # (time, batch, 1) bool, the mask the recurrence applied, or None
     keep: Optional[tf.Tensor]     # (time, batch, 1) bool: where the output is h_t (elsewhere the constant 0)
-    acts: Dict[str, tf.Tensor]
-    weights: CellWeights
+    cells: Tuple[_CellPass, ...]  # in the order they run (one unless a StackedRNNCells)
 
 
 def _output_steps(mask_tm: Optional[tf.Tensor], zero_output_for_mask: bool) -> Optional[tf.Tensor]:
@@ -151,19 +203,39 @@ class _CallLayout(NamedTuple):
 _PLAIN_CALL = _CallLayout(sequence=0, initial=[], mask=0, mask_given=False)
 
 
+def _shape_of(graph, key: int) -> Optional[tuple]:
+    """The symbolic shape of tensor ``key`` of the graph (a model input or a call's output)."""
+    if key in graph.inputs:
+        return tuple(graph.input_shapes[graph.inputs.index(key)])
+    node = graph.producer(key)
+    return None if node is None else tuple(node.output_shapes[node.outputs.index(key)])
+
+
+def _time_major(t: tf.Tensor) -> tf.Tensor:
+    """(batch, time, ...) <-> (time, batch, ...)."""
+    return ops.transpose(t, (1, 0) + tuple(range(2, len(t.shape))))
+
+
+def _unit_axes(t: tf.Tensor, first: int = 1) -> Tuple[int, ...]:
+    return tuple(range(first, len(t.shape)))
+
+
 @register(keras.layers.RNN, keras.layers.Bidirectional,
           rule="epsilon-rule on every sum (SimpleRNN: over [x_t, h_{t-1}], N = d + e), the gate rule on every "
-               "gate x signal product; Bidirectional sum / ave: epsilon-rule over the two directions (concat, "
-               "sum, ave, None); returned states: their relevance enters the last step's h (c); initial states "
-               "are the first step's h_{t-1} (c_{t-1}): what reaches them goes to the tensors given (rest for "
-               "zero or constant states)")
+               "gate x signal product; ConvLSTM1D: the LSTM's rules with its two convolutions as the linear map "
+               "(N = connected inputs), the cell update position by position; StackedRNNCells: its cells' rules "
+               "in sequence, as a chain of RNN layers; Bidirectional sum / ave: epsilon-rule over the two "
+               "directions (concat, sum, ave, None); returned states: their relevance enters the last step's h "
+               "(c); initial states are the first step's h_{t-1} (c_{t-1}): what reaches them goes to the tensors "
+               "given (rest for zero or constant states)")
 class RecurrentProp(Propagator):
-    """LSTM / GRU / SimpleRNN / RNN(a cell of :data:`CELL_RULES`) and their Bidirectional wrapper.
+    """LSTM / GRU / SimpleRNN / ConvLSTM1D / RNN(a cell of :data:`CELL_RULES`, or a StackedRNNCells of
+    them) and their Bidirectional wrapper.
 
     Node inputs: the sequence and the initial states given as tensors (Keras's state order, forward
-    direction first), in call order (:meth:`bind` finds them). Node outputs: the output (two with
-    ``merge_mode=None``), then with ``return_state`` every direction's final states (LSTM: h, c;
-    GRU / SimpleRNN: h).
+    direction first; a stack's cells in order), in call order (:meth:`bind` finds them). Node outputs:
+    the output (two with ``merge_mode=None``), then with ``return_state`` every direction's final
+    states (per cell, LSTM: h, c; GRU / SimpleRNN: h).
     """
 
     accepts_gate_rules = True   # a Composite may choose this layer's gate rule
@@ -180,17 +252,26 @@ class RecurrentProp(Propagator):
             self.directions = [layer]
             self.merge_mode = "single"
         for rnn in self.directions:
-            if cell_rule_for(rnn) is None:
-                names = ", ".join(c.__name__ for c in CELL_RULES)
-                raise UnsupportedLayerError(
-                    layer, f"it wraps {type(getattr(rnn, 'cell', rnn)).__name__}; supported cells: {names}.")
+            for cell in cells_of(rnn):
+                rule = _rule_of_cell(cell)
+                if rule is None:
+                    names = ", ".join(c.__name__ for c in CELL_RULES)
+                    raise UnsupportedLayerError(
+                        layer, f"it wraps {type(cell).__name__}; supported cells: {names} (one, or a "
+                               "StackedRNNCells of them).")
+                why = rule.refusal(cell)
+                if why is not None:
+                    raise UnsupportedLayerError(layer, why)
             # (stateful=True: explained from the zero state, whatever state the layer holds)
-        self.cell_rule = cell_rule_for(self.directions[0])
-        if len({cell_rule_for(r) for r in self.directions}) != 1:
+        rules_per_direction = {tuple(_rule_of_cell(c) for c in cells_of(r)) for r in self.directions}
+        if len(rules_per_direction) != 1:
             raise UnsupportedLayerError(layer, "its two directions use different cell types.")
+        self.cell_rules: Tuple[CellRule, ...] = rules_per_direction.pop()
+        self.stacked = isinstance(self.directions[0].cell, keras.layers.StackedRNNCells)
         self.return_sequences = self.directions[0].return_sequences
         self.return_state = bool(getattr(layer, "return_state", False))
-        self.n_states = len(self.cell_rule.states)
+        self.state_counts = [len(rule.states) for rule in self.cell_rules]   # per cell
+        self.n_states = sum(self.state_counts)                              # per direction
         self.n_sequence_outputs = 2 if self.merge_mode is None else 1
         self.n_outputs = self.n_sequence_outputs + (len(self.directions) * self.n_states if self.return_state else 0)
         self.layout = _PLAIN_CALL
@@ -207,7 +288,9 @@ class RecurrentProp(Propagator):
         expected = len(self.directions) * self.n_states
         if flat and len(flat) != expected:
             raise UnsupportedLayerError(self.layer, f"initial_state has {len(flat)} tensors; expected {expected} "
-                                                    f"({', '.join(self.cell_rule.states)} per direction).")
+                                                    f"({self._state_names()} per direction).")
+        if flat and self.stacked:
+            self._check_stacked_initial_state(initial)
         unused: Dict[int, List[int]] = {}   # tensor key -> its positions among the node's inputs
         for position, key in enumerate(node.inputs):
             unused.setdefault(key, []).append(position)
@@ -225,43 +308,98 @@ class RecurrentProp(Propagator):
         given = [p for p, m in enumerate(node.masks) if m is not None]
         fills = not any(_is_tensor(t) for t in flat)
         self.layout = _CallLayout(sequence, states, given[0] if given else (sequence if fills else None), bool(given))
+        if given:
+            self._check_mask_rank(_shape_of(walk.graph, node.masks[given[0]]))
+        elif self.layout.mask == sequence:
+            self._check_mask_rank(walk.graph.carried_mask_shapes.get(node.inputs[sequence]))
 
-    def _initial_states(self, inputs: Sequence[tf.Tensor]) -> List[Optional[List[tf.Tensor]]]:
-        """Per direction, its initial states (None: zeros), from the node's inputs and the constants."""
+    def _check_mask_rank(self, shape: Optional[tuple]) -> None:
+        """The recurrence applies a (batch, time) mask; Keras applies one of higher rank (Masking in front
+        of a ConvLSTM1D: one per time step and position) position by position, which is refused."""
+        if shape is not None and len(shape) != 2:
+            raise UnsupportedLayerError(
+                self.layer, f"its mask has shape {shape} (Masking in front of a ConvLSTM1D gives one per time step "
+                            "and position); it is explained with a (batch, time) mask: pass mask= a (batch, time) "
+                            "bool tensor, e.g. keras.ops.any(keras.ops.not_equal(x, 0), axis=(2, 3)).")
+
+    def _state_names(self) -> str:
+        names = [", ".join(rule.states) for rule in self.cell_rules]
+        return names[0] if len(names) == 1 else "; ".join(f"cell {i + 1}: {n}" for i, n in enumerate(names))
+
+    def _check_stacked_initial_state(self, initial) -> None:
+        """A StackedRNNCells takes one entry per cell (that cell's states), as Keras needs them."""
+        entries = list(initial) if isinstance(initial, (list, tuple)) else [initial]
+        counts = self.state_counts * len(self.directions)
+        if len(entries) != len(counts) or any(len(tree.flatten(e)) != n for e, n in zip(entries, counts)):
+            raise UnsupportedLayerError(
+                self.layer, f"initial_state of a StackedRNNCells is one entry per cell ({self._state_names()}), "
+                            "each the list of that cell's states, e.g. [[h1, c1], h2] for LSTMCell then GRUCell.")
+
+    def _initial_states(self, inputs: Sequence[tf.Tensor]) -> List[List[Optional[List[tf.Tensor]]]]:
+        """Per direction, per cell, its initial states (None: zeros), from the node's inputs and the
+        constants."""
+        n_cells = len(self.cell_rules)
         if not self.layout.initial:
-            return [None] * len(self.directions)
-        batch = ops.shape(inputs[self.layout.sequence])[0]
-        flat = [inputs[s.position] if s.position is not None
-                else ops.broadcast_to(ops.cast(s.constant, self.ctx.dtype), (batch, ops.shape(s.constant)[-1]))
-                for s in self.layout.initial]
-        n = self.n_states
-        return [flat[i * n:(i + 1) * n] for i in range(len(self.directions))]
+            return [[None] * n_cells for _ in self.directions]
+        sequence = inputs[self.layout.sequence]
+        batch, state_rank = ops.shape(sequence)[0], len(sequence.shape) - 2
 
-    def _run(self, rnn, x_tm, mask_tm, initial_state):
-        cell, ctx = rnn.cell, self.ctx
-        weights = CellWeights(cell, ctx.weight(cell.kernel), ctx.weight(cell.recurrent_kernel),
-                              ctx.weight(cell.bias) if cell.use_bias else None)
+        def value(s: _InitialState):
+            if s.position is not None:
+                return inputs[s.position]
+            constant = ops.cast(s.constant, self.ctx.dtype)
+            return ops.broadcast_to(constant, (batch,) + tuple(constant.shape[-state_rank:]))
+
+        flat = [value(s) for s in self.layout.initial]
+        out = []
+        for _ in self.directions:
+            cells = []
+            for n in self.state_counts:
+                cells.append(flat[:n])
+                flat = flat[n:]
+            out.append(cells)
+        return out
+
+    def _run(self, rnn, x_tm, mask_tm, initial_states):
+        ctx = self.ctx
         if rnn.go_backwards:
             x_tm = tf.reverse(x_tm, [0])
             mask_tm = None if mask_tm is None else tf.reverse(mask_tm, [0])
-        acts = self.cell_rule.forward(x_tm, weights, mask_tm, ctx, initial_state)
+        passes, final_states, x = [], [], x_tm
+        for cell, rule, initial_state in zip(cells_of(rnn), self.cell_rules, initial_states):
+            weights = CellWeights(cell, ctx.weight(cell.kernel), ctx.weight(cell.recurrent_kernel),
+                                  ctx.weight(cell.bias) if cell.use_bias else None)
+            acts = rule.forward(x, weights, mask_tm, ctx, initial_state)
+            passes.append(_CellPass(rule, x, acts, weights))
+            final_states += [acts[name][-1] for name in rule.states]
+            x = acts["h"]   # the next cell's input (its masked steps are skipped)
         keep = _output_steps(mask_tm, rnn.zero_output_for_mask)
-        h = acts["h"]
+        h = x
         if self.return_sequences:
             if keep is not None:
                 h = ops.where(keep, h, ops.zeros_like(h))
             y = tf.reverse(h, [0]) if (rnn.go_backwards and self.merge_mode != "single") else h
-            y = tf.transpose(y, [1, 0, 2])
+            y = _time_major(y)
         else:
             y = h[-1] if keep is None else ops.where(keep[-1], h[-1], ops.zeros_like(h[-1]))
-        final_states = [acts[name][-1] for name in self.cell_rule.states]
-        return y, final_states, _Direction(x_tm, mask_tm, keep, acts, weights)
+        return y, final_states, _Direction(mask_tm, keep, tuple(passes))
+
+    def _applied_mask(self, masks, rank: int) -> Optional[tf.Tensor]:
+        """The mask the recurrence applies, time-major (time, batch, 1[, 1]) bool, or None."""
+        call = self.layout
+        applied = None if call.mask is None else masks[call.mask]
+        if applied is None:
+            return None
+        mask_tm = _time_major(ops.cast(applied, "bool"))
+        for _ in range(rank - 2):   # broadcast over the state's axes
+            mask_tm = mask_tm[..., None]
+        return mask_tm
 
     def forward(self, inputs, masks):
         call = self.layout
-        x_tm = tf.transpose(inputs[call.sequence], [1, 0, 2])
-        applied = None if call.mask is None else masks[call.mask]
-        mask_tm = None if applied is None else tf.transpose(tf.cast(applied, tf.bool))[:, :, None]
+        sequence = inputs[call.sequence]
+        x_tm = _time_major(sequence)
+        mask_tm = self._applied_mask(masks, len(sequence.shape))
         ys, finals, caches = zip(*[self._run(rnn, x_tm, mask_tm, s)
                                    for rnn, s in zip(self.directions, self._initial_states(inputs))])
         if self.merge_mode in ("single", "concat"):
@@ -301,29 +439,39 @@ class RecurrentProp(Propagator):
         r_states = r_outs[n_y:]
         r_x, rest, r_initial = 0, 0, []
         for i, (rnn, d, r) in enumerate(zip(self.directions, caches, self._split_output_relevance(ys, r_outs[:n_y]))):
-            zeros = ops.zeros_like(d.acts["h"][0])
-            r_last = list(r_states[i * n_s:(i + 1) * n_s]) if self.return_state else [zeros] * n_s
+            # per cell, the relevance on its last states: returned states, else zeros
+            returned = list(r_states[i * n_s:(i + 1) * n_s]) if self.return_state else None
+            r_lasts = []
+            for cell in d.cells:
+                n = len(cell.rule.states)
+                r_lasts.append(returned[:n] if returned else [ops.zeros_like(cell.acts[name][0])
+                                                                for name in cell.rule.states])
+                returned = returned[n:] if returned else None
             if self.return_sequences:
-                r_seq = tf.transpose(r, [1, 0, 2])
+                r_seq = _time_major(r)
                 if rnn.go_backwards and self.merge_mode != "single":
                     r_seq = tf.reverse(r_seq, [0])
                 if d.keep is not None:
-                    r_seq, dropped = _split_constant_outputs(r_seq, d.keep, axis=(0, 2))
+                    r_seq, dropped = _split_constant_outputs(r_seq, d.keep, axis=(0,) + _unit_axes(r_seq, 2))
                     rest += dropped
             else:   # the output is the last step's h (or the constant 0)
                 r_seq = None
                 if d.keep is not None:
-                    r, dropped = _split_constant_outputs(r, d.keep[-1], axis=-1)
+                    r, dropped = _split_constant_outputs(r, d.keep[-1], axis=_unit_axes(r))
                     rest += dropped
-                r_last[0] = r_last[0] + r
-            out = self.cell_rule.relevance(d.x, d.acts, d.weights, r_last, r_seq, d.mask, self.ctx)
-            r_x += tf.reverse(out.x, [0]) if rnn.go_backwards else out.x
-            r_initial += out.states
+                r_lasts[-1][0] = r_lasts[-1][0] + r
+            r_initial_cells = []
+            for cell, r_last in reversed(list(zip(d.cells, r_lasts))):   # last cell first
+                out = cell.rule.relevance(cell.x, cell.acts, cell.weights, r_last, r_seq, d.mask, self.ctx)
+                r_initial_cells.insert(0, out.states)
+                r_seq = out.x   # the relevance on the previous cell's h, every step
+            r_x += tf.reverse(r_seq, [0]) if rnn.go_backwards else r_seq
+            r_initial += [r for states in r_initial_cells for r in states]
         r_ins: List[Optional[tf.Tensor]] = [None] * (1 + sum(s.position is not None for s in self.layout.initial))
-        r_ins[self.layout.sequence] = tf.transpose(r_x, [1, 0, 2])
+        r_ins[self.layout.sequence] = _time_major(r_x)
         for r, state in zip(r_initial, self.layout.initial or [_InitialState(None, 0.0)] * len(r_initial)):
             if state.position is not None:
                 r_ins[state.position] = r
             else:   # zero or constant initial states
-                rest += ops.sum(r, axis=-1)
+                rest += ops.sum(r, axis=_unit_axes(r))
         return r_ins, rest
