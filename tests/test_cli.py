@@ -112,6 +112,18 @@ def test_numeric_npy(files):
     assert (files / "tf.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("n,printed", [(11, 11), (12, 10)])
+def test_npy_prints_every_sample_or_says_how_many_it_left_out(files, tmp_path, call, n, printed):
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).standard_normal((n, 4, 3)).astype("float32"))
+    r = call("explain", "--model", str(files / "series.keras"), "--npy", str(tmp_path / "x.npy"))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:printed]] == [f"sample {k}" for k in range(printed)]
+    if printed < n:
+        assert lines[printed] == f"... and {n - printed} more samples (all {n} are in {tmp_path / 'x_relevance.npy'})"
+    assert len(lines) == printed + (printed < n)
+
+
 def test_all_unknown_words_warns_but_succeeds(files, call):
     r = call("explain", "zzz qqq", "--model", str(files / "tokens.keras"), "--vocab", str(files / "vocab.json"))
     assert r.returncode == 0, r.stderr
