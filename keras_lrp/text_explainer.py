@@ -324,11 +324,10 @@ class _Length:
                        oov=np.concatenate([e.oov, oov]))
 
     def describe(self) -> str:
-        side = "start" if self.truncating == "pre" else "end"
-        return (f"maxlen={self.maxlen}, truncating={self.truncating!r} keeps the last {self.maxlen} words (cuts the "
-                f"{side}), as pad_sequences does" if side == "start" else
-                f"maxlen={self.maxlen}, truncating={self.truncating!r} keeps the first {self.maxlen} words (cuts the "
-                f"{side}), as pad_sequences does")
+        """How a longer text is cut, for the warning."""
+        kept, cut = ("last", "start") if self.truncating == "pre" else ("first", "end")
+        return (f"maxlen={self.maxlen}, truncating={self.truncating!r} keeps the {kept} {self.maxlen} words (cuts the "
+                f"{cut}), as pad_sequences does")
 
 
 def _check_length_args(maxlen, padding, truncating) -> None:
