@@ -46,8 +46,9 @@ vocabulary files (--vocab), recognised by their content:
     (its lower, filters, split, char_level), ids are its word_index (num_words respected);
   * a plain word_index JSON {"word": id, ...}; text is split like a default Keras Tokenizer
     (lowercased, punctuation removed).
-  With the Keras formats an unknown word gets the oov_token's id; without one it is left out, as
-  Keras's texts_to_sequences leaves it out (listed in the JSON as dropped_tokens).
+  With the Keras formats an unknown word gets the oov_token's id (a word_index JSON: the id of its
+  <OOV> / <unk> / [UNK] entry, if it has one); without one it is left out, as Keras's
+  texts_to_sequences leaves it out (listed in the JSON as dropped_tokens).
   Unknown words are marked * and listed in the JSON (oov_tokens).
   A .keras model starting with TextVectorization needs no --vocab: it tokenizes itself.
 
