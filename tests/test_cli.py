@@ -152,6 +152,8 @@ def test_all_unknown_words_warns_but_succeeds(files, call):
     (["x", "--model", "{d}/tokens.keras", "--vocab", "{d}/x.npy"], None, "x.npy"),
     (["x", "--model", "{d}/vectors.h5", "--vocab", "{d}/vocab.json"], None, "pass --embeddings"),
     (["--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json"], "\n\n", "no sentences"),
+    (["x", "--padding", "post"], None, "--padding/--truncating/--maxlen are for --model"),
+    (["--model", "{d}/series.keras", "--npy", "{d}/x.npy", "--maxlen", "3"], None, "--maxlen is for text"),
 ])
 def test_errors_are_one_line_without_traceback(files, args, stdin, message, call):
     r = call("explain", *[a.format(d=files) for a in args], stdin=stdin)
