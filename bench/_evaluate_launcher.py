@@ -1,12 +1,11 @@
 """Shared by the bench/evaluate_*.py launchers: run ``keras-lrp evaluate`` with docs/evaluation as the
-default output folder."""
+default output folder (as the command runs: TensorFlow's start-up lines hidden, warnings summed up)."""
 import argparse
 import os
 from typing import Callable, List, Tuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from keras_lrp.experiments.evaluate import add_evaluate_parser, run_evaluate  # noqa: E402
+from keras_lrp.cli import main
+from keras_lrp.experiments.evaluate import add_evaluate_parser
 
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "evaluation")
 
@@ -19,4 +18,5 @@ def evaluate(prog: str, argv: List[str]) -> Tuple[argparse.ArgumentParser, Calla
     argv = list(argv)
     if "--out-dir" not in argv:
         argv += ["--out-dir", OUT]
-    return parser, lambda *extra: run_evaluate(parser.parse_args(["evaluate", *argv, *extra]))
+    parser.parse_args(["evaluate", *argv])        # usage errors name this script
+    return parser, lambda *extra: main(["evaluate", *argv, *extra])

@@ -29,7 +29,9 @@ WORDS = "i love hate the movie plot is boring interesting".split()
 
 
 def _model(folder: str) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from keras_lrp.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     import keras
 
     from keras_lrp.text import Vocabulary

@@ -18,7 +18,9 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from keras_lrp.quiet import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()     # TensorFlow's start-up lines hidden
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -26,7 +26,9 @@ import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from keras_lrp.quiet import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()     # TensorFlow's start-up lines hidden
 
 _CHILD = """
 import json, os, resource, sys, time

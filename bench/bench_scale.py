@@ -21,7 +21,9 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from keras_lrp.quiet import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()     # TensorFlow's start-up lines hidden
 
 import tensorflow as tf  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Word deletion (Arras et al. 2017) on the shipped SST-5 bi-LSTM, all SST test sentences, all methods.
 
-    python bench/evaluate_word_deletion.py                      # about a minute on 2 CPU cores
+    python bench/evaluate_word_deletion.py                      # ~20 s on 2 CPU cores (27 s with start-up)
     python bench/evaluate_word_deletion.py --max-sentences 300  # any `keras-lrp evaluate` option
 
 Writes docs/evaluation/word_deletion_sst5.{png,md,json} (or --out-dir). The same as

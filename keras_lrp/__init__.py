@@ -24,6 +24,7 @@ _EXPORTS = {
     "lrp_dense_batch": "compat", "lrp_lstm_batch": "compat", "get_target_activation": "compat",
     "lrp_lstm_batch_parts": "compat", "lrp_concat": "compat", "lrp_slice": "compat",
     "Tokenizer": "text", "tokenize": "text", "Vocabulary": "text", "VocabularyError": "text",
+    "KerasTokenizer": "text",
     # the SST application (keras_lrp.sst), exported here for convenience; the engine never imports it
     "read_sst": "sst.reader", "SSTFormatError": "sst.reader",
     "load_pretrained": "sst.pretrained", "SentimentModel": "sst.pretrained",

@@ -12,12 +12,15 @@ driver then merges the shards in input order into ``out_dir/out.jsonl``. A rerun
 
 One JSON line per input sequence, in input order::
 
-    {"index": 12, "target": 3, "score": 1.25, "relevance": [0.1, -0.02, ...], "rest": 0.003}
+    {"index": 12, "target": 3, "score": 1.25, "scores": [0.2, -0.4, 0.1, 1.25, 0.0],
+     "relevance": [0.1, -0.02, ...], "rest": 0.003}
 
 ``relevance`` is the relevance per token / timestep (summed over the embedding or feature axis,
-``Explanation.word_relevance``), ``score`` the explained pre-activation score, ``rest`` what
-reached the initial states (see :class:`keras_lrp.Explanation`); sequence-output models add
-``"timestep"``. Floats are written with Python's shortest round-trip ``repr``: parsing a line gives
+``Explanation.word_relevance``), ``score`` the explained pre-activation score, ``scores`` every
+output's, ``rest`` what reached the initial states (see :class:`keras_lrp.Explanation`);
+sequence-output models add ``"timestep"``. ``records=`` rewrites the lines as they are merged
+(``keras-lrp explain --engine ray`` writes the local ``--json`` lines this way: text, tokens, class
+names). Floats are written with Python's shortest round-trip ``repr``: parsing a line gives
 back exactly the float64 (or float32) numbers of the in-process :func:`keras_lrp.explain`.
 
 Sequences of different lengths (a JSON-lines corpus) are grouped by length inside a shard, so no
@@ -48,7 +51,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -58,7 +61,7 @@ from .safe_io import atomic_open, atomic_write
 __all__ = ["explain_corpus", "CorpusResult", "read_corpus_output", "MultiDeviceExplainer", "available_devices"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-_FORMAT = 1                       # bump when the output format changes: older shards are not reused
+_FORMAT = 2                       # bump when the output format changes: older shards are not reused
 _SHARD_NAME = "shard-{:05d}"
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
@@ -304,7 +307,9 @@ class _ShardExplainer:
                  config: Dict[str, Any], target: Optional[np.ndarray], timestep: Optional[np.ndarray],
                  embeddings: Optional[str] = None, fail_after: Optional[int] = None,
                  max_length: Optional[int] = None):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        from .quiet import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
         import keras_lrp
         from .explainer import MAX_LENGTH
 
@@ -348,7 +353,8 @@ class _ShardExplainer:
             explained = e.explained_score
             for k, (i, index) in enumerate(zip(positions, rows)):
                 record = {"index": int(index), "target": int(e.target[k]), "score": float(explained[k]),
-                          "relevance": relevance[k].tolist(), "rest": float(e.rest[k])}
+                          "scores": e.scores[k].tolist(), "relevance": relevance[k].tolist(),
+                          "rest": float(e.rest[k])}
                 if e.timestep is not None:
                     record["timestep"] = int(e.timestep[k])
                 lines[i] = json.dumps(record).encode() + b"\n"
@@ -384,7 +390,9 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
                    shard_size: int = 4096, target=None, timestep=None, eps: float = 1e-3,
                    bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32", method: str = "lrp",
                    embeddings: Optional[PathLike] = None, feature_relevance: bool = False, resume: bool = True,
-                   max_length: Optional[int] = None, _fail_after_shards: Optional[int] = None) -> CorpusResult:
+                   max_length: Optional[int] = None, quiet: bool = True,
+                   records: Optional[Callable[[Iterator[Dict[str, Any]]], Iterator[Dict[str, Any]]]] = None,
+                   _fail_after_shards: Optional[int] = None) -> CorpusResult:
     """Explain a corpus with LRP (or a gradient baseline) on a pool of Ray Data actors; write one
     JSON line per sequence.
 
@@ -411,6 +419,10 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
             deletes ``out_dir``'s shards and starts over.
         max_length: the longest sequence explained (default 100,000, as :func:`keras_lrp.explain`);
             a corpus with a longer one is refused before any worker starts.
+        quiet: hide Ray's logs (its start-up lines, Ray Data's execution plan, the core worker's C++
+            lines) when this call starts Ray; False shows them (``keras-lrp ... --debug``).
+        records: a function from the merged records (dicts, in input order) to the records written
+            to ``out.jsonl``, run by the driver at the merge; the shards keep the format above.
 
     Returns:
         :class:`CorpusResult`; the explanations are in ``result.path``.
@@ -478,12 +490,12 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         _run_ray(todo, address, num_workers, cpus_per_worker,
                  dict(model_path=model_path, corpus=corpus, shards_dir=str(shards_dir.resolve()),
                       fingerprint=fingerprint, config=config, target=target_arr, timestep=timestep_arr,
-                      embeddings=embeddings, fail_after=_fail_after_shards, max_length=max_length))
+                      embeddings=embeddings, fail_after=_fail_after_shards, max_length=max_length), quiet)
     missing = [s.index for s in todo if not _shard_complete(shards_dir, s, fingerprint)]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} did not complete; rerun with resume=True to finish them.")
     path = out_dir / "out.jsonl"
-    _merge(shards_dir, shards, path)
+    _merge(shards_dir, shards, path, records)
     return CorpusResult(path=path, n_sequences=corpus.n, n_shards=len(shards), computed=[s.index for s in todo],
                         reused=reused, seconds=time.time() - began)
 
@@ -513,14 +525,23 @@ def _prepare_out_dir(out_dir: pathlib.Path, shards_dir: pathlib.Path, manifest: 
 
 
 def _run_ray(todo: List[_Shard], address: Optional[str], num_workers: int, cpus_per_worker: float,
-             actor_kwargs: Dict[str, Any]) -> None:
+             actor_kwargs: Dict[str, Any], quiet: bool = True) -> None:
+    from .quiet import quiet_ray
+
+    with quiet_ray(debug=not quiet) as around_init:
+        _run_ray_data(todo, address, num_workers, cpus_per_worker, actor_kwargs, around_init, quiet)
+
+
+def _run_ray_data(todo, address, num_workers, cpus_per_worker, actor_kwargs, around_init, quiet) -> None:
     import ray
     import ray.data
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="warning",
-                 runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}})
+        with around_init():
+            ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
+                     logging_level="error" if quiet else "warning",
+                     runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}})
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
@@ -536,12 +557,20 @@ def _run_ray(todo: List[_Shard], address: Optional[str], num_workers: int, cpus_
             ray.shutdown()
 
 
-def _merge(shards_dir: pathlib.Path, shards: Sequence[_Shard], path: pathlib.Path) -> None:
-    """Concatenate the shard files in order into ``path`` (a new temporary file + rename)."""
+def _merge(shards_dir: pathlib.Path, shards: Sequence[_Shard], path: pathlib.Path,
+           records: Optional[Callable[[Iterator[Dict[str, Any]]], Iterator[Dict[str, Any]]]] = None) -> None:
+    """Concatenate the shard files in order into ``path`` (a new temporary file + rename); with
+    ``records``, the lines it makes of the shards' records instead."""
+    files = [shards_dir / (_SHARD_NAME.format(shard.index) + ".jsonl") for shard in shards]
     with atomic_open(path, "wb", durable=True) as out:
-        for shard in shards:
-            with open(shards_dir / (_SHARD_NAME.format(shard.index) + ".jsonl"), "rb") as f:
-                shutil.copyfileobj(f, out)
+        if records is None:
+            for name in files:
+                with open(name, "rb") as f:
+                    shutil.copyfileobj(f, out)
+            return
+        merged = (r for name in files for r in read_corpus_output(name))
+        for r in records(merged):
+            out.write(json.dumps(r).encode() + b"\n")
 
 
 def read_corpus_output(path: PathLike) -> Iterator[Dict[str, Any]]:

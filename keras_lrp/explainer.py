@@ -14,6 +14,7 @@ from keras import tree
 from .composites import Composite, as_composite
 from .explanation import Explanation
 from .graph import model_graph
+from .quiet import SummableWarning
 from .propagators import Context
 from .rules import Epsilon, as_gate_rule
 from .selfcheck import self_check
@@ -71,6 +72,24 @@ def _overflow_cause(explainer: "Explainer") -> str:
     return (f"the relevance overflowed {dtype} (rule={explainer.gate_rule!r}, eps={explainer.rule.eps}, "
             f"bias_factor={explainer.rule.bias_factor})" + "".join(f"; {h}" for h in hints)
             + f". Use {', '.join(fixes[:-1])} or {fixes[-1]}.")
+
+
+class NonFiniteRelevanceWarning(SummableWarning, RuntimeWarning):
+    """``bad`` of ``total`` explanations of one call contain inf/NaN, and why (``cause``); those of
+    several calls add up (``calls``: a long run reports the total once)."""
+
+    def __init__(self, bad: int, total: int, cause: str, calls: int = 1):
+        self.bad, self.total, self.reason, self.calls = bad, total, cause, calls
+        where = f"of {total} explanations" if calls == 1 else f"explanations (in {calls} calls)"
+        super().__init__(f"{bad} {where} contain inf/NaN: {cause}")
+
+    def cause(self):
+        return self.reason
+
+    @classmethod
+    def merge(cls, items):
+        return cls(sum(w.bad for w in items), sum(w.total for w in items), items[0].reason,
+                   sum(w.calls for w in items))
 
 
 class Explainer:
@@ -247,8 +266,7 @@ class Explainer:
         flat = np.concatenate([r.reshape(n, -1) for r in relevances if r is not None], axis=1)
         bad = ~np.isfinite(flat).all(axis=1)
         if bad.any():
-            warnings.warn(f"{int(bad.sum())} of {n} explanations contain inf/NaN: {_overflow_cause(self)}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(NonFiniteRelevanceWarning(int(bad.sum()), n, _overflow_cause(self)), stacklevel=2)
         return Explanation(relevance=relevance, scores=scores, target=target_out.astype(np.int64), rest=rest,
                            timestep=step_out.astype(np.int64) if self.has_time_axis else None,
                            method=self.method, output_activation=self._probability_activation)

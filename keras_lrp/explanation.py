@@ -428,7 +428,7 @@ class Explanation:
         # No tokens: one time x feature image per sample, embedded as PNG.
         body = [f"<h1>{_escape(page_title)}</h1>" if full_page else "",
                 f'<div style="font-size:0.85em;color:#555;">{_escape(repr(self))}</div>']
-        fig = self.plot(scale=scale, max_samples=max_samples, input_index=input_index)
+        fig = self._figure(scale=scale, max_samples=max_samples, input_index=input_index)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
         data = base64.b64encode(buf.getvalue()).decode("ascii")
@@ -456,8 +456,18 @@ class Explanation:
         bars; ``scale`` as in :meth:`html` (the figure says whether panels share it).
 
         Returns:
-            ``matplotlib.figure.Figure`` (pyplot-free; save with ``fig.savefig`` or :meth:`save`).
+            ``matplotlib.figure.Figure``, one of pyplot's figures (as if ``plt.figure`` made it):
+            ``plt.show()`` displays it in a script, ``fig.savefig("x.png")`` saves it,
+            ``plt.close(fig)`` frees it; in Jupyter it shows once. To write a file without a
+            figure left open, use :meth:`save` (``e.save("x.png")``).
         """
+        from .visualize import to_pyplot
+
+        return to_pyplot(self._figure(scale, max_samples=max_samples, input_index=input_index, width=width))
+
+    def _figure(self, scale: ScaleArg = None, *, max_samples: int = 8, input_index: Optional[int] = None,
+                width: float = 9.0):
+        """:meth:`plot`'s figure, pyplot-free (for :meth:`save` and :meth:`html`)."""
         from .visualize import plot_time_feature_heatmaps, plot_word_heatmaps
 
         if len(self) == 0:
@@ -508,7 +518,8 @@ class Explanation:
         }
 
     def save(self, path: Union[str, os.PathLike], scale: ScaleArg = None, **kwargs) -> Path:
-        """Write the explanation to ``path``, by extension: ``.png`` (:meth:`plot`), ``.html``
+        """Write the explanation to ``path``, by extension: ``.png`` (:meth:`plot`'s picture; no
+        figure is left open, so scripts can save thousands), ``.html``
         (:meth:`html` as a full page) or ``.json`` (:meth:`to_json_dict`; read back with
         :meth:`load`). ``scale`` and ``kwargs`` go to :meth:`plot` / :meth:`html`.
 
@@ -524,7 +535,7 @@ class Explanation:
         if not path.parent.exists():
             raise ValueError(f"directory {str(path.parent)!r} does not exist; create it first.")
         if suffix == ".png":
-            fig = self.plot(scale=scale, **kwargs)
+            fig = self._figure(scale=scale, **{k: v for k, v in kwargs.items() if k != "dpi"})
             with atomic_open(path, "wb") as f:
                 fig.savefig(f, format="png", dpi=kwargs.get("dpi", 150))
         elif suffix in (".html", ".htm"):

@@ -24,7 +24,10 @@ from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional
 
 import numpy as np
 
-__all__ = ["Tokenizer", "tokenize", "KerasStyleTokenizer", "KERAS_DEFAULT_FILTERS", "TooManyTokensError",
+from .safe_io import quote
+
+__all__ = ["Tokenizer", "tokenize", "KerasStyleTokenizer", "KerasTokenizer", "WordIds", "KERAS_DEFAULT_FILTERS",
+           "TooManyTokensError", "OOV_KEYS", "MAX_ID",
            "Vocabulary", "VocabularyError", "PAD_ID", "UNK_ID", "PAD_TOKEN", "UNK_TOKEN"]
 
 PAD_ID = 0
@@ -706,3 +709,226 @@ class Vocabulary:
             raise VocabularyError(f"{path}: JSON nested too deeply; a vocabulary is a flat JSON object "
                                   "written by Vocabulary.save") from None
         return cls.from_json_dict(data, source=path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Keras's Tokenizer (tf_keras / keras.preprocessing.text), read as data
+
+#: Largest id a word index may hold: ids are int32 (an Embedding row each).
+MAX_ID = 2**31 - 2
+#: Entries a plain word index may have for unknown words, tried in this order.
+OOV_KEYS = ("<unk>", "[UNK]", "<UNK>", "<OOV>", "<oov>", "UNK", "[OOV]")
+
+# The settings of a Tokenizer's to_json() that change how text is split or looked up: (types, default).
+_KERAS_SETTINGS = {"filters": ((str,), KERAS_DEFAULT_FILTERS), "lower": ((bool,), True), "split": ((str,), " "),
+                   "char_level": ((bool,), False), "oov_token": ((str, type(None)), None),
+                   "num_words": ((int, type(None)), None)}
+
+
+class WordIds(NamedTuple):
+    """Words looked up in a word index: ``ids`` (k,) int32 and ``oov`` (k,) bool (True where the
+    word got the unknown-word id) for the ``k`` words that got an id; ``kept`` (n,) bool says which
+    of the ``n`` words those are (Keras leaves the others out)."""
+
+    ids: np.ndarray
+    oov: np.ndarray
+    kept: np.ndarray
+
+
+class KerasTokenizer:
+    """A Keras ``Tokenizer`` (``tf_keras.preprocessing.text.Tokenizer``, Keras 2's
+    ``keras.preprocessing.text.Tokenizer``) as keras_lrp uses it: :meth:`tokenize` splits text and
+    :meth:`lookup` maps the words to ids exactly as its ``texts_to_sequences`` does.
+
+    * splitting: lowercase (``lower``), every character of ``filters`` replaced by ``split``, split
+      at ``split``, empty strings dropped; ``char_level``: one token per character (no filters);
+      a custom ``analyzer`` (a Tokenizer object's) replaces all of this;
+    * lookup: a word's id is ``word_index[word]``; ids ``>= num_words`` (when ``num_words`` is set)
+      and words not in ``word_index`` get the id of ``oov_token`` when the tokenizer has one, else
+      they are **left out** of the sequence, as Keras leaves them out (:attr:`WordIds.kept`).
+
+    Build one from the Tokenizer object (:meth:`from_keras`), its ``to_json()`` text or file
+    (:meth:`from_json`, :meth:`load`), or a plain ``word_index`` dict (:meth:`from_word_index`).
+    ``len(tokenizer)`` is the number of ids an Embedding needs.
+    """
+
+    def __init__(self, word_index: Mapping[str, int], *, num_words: Optional[int] = None,
+                 filters: str = KERAS_DEFAULT_FILTERS, lower: bool = True, split: str = " ",
+                 char_level: bool = False, oov_token: Optional[str] = None, oov_id: Optional[int] = None,
+                 analyzer=None, source: str = "the tokenizer"):
+        self.word_index = _checked_word_index(word_index, source, "its word_index")
+        if num_words is not None and (isinstance(num_words, bool) or not isinstance(num_words, int)):
+            raise VocabularyError(f"{source}: num_words is {num_words!r}; it is None or an integer")
+        self.num_words = num_words if num_words else None      # Keras: 0 and None both mean no limit
+        self.oov_token = oov_token
+        if oov_id is None and oov_token is not None:
+            if oov_token not in self.word_index:
+                raise VocabularyError(f"{source}: its oov_token {quote(oov_token)} is not in its word_index; was the "
+                                      "tokenizer fitted (fit_on_texts) after setting it?")
+            oov_id = self.word_index[oov_token]
+        if oov_id is not None and (isinstance(oov_id, bool) or not isinstance(oov_id, (int, np.integer))
+                                   or not 0 <= oov_id <= MAX_ID):
+            raise VocabularyError(f"{source}: the unknown-word id {oov_id!r} is not an integer 0..{MAX_ID:,}")
+        self.oov_id = None if oov_id is None else int(oov_id)
+        self.splitter = KerasStyleTokenizer(filters=filters, lower=lower, split=split, char_level=char_level)
+        if analyzer is not None and not callable(analyzer):
+            raise TypeError(f"analyzer must be a callable str -> list of str, got {type(analyzer).__name__}")
+        self.analyzer = analyzer
+        size = max(self.word_index.values()) + 1
+        self._size = min(size, self.num_words) if self.num_words else size
+
+    def __repr__(self) -> str:
+        return (f"KerasTokenizer({len(self.word_index):,} words, num_words={self.num_words}, "
+                f"oov_token={self.oov_token!r}, lower={self.splitter.lower}, split={self.splitter.split!r}, "
+                f"char_level={self.splitter.char_level})")
+
+    def __len__(self) -> int:
+        """The number of ids (rows an Embedding needs)."""
+        return self._size
+
+    # ---- construction --------------------------------------------------------------------------
+    @staticmethod
+    def is_keras_tokenizer(obj) -> bool:
+        """Whether ``obj`` looks like a Keras ``Tokenizer`` object (fitted or not)."""
+        return all(hasattr(obj, name) for name in ("word_index", "texts_to_sequences", "filters", "split"))
+
+    @classmethod
+    def from_keras(cls, tokenizer) -> "KerasTokenizer":
+        """From a Keras ``Tokenizer`` object (its settings, ``word_index`` and ``analyzer``)."""
+        if not cls.is_keras_tokenizer(tokenizer):
+            raise TypeError(f"expected a Keras Tokenizer (tf_keras.preprocessing.text.Tokenizer), got "
+                            f"{type(tokenizer).__name__}")
+        if not tokenizer.word_index:
+            raise VocabularyError("the Keras Tokenizer has an empty word_index: fit it first "
+                                  "(tokenizer.fit_on_texts(texts)), or load the one the model was trained with")
+        settings = {name: getattr(tokenizer, name, default) for name, (_, default) in _KERAS_SETTINGS.items()}
+        _check_settings(settings, "the Keras Tokenizer", "")
+        return cls(tokenizer.word_index, analyzer=getattr(tokenizer, "analyzer", None),
+                   source="the Keras Tokenizer", **settings)
+
+    @classmethod
+    def from_word_index(cls, word_index: Mapping[str, int], oov_id: Optional[int] = None,
+                        source: str = "the word_index") -> "KerasTokenizer":
+        """From a plain ``{word: id}`` dict, split like a default Keras Tokenizer. Unknown words get
+        ``oov_id``, else the id of an entry named like an unknown-word token (:data:`OOV_KEYS`),
+        else they are left out (a Keras Tokenizer without ``oov_token``)."""
+        if oov_id is None and isinstance(word_index, Mapping):
+            oov_id = next((word_index[k] for k in OOV_KEYS if k in word_index), None)
+        return cls(word_index, oov_id=oov_id, source=source)
+
+    @classmethod
+    def from_json(cls, data: Union[str, bytes, Mapping], source: str = "the tokenizer JSON") -> "KerasTokenizer":
+        """From a Tokenizer's ``to_json()`` (the text or the parsed dict), or from a plain
+        ``word_index`` JSON (``{"word": id, ...}``). Every setting is type-checked.
+
+        Raises:
+            VocabularyError: naming ``source`` and what is wrong.
+        """
+        if isinstance(data, (str, bytes)):
+            data = _parse_json(data, source)
+        kind = cls.json_kind(data)
+        if kind is None:
+            raise VocabularyError(f"{source}: not a Keras Tokenizer JSON (tokenizer.to_json()) or a word_index "
+                                  "JSON ({\"word\": id, ...})")
+        if kind == "word_index JSON":
+            return cls.from_word_index(data, source=source)
+        config = data["config"]
+        settings = {name: config.get(name, default) for name, (_, default) in _KERAS_SETTINGS.items()}
+        _check_settings(settings, source, "config.")
+        index = config["word_index"]
+        if isinstance(index, str):   # to_json() stores the index as a JSON string inside the JSON
+            index = _parse_json(index, f"{source}: config.word_index")
+        return cls(_checked_word_index(index, source, "config.word_index"), source=source, **settings)
+
+    @staticmethod
+    def json_kind(data) -> Optional[str]:
+        """``"Keras Tokenizer JSON"``, ``"word_index JSON"`` or None: what parsed JSON ``data`` is."""
+        if isinstance(data, dict) and isinstance(data.get("config"), dict) and "word_index" in data["config"]:
+            return "Keras Tokenizer JSON"
+        if isinstance(data, dict) and data and all(isinstance(v, int) for v in data.values()):
+            return "word_index JSON"
+        return None
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "KerasTokenizer":
+        """From a file holding a Tokenizer's ``to_json()`` (or a plain ``word_index`` JSON)."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        with open(path, "rb") as f:
+            raw = f.read()
+        return cls.from_json(raw, source=path)
+
+    # ---- use -----------------------------------------------------------------------------------
+    def tokenize(self, text: str, max_tokens: Optional[int] = None) -> List[str]:
+        """The words of ``text`` before lookup (``max_tokens`` as in :meth:`Tokenizer.tokenize`)."""
+        if self.analyzer is None:
+            return self.splitter.tokenize(text, max_tokens=max_tokens)
+        words = [str(w) for w in self.analyzer(text)]
+        _check_max_tokens(max_tokens)
+        if max_tokens is not None and len(words) > max_tokens:
+            raise TooManyTokensError(max_tokens)
+        return words
+
+    def lookup(self, words: Sequence[str]) -> WordIds:
+        """``words`` mapped to ids as ``texts_to_sequences`` maps them (see the class docstring)."""
+        if isinstance(words, str):
+            raise TypeError("lookup expects a list of words, got a str; call tokenize(text) first")
+        get, limit, oov_id = self.word_index.get, self.num_words, self.oov_id
+        found = [get(w) for w in words]
+        known = np.array([i is not None and (limit is None or i < limit) for i in found], dtype=bool)
+        kept = known if oov_id is None else np.ones(len(found), dtype=bool)
+        ids = np.array([i if k else oov_id for i, k in zip(found, known) if k or oov_id is not None],
+                       dtype=np.int32).reshape(-1)
+        return WordIds(ids, ~known[kept], kept)
+
+    def encode(self, tokens: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """``(ids, oov)`` of the words that get an id (as :meth:`Vocabulary.encode`); the words
+        Keras leaves out are not in them."""
+        looked_up = self.lookup(tokens)
+        return looked_up.ids, looked_up.oov
+
+    def texts_to_sequences(self, texts: Iterable[str]) -> List[List[int]]:
+        """As Keras's ``Tokenizer.texts_to_sequences``."""
+        return [self.lookup(self.tokenize(t)).ids.tolist() for t in texts]
+
+
+def _check_settings(settings: dict, source: str, prefix: str) -> None:
+    """Types of a Keras Tokenizer's settings (as ``to_json()`` writes them)."""
+    for name, (types, _) in _KERAS_SETTINGS.items():
+        value = settings[name]
+        if not isinstance(value, types) or (name == "num_words" and isinstance(value, bool)):
+            want = " or ".join("null" if t is type(None) else {"str": "a string", "bool": "true/false",
+                                                                 "int": "an integer"}[t.__name__] for t in types)
+            shown = json.dumps(value)[:40] if isinstance(value, (str, int, float, bool, type(None))) else \
+                type(value).__name__
+            raise VocabularyError(f"{source}: {prefix}{name} is {shown}; a Keras Tokenizer has {want} there")
+    if not settings["split"]:
+        raise VocabularyError(f"{source}: {prefix}split is empty; it is the character words are split at")
+
+
+def _checked_word_index(data, source: str, what: str) -> Dict[str, int]:
+    if not isinstance(data, Mapping) or not data:
+        raise VocabularyError(f"{source}: {what} must map words to ids >= 0 ({{\"word\": 1, ...}}); "
+                              f"got {'an empty one' if isinstance(data, Mapping) else type(data).__name__}")
+    for word, i in data.items():
+        if not isinstance(word, str):
+            raise VocabularyError(f"{source}: {what} has the key {word!r:.40}; words are strings")
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) or not 0 <= i <= MAX_ID:
+            shown = repr(i) if not isinstance(i, int) or i.bit_length() < 64 else "a number over 2**63"
+            raise VocabularyError(f"{source}: {what} maps {quote(word)} to {shown:.80}; ids must be integers "
+                                  f"0..{MAX_ID:,}")
+    return {w: int(i) for w, i in data.items()}
+
+
+def _parse_json(raw: Union[str, bytes], source: str):
+    """Parsed JSON, or a VocabularyError naming ``source`` (bad JSON, not UTF-8, nested too deeply)."""
+    try:
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except UnicodeDecodeError as e:
+        raise VocabularyError(f"{source}: not UTF-8 text ({e.reason})") from None
+    except ValueError as e:      # JSONDecodeError, an int of over 4,300 digits
+        raise VocabularyError(f"{source}: not a JSON file ({str(e)[:200]}); expected a Keras Tokenizer JSON "
+                              "(tokenizer.to_json())") from None
+    except RecursionError:
+        raise VocabularyError(f"{source}: JSON nested too deeply; a tokenizer is a flat JSON object") from None

@@ -17,7 +17,8 @@ one colour scale.
 Figures are built as :class:`matplotlib.figure.Figure` objects without ``pyplot``: nothing here
 selects a backend, opens a window or calls ``plt.show``, so the module works headless (PNG output
 goes through Agg) and does not leak figures into pyplot's global registry. In Jupyter the returned
-figures display inline.
+figures display inline. :func:`to_pyplot` hands one to pyplot (``plt.show()`` then displays it);
+:meth:`keras_lrp.Explanation.plot` returns its figures that way.
 """
 from __future__ import annotations
 
@@ -578,12 +579,57 @@ def ansi_heatmap(words: Sequence[str], scores: Any, scale: ScaleLike = None,
 
 
 class _HeatmapFigure(Figure):
-    """A pyplot-free Figure that Jupyter displays inline as PNG even without ``%matplotlib``."""
+    """A Figure that Jupyter displays inline as PNG even without ``%matplotlib``, once."""
 
     def _repr_png_(self) -> bytes:
         buf = io.BytesIO()
         self.savefig(buf, format="png")
         return buf.getvalue()
+
+    def _ipython_display_(self) -> None:
+        if _open_in_pyplot(self) and _formatting_cell_result() and "inline" in mpl.get_backend():
+            return      # a cell's value: pyplot's inline backend shows the figure when the cell ends, not twice
+        from IPython.display import display
+
+        display({"image/png": self._repr_png_(), "text/plain": repr(self)}, raw=True)
+
+
+def _formatting_cell_result() -> bool:
+    """Whether Jupyter is formatting a cell's value (ipykernel's display hook holds its message
+    while it does), as opposed to a ``display()`` call such as the inline backend's."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    return getattr(getattr(shell, "displayhook", None), "msg", None) is not None
+
+
+def _open_in_pyplot(fig: Figure) -> bool:
+    """Whether ``fig`` is one of pyplot's open figures."""
+    manager = fig.canvas.manager
+    if "matplotlib.pyplot" not in sys.modules or manager is None:
+        return False
+    from matplotlib import _pylab_helpers
+
+    return any(m is manager for m in _pylab_helpers.Gcf.get_all_fig_managers())
+
+
+def to_pyplot(fig: Figure) -> Figure:
+    """Make ``fig`` one of pyplot's figures, as if ``plt.figure`` had made it (on pyplot's current
+    backend): ``plt.show()`` displays it, ``plt.close(fig)`` frees it, and in Jupyter it shows once.
+    Returns ``fig``."""
+    import matplotlib.pyplot as plt
+
+    if _open_in_pyplot(fig):
+        return fig
+    try:
+        adopted = plt.figure(fig)     # matplotlib >= 3.10 adopts a figure pyplot does not manage
+    except (TypeError, ValueError):
+        adopted = None
+    if adopted is not fig or fig.canvas.manager is None:
+        from matplotlib import _pylab_helpers
+
+        number = max(plt.get_fignums(), default=0) + 1
+        manager = plt._get_backend_mod().new_figure_manager_given_figure(number, fig)
+        _pylab_helpers.Gcf._set_new_active_manager(manager)
+    return fig
 
 
 def _root_figure(ax: Any) -> Figure:

@@ -112,6 +112,18 @@ def test_numeric_npy(files):
     assert (files / "tf.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("n,printed", [(11, 11), (12, 10)])
+def test_npy_prints_every_sample_or_says_how_many_it_left_out(files, tmp_path, call, n, printed):
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).standard_normal((n, 4, 3)).astype("float32"))
+    r = call("explain", "--model", str(files / "series.keras"), "--npy", str(tmp_path / "x.npy"))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:printed]] == [f"sample {k}" for k in range(printed)]
+    if printed < n:
+        assert lines[printed] == f"... and {n - printed} more samples (all {n} are in {tmp_path / 'x_relevance.npy'})"
+    assert len(lines) == printed + (printed < n)
+
+
 def test_all_unknown_words_warns_but_succeeds(files, call):
     r = call("explain", "zzz qqq", "--model", str(files / "tokens.keras"), "--vocab", str(files / "vocab.json"))
     assert r.returncode == 0, r.stderr
@@ -140,6 +152,8 @@ def test_all_unknown_words_warns_but_succeeds(files, call):
     (["x", "--model", "{d}/tokens.keras", "--vocab", "{d}/x.npy"], None, "x.npy"),
     (["x", "--model", "{d}/vectors.h5", "--vocab", "{d}/vocab.json"], None, "pass --embeddings"),
     (["--model", "{d}/tokens.keras", "--vocab", "{d}/vocab.json"], "\n\n", "no sentences"),
+    (["x", "--padding", "post"], None, "--padding/--truncating/--maxlen are for --model"),
+    (["--model", "{d}/series.keras", "--npy", "{d}/x.npy", "--maxlen", "3"], None, "--maxlen is for text"),
 ])
 def test_errors_are_one_line_without_traceback(files, args, stdin, message, call):
     r = call("explain", *[a.format(d=files) for a in args], stdin=stdin)
@@ -149,32 +163,69 @@ def test_errors_are_one_line_without_traceback(files, args, stdin, message, call
     assert lines[0].startswith("keras-lrp: error:") and message in lines[0], lines[0]
 
 
-def test_fixed_length_model_is_explained_with_its_padding_shown(files, tmp_path, call):
-    """A model with a fixed time axis gets each sentence padded with id 0, shown as <pad> (the model
-    sees it); a longer sentence is refused with the length it takes."""
+@pytest.mark.parametrize("padding,truncating", [(None, None), ("post", "post")])
+def test_fixed_length_model_is_padded_and_cut_as_pad_sequences(tmp_path, call, padding, truncating):
+    """A model with a fixed time axis gets each sentence padded with id 0 (shown as <pad>: the model
+    sees it) and cut as keras's pad_sequences does: --padding / --truncating, default "pre"; the
+    scores are the model's on the user's own pipeline."""
+    sequence = pytest.importorskip("tf_keras.preprocessing.sequence")
+    tok = _keras_tokenizer(["I hate the movie!", "the plot is interesting, though.", "Loved it; boring? never"],
+                           oov_token="<OOV>")
+    (tmp_path / "tok.json").write_text(tok.to_json())
     keras.utils.set_random_seed(0)
-    fixed = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(len(WORDS) + 2, 4),
+    fixed = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(len(tok.word_index) + 1, 4),
                               keras.layers.LSTM(3), keras.layers.Dense(2)])
     fixed.save(tmp_path / "fixed.keras")
+    lines = ["i loved it", "the movie is boring though i hate the plot"]
     out = tmp_path / "f.jsonl"
-    r = call("explain", "--model", str(tmp_path / "fixed.keras"), "--vocab", str(files / "vocab.json"),
-             "--json", str(out), stdin="i love it\nthe movie is boring\n")
+    options = ["--padding", padding, "--truncating", truncating] if padding else []
+    r = call("explain", "--model", str(tmp_path / "fixed.keras"), "--vocab", str(tmp_path / "tok.json"),
+             "--json", str(out), *options, stdin="\n".join(lines) + "\n")
     assert r.returncode == 0, r.stderr
+    assert "warning: 1 of 2 texts was longer than the model's input and was cut" in r.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert recs[0]["tokens"] == ["i", "love", "it", "<pad>", "<pad>", "<pad>"]
-    assert recs[1]["tokens"] == ["the", "movie", "is", "boring", "<pad>", "<pad>"]
+    pads = ["<pad>"] * 3
+    assert recs[0]["tokens"] == (pads + ["i", "loved", "it"] if padding is None else ["i", "loved", "it"] + pads)
+    assert recs[1]["tokens"] == (["boring", "though", "i", "hate", "the", "plot"] if padding is None
+                                 else ["the", "movie", "is", "boring", "though", "i"])
     assert all(len(rec["relevance"]) == 6 for rec in recs)
-    r = call("explain", "i hate the movie though the plot", "--model", str(tmp_path / "fixed.keras"),
-             "--vocab", str(files / "vocab.json"))
-    assert r.returncode == 1 and "takes exactly 6" in r.stderr and "Traceback" not in r.stderr
+    ids = sequence.pad_sequences(tok.texts_to_sequences(lines), maxlen=6, padding=padding or "pre",
+                                 truncating=truncating or "pre")
+    np.testing.assert_allclose([list(rec["scores"].values()) for rec in recs], np.asarray(fixed(ids)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_text_vectorization_model_needs_no_vocab(files, tmp_path, call):
+    """A .keras model starting with TextVectorization (followed by a masked Embedding) explains the
+    sentences it tokenizes itself; its scores are the model's on the strings."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(2)
+    tv = keras.layers.TextVectorization(max_tokens=20)
+    tv.adapt(["i hate the movie", "the plot is interesting", "loved it"])
+    inp = keras.Input((1,), dtype="string")
+    h = keras.layers.LSTM(3)(keras.layers.Embedding(20, 4, mask_zero=True)(tv(inp)))
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(h))
+    model.save(tmp_path / "tv.keras")
+    out = tmp_path / "tv.jsonl"
+    r = call("explain", "I LOVED the zorblax plot!", "--model", str(tmp_path / "tv.keras"), "--classes", "neg,pos",
+             "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(out.read_text())
+    assert rec["tokens"] == ["i", "loved", "the", "zorblax", "plot"] and rec["oov_tokens"] == ["zorblax"]
+    probs = np.asarray(model(tf.constant([["I LOVED the zorblax plot!"]])))[0]
+    logits = np.array(list(rec["scores"].values()))
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(), probs, rtol=1e-5, atol=1e-6)
+    r = call("explain", "x", "--model", str(tmp_path / "tv.keras"), "--vocab", str(files / "vocab.json"))
+    assert r.returncode == 2 and "starts with TextVectorization" in r.stderr and "leave out --vocab" in r.stderr
 
 
 def test_sentence_without_tokens_is_refused_before_explaining(files, tmp_path, call, monkeypatch):
-    import keras_lrp
+    from keras_lrp import text_explainer
 
     def no_explaining(*args, **kwargs):
         raise AssertionError("explained before the input was checked")
-    monkeypatch.setattr(keras_lrp, "explain_text", no_explaining)
+    monkeypatch.setattr(text_explainer, "explain_encoded", no_explaining)
     # a word_index JSON splits as Keras' Tokenizer does, whose filters drop punctuation
     (tmp_path / "wi.json").write_text(json.dumps({w: i + 1 for i, w in enumerate(WORDS)}))
     r = call("explain", "--model", str(files / "tokens.keras"), "--vocab", str(tmp_path / "wi.json"),
@@ -300,9 +351,15 @@ def test_vocab_from_a_keras_tokenizer_json(tmp_path, call, oov_token):
              "--json", str(out))
     assert r.returncode == 0, r.stderr
     rec = json.loads(out.read_text())
-    assert rec["tokens"] == ["the", "plot", "is", "zzz", "unknown", "interesting"]   # split as Keras splits
-    assert rec["oov_tokens"] == ["zzz", "unknown"]
-    # the scores are the model's on Keras' own encoding (which drops unknown words without an oov_token)
+    # split as Keras splits; unknown words get the oov_token's id, or are left out as Keras leaves them out
+    if oov_token is None:
+        assert rec["tokens"] == ["the", "plot", "is", "interesting"]
+        assert rec["oov_tokens"] == [] and rec["dropped_tokens"] == ["zzz", "unknown"]
+        assert "left out" in r.stdout and "zzz, unknown" in r.stdout
+    else:
+        assert rec["tokens"] == ["the", "plot", "is", "zzz", "unknown", "interesting"]
+        assert rec["oov_tokens"] == ["zzz", "unknown"] and rec["dropped_tokens"] == []
+    # the scores are the model's on Keras' own encoding
     ids = np.array(tok.texts_to_sequences([sentence]))
     np.testing.assert_allclose(list(rec["scores"].values()), np.asarray(model(ids))[0], rtol=1e-5, atol=1e-6)
     # a plain word_index JSON gives the same tokens

@@ -266,22 +266,43 @@ def test_two_logical_cpu_devices_equal_one_device_bit_for_bit():
 
 
 def test_cli_engine_ray_equals_local_engine(ray_instance, tmp_path):
-    """``keras-lrp explain --input F --engine ray --out-dir D`` on the shipped model: the same word
-    relevance as the in-process explanation of the same sentences (float64)."""
+    """``keras-lrp explain --input F --engine ray --out-dir D`` on the shipped model writes the very
+    JSON lines of the local engine's ``--json`` (same fields: text, tokens, class names, ...; same
+    float64 numbers)."""
     from keras_lrp.cli import main
     sentences = ["a gorgeous , witty movie .", "", "i hate the plot .", "it is fine"]
     src = tmp_path / "corpus.txt"
     src.write_text("\n".join(sentences) + "\n")
+    options = ["--float64", "--eps", "0", "--bias-factor", "1", "--quiet"]
     code = main(["explain", "--input", str(src), "--engine", "ray", "--out-dir", str(tmp_path / "run"),
-                 "--shard-size", "2", "--float64", "--eps", "0", "--bias-factor", "1", "--quiet"])
+                 "--shard-size", "2", *options])
     assert code == 0
-    rows = [json.loads(line) for line in (tmp_path / "run" / "out.jsonl").read_text().splitlines()]
-    kept = [s for s in sentences if s]
-    assert [r["index"] for r in rows] == list(range(len(kept)))
-    local = keras_lrp.explain_text(keras_lrp.load_pretrained("sst5"), kept, dtype="float64", eps=0.0, bias_factor=1.0)
-    for i, r in enumerate(rows):
-        np.testing.assert_array_equal(np.asarray(r["relevance"]), local[i].word_relevance[0][: len(r["relevance"])])
-        assert r["target"] == int(local.target[i])
+    assert main(["explain", "--input", str(src), "--json", str(tmp_path / "local.jsonl"), *options]) == 0
+    rows, local = read(tmp_path / "run" / "out.jsonl"), read(tmp_path / "local.jsonl")
+    assert [r["text"] for r in rows] == [s for s in sentences if s]
+    assert rows == local
+
+
+def test_cli_engine_ray_prints_only_its_own_lines(tmp_path):
+    """Ray's start-up lines, Ray Data's execution plan and the core worker's "E ... core_worker.cc"
+    line are hidden: stderr holds the command's own lines only (a fresh process starting Ray)."""
+    from keras_lrp.text import Vocabulary
+
+    Vocabulary(["good", "bad", "film"]).save(tmp_path / "vocab.json")
+    keras.utils.set_random_seed(3)
+    keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(5, 2),
+                      keras.layers.LSTM(2), keras.layers.Dense(2)]).save(tmp_path / "m.keras")
+    (tmp_path / "in.txt").write_text("good film\nbad\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "RAY_"))}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    r = subprocess.run([sys.executable, "-m", "keras_lrp.cli", "explain", "--input", str(tmp_path / "in.txt"),
+                        "--model", str(tmp_path / "m.keras"), "--vocab", str(tmp_path / "vocab.json"),
+                        "--engine", "ray", "--out-dir", str(tmp_path / "run")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith("keras-lrp: ") for line in lines), r.stderr
+    assert [rec["tokens"] for rec in read(tmp_path / "run" / "out.jsonl")] == [["good", "film"], ["bad"]]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -330,6 +351,6 @@ def test_cli_engine_ray_never_writes_through_a_symlink(ray_instance, tmp_path):
     assert [(tmp_path / f"victim{k}").read_text() for k in range(len(planted))] == ["secret"] * len(planted)
     for name in planted[:5] + ["manifest.json"]:
         assert not os.path.islink(run / name) and (run / name).is_file(), name
-    for name in ("ids.jsonl", "embeddings.npy", "out.jsonl", "manifest.json"):
+    for name in ("ids.jsonl", "texts.jsonl", "embeddings.npy", "out.jsonl", "manifest.json"):
         assert (run / name).stat().st_mode & 0o777 == 0o640, name
-    assert [r["index"] for r in read(run / "out.jsonl")] == [0, 1, 2]
+    assert [r["text"] for r in read(run / "out.jsonl")] == ["good film", "bad plot", "film"]

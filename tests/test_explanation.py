@@ -1,7 +1,10 @@
 """Tests of keras_lrp.explanation.Explanation: indexing, summary, convergence delta, tables,
 HTML, figures and files, and the progress bar of explain()."""
 import json
+import os
 import struct
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -13,6 +16,15 @@ from keras_lrp.explanation import Explanation, concatenate
 
 T, FEATURES, UNITS, CLASSES = 6, 4, 5, 3
 NAMES = ["negative", "neutral", "positive"]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Explanation.plot() hands its figures to pyplot: close them after each test."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +239,69 @@ def test_plot_word_and_time_feature(conserving):
     fig = conserving.plot(scale="shared", max_samples=2)
     assert "share one colour scale" in fig._suptitle.get_text()
     assert any(ax.get_ylabel() == "relevance (shared scale)" for ax in fig.axes)
+
+
+# A matplotlib backend that records what plt.show() shows (a script's window, without a display).
+RECORDER_BACKEND = """
+from matplotlib.backend_bases import FigureManagerBase
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+shown = []
+class FigureManager(FigureManagerBase):
+    def show(self):
+        shown.append(self.canvas.figure)
+class FigureCanvas(FigureCanvasAgg):
+    manager_class = FigureManager
+"""
+
+SCRIPT = """
+import sys
+import numpy as np, matplotlib
+matplotlib.use("module://recorder_backend")
+import matplotlib.pyplot as plt
+import recorder_backend
+from keras_lrp import Explanation
+e = Explanation(relevance=np.ones((2, 3, 2)), scores=np.ones((2, 2)), target=np.zeros(2, int),
+                rest=np.zeros(2), tokens=[["a", "b", "c"], ["d", "e", "f"]])
+fig = e[0].plot()
+plt.show()
+assert recorder_backend.shown == [fig], recorder_backend.shown
+fig.savefig(sys.argv[1] + "/fig.png")
+plt.close(fig)
+e.save(sys.argv[1] + "/saved.png")          # a script that only writes files: nothing left open
+assert plt.get_fignums() == [], plt.get_fignums()
+print("OK")
+"""
+
+
+def test_plot_in_a_script_is_shown_by_plt_show_and_saved_by_savefig(tmp_path):
+    """Issue 22: e[0].plot() in a script showed nothing: the figure was not known to pyplot."""
+    (tmp_path / "recorder_backend.py").write_text(RECORDER_BACKEND)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path))
+    env.pop("MPLBACKEND", None)
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+    for name in ("fig.png", "saved.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_shows_once_in_jupyter(tmp_path, monkeypatch):
+    """In Jupyter (inline backend) the figure shows once whether it is the cell's value, shown with
+    plt.show(), or only made; a figure from an earlier cell shows again as a value."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    setup = ("import numpy as np\nfrom keras_lrp import Explanation\n"
+             "e = Explanation(relevance=np.ones((2, 3, 2)), scores=np.ones((2, 2)), target=np.zeros(2, int), "
+             "rest=np.zeros(2), tokens=[['a', 'b', 'c'], ['d', 'e', 'f']])")
+    cells = [setup, "e[0].plot()", "import matplotlib.pyplot as plt\ne[0].plot(); plt.show()", "fig = e.plot()",
+             "fig", "e.save('e.png'); len(plt.get_fignums())"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    monkeypatch.delenv("MPLBACKEND", raising=False)      # the kernel's own backend, as a user has it
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    pngs = [sum("image/png" in o.get("data", {}) for o in c.outputs) for c in nb.cells]
+    assert pngs == [0, 1, 1, 1, 1, 0], pngs
+    assert nb.cells[-1].outputs[0]["data"]["text/plain"] == "0" and (tmp_path / "e.png").is_file()
 
 
 def test_sensitivity_uses_a_sequential_map(model, x):

@@ -348,13 +348,15 @@ def test_cli_explains_while_reading(files, tmp_path, call, monkeypatch):
     """Chunk 1 is explained and written before chunk 3 is read: memory stays flat in the lines."""
     calls = {"explain": 0}
     read_when_explained = []
-    real = keras_lrp.explain_text
+    from keras_lrp import text_explainer
+
+    real = text_explainer.explain_encoded
 
     def counting(*args, **kwargs):
         calls["explain"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(keras_lrp, "explain_text", counting)
+    monkeypatch.setattr(text_explainer, "explain_encoded", counting)
     monkeypatch.setattr(cli, "_CHUNK", 4)           # chunks of max(4 * batch_size, 4) = 4 sentences
 
     class Stdin:
@@ -491,7 +493,9 @@ def test_a_tensorflow_error_prints_its_root_cause(files, tmp_path, call, monkeyp
     import traced
     import tensorflow as tf
 
-    monkeypatch.setattr(keras_lrp, "explain_text", lambda *a, **k: traced.fail(tf.constant(1.0)))
+    from keras_lrp import text_explainer
+
+    monkeypatch.setattr(text_explainer, "explain_encoded", lambda *a, **k: traced.fail(tf.constant(1.0)))
     r = call("explain", "i love it", *model_args(files))
     assert r.returncode == 1
     assert "the real cause: shapes (3,) and (4,)" in r.stderr and "in user code" not in r.stderr, r.stderr

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import keras_lrp
 from keras_lrp.text import Vocabulary
+from keras_lrp.text_explainer import LeftOutWordsWarning
 
 WORDS = ["a", "good", "bad", "movie", "film", "great", "plot", "boring", "fun", "."]
 NAMES = ["negative", "neutral", "positive"]
@@ -79,9 +80,15 @@ def test_target_all_gives_one_explanation_per_class(id_model, vocab):
 
 
 def test_word_index_dict_and_unknown_words(id_model):
+    """A word_index dict is Keras's: text split as a Keras Tokenizer splits it, unknown words get
+    oov_id / an unknown-word entry's id, else they are left out (as texts_to_sequences does), with
+    one warning naming them."""
     word_index = {w: i + 2 for i, w in enumerate(WORDS)}  # ids as in the Vocabulary
-    with pytest.raises(ValueError, match="pass oov_id="):
-        keras_lrp.explain_text(id_model, ["a zzyzx movie"], vocab=word_index)
+    with pytest.warns(LeftOutWordsWarning, match="1 word in 1 text .* left out.*'zzyzx'"):
+        left = keras_lrp.explain_text(id_model, ["A zzyzx movie!"], vocab=word_index)
+    assert left.tokens == [["a", "movie"]]           # split like Keras ('!' filtered), zzyzx left out
+    without = keras_lrp.explain_text(id_model, ["a movie"], vocab=Vocabulary(WORDS))
+    assert np.array_equal(left.relevance, without.relevance)
     e = keras_lrp.explain_text(id_model, ["a zzyzx movie"], vocab=word_index, oov_id=1)
     ref = keras_lrp.explain_text(id_model, ["a zzyzx movie"], vocab=Vocabulary(WORDS))
     assert np.array_equal(e.relevance, ref.relevance) and e.oov[0].tolist() == [False, True, False]
@@ -89,12 +96,12 @@ def test_word_index_dict_and_unknown_words(id_model):
     assert np.array_equal(e2.relevance, ref.relevance)
     custom = keras_lrp.explain_text(id_model, ["a  good"], vocab=word_index, tokenizer=str.split)
     assert custom.tokens == [["a", "good"]] and not custom.oov[0].any()
-    with pytest.raises(ValueError, match="pass oov_id"):  # str.split keeps the case: both unknown
-        keras_lrp.explain_text(id_model, ["A  GOOD"], vocab=word_index, tokenizer=str.split)
+    with pytest.raises(ValueError, match="no tokens.*'A', 'GOOD' are not in the tokenizer's word index"):
+        keras_lrp.explain_text(id_model, ["A  GOOD"], vocab=word_index, tokenizer=str.split)   # case kept
 
 
 def test_bad_input_is_refused_early(id_model, vocab):
-    with pytest.raises(ValueError, match="needs vocab="):
+    with pytest.raises(ValueError, match="needs the word index the model was trained with: tokenizer=.*or vocab="):
         keras_lrp.explain_text(id_model, ["bad"])
     with pytest.raises(TypeError, match="not a str"):
         keras_lrp.explain_text(id_model, ["bad", 3], vocab=vocab)

@@ -296,7 +296,9 @@ def test_figures_stay_out_of_pyplot():
     viz.plot_time_feature_heatmap([[1.0, -1.0]])
     assert plt.get_fignums() == before
     src = (REPO / "keras_lrp" / "visualize.py").read_text()
-    assert "plt.show(" not in src and "import matplotlib.pyplot" not in src
+    assert not re.search(r"^\s*plt\.show\(", src, re.M) and src.count("import matplotlib.pyplot") == 1   # to_pyplot
+    body = src[src.index("def to_pyplot("):]
+    assert "import matplotlib.pyplot" in body[:body.index("\ndef ")]
 
 
 def test_display_heatmap_with_and_without_ipython(monkeypatch, capsys):

@@ -7,7 +7,7 @@ so a mistake costs a fraction of a second. Exit codes: 0 ok, 1 runtime error, 2 
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import sys
 from typing import Optional, Sequence
 
@@ -46,9 +46,15 @@ vocabulary files (--vocab), recognised by their content:
     (its lower, filters, split, char_level), ids are its word_index (num_words respected);
   * a plain word_index JSON {"word": id, ...}; text is split like a default Keras Tokenizer
     (lowercased, punctuation removed).
-  With the Keras formats an unknown word gets the oov_token's id, or 0 without one (a masked step
-  with Embedding(mask_zero=True), as Keras' texts_to_sequences leaves the word out).
+  With the Keras formats an unknown word gets the oov_token's id (a word_index JSON: the id of its
+  <OOV> / <unk> / [UNK] entry, if it has one); without one it is left out, as Keras's
+  texts_to_sequences leaves it out (listed in the JSON as dropped_tokens).
   Unknown words are marked * and listed in the JSON (oov_tokens).
+  A .keras model starting with TextVectorization needs no --vocab: it tokenizes itself.
+
+padding: a model with a fixed input length (or --maxlen) gets every sentence padded with id 0 and
+cut to that length as keras.utils.pad_sequences does: --padding pre (default) / post, --truncating
+pre (default: the start is cut) / post. The padding is shown as <pad>.
 
 input: one sentence per line (empty lines skipped), UTF-8; sentences are read, explained and written
 a chunk at a time, so memory stays flat however many lines there are. A sentence of more than
@@ -65,6 +71,8 @@ examples:
   keras-lrp explain "i hate the movie though the plot is interesting ."
   keras-lrp explain --input sentences.txt --json out.jsonl      # prints: wrote 12 explanations to out.jsonl
   keras-lrp explain --model imdb.keras --vocab tokenizer.json --classes neg,pos "a great film"
+  keras-lrp explain --model imdb.h5 --vocab tokenizer.json --padding post "a great film"
+  keras-lrp explain --model reviews.keras "a great film"          # a model starting with TextVectorization
   keras-lrp explain --model series.keras --npy x.npy --out relevance.npy --png heatmap.png
 
 exit codes: 0 ok, 1 runtime error, 2 usage error, 130 interrupted.
@@ -104,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", help="vocabulary for --model: a keras-lrp vocabulary, a Keras Tokenizer JSON "
                                    "(tokenizer.to_json()) or a word_index JSON (see below)")
     p.add_argument("--embeddings", help="embedding matrix .npy, when --model takes vectors")
+    p.add_argument("--maxlen", type=int_at_least(1), default=None,
+                   help="with --model: pad / cut every sentence to this many ids, as pad_sequences(maxlen=) "
+                        "(default: the model's fixed input length, if it has one, else none)")
+    p.add_argument("--padding", choices=["pre", "post"], default=None,
+                   help="with --model: where the id-0 padding goes, as in pad_sequences (default pre, Keras's)")
+    p.add_argument("--truncating", choices=["pre", "post"], default=None,
+                   help="with --model: which end of a longer sentence is cut, as in pad_sequences (default pre: "
+                        "the start, Keras's)")
     p.add_argument("--classes", help="comma-separated class names for --model")
     p.add_argument("--target", help="class index or name to explain (default: the predicted class)")
     p.add_argument("--eps", type=nonnegative_float, default=1e-3, help="epsilon-rule stabiliser >= 0 (default 0.001)")
@@ -130,40 +146,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="with --engine ray: output folder (shards/, out.jsonl); rerun to resume")
     p.add_argument("--no-color", action="store_true", help="no ANSI colours")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
-    p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks, every warning, and TensorFlow's "
+                                                          "and Ray's logs")
     add_evaluate_parser(sub)
     return parser
-
-
-def _start_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) sent to /dev/null:
-    TensorFlow 2.21 prints it even with TF_CPP_MIN_LOG_LEVEL=3. Python errors still propagate
-    (stderr is restored first)."""
-    if "tensorflow" in sys.modules:
-        return
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        fd = None
-    if fd is None:
-        import tensorflow  # noqa: F401
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-        import tensorflow as tf
-        tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _error(message: str) -> None:
     from ..safe_io import printable
 
     print(f"{PROG}: error: {printable(message)}", file=sys.stderr)
+
+
+def _warning(message: str) -> None:
+    from ..safe_io import printable
+
+    print(f"{PROG}: warning: {printable(message)}", file=sys.stderr)
 
 
 # Lines of a TensorFlow / Keras error message that frame the cause rather than state it.
@@ -190,26 +188,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:     # --help, --version (0) and argparse's usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else (EXIT_OK if exit_.code is None else EXIT_USAGE)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from ..experiments.evaluate import EvaluateArgumentError
+    from ..quiet import import_tensorflow_quietly, summarized_warnings
     from .outputs import OutputError
 
     try:
-        if args.command == "evaluate":
-            from ..experiments.evaluate import check_evaluate_args, run_evaluate
+        with contextlib.ExitStack() as stack:
+            if not args.debug:     # each cause of warning once, with its count, when the run ends
+                stack.enter_context(summarized_warnings(report=_warning))
+            if args.command == "evaluate":
+                from ..experiments.evaluate import check_evaluate_args, run_evaluate
 
-            check_evaluate_args(args)
-            if not args.debug:
-                _start_tensorflow_quietly()
-            return run_evaluate(args)
-        from .corpus import check_engine_args
-        from .explain import prepare_explain, run_explain
+                check_evaluate_args(args)
+                import_tensorflow_quietly(debug=args.debug)
+                return run_evaluate(args)
+            from .corpus import check_engine_args
+            from .explain import prepare_explain, run_explain
 
-        check_engine_args(args)
-        job = prepare_explain(args)          # options, inputs and outputs checked; no TensorFlow yet
-        if not args.debug:
-            _start_tensorflow_quietly()
-        return run_explain(job, chunk=_CHUNK)
+            check_engine_args(args)
+            job = prepare_explain(args)          # options, inputs and outputs checked; no TensorFlow yet
+            import_tensorflow_quietly(debug=args.debug)
+            return run_explain(job, chunk=_CHUNK)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -53,33 +53,51 @@ def _model_files(job):
             os.path.normpath(os.path.join(base, meta["embeddings"])))
 
 
-def explain_text_corpus(job, text_model, target, max_length: int) -> int:
-    """Tokenize the sentences (streamed), write ``DIR/ids.jsonl`` and explain it on Ray Data workers."""
+def explain_text_corpus(job, text_model, front, target) -> int:
+    """Encode the sentences (streamed) as the local engine does, write ``DIR/ids.jsonl`` (the ids) and
+    ``DIR/texts.jsonl`` (text, tokens, unknown and left-out words), explain the ids on Ray Data workers
+    and write ``DIR/out.jsonl`` with the local ``--json`` lines (same fields, same order)."""
     from ..distributed import explain_corpus
-    from .explain import sentence_tokens
+    from .explain import encode_sentence, record
 
     args = job.args
+    if front.vectorizes_inside:
+        raise UsageError(f"{args.model} starts with TextVectorization: --engine ray explains models that take token "
+                         "ids; use the local engine")
     os.makedirs(args.out_dir, exist_ok=True)
     ids_path = os.path.join(args.out_dir, "ids.jsonl")
+    texts_path = os.path.join(args.out_dir, "texts.jsonl")
     kept = skipped = 0
-    with atomic_open(ids_path, "w") as f:
+    with atomic_open(ids_path, "w") as ids_file, atomic_open(texts_path, "w") as texts_file:
         for sentences in job.source.chunks(4096):
+            encoded = []
             for sentence in sentences:
-                tokens = sentence_tokens(text_model.tokenizer, job.source, sentence, max_length)
-                if not tokens:
+                e = encode_sentence(front, job.source, sentence, allow_empty=True)
+                if e.words == 0:
                     skipped += 1
                     continue
-                ids, _ = text_model.vocabulary.encode(tokens)
-                f.write(json.dumps([int(i) for i in ids]) + "\n")
-                kept += 1
+                ids_file.write(json.dumps(e.ids.tolist()) + "\n")
+                texts_file.write(json.dumps([sentence.text, e.tokens, e.oov.tolist(), e.dropped]) + "\n")
+                encoded.append(e)
+            front.warn(encoded)
+            kept += len(encoded)
     if kept == 0:
         raise UsageError(f"--input {args.input}: no sentence has a token to explain")
     model_path, embeddings = _model_files(job)
+
+    def as_cli_records(records):
+        """The workers' records (input order) as the local --json lines, joined with texts.jsonl."""
+        with open(texts_path, encoding="utf-8") as texts:
+            for r, line in zip(records, texts):
+                text, tokens, oov, dropped = json.loads(line)
+                yield record(text, tokens, r["relevance"], r["scores"], r["target"], oov, dropped,
+                             text_model.class_names, args)
+
     result = explain_corpus(model_path, ids_path, args.out_dir, address=args.address, num_workers=args.workers,
                             shard_size=args.shard_size, batch_size=args.batch_size, target=target,
                             eps=args.eps, bias_factor=args.bias_factor, rule=args.rule, method=args.method,
                             dtype="float64" if args.float64 else "float32", embeddings=embeddings,
-                            max_length=max_length)
+                            max_length=front.max_length, quiet=not args.debug, records=as_cli_records)
     if not args.quiet:
         print(printable(f"{PROG}: wrote {result.n_sequences} explanations to {result.path} ({len(result.computed)} "
                         f"shards computed, {len(result.reused)} reused; skipped {skipped} sentences without tokens)"),

@@ -19,12 +19,14 @@ import os
 import stat
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import IO, Iterator, List, NamedTuple, Optional
 
 import numpy as np
 
 from ..npy import load_npy
+from ..quiet import SummableWarning
 from . import PROG, UsageError
 from ..safe_io import printable, quote
 from .outputs import Outputs
@@ -160,7 +162,7 @@ def prepare_explain(args: argparse.Namespace) -> ExplainJob:
     if args.npy:
         if args.model is None:
             raise UsageError("--npy needs --model (a time-series model taking (batch, time, features))")
-        for opt in ("text", "input", "vocab", "embeddings", "json", "html"):
+        for opt in ("text", "input", "vocab", "embeddings", "json", "html", "padding", "truncating", "maxlen"):
             if getattr(args, opt):
                 raise UsageError(f"--npy explains numeric sequences; {_option(opt)} is for text")
         out = args.out or os.path.splitext(args.npy)[0] + "_relevance.npy"
@@ -176,10 +178,10 @@ def prepare_explain(args: argparse.Namespace) -> ExplainJob:
         return ExplainJob(args, Outputs({"out": out, "png": args.png}), x=x)
     if args.out:
         raise UsageError("--out is for --npy; for text use --json, --html or --png")
+    if args.model is None and (args.padding or args.truncating or args.maxlen):
+        raise UsageError("--padding/--truncating/--maxlen are for --model (the shipped model takes any length)")
     if args.model is None and (args.vocab or args.embeddings or args.classes):
         raise UsageError("--vocab/--embeddings/--classes need --model (the shipped model has its own)")
-    if args.model is not None and not args.vocab:
-        raise UsageError("--model with text needs --vocab (a vocabulary JSON); for numeric inputs use --npy")
     if args.text is not None and args.input:
         raise UsageError("give either a sentence or --input FILE, not both")
     if args.model is None:
@@ -277,18 +279,37 @@ def _load_text_model(job: ExplainJob) -> TextModel:
         return TextModel(bundle.model, bundle.vocabulary, bundle.tokenizer, bundle.embeddings,
                          list(bundle.class_names))
     model = _load_model(args.model)
-    starts_with_embedding = any(type(layer).__name__ == "Embedding" for layer in model.layers[:1])
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    first = type(layers[0]).__name__ if layers else ""
+    if first == "TextVectorization":
+        if job.vocabulary is not None or job.embeddings is not None:
+            raise UsageError(f"{args.model} starts with TextVectorization, which tokenizes and looks up words itself: "
+                             "leave out --vocab and --embeddings")
+        return TextModel(model, None, None, None, _class_names(args, model.output_shape[-1]))
+    if job.vocabulary is None:
+        raise UsageError(f"{args.model} takes token ids: pass --vocab (the tokenizer or vocabulary it was trained with, "
+                         "e.g. tokenizer.to_json()); for numeric inputs use --npy")
     if job.embeddings is not None:
         if model.input_shape[-1] != job.embeddings.shape[1]:
             raise UsageError(f"{args.model} takes {model.input_shape[-1]} features but {args.embeddings} "
                              f"holds {job.embeddings.shape[1]}-dim vectors")
-    elif not starts_with_embedding:
+    elif first != "Embedding":
         raise UsageError(f"{args.model} takes vectors, not token ids: pass --embeddings (a .npy matrix)")
-    if starts_with_embedding and model.layers[0].input_dim < len(job.vocabulary):
+    if first == "Embedding" and layers[0].input_dim < len(job.vocabulary):
         raise UsageError(f"the vocabulary has {len(job.vocabulary)} entries but the model's Embedding only "
                          f"{model.layers[0].input_dim}: they do not belong together")
     return TextModel(model, job.vocabulary, job.tokenizer, job.embeddings,
                      _class_names(args, model.output_shape[-1]))
+
+
+def text_front_of(args, text_model: TextModel, max_length: int):
+    """The :class:`keras_lrp.text_explainer.TextFront` of the command: the model's tokenizer and
+    word index, ``--maxlen`` / ``--padding`` / ``--truncating`` (default: the model's own length,
+    padded and cut at the front, as ``pad_sequences``)."""
+    from ..text_explainer import text_front
+
+    return text_front(text_model, maxlen=args.maxlen, padding=args.padding, truncating=args.truncating,
+                      max_length=max_length)
 
 
 def _explain_kwargs(args) -> dict:
@@ -303,44 +324,48 @@ def max_length_of(args) -> int:
     return args.max_length if args.max_length is not None else MAX_LENGTH
 
 
-def sentence_tokens(tokenizer, source: SentenceSource, sentence: Sentence, max_length: int) -> List[str]:
-    """The tokens of ``sentence``, tokenizing no further than ``max_length + 1`` tokens: a longer
-    sentence is a ValueError naming its line and ``--max-length``; one without tokens is an
-    empty list."""
+def encode_sentence(front, source: SentenceSource, sentence: Sentence, allow_empty: bool = False):
+    """``sentence`` encoded by ``front`` (a :class:`keras_lrp.text_explainer.Encoded`), tokenizing no
+    further than ``--max-length`` tokens: a longer sentence is a ValueError naming its line and
+    ``--max-length``, one without tokens a UsageError naming its line (unless ``allow_empty``)."""
     from ..text import TooManyTokensError
+    from ..text_explainer import _dropped_note
 
     try:
-        return tokenizer.tokenize(sentence.text, max_tokens=max_length)
+        encoded = front.encode(sentence.text)
     except TooManyTokensError:
-        raise ValueError(f"{source.where(sentence)} has more than {max_length:,} tokens (--max-length "
-                         f"{max_length:,}); memory grows with tokens x units: shorten it, or raise "
+        raise ValueError(f"{source.where(sentence)} has more than {front.max_length:,} tokens (--max-length "
+                         f"{front.max_length:,}); memory grows with tokens x units: shorten it, or raise "
                          "--max-length if this machine has the memory") from None
+    if encoded.words == 0 and not allow_empty:
+        raise UsageError(f"{source.where(sentence)} has no tokens after tokenization{_dropped_note(encoded)}: "
+                         f"{quote(sentence.text)}")
+    return encoded
 
 
 def _explain_text(job: ExplainJob, chunk: int) -> int:
-    import keras_lrp
-
+    from ..text_explainer import explain_encoded
     from .progress import Progress
 
     args, source = job.args, job.source
     tm = _load_text_model(job)
     target = _resolve_target(args.target, tm.class_names)
-    max_length = max_length_of(args)
+    front = text_front_of(args, tm, max_length_of(args))
     if args.engine == "ray":
         from .corpus import explain_text_corpus
-        return explain_text_corpus(job, tm, target, max_length)
+        return explain_text_corpus(job, tm, front, target)
     progress = Progress(source.total_lines, enabled=not args.quiet and not source.single)
     sink = _TextSink(job, show=not args.quiet and not (args.json and not source.single), progress=progress)
     try:
-        # Input-order chunks, so that JSON lines are written as they are done. explain_text explains
-        # the sentences of one length together, unpadded: nothing depends on the other sentences.
+        # Input-order chunks, so that JSON lines are written as they are done. The sentences of one
+        # length are explained together: with no padding, nothing depends on the other sentences.
         for sentences in source.chunks(max(4 * args.batch_size, chunk)):
-            for s in sentences:    # before any explaining of the chunk
-                if not sentence_tokens(tm.tokenizer, source, s, max_length):
-                    raise UsageError(f"{source.where(s)} has no tokens after tokenization: {quote(s.text)}")
-            e = keras_lrp.explain_text(tm, [s.text for s in sentences], target=target, batch_size=args.batch_size,
-                                       verbose=False, max_length=max_length, **_explain_kwargs(args))
-            sink.add(_records(e, args))
+            encoded = [encode_sentence(front, source, s) for s in sentences]   # before any explaining
+            front.warn(encoded)
+            targets = None if target is None else np.full(len(encoded), target, dtype=np.int32)
+            e = explain_encoded(front, encoded, targets, [s.text for s in sentences], batch_size=args.batch_size,
+                                verbose=False, **_explain_kwargs(args))
+            sink.add(_records(e, args, [x.dropped for x in encoded]))
             progress.update(source.lines_read, sink.n)
         progress.close()
         sink.finish()
@@ -355,6 +380,25 @@ def _explain_text(job: ExplainJob, chunk: int) -> int:
     if "png" in job.outputs and n > 1:
         print(f"{PROG}: note: --png shows the first sentence; use --html for all", file=sys.stderr)
     return 0
+
+
+class AllUnknownWarning(SummableWarning, UserWarning):
+    """Sentences whose every word is unknown to the vocabulary."""
+
+    def __init__(self, texts: List[str]):
+        self.texts = list(texts)
+        n = len(self.texts)
+        shown = ", ".join(quote(t, 40) for t in self.texts[:3]) + (", ..." if n > 3 else "")
+        super().__init__(f"every word of {n} sentence{'s' if n != 1 else ''} is unknown to the vocabulary "
+                         f"({shown}); {'their explanations are' if n != 1 else 'its explanation is'} of the "
+                         "unknown token only")
+
+    def cause(self):
+        return "all unknown"
+
+    @classmethod
+    def merge(cls, items):
+        return cls([t for w in items for t in w.texts])
 
 
 class _TextSink:
@@ -377,10 +421,10 @@ class _TextSink:
         from ..visualize import ansi_heatmap
 
         self.progress.clear()
+        unknown = [r["text"] for r in records if r["oov_tokens"] and len(r["oov_tokens"]) == len(r["tokens"])]
+        if unknown:
+            warnings.warn(AllUnknownWarning(unknown))
         for r in records:
-            if r["oov_tokens"] and len(r["oov_tokens"]) == len(r["tokens"]):
-                print(f"{PROG}: warning: every word of {quote(r['text'])} is unknown to the vocabulary; "
-                      "the explanation is of the unknown token only", file=sys.stderr)
             if self.show:
                 _print_record(r, self.color, ansi_heatmap)
         if self.json is not None:
@@ -428,20 +472,28 @@ def _report(args, lines) -> None:
                 print(printable(line), file=sys.stderr)
 
 
-def _records(e, args) -> List[dict]:
-    """The JSON lines of ``explain_text``'s Explanation ``e``, one per text."""
-    names, word_relevance = e.class_names, e.word_relevance      # (batch, time), summed once
-    records = []
-    for k, (tokens, scores) in enumerate(zip(e.tokens, e.scores)):
-        pred = int(np.argmax(scores))
-        records.append({"text": e.texts[k], "tokens": tokens,
-                        "relevance": word_relevance[k, :len(tokens)].tolist(),
-                        "scores": {n: float(s) for n, s in zip(names, scores)}, "prediction": names[pred],
-                        "target": names[int(e.target[k])], "target_index": int(e.target[k]),
-                        "oov_tokens": [t for t, o in zip(tokens, e.oov[k]) if o], "method": args.method,
-                        "rule": args.rule if args.method == "lrp" else None,
-                        "eps": args.eps, "bias_factor": args.bias_factor})
-    return records
+def _records(e, args, dropped: List[List[str]]) -> List[dict]:
+    """The JSON lines of ``explain_encoded``'s Explanation ``e``, one per text (``dropped``: the words
+    the tokenizer left out of each)."""
+    word_relevance = e.word_relevance      # (batch, time), summed once
+    return [record(e.texts[k], tokens, word_relevance[k, :len(tokens)].tolist(), e.scores[k], int(e.target[k]),
+                   e.oov[k], dropped[k], e.class_names, args)
+            for k, tokens in enumerate(e.tokens)]
+
+
+def record(text: str, tokens: List[str], relevance: List[float], scores, target: int, oov, dropped: List[str],
+           names: List[str], args) -> dict:
+    """One JSON line of ``--json`` (and of ``--engine ray``'s ``out.jsonl``): the sentence, its tokens
+    (padding shown as ``<pad>``), the relevance of each, the scores by class name, the prediction,
+    the explained class (name and index), the unknown words, the words the tokenizer left out, and
+    the settings."""
+    pred = int(np.argmax(scores))
+    return {"text": text, "tokens": tokens, "relevance": relevance,
+            "scores": {n: float(s) for n, s in zip(names, scores)}, "prediction": names[pred],
+            "target": names[target], "target_index": target,
+            "oov_tokens": [t for t, o in zip(tokens, oov) if o], "dropped_tokens": list(dropped),
+            "method": args.method, "rule": args.rule if args.method == "lrp" else None,
+            "eps": args.eps, "bias_factor": args.bias_factor}
 
 
 def _print_record(r, color, ansi_heatmap):
@@ -454,6 +506,11 @@ def _print_record(r, color, ansi_heatmap):
                               oov=np.array([t in unknown for t in r["tokens"]], dtype=bool)))
     if r["oov_tokens"]:
         print(f"  (* unknown to the vocabulary: {printable(', '.join(r['oov_tokens']))})")
+    if r["dropped_tokens"]:
+        print(f"  (left out, not in the tokenizer's word index: {printable(', '.join(r['dropped_tokens']))})")
+
+
+_NPY_SHOWN = 10    # samples whose scores --npy prints (the rest are counted)
 
 
 def _explain_numeric(job: ExplainJob) -> int:
@@ -479,8 +536,11 @@ def _explain_numeric(job: ExplainJob) -> int:
             fig.savefig(f, format="png", dpi=150)
     job.outputs.commit()
     if not args.quiet:
-        for k in range(min(len(x), 5)):
+        shown = len(x) if len(x) <= _NPY_SHOWN + 1 else _NPY_SHOWN
+        for k in range(shown):
             print(f"sample {k}: scores {np.array2string(e.scores[k], precision=3)}, target {e.target[k]}")
+        if shown < len(x):
+            print(f"... and {len(x) - shown} more samples (all {len(x)} are in {job.outputs.path('out')})")
     _report(args, [f"wrote the relevance {e.relevance.shape} of {len(x)} sample{'s' if len(x) != 1 else ''} "
                    f"to {job.outputs.path('out')}",
                    f"wrote the heatmap of sample 0 to {job.outputs.path('png')}" if "png" in job.outputs else None])

@@ -92,6 +92,17 @@ def quiet_retracing():
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def quiet_run():
+    """Around a run of several methods over many batches: TensorFlow's retracing warnings silenced
+    (:func:`quiet_retracing`) and every other warning issued once per cause when the run ends, with
+    its count (the 'prop' rule's overflow warning came once per batch: 10-24 per evaluation)."""
+    from ..quiet import summarized_warnings
+
+    with summarized_warnings(), quiet_retracing():
+        yield
+
+
 def inline_figure(**kwargs):
     """A pyplot-free matplotlib Figure that Jupyter shows inline (as PNG) without ``%matplotlib``."""
     import io

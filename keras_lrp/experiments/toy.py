@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._common import LABELS, TOY_METHODS, check_int, check_methods, inline_figure, method_relevance, quiet_retracing
+from ._common import LABELS, TOY_METHODS, check_int, check_methods, inline_figure, method_relevance, quiet_run
 
 __all__ = ["TOY_OPERATIONS", "TOY_METHODS", "ToyData", "make_toy_data", "build_toy_model", "train_toy_model",
            "ToyTraining", "marked_input_metrics", "ToyResult", "toy_evaluation", "run_toy_experiment"]
@@ -315,7 +315,7 @@ def toy_evaluation(model, data, methods: Union[str, Sequence[str]] = TOY_METHODS
     if pred.shape[1] != 1:
         raise ValueError(f"the toy model must have one output (a regression), this one has {pred.shape[1]}")
     metrics, relevance = {}, {}
-    with quiet_retracing():
+    with quiet_run():
         for m in methods:
             r = method_relevance(model, data.x, 0, m, eps=eps, bias_factor=bias_factor, dtype=dtype,
                                  batch_size=batch_size, rng=np.random.default_rng(seed))

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 from ._common import (DELETION_METHODS, LABELS, REPLACEMENTS, STYLES, ProgressBar, check_int, check_methods,
-                      inline_figure, method_relevance, quiet_retracing)
+                      inline_figure, method_relevance, quiet_run)
 
 __all__ = ["DELETION_METHODS", "REPLACEMENTS", "deletion_order", "deletion_masks", "word_deletion",
            "WordDeletionResult", "sst_word_deletion"]
@@ -306,7 +306,7 @@ def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[in
 
     lengths = np.array([len(a) for a in ids])
     bar = ProgressBar(len(ids), "sentence", enabled=progress)
-    with quiet_retracing():
+    with quiet_run():
         for group in _equal_length_groups(lengths, batch_size):
             delete_group(group)
             bar.add(len(group))

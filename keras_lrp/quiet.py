@@ -1,0 +1,161 @@
+"""Quiet by default: TensorFlow's and Ray's start-up logs hidden, repeated warnings summed up.
+
+* :func:`import_tensorflow_quietly` imports TensorFlow with its C++ start-up lines (oneDNN, CUDA
+  probing, CPU features) sent to ``/dev/null``: TensorFlow 2.21 prints them even with
+  ``TF_CPP_MIN_LOG_LEVEL=3``. The ``keras-lrp`` command, the bench scripts and the Ray workers start
+  this way (``--debug`` shows them).
+* :func:`quiet_ray` hides Ray's own logs (its start-up lines, Ray Data's execution plan and the
+  core worker's C++ lines) around a Ray run that keras-lrp starts.
+* :func:`summarized_warnings` collects the warnings of a long run and reports each cause once, with
+  its count, when the run ends: ``keras-lrp evaluate`` printed one overflow warning per batch into
+  its progress bar. Warnings that add up (:class:`SummableWarning`) merge into one with the totals
+  ("375 of 2210 explanations contain inf/NaN: ...").
+
+Nothing here imports TensorFlow or Ray at module level.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from typing import Callable, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
+
+__all__ = ["SummableWarning", "summarized_warnings", "summarize", "import_tensorflow_quietly", "quiet_ray",
+           "stderr_to_devnull"]
+
+
+class SummableWarning(Warning):
+    """A warning whose occurrences add up: those of one :meth:`cause` merge into one warning that
+    states the totals (:meth:`merge`). Subclasses keep their numbers as attributes."""
+
+    def cause(self) -> Hashable:
+        """What makes two warnings the same (default: the message)."""
+        return str(self)
+
+    @classmethod
+    def merge(cls, items: Sequence["SummableWarning"]) -> "SummableWarning":
+        """One warning standing for ``items`` (all of this class and of one cause)."""
+        return items[0]
+
+
+def summarize(caught: Sequence[warnings.WarningMessage]) -> List[Tuple[type, Warning, int]]:
+    """``(category, warning, count)`` per cause, in order of first occurrence: summable warnings
+    merged (count = how many were merged), others grouped by category and message."""
+    groups: Dict[Hashable, List[warnings.WarningMessage]] = {}
+    for w in caught:
+        message = w.message
+        key = (w.category, message.cause() if isinstance(message, SummableWarning) else str(message))
+        groups.setdefault(key, []).append(w)
+    out = []
+    for (category, _), items in groups.items():
+        first = items[0].message
+        if isinstance(first, SummableWarning):
+            merged = type(first).merge([w.message for w in items])
+        else:
+            merged = first if isinstance(first, Warning) else category(str(first))
+        out.append((category, merged, len(items)))
+    return out
+
+
+@contextlib.contextmanager
+def summarized_warnings(report: Optional[Callable[[str], None]] = None) -> Iterator[None]:
+    """Collect the warnings raised inside the block; when it ends (also by an exception), report
+    each cause once.
+
+    Args:
+        report: called with one line per cause (a summable warning's merged message; others with
+            ``" (N times)"`` when repeated), e.g. to print ``keras-lrp: warning: ...``. None:
+            re-issue them with :func:`warnings.warn` (one per cause, the caller's filters apply).
+    """
+    collected: List[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield
+            finally:
+                collected = list(caught)
+    finally:
+        for category, message, count in summarize(collected):
+            if report is not None:
+                text = str(message)
+                report(text if isinstance(message, SummableWarning) or count == 1 else f"{text} ({count} times)")
+            else:
+                warnings.warn(message, category, stacklevel=3)
+
+
+@contextlib.contextmanager
+def stderr_to_devnull() -> Iterator[None]:
+    """Send file descriptor 2 (what C++ libraries write to) to ``/dev/null`` inside the block.
+    Python exceptions still propagate (stderr is restored first). No-op without a real stderr."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_tensorflow_quietly(debug: bool = False) -> None:
+    """Import TensorFlow (and let it probe its devices) without its C++ start-up lines, and set
+    its Python logger to errors only. ``TF_CPP_MIN_LOG_LEVEL`` defaults to 3 for later C++ logs.
+    With ``debug=True``, or when TensorFlow is already imported, only the defaults are set."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if debug:
+        return
+    if "tensorflow" not in sys.modules:
+        with stderr_to_devnull():
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:   # absl comes with TensorFlow; nothing to quiet without it
+        pass
+
+
+# Ray's logs: its Python loggers, Ray Data's (read from RAY_DATA_LOG_LEVEL when ray.data configures
+# them), and the C++ core worker's (RAY_BACKEND_LOG_LEVEL, read when ray.init starts it).
+_RAY_ENV = {"RAY_DATA_LOG_LEVEL": "ERROR", "RAY_BACKEND_LOG_LEVEL": "fatal"}
+_RAY_LOGGERS = ("ray", "ray.data")
+
+
+@contextlib.contextmanager
+def quiet_ray(debug: bool = False) -> Iterator[Callable[[], contextlib.AbstractContextManager]]:
+    """Hide Ray's logs inside the block (Ray's and Ray Data's loggers at ERROR, the C++ core
+    worker's at FATAL); restores them afterwards. Yields a context manager to wrap ``ray.init``
+    in: it also sends the C++ start-up lines (which ignore the log level) to ``/dev/null``.
+    ``debug=True`` changes nothing."""
+    if debug:
+        yield contextlib.nullcontext
+        return
+    saved_env = {k: os.environ.get(k) for k in _RAY_ENV}
+    loggers = [logging.getLogger(name) for name in _RAY_LOGGERS]
+    saved_levels = [lg.level for lg in loggers]
+    for k, v in _RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield stderr_to_devnull
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for lg, level in zip(loggers, saved_levels):
+            lg.setLevel(level)
