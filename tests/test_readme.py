@@ -223,6 +223,16 @@ def test_every_python_block_runs_as_printed(request):
 
     pytest.importorskip("tf_keras")     # the .h5 stand-in is written by tf.keras
     request.addfinalizer(lambda: sys.modules.get("matplotlib.pyplot") and sys.modules["matplotlib.pyplot"].close("all"))
+    # a block may register a propagator for its own layer (the README's extension example): keep the
+    # registry as it was for the other tests
+    from keras_lrp.propagators import base
+    registry, rows = dict(base._REGISTRY), list(base._ROWS)
+
+    def restore():
+        base._REGISTRY.clear()
+        base._REGISTRY.update(registry)
+        base._ROWS[:] = rows
+    request.addfinalizer(restore)
     wrong = [f"{_doc_id(doc)}:{p.line}: printed {p.expected!r}, the code gives {p.got!r}"
              for doc in DOCS for p in run_doc(doc) if not matches(p.expected, p.got)]
     assert not wrong, "\n".join(wrong) + "\n(python tests/test_readme.py --update rewrites them)"
