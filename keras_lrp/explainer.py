@@ -174,9 +174,12 @@ class Explainer:
         self.has_time_axis = len(out_shape) == 3
         specs = [tf.TensorSpec((None,) + tuple(shape[1:]), tf.int32 if ids else dtype)
                  for shape, ids in zip(self.input_shapes, self._ids)]
-        # Traced once here, so that a call skips tf.function's dispatch (see _call_compiled).
+        # Traced once here, so that a call skips tf.function's dispatch (see _call_compiled). Without
+        # autograph: the walk's Python control flow is on static values only, and an error raised while
+        # tracing (a rule refusing a configuration) reaches the user as itself, not as a StagingError.
         self._fn = tf.function(
-            self._run, input_signature=[specs, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)]
+            self._run, input_signature=[specs, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)],
+            autograph=False,
         ).get_concrete_function()
 
     @property
