@@ -174,9 +174,12 @@ class Explainer:
         self.has_time_axis = len(out_shape) == 3
         specs = [tf.TensorSpec((None,) + tuple(shape[1:]), tf.int32 if ids else dtype)
                  for shape, ids in zip(self.input_shapes, self._ids)]
-        # Traced once here, so that a call skips tf.function's dispatch (see _call_compiled).
+        # Traced once here, so that a call skips tf.function's dispatch (see _call_compiled). Without
+        # autograph: the walk's Python control flow is on static values only, and an error raised while
+        # tracing (a rule refusing a configuration) reaches the user as itself, not as a StagingError.
         self._fn = tf.function(
-            self._run, input_signature=[specs, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)]
+            self._run, input_signature=[specs, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)],
+            autograph=False,
         ).get_concrete_function()
 
     @property
@@ -241,7 +244,6 @@ class Explainer:
         if any(x.shape[0] != n for x in xs):
             raise ValueError("the inputs have different batch sizes: "
                              + ", ".join(f"{name!r}: {x.shape[0]}" for name, x in zip(self.input_names, xs)) + ".")
-        x = xs[0]
         t = self._check_target(target, n)
         steps = self._check_timestep(timestep, n, xs)
         if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \

@@ -167,12 +167,15 @@ class DenseMaps(RecurrentMaps):
 
     def inputs(self, x):
         """``x_t W + b`` for all timesteps at once: (time, batch, e) -> (time, batch, m)."""
-        z = ops.einsum("tbe,em->tbm", x, self.kernel)
+        # tf.einsum, not keras.ops.einsum: Keras's TensorFlow einsum rewrites this contraction into a
+        # matmul over time x batch rows, whose rounding then depends on the batch size (float64 results
+        # must not: tests/test_reliability.py)
+        z = tf.einsum("tbe,em->tbm", x, self.kernel)
         return z if self.bias is None else z + self.bias
 
     def recurrent(self, h):
         """``h U``: (batch, d) -> (batch, m)."""
-        return ops.matmul(h, self.recurrent_kernel)
+        return tf.matmul(h, self.recurrent_kernel)
 
     def input_magnitude(self, x):
         """``sum_k |x_k w_km| + |b_m|`` for all timesteps (time, batch, m): with :meth:`recurrent_magnitude`
@@ -185,7 +188,7 @@ class DenseMaps(RecurrentMaps):
 
     def input_transpose(self, m):
         """``m W^T`` for all timesteps: (time, batch, m) -> (time, batch, e)."""
-        return ops.einsum("tbm,em->tbe", m, self.kernel)
+        return tf.einsum("tbm,em->tbe", m, self.kernel)   # (see inputs)
 
     def recurrent_transpose(self, m):
         """``m U^T``: (batch, m) -> (batch, d)."""
