@@ -108,12 +108,18 @@ def read_table(data: bytes):
     return pa.ipc.open_file(pa.BufferReader(data)).read_all()
 
 
+#: rows turned into Python objects at a time: a shard of long sequences (4,096 x 10,000 timesteps x
+#: features) would otherwise become one list of Python floats many times the size of its numbers
+RECORD_ROWS = 256
+
+
 def _records(table) -> Iterator[Dict[str, Any]]:
-    """One dict per row, keys in column order, Python ints / floats / lists (float32 values exact)."""
-    columns = {name: table.column(name).to_pylist() for name in table.schema.names}
-    names = list(columns)
-    for row in zip(*columns.values()):
-        yield dict(zip(names, row))
+    """One dict per row, keys in column order, Python ints / floats / lists (float32 values exact),
+    converted :data:`RECORD_ROWS` rows at a time."""
+    names = table.schema.names
+    for batch in table.to_batches(max_chunksize=RECORD_ROWS):
+        for row in zip(*(column.to_pylist() for column in batch.columns)):
+            yield dict(zip(names, row))
 
 
 class OutputWriter:

@@ -54,7 +54,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -375,7 +375,9 @@ class _ShardExplainer:
             if self.fail_after is not None and self.done >= self.fail_after:
                 raise RuntimeError(f"simulated worker failure after {self.done} shards (test hook)")
             shard = _Shard(*(int(batch[f.name][row]) for f in dataclasses.fields(_Shard)))
-            done = self._explain_shard(shard)
+            # a retried task (its worker died) keeps the shards it had finished before
+            finished = _finished_shard(self.shards_dir, shard, self.fingerprint)
+            done = finished.record if finished is not None else self._explain_shard(shard)
             self.done += 1
             yield {key: np.asarray([done[key]]) for key in ("shard", "lines", "started", "finished")}
 
@@ -412,8 +414,15 @@ class _ShardExplainer:
         return done
 
 
-def _verified_shard(shards_dir: pathlib.Path, shard: _Shard, fingerprint: str) -> Optional[bytes]:
-    """The bytes of ``shard``'s table if a run finished it: its completion record belongs to this
+class _FinishedShard(NamedTuple):
+    """A shard's completion record and the bytes of its table, checked against each other."""
+
+    record: Dict[str, Any]
+    data: bytes
+
+
+def _finished_shard(shards_dir: pathlib.Path, shard: _Shard, fingerprint: str) -> Optional[_FinishedShard]:
+    """``shard``'s record and table if a run finished it: the completion record belongs to this
     run's fingerprint and holds the shard's row count and the file's SHA-256; else None."""
     name = _SHARD_NAME.format(shard.index)
     try:
@@ -424,12 +433,12 @@ def _verified_shard(shards_dir: pathlib.Path, shard: _Shard, fingerprint: str) -
     if not isinstance(done, dict) or done.get("fingerprint") != fingerprint \
             or done.get("lines") != shard.stop - shard.start or hashlib.sha256(data).hexdigest() != done.get("sha256"):
         return None
-    return data
+    return _FinishedShard(done, data)
 
 
 def _shard_complete(shards_dir: pathlib.Path, shard: _Shard, fingerprint: str) -> bool:
-    """Whether an earlier run finished ``shard`` (see :func:`_verified_shard`)."""
-    return _verified_shard(shards_dir, shard, fingerprint) is not None
+    """Whether an earlier run finished ``shard`` (see :func:`_finished_shard`)."""
+    return _finished_shard(shards_dir, shard, fingerprint) is not None
 
 
 # ----------------------------------------------------------------------------------------- driver
@@ -662,7 +671,10 @@ class _StreamingMerge:
         self._thread.start()
 
     def complete(self, index: int) -> None:
-        """Shard ``index`` is finished (its files are written)."""
+        """Shard ``index`` is finished (its files are written). Raises the merge's error, if it
+        failed (a ``records`` function that raised, a full disk), so that the run stops now."""
+        if self._error is not None:
+            raise self._error
         with self._changed:
             self._complete.add(index)
             self._changed.notify()
@@ -674,10 +686,11 @@ class _StreamingMerge:
             with self._changed:
                 while shard.index not in self._complete and not self._closed:
                     self._changed.wait()
-            data = _verified_shard(self.shards_dir, shard, self.fingerprint) if shard.index in self._complete else None
-            if data is None:
+            finished = _finished_shard(self.shards_dir, shard, self.fingerprint) \
+                if shard.index in self._complete else None
+            if finished is None:
                 raise _Incomplete(shard.index)
-            yield read_table(data)
+            yield read_table(finished.data)
 
     def _write(self) -> None:
         from .corpus_io import OutputWriter

@@ -132,6 +132,54 @@ def test_resume_after_failed_worker_redoes_nothing(uninterrupted, token_model, c
     assert (out / "out.jsonl").read_bytes() == uninterrupted.path.read_bytes()
 
 
+def test_a_retried_task_keeps_the_shards_it_had_finished(token_model, tmp_path):
+    """A Ray task takes several shards; when its worker dies, Ray reruns the whole task on a new
+    worker, which keeps the shards already written (same files, same records) and explains only the rest."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(6).integers(0, VOCAB, (3 * SHARD, 4)))
+    corpus = distributed._Corpus("npy", str(tmp_path / "x.npy"), 3 * SHARD)
+    shards = distributed._cut(3 * SHARD, SHARD)
+    config = dict(SETTINGS, rule="all", method="lrp", batch_size=4, feature_relevance=False)
+    (tmp_path / "shards").mkdir()
+    args = (str(token_model), corpus, str(tmp_path / "shards"), "fingerprint", config, None, None)
+
+    def task(shards):
+        return {field: np.asarray([getattr(s, field) for s in shards]) for field in ("index", "start", "stop",
+                                                                                      "byte_start", "byte_stop")}
+
+    first = list(distributed._ShardExplainer(*args)(task(shards[:2])))      # died before its third shard
+    written = {p.name: p.stat().st_ino for p in (tmp_path / "shards").iterdir()}
+    retried_worker = distributed._ShardExplainer(*args)
+    explain = retried_worker.explainer.attribute
+    explained = []
+    retried_worker.explainer.attribute = lambda x, **kw: explained.append(len(x)) or explain(x, **kw)
+    retried = list(retried_worker(task(shards)))
+    assert explained == [SHARD]                                             # the third shard only
+    for a, b in zip(first, retried):
+        assert {k: v.tolist() for k, v in a.items()} == {k: v.tolist() for k, v in b.items()}
+    assert {name: (tmp_path / "shards" / name).stat().st_ino for name in written} == written
+
+
+def test_a_failed_merge_stops_the_run_at_the_next_shard(uninterrupted, tmp_path):
+    """The merge runs alongside the workers: when it fails (here the records= function raises), the
+    next finished shard raises its error in the driver instead of the run going on to the end."""
+    shards = [distributed._Shard(i, SHARD * i, SHARD * (i + 1)) for i in range(N // SHARD)]
+    fingerprint = json.loads((uninterrupted.path.parent / "manifest.json").read_text())["fingerprint"]
+
+    def records(stream):
+        for record in stream:
+            raise ValueError(f"no text for sequence {record['index']}")
+        yield from ()
+
+    merge = distributed._StreamingMerge(uninterrupted.path.parent / "shards", shards, fingerprint,
+                                        tmp_path / "out.jsonl", "jsonl", records)
+    merge.complete(0)
+    merge._thread.join(timeout=60)
+    with pytest.raises(ValueError, match="no text for sequence 0"):
+        merge.complete(1)
+    merge.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
 KILLED_JOB = """
 import json, os, pathlib, signal, sys, threading, time
 from keras_lrp.distributed import explain_corpus
