@@ -220,7 +220,7 @@ def run_all(args, sizes, tmp: pathlib.Path, model, small, around_init):
                     if name == "large":
                         steady.setdefault("in process, 1 logical CPU device(s)|large", []).append(n / e["explain"])
                         in_process_runs.append(e)
-                for workers in (1, 2):
+                for workers in args.workers:
                     run = ray_end_to_end(tmp / "model.keras", tmp / f"{name}.npy", tmp / f"ray{workers}", workers,
                                          args.batch_size, shard_size)
                     key = f"Ray Data, {workers} worker(s)"
@@ -243,6 +243,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats (default 2)")
     parser.add_argument("--quick", action="store_true", help="400 and 4,000 sequences, 1 repeat")
+    parser.add_argument("--workers", type=lambda text: [int(k) for k in text.split(",")], default=[1, 2],
+                        help="Ray worker counts, comma-separated (default 1,2)")
     parser.add_argument("--ray-only", action="store_true",
                         help="only the Ray runs and the in-process steady state (runs against keras_lrp before "
                              "issue 23: PYTHONPATH=<old checkout>)")
@@ -274,7 +276,7 @@ def main():
 
     n_small, n_large = args.small, args.large
     print(f"\nsteady state, sequences/s (median [min-max] of {args.repeats}):")
-    print(f"| setting | {n_small:,} sequences | {n_large:,} sequences | per worker / in process (1 device) |")
+    print(f"| setting | {n_small:,} sequences | {n_large:,} sequences | / in process (1 device), same cores |")
     print("| --- | --- | --- | --- |")
     # the in-process explain rate of the large corpus (its end-to-end run's explain stage); with
     # --ray-only the small corpus's (the same model and T, in memory)
@@ -282,12 +284,11 @@ def main():
                                     or steady["in process, 1 logical CPU device(s)|small"])
             for size in ("small", "large")}
     for setting in ("in process, 1 logical CPU device(s)", "in process, 2 logical CPU device(s)",
-                    "Ray Data, 1 worker(s)", "Ray Data, 2 worker(s)"):
+                    *(f"Ray Data, {k} worker(s)" for k in args.workers)):
         cells = [median_range(steady.get(f"{setting}|{size}", [])) for size in ("small", "large")]
         ratio = "—"
-        if setting.startswith("Ray"):
-            workers = int(setting.split(", ")[1][0])
-            ratio = " / ".join(f"{statistics.median(steady[f'{setting}|{size}']) / workers / base[size]:.2f}"
+        if setting.startswith("Ray"):    # every worker and the in-process explainer use all the cores
+            ratio = " / ".join(f"{statistics.median(steady[f'{setting}|{size}']) / base[size]:.2f}"
                                for size in ("small", "large"))
         print(f"| {setting} | {cells[0]} | {cells[1]} | {ratio} |")
 
@@ -295,15 +296,16 @@ def main():
     print(f"| setting | {n_small:,} sequences | {n_large:,} sequences | / in process |")
     print("| --- | --- | --- | --- |")
     median = {key: statistics.median(values) for key, values in ends.items()}
-    for setting in ("in process", "Ray Data, 1 worker(s)", "Ray Data, 2 worker(s)"):
+    for setting in ("in process", *(f"Ray Data, {k} worker(s)" for k in args.workers)):
         if args.ray_only and setting == "in process":
             continue
         cells = [median_range(ends[f"{setting}|{size}"], "{:.1f}") for size in ("small", "large")]
         ratio = "—" if args.ray_only else " / ".join(f"{median[f'{setting}|{s}'] / median[f'in process|{s}']:.2f}"
                                                      for s in ("small", "large"))
         print(f"| {setting} | {cells[0]} | {cells[1]} | {ratio} |")
-    between = " / ".join(f"{statistics.median(r.between for r in ray_runs[f'{w}|large']):.2f}" for w in (1, 2))
-    print(f"Ray's time between two shards of a worker, summed over the workers, 1 / 2 workers: {between} s")
+    between = ", ".join(f"{w} worker(s) {statistics.median(r.between for r in ray_runs[f'{w}|large']):.2f} s"
+                        for w in args.workers)
+    print(f"Ray's time between two shards of a worker, summed over the workers: {between}")
     if not args.ray_only:
         print_stages(args, ray_runs, in_process_runs)
 
