@@ -3,6 +3,9 @@
     python bench/bench_scale.py                  # 2,000 and 100,000 sequences, 2 interleaved repeats
     python bench/bench_scale.py --quick          # 400 and 4,000 sequences, 1 repeat, for a smoke run
     taskset -c 0 python bench/bench_scale.py     # everything (driver, Ray, workers) on one core
+    cd OLD && PYTHONPATH=OLD python .../bench_scale.py --ray-only --workers 1
+                                                 # the Ray runs of an older keras_lrp checkout OLD (run from
+                                                 # there: Ray puts the driver's folder on the workers' path)
 
 Corpus: T=20 timesteps of 60 features, Bidirectional(LSTM(60)) + Dense(5), float32, batch 256, as .npy.
 Prints, each as the median and [min-max] of --repeats runs (interleaved, so that the machine's

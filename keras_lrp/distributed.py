@@ -34,7 +34,8 @@ the results in input order; every chunk is explained exactly as the single-devic
 explains it, so the results are equal bit for bit.
 
 Failures: a worker process that dies (killed, out of memory, node lost) is restarted by Ray Data
-and its shard retried (shard files are written whole and idempotently); a run that fails (an
+and its task retried (shard files are written whole and idempotently; the shards of the task that
+were finished are kept); a run that fails (an
 error in a worker, the driver killed) is finished by calling :func:`explain_corpus` again with the
 same arguments: shards whose files match their completion record are kept, not recomputed.
 One run at a time per ``out_dir``.
