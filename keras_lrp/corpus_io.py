@@ -116,10 +116,15 @@ RECORD_ROWS = 256
 def _records(table) -> Iterator[Dict[str, Any]]:
     """One dict per row, keys in column order, Python ints / floats / lists (float32 values exact),
     converted :data:`RECORD_ROWS` rows at a time."""
-    names = table.schema.names
     for batch in table.to_batches(max_chunksize=RECORD_ROWS):
-        for row in zip(*(column.to_pylist() for column in batch.columns)):
-            yield dict(zip(names, row))
+        yield from _batch_records(batch)
+
+
+def _batch_records(batch) -> Iterator[Dict[str, Any]]:
+    """One dict per row of an Arrow record batch (see :func:`_records`)."""
+    names = batch.schema.names
+    for row in zip(*(column.to_pylist() for column in batch.columns)):
+        yield dict(zip(names, row))
 
 
 class OutputWriter:
@@ -169,8 +174,8 @@ def read_corpus_output(path: PathLike) -> Iterator[Dict[str, Any]]:
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches():
-            yield from _records(batch)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=RECORD_ROWS):
+            yield from _batch_records(batch)
         return
     if path.endswith(".arrow"):
         with open(path, "rb") as f:
