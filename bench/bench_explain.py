@@ -2,6 +2,7 @@
 
     python bench/bench_explain.py            # all tables of the README's Speed section
     python bench/bench_explain.py --quick    # one small setting per table
+    python bench/bench_explain.py --pin      # on one core, one thread (issue 23's single-core goals)
 
 Prints
 1. per README configuration (batch 256, float32): the model's compiled forward pass
@@ -12,11 +13,37 @@ Prints
 3. float64 / float32: explain time in each dtype, same model and batch.
 Each timing is the median of --repeats calls after a warm-up call, the calls interleaved so that a
 change of machine load affects all alike.
+
+--pin runs the process on one core (``os.sched_setaffinity``, the highest-numbered core it may use,
+or --core) with one TensorFlow thread (intra- and inter-op), both set before TensorFlow starts: the
+explainer and its baselines then get the same single core, whatever else the machine runs, and table 1
+adds the T=500 row of issue 23.
 """
 import argparse
 import os
 import statistics
 import time
+
+
+def pin_to_one_core(core=None) -> int:
+    """Run this process (and every thread it starts from now on) on one core; returns the core."""
+    core = max(os.sched_getaffinity(0)) if core is None else core
+    os.sched_setaffinity(0, {core})
+    # OpenMP / oneDNN pools, in case a kernel uses them: one thread
+    os.environ.update(OMP_NUM_THREADS="1", TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
+    return core
+
+
+def _pin_arguments():
+    """--pin / --core, read before TensorFlow is imported (the full parser is in main)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--pin", action="store_true")
+    parser.add_argument("--core", type=int)
+    return parser.parse_known_args()[0]
+
+
+_PIN = _pin_arguments()
+PINNED = pin_to_one_core(_PIN.core) if _PIN.pin else None
 
 from keras_lrp.quiet import import_tensorflow_quietly  # noqa: E402
 
@@ -27,6 +54,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_lrp  # noqa: E402
+
+if PINNED is not None:          # before TensorFlow's runtime starts (its first op)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 def interleaved_medians(fns, repeats):
@@ -117,36 +148,55 @@ def main():
     parser.add_argument("--quick", action="store_true", help="one small setting per table")
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--only", choices=sorted(ARCHITECTURES) + ["bilstm_mha"], help="run one architecture's rows")
+    parser.add_argument("--pin", action="store_true", help="one core, one TensorFlow thread")
+    parser.add_argument("--core", type=int, help="the core for --pin (default: the highest-numbered usable)")
+    parser.add_argument("--tables", default="123", help="which tables to print (default 123)")
     args = parser.parse_args()
     settings = [("bilstm", 20, 60)] if args.quick else [
         ("bilstm", 20, 60), ("bilstm", 50, 60), ("bilstm", 100, 60), ("bilstm", 200, 60), ("bilstm", 100, 256),
-        ("stack3", 50, 60), ("bigru", 50, 60), ("bilstm_mha", 50, 60)]
+        ("stack3", 50, 60), ("bigru", 50, 60), ("bilstm_mha", 50, 60)] + ([("bilstm", 500, 60)] if args.pin else [])
     if args.only:
         settings = [s for s in settings if s[0] == args.only]
-    print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPUs, {cpu_name()}, "
+    pinned = (f"pinned to core {PINNED}, 1 TensorFlow thread" if PINNED is not None
+              else f"{len(os.sched_getaffinity(0))} usable cores, TensorFlow's default threads")
+    print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPUs, {cpu_name()}, {pinned}, "
           f"load average {os.getloadavg()[0]:.1f}")
     print("bilstm = Bidirectional(LSTM(units)), stack3 = LSTM > Bidirectional(LSTM) > LSTM, bigru = "
           "Bidirectional(GRU(units)); bilstm_mha = Bidirectional(LSTM(units, return_sequences)) > "
           "MultiHeadAttention(2 heads, key_dim 16) > GlobalAveragePooling1D; each + Dense(5), 60 features, rule 'all'")
+    if "1" in args.tables:
+        table_batch(settings, args.repeats)
+    if "2" in args.tables:
+        table_latency(args.quick)
+    if "3" in args.tables:
+        table_dtypes(args.quick, args.repeats)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+def table_batch(settings, repeats):
     print("\n1. batch 256, float32")
     print(f"{'model':>10} {'T':>4} {'units':>5} {'forward s':>10} {'grad*in s':>10} {'explain s':>10} "
           f"{'/forward':>9} {'/grad*in':>9} {'explain seq/s':>14}")
     for arch, T, units in settings:
-        t_fwd, t_gxi, t_lrp = bench_ratios(arch, T, units, repeats=args.repeats)
+        t_fwd, t_gxi, t_lrp = bench_ratios(arch, T, units, repeats=repeats)
         print(f"{arch:>10} {T:>4} {units:>5} {t_fwd:>10.4f} {t_gxi:>10.4f} {t_lrp:>10.4f} {t_lrp / t_fwd:>9.2f} "
               f"{t_lrp / t_gxi:>9.2f} {256 / t_lrp:>14.0f}", flush=True)
 
+
+def table_latency(quick):
     print("\n2. one sequence (batch 1), bilstm, units 60, float32")
     print(f"{'T':>4} {'forward ms':>11} {'explain ms':>11} {'ratio':>6}")
-    for T in [20] if args.quick else [20, 100]:
-        t_fwd, t_lrp = bench_latency(T, repeats=30 if args.quick else 300)
+    for T in [20] if quick else [20, 100]:
+        t_fwd, t_lrp = bench_latency(T, repeats=30 if quick else 300)
         print(f"{T:>4} {1e3 * t_fwd:>11.3f} {1e3 * t_lrp:>11.3f} {t_lrp / t_fwd:>6.2f}", flush=True)
 
+
+def table_dtypes(quick, repeats):
     print("\n3. float64 / float32, batch 256")
     print(f"{'model':>10} {'T':>4} {'units':>5} {'float32 s':>10} {'float64 s':>10} {'ratio':>6}")
-    for arch, T, units in [("bilstm", 20, 60)] if args.quick else [("bilstm", 20, 60), ("bilstm", 100, 60),
+    for arch, T, units in [("bilstm", 20, 60)] if quick else [("bilstm", 20, 60), ("bilstm", 100, 60),
                                                                       ("bilstm", 100, 256), ("bigru", 50, 60)]:
-        t32, t64 = bench_dtypes(arch, T, units, repeats=args.repeats)
+        t32, t64 = bench_dtypes(arch, T, units, repeats=repeats)
         print(f"{arch:>10} {T:>4} {units:>5} {t32:>10.4f} {t64:>10.4f} {t64 / t32:>6.2f}", flush=True)
 
 

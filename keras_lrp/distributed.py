@@ -4,10 +4,12 @@
 rules) with `Ray Data <https://docs.ray.io/en/latest/data/data.html>`_: the corpus is cut into
 shards of ``shard_size`` consecutive sequences; ``map_batches`` hands the shards to a fixed pool of
 ``num_workers`` actors, each holding ONE compiled :class:`keras_lrp.LRP` built from the model FILE
-(``keras_lrp.load_model(model_path)``, so no model is pickled); each actor writes every finished
-shard atomically (temporary file + rename) to ``out_dir/shards/shard-00012.jsonl`` with a
-completion record ``shard-00012.done.json`` (line count, SHA-256, the run's fingerprint); the
-driver then merges the shards in input order into ``out_dir/out.jsonl``. A rerun with
+(``keras_lrp.load_model(model_path)``, so no model is pickled). Only shard descriptions pass through
+Ray: each actor reads its shard from the corpus file, explains it, and writes the explanations as
+numbers (an Arrow table, :mod:`keras_lrp.corpus_io`) atomically to ``out_dir/shards/shard-00012.arrow``
+with a completion record ``shard-00012.done.json`` (row count, SHA-256, the run's fingerprint, the
+worker's seconds per stage). The driver merges the shards in input order into ``out_dir/out.jsonl``
+(or ``out.parquet``) while the workers run, formatting each number once. A rerun with
 ``resume=True`` (the default) verifies and keeps every finished shard and computes only the rest.
 
 One JSON line per input sequence, in input order::
@@ -32,7 +34,8 @@ the results in input order; every chunk is explained exactly as the single-devic
 explains it, so the results are equal bit for bit.
 
 Failures: a worker process that dies (killed, out of memory, node lost) is restarted by Ray Data
-and its shard retried (shard files are written whole and idempotently); a run that fails (an
+and its task retried (shard files are written whole and idempotently; the shards of the task that
+were finished are kept); a run that fails (an
 error in a worker, the driver killed) is finished by calling :func:`explain_corpus` again with the
 same arguments: shards whose files match their completion record are kept, not recomputed.
 One run at a time per ``out_dir``.
@@ -41,6 +44,7 @@ Ray is an optional dependency: ``pip install "keras-lrp[distributed]"``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -51,18 +55,20 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .npy import load_npy
-from .safe_io import atomic_open, atomic_write
+from .corpus_io import OUTPUTS
+from .safe_io import AtomicFile, atomic_write
 
 __all__ = ["explain_corpus", "CorpusResult", "read_corpus_output", "MultiDeviceExplainer", "available_devices"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-_FORMAT = 2                       # bump when the output format changes: older shards are not reused
+_FORMAT = 3                       # bump when the output format changes: older shards are not reused
 _SHARD_NAME = "shard-{:05d}"
+_SHARD_SUFFIX = ".arrow"          # an Arrow IPC file (keras_lrp.corpus_io)
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
@@ -101,6 +107,12 @@ class CorpusResult:
         computed: indices of the shards computed by this call.
         reused: indices of the shards found complete from an earlier run and kept.
         seconds: wall time of the call.
+        timings: the driver's seconds per stage: "check" (load the model, validate the corpus),
+            "hash" (SHA-256 of model and inputs), "verify" (the shards kept from an earlier run),
+            "ray" (start the workers, explain; absent when nothing was left to compute), "merge"
+            (the output's tail after the last shard: it is written while the workers run). The
+            workers' own stages are in each shard's ``shards/shard-*.done.json`` ("seconds",
+            "worker_setup").
     """
 
     path: pathlib.Path
@@ -109,6 +121,7 @@ class CorpusResult:
     computed: List[int]
     reused: List[int]
     seconds: float
+    timings: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _sha256_file(path: PathLike) -> str:
@@ -269,11 +282,12 @@ def _cut(n: int, shard_size: int) -> List[_Shard]:
     return [_Shard(i, start, min(start + shard_size, n)) for i, start in enumerate(range(0, n, shard_size))]
 
 
-def _read_shard(corpus: _Corpus, shard: _Shard) -> List[np.ndarray]:
-    """The sequences of one shard, each (time,) or (time, features)."""
+def _read_shard(corpus: _Corpus, shard: _Shard) -> Union[np.ndarray, List[np.ndarray]]:
+    """The sequences of one shard: an array (n, time[, features]) from a .npy corpus, or one array
+    (time,) / (time, features) per sequence from a JSON-lines corpus."""
     if corpus.kind == "npy":
         x = load_npy(corpus.path, mmap_mode="r")
-        return list(np.asarray(x[shard.start:shard.stop]))
+        return np.asarray(x[shard.start:shard.stop])
     with open(corpus.path, "rb") as f:
         f.seek(shard.byte_start)
         lines = f.read(shard.byte_stop - shard.byte_start).split(b"\n")
@@ -282,6 +296,18 @@ def _read_shard(corpus: _Corpus, shard: _Shard) -> List[np.ndarray]:
     if len(lines) != shard.stop - shard.start:
         raise RuntimeError(f"{corpus.path} changed while it was being explained (shard {shard.index}).")
     return [np.asarray(json.loads(line)) for line in lines]
+
+
+def _by_length(sequences: Union[np.ndarray, List[np.ndarray]]) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """(positions (g,), batch (g, time[, features])) per sequence length: nothing is ever padded."""
+    if isinstance(sequences, np.ndarray):
+        yield np.arange(len(sequences)), sequences
+        return
+    by_length: Dict[int, List[int]] = {}
+    for i, seq in enumerate(sequences):
+        by_length.setdefault(len(seq), []).append(i)
+    for positions in by_length.values():
+        yield np.asarray(positions), np.stack([sequences[i] for i in positions])
 
 
 def _per_sample(value, n: int, name: str) -> Optional[np.ndarray]:
@@ -296,90 +322,124 @@ def _per_sample(value, n: int, name: str) -> Optional[np.ndarray]:
 # ----------------------------------------------------------------------------------------- worker
 
 
+class _Stopwatch:
+    """Seconds per stage, summed: ``with watch("explain"): ...``; ``watch.seconds`` = {stage: s}."""
+
+    def __init__(self):
+        self.seconds: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - began
+
+
 class _ShardExplainer:
     """A Ray Data actor: one compiled explainer, built from the model file, explains whole shards.
 
     ``__call__`` gets a batch of shard descriptions (columns of :class:`_Shard` fields), writes each
-    shard's JSON lines atomically and returns its completion record.
+    shard's table (:mod:`keras_lrp.corpus_io`) and its completion record, and yields the record of
+    each shard as it finishes. Only these small descriptions and records pass through Ray; the
+    worker reads the corpus itself.
     """
 
     def __init__(self, model_path: str, corpus: _Corpus, shards_dir: str, fingerprint: str,
                  config: Dict[str, Any], target: Optional[np.ndarray], timestep: Optional[np.ndarray],
                  embeddings: Optional[str] = None, fail_after: Optional[int] = None,
                  max_length: Optional[int] = None):
-        from .quiet import import_tensorflow_quietly
+        self.created = time.time()
+        watch = _Stopwatch()
+        with watch("import"):
+            from .quiet import import_tensorflow_quietly
 
-        import_tensorflow_quietly()
-        import keras_lrp
-        from .explainer import MAX_LENGTH
-
-        self.explainer = keras_lrp.Explainer(keras_lrp.load_model(model_path), eps=config["eps"],
-                                             bias_factor=config["bias_factor"], dtype=config["dtype"],
-                                             rule=config["rule"], method=config["method"],
-                                             max_length=MAX_LENGTH if max_length is None else max_length)
+            import_tensorflow_quietly()
+            import keras_lrp
+            from .explainer import MAX_LENGTH
+        with watch("load"):
+            model = keras_lrp.load_model(model_path)
+        with watch("compile"):
+            self.explainer = keras_lrp.Explainer(model, eps=config["eps"], bias_factor=config["bias_factor"],
+                                                 dtype=config["dtype"], rule=config["rule"], method=config["method"],
+                                                 max_length=MAX_LENGTH if max_length is None else max_length)
+        self.setup = watch.seconds
         self.corpus, self.shards_dir, self.fingerprint = corpus, pathlib.Path(shards_dir), fingerprint
         self.batch_size, self.feature_relevance = config["batch_size"], config["feature_relevance"]
         self.target, self.timestep = target, timestep
         self.embeddings = None if embeddings is None else load_npy(embeddings)
         self.fail_after, self.done = fail_after, 0
 
-    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        records = []
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Iterator[Dict[str, np.ndarray]]:
         for row in range(len(batch["index"])):
             if self.fail_after is not None and self.done >= self.fail_after:
                 raise RuntimeError(f"simulated worker failure after {self.done} shards (test hook)")
             shard = _Shard(*(int(batch[f.name][row]) for f in dataclasses.fields(_Shard)))
-            records.append(self._explain_shard(shard))
+            # a retried task (its worker died) keeps the shards it had finished before
+            finished = _finished_shard(self.shards_dir, shard, self.fingerprint)
+            done = finished.record if finished is not None else self._explain_shard(shard)
             self.done += 1
-        return {key: np.asarray([r[key] for r in records]) for key in ("shard", "lines", "started", "finished")}
+            yield {key: np.asarray([done[key]]) for key in ("shard", "lines", "started", "finished")}
 
     def _explain_shard(self, shard: _Shard) -> Dict[str, Any]:
-        started = time.time()
-        sequences = _read_shard(self.corpus, shard)
-        if self.embeddings is not None:     # token ids -> embedding vectors (time, emb_dim)
-            sequences = [self.embeddings[ids] for ids in sequences]
-        lines: List[Optional[bytes]] = [None] * len(sequences)
-        by_length: Dict[int, List[int]] = {}
-        for i, seq in enumerate(sequences):
-            by_length.setdefault(len(seq), []).append(i)
-        for positions in by_length.values():     # equal lengths only: nothing is ever padded
-            rows = shard.start + np.asarray(positions)
-            e = self.explainer.attribute(
-                np.stack([sequences[i] for i in positions]),
-                target=None if self.target is None else self.target[rows],
-                timestep=None if self.timestep is None else self.timestep[rows],
-                batch_size=self.batch_size)
-            relevance = e.relevance if self.feature_relevance else e.word_relevance
-            explained = e.explained_score
-            for k, (i, index) in enumerate(zip(positions, rows)):
-                record = {"index": int(index), "target": int(e.target[k]), "score": float(explained[k]),
-                          "scores": e.scores[k].tolist(), "relevance": relevance[k].tolist(),
-                          "rest": float(e.rest[k])}
-                if e.timestep is not None:
-                    record["timestep"] = int(e.timestep[k])
-                lines[i] = json.dumps(record).encode() + b"\n"
-        data = b"".join(lines)
+        from .corpus_io import ExplainedGroup, shard_table, table_bytes
+
+        started, watch = time.time(), _Stopwatch()
+        with watch("read"):
+            sequences = _read_shard(self.corpus, shard)
+            if self.embeddings is not None:     # token ids -> embedding vectors (time, emb_dim)
+                sequences = (self.embeddings[sequences] if isinstance(sequences, np.ndarray)
+                             else [self.embeddings[ids] for ids in sequences])
+        groups = []
+        with watch("explain"):
+            for positions, x in _by_length(sequences):
+                rows = shard.start + positions
+                groups.append(ExplainedGroup(positions, self.explainer.attribute(
+                    x, target=None if self.target is None else self.target[rows],
+                    timestep=None if self.timestep is None else self.timestep[rows], batch_size=self.batch_size)))
+        with watch("serialise"):
+            data = table_bytes(shard_table(shard.start, shard.stop - shard.start, groups, self.feature_relevance))
+        with watch("hash"):
+            sha256 = hashlib.sha256(data).hexdigest()
         name = _SHARD_NAME.format(shard.index)
-        _atomic_write(self.shards_dir / f"{name}.jsonl", data)
-        finished = time.time()
-        done = {"shard": shard.index, "start": shard.start, "stop": shard.stop, "lines": len(lines),
-                "sha256": hashlib.sha256(data).hexdigest(), "fingerprint": self.fingerprint,
-                "started": started, "finished": finished, "worker": f"{socket.gethostname()}:{os.getpid()}"}
-        _atomic_write(self.shards_dir / f"{name}.done.json", json.dumps(done).encode())
+        with watch("write"):
+            # Not fsynced: a shard is trusted only when its bytes match the SHA-256 of its completion
+            # record, so a file cut short by a crash of the machine is found and recomputed.
+            atomic_write(self.shards_dir / f"{name}{_SHARD_SUFFIX}", data)
+        done = {"shard": shard.index, "start": shard.start, "stop": shard.stop, "lines": shard.stop - shard.start,
+                "sha256": sha256, "fingerprint": self.fingerprint, "started": started, "finished": time.time(),
+                "worker": f"{socket.gethostname()}:{os.getpid()}", "seconds": watch.seconds,
+                "worker_created": self.created, "worker_setup": self.setup}
+        atomic_write(self.shards_dir / f"{name}.done.json", json.dumps(done).encode())
         return done
 
 
-def _shard_complete(shards_dir: pathlib.Path, shard: _Shard, fingerprint: str) -> bool:
-    """Whether an earlier run finished ``shard``: its completion record belongs to this run's
-    fingerprint and the shard file has the recorded number of lines and SHA-256."""
+class _FinishedShard(NamedTuple):
+    """A shard's completion record and the bytes of its table, checked against each other."""
+
+    record: Dict[str, Any]
+    data: bytes
+
+
+def _finished_shard(shards_dir: pathlib.Path, shard: _Shard, fingerprint: str) -> Optional[_FinishedShard]:
+    """``shard``'s record and table if a run finished it: the completion record belongs to this
+    run's fingerprint and holds the shard's row count and the file's SHA-256; else None."""
     name = _SHARD_NAME.format(shard.index)
     try:
         done = json.loads((shards_dir / f"{name}.done.json").read_text())
-        data = (shards_dir / f"{name}.jsonl").read_bytes()
+        data = (shards_dir / f"{name}{_SHARD_SUFFIX}").read_bytes()
     except (OSError, ValueError):
-        return False
-    return (done.get("fingerprint") == fingerprint and done.get("lines") == shard.stop - shard.start
-            and data.count(b"\n") == done["lines"] and hashlib.sha256(data).hexdigest() == done.get("sha256"))
+        return None
+    if not isinstance(done, dict) or done.get("fingerprint") != fingerprint \
+            or done.get("lines") != shard.stop - shard.start or hashlib.sha256(data).hexdigest() != done.get("sha256"):
+        return None
+    return _FinishedShard(done, data)
+
+
+def _shard_complete(shards_dir: pathlib.Path, shard: _Shard, fingerprint: str) -> bool:
+    """Whether an earlier run finished ``shard`` (see :func:`_finished_shard`)."""
+    return _finished_shard(shards_dir, shard, fingerprint) is not None
 
 
 # ----------------------------------------------------------------------------------------- driver
@@ -390,11 +450,11 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
                    shard_size: int = 4096, target=None, timestep=None, eps: float = 1e-3,
                    bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32", method: str = "lrp",
                    embeddings: Optional[PathLike] = None, feature_relevance: bool = False, resume: bool = True,
-                   max_length: Optional[int] = None, quiet: bool = True,
+                   max_length: Optional[int] = None, quiet: bool = True, output: str = "jsonl",
                    records: Optional[Callable[[Iterator[Dict[str, Any]]], Iterator[Dict[str, Any]]]] = None,
                    _fail_after_shards: Optional[int] = None) -> CorpusResult:
     """Explain a corpus with LRP (or a gradient baseline) on a pool of Ray Data actors; write one
-    JSON line per sequence.
+    JSON line (or Parquet row) per sequence.
 
     Args:
         model_path: a model file ``keras_lrp.load_model`` reads (.keras, Keras 2 / tf.keras .h5);
@@ -402,8 +462,9 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         inputs: a ``.npy`` file of (N, time, features) floats or (N, time) token ids, a JSON-lines
             file (``.jsonl``) with one list of token ids (or of feature vectors) per line, any
             lengths; or such an array / list of sequences in memory (written to ``out_dir`` first).
-        out_dir: output folder: ``shards/`` (one file per finished shard), ``out.jsonl`` (all, in
-            input order), ``manifest.json`` (the run's settings). On a cluster, shared storage.
+        out_dir: output folder: ``shards/`` (one file per finished shard), ``out.jsonl`` or
+            ``out.parquet`` (all, in input order), ``manifest.json`` (the run's settings). On a
+            cluster, shared storage.
         address: a Ray cluster's address (``"auto"``, ``"ray://host:10001"``); None starts a local
             instance (or uses the one this process has already started with ``ray.init``).
         num_workers: number of actors, each holding one compiled explainer.
@@ -421,6 +482,9 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
             a corpus with a longer one is refused before any worker starts.
         quiet: hide Ray's logs (its start-up lines, Ray Data's execution plan, the core worker's C++
             lines) when this call starts Ray; False shows them (``keras-lrp ... --debug``).
+        output: ``"jsonl"`` (``out.jsonl``) or ``"parquet"`` (``out.parquet``: the same columns,
+            numbers in the explainer's dtype; no JSON to format, for large corpora). The shards do
+            not depend on it: a finished run merges into the other format without recomputing.
         records: a function from the merged records (dicts, in input order) to the records written
             to ``out.jsonl``, run by the driver at the merge; the shards keep the format above.
 
@@ -437,6 +501,10 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     if not (isinstance(cpus_per_worker, (int, float)) and cpus_per_worker > 0):
         raise ValueError(f"cpus_per_worker must be a positive number, got {cpus_per_worker!r}.")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {sorted(OUTPUTS)}, got {output!r}.")
+    if records is not None and output != "jsonl":
+        raise ValueError("records= rewrites JSON lines: it needs output='jsonl'.")
     try:
         import ray  # noqa: F401  (fail before any other work)
         import ray.data  # noqa: F401
@@ -445,6 +513,8 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
                           '(or pip install "ray[data]").') from None
     import keras_lrp
 
+    watch = _Stopwatch()                 # the driver's stages, CorpusResult.timings
+    checked = time.perf_counter()
     model_path = os.path.abspath(os.fspath(model_path))
     # Load and check the model here, so that a bad file or an unsupported layer fails before any
     # worker starts (the workers load the same file again).
@@ -470,34 +540,43 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         raise ValueError("this model's output has a time axis: pass timestep= (an int or one per sequence).")
     if not explainer.has_time_axis and timestep_arr is not None:
         raise ValueError("timestep is only for models whose output has a time axis.")
+    watch.seconds["check"] = time.perf_counter() - checked
 
-    config = {"format": _FORMAT, "keras_lrp": keras_lrp.__version__, "eps": float(eps),
-              "bias_factor": float(bias_factor), "rule": rule, "dtype": dtype, "method": method,
-              "batch_size": int(batch_size), "shard_size": int(shard_size),
-              "feature_relevance": bool(feature_relevance), "n": corpus.n,
-              "model_sha256": _sha256_file(model_path), "inputs_sha256": _sha256_file(corpus.path),
-              "embeddings_sha256": None if embeddings is None else _sha256_file(embeddings),
-              "target": _array_digest(target_arr), "timestep": _array_digest(timestep_arr)}
+    with watch("hash"):
+        config = {"format": _FORMAT, "keras_lrp": keras_lrp.__version__, "eps": float(eps),
+                  "bias_factor": float(bias_factor), "rule": rule, "dtype": dtype, "method": method,
+                  "batch_size": int(batch_size), "shard_size": int(shard_size),
+                  "feature_relevance": bool(feature_relevance), "n": corpus.n,
+                  "model_sha256": _sha256_file(model_path), "inputs_sha256": _sha256_file(corpus.path),
+                  "embeddings_sha256": None if embeddings is None else _sha256_file(embeddings),
+                  "target": _array_digest(target_arr), "timestep": _array_digest(timestep_arr)}
     fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     manifest = {"fingerprint": fingerprint, "model_path": model_path, "inputs": corpus.path,
                 "n_shards": len(shards), **config}
     _prepare_out_dir(out_dir, shards_dir, manifest, resume)
 
-    reused = [s.index for s in shards if resume and _shard_complete(shards_dir, s, fingerprint)]
+    with watch("verify"):
+        reused = [s.index for s in shards if resume and _shard_complete(shards_dir, s, fingerprint)]
     kept = frozenset(reused)
     todo = [s for s in shards if s.index not in kept]
-    if todo:
-        _run_ray(todo, address, num_workers, cpus_per_worker,
-                 dict(model_path=model_path, corpus=corpus, shards_dir=str(shards_dir.resolve()),
-                      fingerprint=fingerprint, config=config, target=target_arr, timestep=timestep_arr,
-                      embeddings=embeddings, fail_after=_fail_after_shards, max_length=max_length), quiet)
-    missing = [s.index for s in todo if not _shard_complete(shards_dir, s, fingerprint)]
-    if missing:
-        raise RuntimeError(f"shards {missing[:10]} did not complete; rerun with resume=True to finish them.")
-    path = out_dir / "out.jsonl"
-    _merge(shards_dir, shards, path, records)
+    merge = _StreamingMerge(shards_dir, shards, fingerprint, out_dir / OUTPUTS[output], output, records)
+    try:
+        for index in reused:
+            merge.complete(index)
+        if todo:
+            with watch("ray"):
+                _run_ray(todo, address, num_workers, cpus_per_worker,
+                         dict(model_path=model_path, corpus=corpus, shards_dir=str(shards_dir.resolve()),
+                              fingerprint=fingerprint, config=config, target=target_arr, timestep=timestep_arr,
+                              embeddings=embeddings, fail_after=_fail_after_shards, max_length=max_length),
+                         quiet, on_shard=merge.complete)
+    except BaseException:
+        merge.abort()
+        raise
+    with watch("merge"):
+        path = merge.finish()
     return CorpusResult(path=path, n_sequences=corpus.n, n_shards=len(shards), computed=[s.index for s in todo],
-                        reused=reused, seconds=time.time() - began)
+                        reused=reused, seconds=time.time() - began, timings=watch.seconds)
 
 
 def _array_digest(a: Optional[np.ndarray]) -> Optional[str]:
@@ -519,20 +598,26 @@ def _prepare_out_dir(out_dir: pathlib.Path, shards_dir: pathlib.Path, manifest: 
                              "to discard it.")
     if not resume:
         shutil.rmtree(shards_dir, ignore_errors=True)
-        (out_dir / "out.jsonl").unlink(missing_ok=True)
+        for name in OUTPUTS.values():
+            (out_dir / name).unlink(missing_ok=True)
     shards_dir.mkdir(exist_ok=True)
+    # temporary files of a run killed while writing them (AtomicFile's ".<name>.<random>.part<ext>")
+    for stale in [*out_dir.glob(".out.*.part.*"), *shards_dir.glob(".shard-*.part.*")]:
+        stale.unlink(missing_ok=True)
     _atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
 def _run_ray(todo: List[_Shard], address: Optional[str], num_workers: int, cpus_per_worker: float,
-             actor_kwargs: Dict[str, Any], quiet: bool = True) -> None:
+             actor_kwargs: Dict[str, Any], quiet: bool = True,
+             on_shard: Callable[[int], None] = lambda index: None) -> None:
+    """Explain the ``todo`` shards on a pool of Ray Data actors; ``on_shard(index)`` as each finishes."""
     from .quiet import quiet_ray
 
     with quiet_ray(debug=not quiet) as around_init:
-        _run_ray_data(todo, address, num_workers, cpus_per_worker, actor_kwargs, around_init, quiet)
+        _run_ray_data(todo, address, num_workers, cpus_per_worker, actor_kwargs, around_init, quiet, on_shard)
 
 
-def _run_ray_data(todo, address, num_workers, cpus_per_worker, actor_kwargs, around_init, quiet) -> None:
+def _run_ray_data(todo, address, num_workers, cpus_per_worker, actor_kwargs, around_init, quiet, on_shard) -> None:
     import ray
     import ray.data
 
@@ -548,36 +633,103 @@ def _run_ray_data(todo, address, num_workers, cpus_per_worker, actor_kwargs, aro
         items = [dataclasses.asdict(s) for s in todo]
         dataset = ray.data.from_items(items, override_num_blocks=len(items))   # one shard per block
         pool = ray.data.ActorPoolStrategy(size=min(num_workers, len(items)))
-        explained = dataset.map_batches(_ShardExplainer, batch_size=1, compute=pool, num_cpus=cpus_per_worker,
-                                        fn_constructor_kwargs=actor_kwargs)
-        for _ in explained.iter_rows():   # stream: records arrive as shards finish
-            pass
+        explained = dataset.map_batches(_ShardExplainer, batch_size=_shards_per_call(len(items), num_workers),
+                                        compute=pool, num_cpus=cpus_per_worker, fn_constructor_kwargs=actor_kwargs)
+        for row in explained.iter_rows():   # stream: records arrive as shards finish
+            on_shard(int(row["shard"]))
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _merge(shards_dir: pathlib.Path, shards: Sequence[_Shard], path: pathlib.Path,
-           records: Optional[Callable[[Iterator[Dict[str, Any]]], Iterator[Dict[str, Any]]]] = None) -> None:
-    """Concatenate the shard files in order into ``path`` (a new temporary file + rename); with
-    ``records``, the lines it makes of the shards' records instead."""
-    files = [shards_dir / (_SHARD_NAME.format(shard.index) + ".jsonl") for shard in shards]
-    with atomic_open(path, "wb", durable=True) as out:
-        if records is None:
-            for name in files:
-                with open(name, "rb") as f:
-                    shutil.copyfileobj(f, out)
-            return
-        merged = (r for name in files for r in read_corpus_output(name))
-        for r in records(merged):
-            out.write(json.dumps(r).encode() + b"\n")
+def _shards_per_call(n_shards: int, num_workers: int) -> int:
+    """Shards per Ray Data task: Ray spends ~5-15 ms between two tasks of an actor (dispatch, blocks),
+    so a task takes several shards, while every worker still gets about four tasks to balance the
+    load (at most 8 shards a task: a retried task redoes them)."""
+    return max(1, min(8, n_shards // (4 * num_workers)))
+
+
+class _Incomplete(Exception):
+    """A shard the merge needs was not finished (or its file does not match its record)."""
+
+
+class _StreamingMerge:
+    """Writes the merged output (:mod:`keras_lrp.corpus_io`) in a thread while the workers run:
+    a shard's table is appended once it and every shard before it are complete (verified against
+    their completion records), so the driver formats the output alongside the workers instead of
+    after them. :meth:`finish` waits and moves the file into place; :meth:`abort` drops it."""
+
+    def __init__(self, shards_dir: pathlib.Path, shards: Sequence[_Shard], fingerprint: str, path: pathlib.Path,
+                 output: str, records: Optional[Callable[[Iterator[Dict[str, Any]]], Iterator[Dict[str, Any]]]]):
+        self.shards_dir, self.shards, self.fingerprint = shards_dir, list(shards), fingerprint
+        self.output, self.records = output, records
+        self._complete: set = set()
+        self._closed = False
+        self._changed = threading.Condition()
+        self._error: Optional[BaseException] = None
+        self._file = AtomicFile(path, durable=True)     # created now: an unwritable folder fails before Ray
+        self._thread = threading.Thread(target=self._write, name="keras-lrp merge", daemon=True)
+        self._thread.start()
+
+    def complete(self, index: int) -> None:
+        """Shard ``index`` is finished (its files are written). Raises the merge's error, if it
+        failed (a ``records`` function that raised, a full disk), so that the run stops now."""
+        if self._error is not None:
+            raise self._error
+        with self._changed:
+            self._complete.add(index)
+            self._changed.notify()
+
+    def _tables(self) -> Iterator[Any]:
+        from .corpus_io import read_table
+
+        for shard in self.shards:
+            with self._changed:
+                while shard.index not in self._complete and not self._closed:
+                    self._changed.wait()
+            finished = _finished_shard(self.shards_dir, shard, self.fingerprint) \
+                if shard.index in self._complete else None
+            if finished is None:
+                raise _Incomplete(shard.index)
+            yield read_table(finished.data)
+
+    def _write(self) -> None:
+        from .corpus_io import OutputWriter
+
+        try:
+            OutputWriter(self._file.open("wb"), self.output, self.records).write_all(self._tables())
+        except BaseException as err:  # re-raised by finish()
+            self._error = err
+
+    def _close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        self._thread.join()
+
+    def abort(self) -> None:
+        """Stop and remove the partial output (the run failed)."""
+        self._close()
+        self._file.discard()
+
+    def finish(self) -> pathlib.Path:
+        """Wait for the last shard's lines; returns the output's path."""
+        self._close()
+        if self._error is not None:
+            self._file.discard()
+            if isinstance(self._error, _Incomplete):
+                missing = [s.index for s in self.shards if not _shard_complete(self.shards_dir, s, self.fingerprint)]
+                raise RuntimeError(f"shards {missing[:10]} did not complete; rerun with resume=True to finish "
+                                   "them.") from None
+            raise self._error
+        return self._file.commit()
 
 
 def read_corpus_output(path: PathLike) -> Iterator[Dict[str, Any]]:
-    """The records of an ``out.jsonl`` (or shard) file, one dict per sequence."""
-    with open(path) as f:
-        for line in f:
-            yield json.loads(line)
+    """The records of an ``out.jsonl`` / ``out.parquet`` (or shard) file, one dict per sequence."""
+    from .corpus_io import read_corpus_output as read
+
+    return read(path)
 
 
 # ----------------------------------------------------------------------------------------- devices

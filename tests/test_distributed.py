@@ -80,10 +80,38 @@ def test_engine_equals_in_process_explain_bit_for_bit(uninterrupted, token_model
     # conservation (eps=0, bias_factor=1): relevance.sum() + rest == score
     for r in records:
         assert abs(sum(r["relevance"]) + r["rest"] - r["score"]) <= 1e-8 * max(1.0, abs(r["score"]))
+    # where the time went: the driver's stages, and each worker's per shard (what bench_scale.py prints)
+    assert {"check", "hash", "verify", "ray", "merge"} <= set(uninterrupted.timings)
+    for done in (uninterrupted.path.parent / "shards").glob("*.done.json"):
+        done = json.loads(done.read_text())
+        assert set(done["seconds"]) == {"read", "explain", "serialise", "hash", "write"}
+        assert set(done["worker_setup"]) == {"import", "load", "compile"}
+
+
+def test_parquet_output_and_a_finished_run_merged_again(uninterrupted, token_model, corpus, tmp_path):
+    """output="parquet" holds the numbers of out.jsonl; the shards do not depend on the output, so
+    the same run merged as JSON lines afterwards recomputes nothing and gives the same bytes."""
+    out = tmp_path / "run"
+    result = explain_corpus(token_model, corpus, out, num_workers=2, shard_size=SHARD, batch_size=4,
+                            output="parquet", **SETTINGS)
+    assert result.path == out / "out.parquet" and not (out / "out.jsonl").exists()
+    assert list(distributed.read_corpus_output(result.path)) == read(uninterrupted.path)
+    assert list(distributed.read_corpus_output(shard_files(out)[1])) == read(uninterrupted.path)[SHARD:2 * SHARD]
+    again = explain_corpus(token_model, corpus, out, num_workers=2, shard_size=SHARD, batch_size=4, **SETTINGS)
+    assert again.computed == [] and again.path.read_bytes() == uninterrupted.path.read_bytes()
+    with pytest.raises(ValueError, match="output must be one of"):
+        explain_corpus(token_model, corpus, out, output="csv", **SETTINGS)
+    with pytest.raises(ValueError, match="records= rewrites JSON lines"):
+        explain_corpus(token_model, corpus, out, output="parquet", records=lambda rs: rs, **SETTINGS)
 
 
 def shard_files(out):
-    return sorted((out / "shards").glob("shard-*.jsonl"))
+    return sorted((out / "shards").glob("shard-*.arrow"))
+
+
+def temporary_files(out):
+    """AtomicFile's temporary files (".<name>.<random>.part<ext>") left in ``out`` or its shards."""
+    return sorted([*out.glob(".*.part*"), *(out / "shards").glob(".*.part*")])
 
 
 def test_resume_after_failed_worker_redoes_nothing(uninterrupted, token_model, corpus, tmp_path):
@@ -95,13 +123,61 @@ def test_resume_after_failed_worker_redoes_nothing(uninterrupted, token_model, c
     assert not (out / "out.jsonl").exists()
     finished = {p.name: p.stat().st_mtime_ns for p in shard_files(out)}
     assert len(finished) == 2
-    assert not list((out / "shards").glob(".*tmp"))                    # no half-written file left
+    assert not temporary_files(out)                                    # no half-written file left
 
     resumed = explain_corpus(token_model, corpus, out, num_workers=2, shard_size=SHARD, batch_size=4, **SETTINGS)
-    assert sorted(f"shard-{i:05d}.jsonl" for i in resumed.reused) == sorted(finished)
+    assert sorted(f"shard-{i:05d}.arrow" for i in resumed.reused) == sorted(finished)
     assert sorted(resumed.reused + resumed.computed) == list(range(N // SHARD))
     assert {name: (out / "shards" / name).stat().st_mtime_ns for name in finished} == finished  # not redone
     assert (out / "out.jsonl").read_bytes() == uninterrupted.path.read_bytes()
+
+
+def test_a_retried_task_keeps_the_shards_it_had_finished(token_model, tmp_path):
+    """A Ray task takes several shards; when its worker dies, Ray reruns the whole task on a new
+    worker, which keeps the shards already written (same files, same records) and explains only the rest."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(6).integers(0, VOCAB, (3 * SHARD, 4)))
+    corpus = distributed._Corpus("npy", str(tmp_path / "x.npy"), 3 * SHARD)
+    shards = distributed._cut(3 * SHARD, SHARD)
+    config = dict(SETTINGS, rule="all", method="lrp", batch_size=4, feature_relevance=False)
+    (tmp_path / "shards").mkdir()
+    args = (str(token_model), corpus, str(tmp_path / "shards"), "fingerprint", config, None, None)
+
+    def task(shards):
+        return {field: np.asarray([getattr(s, field) for s in shards]) for field in ("index", "start", "stop",
+                                                                                      "byte_start", "byte_stop")}
+
+    first = list(distributed._ShardExplainer(*args)(task(shards[:2])))      # died before its third shard
+    written = {p.name: p.stat().st_ino for p in (tmp_path / "shards").iterdir()}
+    retried_worker = distributed._ShardExplainer(*args)
+    explain = retried_worker.explainer.attribute
+    explained = []
+    retried_worker.explainer.attribute = lambda x, **kw: explained.append(len(x)) or explain(x, **kw)
+    retried = list(retried_worker(task(shards)))
+    assert explained == [SHARD]                                             # the third shard only
+    for a, b in zip(first, retried):
+        assert {k: v.tolist() for k, v in a.items()} == {k: v.tolist() for k, v in b.items()}
+    assert {name: (tmp_path / "shards" / name).stat().st_ino for name in written} == written
+
+
+def test_a_failed_merge_stops_the_run_at_the_next_shard(uninterrupted, tmp_path):
+    """The merge runs alongside the workers: when it fails (here the records= function raises), the
+    next finished shard raises its error in the driver instead of the run going on to the end."""
+    shards = [distributed._Shard(i, SHARD * i, SHARD * (i + 1)) for i in range(N // SHARD)]
+    fingerprint = json.loads((uninterrupted.path.parent / "manifest.json").read_text())["fingerprint"]
+
+    def records(stream):
+        for record in stream:
+            raise ValueError(f"no text for sequence {record['index']}")
+        yield from ()
+
+    merge = distributed._StreamingMerge(uninterrupted.path.parent / "shards", shards, fingerprint,
+                                        tmp_path / "out.jsonl", "jsonl", records)
+    merge.complete(0)
+    merge._thread.join(timeout=60)
+    with pytest.raises(ValueError, match="no text for sequence 0"):
+        merge.complete(1)
+    merge.abort()
+    assert list(tmp_path.iterdir()) == []
 
 
 KILLED_JOB = """
@@ -135,14 +211,15 @@ def test_resume_after_killed_job_gives_the_same_file(uninterrupted, token_model,
     finished = {p.name: p.stat().st_mtime_ns for p in shard_files(out)}
     assert 2 <= len(finished) < N // SHARD, sorted(finished)        # killed part way
     assert not (out / "out.jsonl").exists()
+    assert list(out.glob(".out.jsonl.*.part.jsonl"))                # was being merged while the worker ran
 
     resumed = explain_corpus(token_model, path, out, num_workers=2, shard_size=SHARD, batch_size=4, **SETTINGS)
     assert sorted(resumed.reused + resumed.computed) == list(range(N // SHARD))
     assert len(resumed.reused) >= 2
-    for name in (f"shard-{i:05d}.jsonl" for i in resumed.reused):   # verified and kept, not rewritten
+    for name in (f"shard-{i:05d}.arrow" for i in resumed.reused):   # verified and kept, not rewritten
         assert (out / "shards" / name).stat().st_mtime_ns == finished[name], name
     assert (out / "out.jsonl").read_bytes() == uninterrupted.path.read_bytes()
-    assert not list((out / "shards").glob(".*tmp"))
+    assert not temporary_files(out)          # a killed writer's temporary files are removed at the restart
 
 
 def test_complete_run_is_not_recomputed_and_settings_are_checked(uninterrupted, token_model, corpus):
@@ -160,8 +237,10 @@ def test_complete_run_is_not_recomputed_and_settings_are_checked(uninterrupted, 
     fingerprint = json.loads((out / "manifest.json").read_text())["fingerprint"]
     assert all(distributed._shard_complete(shards, s, fingerprint) for s in cut)
     assert not distributed._shard_complete(shards, cut[0], "another run")
-    damaged = shards / "shard-00003.jsonl"
-    damaged.write_bytes(damaged.read_bytes().replace(b"1", b"2", 1))       # same line count, other bytes
+    damaged = shards / "shard-00003.arrow"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 1                                              # same size, one bit flipped
+    damaged.write_bytes(bytes(data))
     (shards / "shard-00005.done.json").unlink()
     assert [s.index for s in cut if not distributed._shard_complete(shards, s, fingerprint)] == [3, 5]
 
@@ -335,7 +414,7 @@ def test_cli_engine_ray_never_writes_through_a_symlink(ray_instance, tmp_path):
     (tmp_path / "in.txt").write_text("good film\nbad plot\nfilm\n")
     run = tmp_path / "run"
     (run / "shards").mkdir(parents=True)
-    planted = ["ids.jsonl", "embeddings.npy", "out.jsonl", "shards/shard-00000.jsonl", "shards/shard-00000.done.json",
+    planted = ["ids.jsonl", "embeddings.npy", "out.jsonl", "shards/shard-00000.arrow", "shards/shard-00000.done.json",
                f".out.jsonl.{os.getpid()}.tmp", f".manifest.json.{os.getpid()}.{threading.get_ident()}.tmp"]
     for k, name in enumerate(planted):
         (tmp_path / f"victim{k}").write_text("secret")
