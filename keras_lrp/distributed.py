@@ -61,7 +61,7 @@ import numpy as np
 
 from .npy import load_npy
 from .corpus_io import OUTPUTS
-from .safe_io import AtomicFile, atomic_write
+from .safe_io import AtomicFile, atomic_write, read_own_file
 
 __all__ = ["explain_corpus", "CorpusResult", "read_corpus_output", "MultiDeviceExplainer", "available_devices"]
 
@@ -427,8 +427,8 @@ def _finished_shard(shards_dir: pathlib.Path, shard: _Shard, fingerprint: str) -
     run's fingerprint and holds the shard's row count and the file's SHA-256; else None."""
     name = _SHARD_NAME.format(shard.index)
     try:
-        done = json.loads((shards_dir / f"{name}.done.json").read_text())
-        data = (shards_dir / f"{name}{_SHARD_SUFFIX}").read_bytes()
+        done = json.loads(read_own_file(shards_dir / f"{name}.done.json"))
+        data = read_own_file(shards_dir / f"{name}{_SHARD_SUFFIX}")
     except (OSError, ValueError):
         return None
     if not isinstance(done, dict) or done.get("fingerprint") != fingerprint \

@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator, Optional, Union
 
-__all__ = ["AtomicFile", "atomic_open", "atomic_write", "output_mode", "printable", "quote"]
+__all__ = ["AtomicFile", "atomic_open", "atomic_write", "read_own_file", "output_mode", "printable", "quote"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -142,6 +143,18 @@ def atomic_write(path: PathLike, data: Union[bytes, str], *, durable: bool = Fal
     with atomic_open(path, "wb" if isinstance(data, bytes) else "w", durable=durable) as f:
         f.write(data)
     return Path(path)
+
+
+def read_own_file(path: PathLike) -> bytes:
+    """The bytes of a file keras_lrp wrote earlier (a Ray run's shards and their records, read back
+    to resume): read only if ``path`` itself is a regular file. A symlink planted there (to
+    ``/dev/zero``, a FIFO, another file) raises ``OSError`` instead of being followed, so the caller
+    treats the file as missing and writes it again (:class:`AtomicFile` replaces the link)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        return f.read()
 
 
 # ----------------------------------------------------------------------------------------- terminal

@@ -22,6 +22,7 @@ import keras  # noqa: E402
 import keras_lrp  # noqa: E402
 from keras_lrp import distributed  # noqa: E402
 from keras_lrp.distributed import explain_corpus  # noqa: E402
+from keras_lrp.safe_io import read_own_file  # noqa: E402
 
 N, VOCAB, CLASSES, SHARD = 40, 20, 3, 5
 SETTINGS = dict(eps=0.0, bias_factor=1.0, dtype="float64")     # conserving, float64
@@ -242,7 +243,16 @@ def test_complete_run_is_not_recomputed_and_settings_are_checked(uninterrupted, 
     data[len(data) // 2] ^= 1                                              # same size, one bit flipped
     damaged.write_bytes(bytes(data))
     (shards / "shard-00005.done.json").unlink()
-    assert [s.index for s in cut if not distributed._shard_complete(shards, s, fingerprint)] == [3, 5]
+    # a symlink planted at a shard is not followed, even to a file with the right content (nor to
+    # /dev/zero, which would be read without end): that shard is written again
+    planted = shards / "shard-00001.arrow"
+    copy = out / "elsewhere.arrow"
+    copy.write_bytes(planted.read_bytes())
+    planted.unlink()
+    planted.symlink_to(copy)
+    assert [s.index for s in cut if not distributed._shard_complete(shards, s, fingerprint)] == [1, 3, 5]
+    with pytest.raises(OSError, match="not a regular file"):
+        read_own_file("/dev/zero")
 
 
 def test_float_npy_corpus_with_per_sample_targets(ray_instance, tmp_path):
