@@ -45,7 +45,7 @@ __all__ = ["explain_text", "text_front", "explain_encoded", "TextFront", "Encode
            "PAD_TOKEN"]
 
 TargetArg = Union[None, int, str, Sequence[Union[int, str]]]
-_EXPLAIN_KEYS = ("eps", "bias_factor", "rule", "dtype", "method", "timestep")
+_EXPLAIN_KEYS = ("eps", "bias_factor", "rule", "dtype", "method", "method_options", "timestep")
 _SIDES = ("pre", "post")
 #: How padding is shown among the tokens (the model sees id 0 there).
 PAD_TOKEN = "<pad>"
@@ -132,7 +132,7 @@ def explain_text(model: Any, texts: Union[str, Sequence[str]], tokenizer: Any = 
         max_length: the most tokens a text may have (default 100,000, as :func:`keras_lrp.explain`);
             a longer text raises a ValueError, found by tokenizing no further than that (with
             keras_lrp's tokenizers, or any whose ``tokenize`` takes ``max_tokens=``).
-        **explain_kwargs: ``eps``, ``bias_factor``, ``rule``, ``dtype``, ``method``,
+        **explain_kwargs: ``eps``, ``bias_factor``, ``rule``, ``dtype``, ``method``, ``method_options``,
             ``timestep``, as in :func:`keras_lrp.explain`.
 
     Returns:

@@ -125,8 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=nonnegative_float, default=1e-3, help="epsilon-rule stabiliser >= 0 (default 0.001)")
     p.add_argument("--bias-factor", type=finite_float, default=0.0, help="bias share, 0 (default) to 1")
     p.add_argument("--rule", default="all", choices=["all", "half", "prop"], help="gate rule (default all)")
-    p.add_argument("--method", default="lrp", choices=["lrp", "gi", "sa"],
-                   help="lrp (default), gi = gradient x input, sa = sensitivity analysis")
+    p.add_argument("--method", default="lrp", choices=["lrp", "gi", "sa", "ig", "occlusion", "shapley"],
+                   help="lrp (default), gi = gradient x input, sa = sensitivity analysis, ig = Integrated "
+                        "Gradients (32 steps), occlusion (one step at a time), shapley (32 sampled permutations, "
+                        "seed 0); the baselines' options are in Python's explain(method_options=...)")
     p.add_argument("--float64", action="store_true", help="compute in float64")
     p.add_argument("--json", help="write JSON lines (one per sentence, in input order) to this file")
     p.add_argument("--html", help="write an HTML heatmap page to this file")
