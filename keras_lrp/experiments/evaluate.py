@@ -67,7 +67,7 @@ def _methods(text: str) -> str:
 
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand to an argparse ``subparsers`` object; returns its parser."""
-    from ._common import DELETION_METHODS, REPLACEMENTS
+    from ._common import DEFAULT_METHODS, DELETION_METHODS, REPLACEMENTS
 
     p = subparsers.add_parser(
         "evaluate", help="faithfulness evaluation: word deletion on the shipped model, or --toy",
@@ -79,8 +79,10 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                "  keras-lrp evaluate --max-sentences 300                 # word deletion, 300 random test sentences\n"
                "  keras-lrp evaluate --methods lrp,gi,random --out-dir results\n"
                "  keras-lrp evaluate --toy --operation subtract          # the toy arithmetic task\n")
-    p.add_argument("--methods", default=",".join(DELETION_METHODS), type=_methods,
-                   help=f"comma-separated methods (default all: {','.join(DELETION_METHODS)})")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), type=_methods,
+                   help=f"comma-separated methods of {','.join(DELETION_METHODS)} (default "
+                        f"{','.join(DEFAULT_METHODS)}; ig, occlusion and shapley take 34, T + 2 and "
+                        "32 (T + 1) + 2 model evaluations per sentence of T words)")
     p.add_argument("--out-dir", help="folder for the plots, tables and JSON (created if missing)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the random baseline (and of the toy task)")
     p.add_argument("--eps", type=nonnegative_float, default=1e-3, help="epsilon-rule stabiliser >= 0 (default 0.001)")

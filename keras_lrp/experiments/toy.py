@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._common import LABELS, TOY_METHODS, check_int, check_methods, inline_figure, method_relevance, quiet_run
+from ._common import DEFAULT_METHODS, LABELS, TOY_METHODS, check_int, check_methods, inline_figure, method_relevance, quiet_run
 
 __all__ = ["TOY_OPERATIONS", "TOY_METHODS", "ToyData", "make_toy_data", "build_toy_model", "train_toy_model",
            "ToyTraining", "marked_input_metrics", "ToyResult", "toy_evaluation", "run_toy_experiment"]
@@ -304,7 +304,7 @@ class ToyResult:
         return fig
 
 
-def toy_evaluation(model, data, methods: Union[str, Sequence[str]] = TOY_METHODS, *, eps: float = 1e-3,
+def toy_evaluation(model, data, methods: Union[str, Sequence[str]] = DEFAULT_METHODS, *, eps: float = 1e-3,
                    bias_factor: float = 0.0, dtype: str = "float32", batch_size: int = 256,
                    seed: int = 0) -> ToyResult:
     """Explain a toy-task model on ``data`` (:class:`ToyData`) with every method and
@@ -329,7 +329,7 @@ def toy_evaluation(model, data, methods: Union[str, Sequence[str]] = TOY_METHODS
 
 def run_toy_experiment(operation: str = "add", length: int = 10, n_train: int = 20000, n_test: int = 2000,
                        units: int = 16, bidirectional: bool = False, epochs: int = 20,
-                       methods: Union[str, Sequence[str]] = TOY_METHODS, seed: int = 0,
+                       methods: Union[str, Sequence[str]] = DEFAULT_METHODS, seed: int = 0,
                        max_seconds: Optional[float] = None, verbose: bool = False):
     """Generate data, train the toy model and evaluate every method on fresh test data.
 
