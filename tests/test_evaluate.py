@@ -390,3 +390,22 @@ def test_word_deletion_with_the_baselines_on_a_token_model(token_model):
     assert all(np.isfinite(v) for v in r.insertion_auc.values())
     d = json.loads(json.dumps(r.to_dict()))
     assert d["seconds_per_sentence"]["shapley"] > 0
+
+
+def test_families_benchmark_tiny(tmp_path):
+    """The across-families benchmark end to end, tiny: one family trained on 20 sentences, 6 test sentences."""
+    from keras_lrp.experiments.families import run_families
+
+    data = os.path.join(ROOT, "tests", "data", "sst")
+    results = run_families(data, tmp_path, families=["cnn"], methods="lrp,occlusion,random", train_sentences=20,
+                           epochs=1, emb_dim=8, units=4, max_sentences=6, max_deletions=2, progress=False)
+    (r,) = results
+    assert r.family == "cnn" and r.metadata["settings"]["architecture"] == "cnn" and r.metadata["settings"]["seed"] == 1234
+    assert r.result.n_correct + r.result.n_misclassified == 6
+    summary = (tmp_path / "families.md").read_text()
+    assert "| occlusion |" in summary and "trained here: seed 1234" in summary
+    saved = json.loads((tmp_path / "families_cnn.json").read_text())
+    assert set(saved["evaluation"]["aopc"]) == {"lrp", "occlusion", "random"}
+    assert (tmp_path / "families.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="families must be among"):
+        run_families(data, tmp_path, families=["mlp"])
