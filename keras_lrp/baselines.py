@@ -54,6 +54,8 @@ OPTIONS = {
 }
 #: "all" permutations of at most this many of them (8! = 40,320 coalition chains per call)
 MAX_PERMUTATIONS = math.factorial(8)
+#: one sample's perturbed copies x their time steps at most (all run in one compiled call)
+MAX_ROW_STEPS = 2 ** 24
 
 
 def _positive_int(method: str, name: str, value) -> int:
@@ -99,12 +101,20 @@ class Baseline:
     def _n_orders(self, players: int) -> int:
         return math.factorial(players) if self.samples == "all" else self.samples
 
-    def check_players(self, players: int) -> None:
-        """Raise before any computation when ``samples="all"`` would enumerate too many permutations."""
+    def check_size(self, players: int, steps: int) -> None:
+        """Raise before any computation when ``samples="all"`` would enumerate too many permutations, or
+        when one sample's perturbed copies (``players`` steps, sequences of ``steps``) would hold more
+        than :data:`MAX_ROW_STEPS` time steps in one compiled call."""
         if self.method == "shapley" and self.samples == "all" and math.factorial(players) > MAX_PERMUTATIONS:
             raise ValueError(f"method='shapley' with samples='all' enumerates {players}! permutations of the "
                              f"{players} steps, more than {MAX_PERMUTATIONS:,} (8!); give samples=<int> to sample "
                              "permutations instead.")
+        rows = self.rows_per_sample(players)
+        if rows * steps > MAX_ROW_STEPS:
+            option = {"ig": "steps", "occlusion": "window (or shorter sequences)", "shapley": "samples"}[self.method]
+            raise ValueError(f"method={self.method!r} evaluates {rows:,} perturbed copies of each sample at once "
+                             f"({rows * steps:,} time steps, more than {MAX_ROW_STEPS:,}): memory would run out. "
+                             f"Use a smaller {option}, or shorter sequences.")
 
     def check_inputs(self, start_shapes: Sequence[Optional[tuple]]) -> None:
         """Refuse a baseline that does not broadcast to one sample's start tensor, ``start_shapes``

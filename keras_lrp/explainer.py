@@ -281,7 +281,7 @@ class Explainer:
         steps = self._check_timestep(timestep, n, xs)
         if self._baseline is not None:
             self._baseline.check_inputs(self._start_shapes([x.shape for x in xs]))
-            self._baseline.check_players(self._players(xs))
+            self._baseline.check_size(self._players(xs), max(x.shape[1] if x.ndim > 1 else 1 for x in xs))
         if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")

@@ -236,6 +236,7 @@ def test_explainer_class_text_and_json_round_trip(text_model, tmp_path):
     ({"baseline": [np.nan, 0, 0]}, "occlusion", "NaN or inf"),
     ({"baseline": np.zeros(4)}, "ig", "does not broadcast"),
     ({"samples": "all"}, "shapley", "9! permutations"),
+    ({"samples": 200_000}, "shapley", "Use a smaller samples"),
     ({"steps": 4}, "lrp", "method_options are for the methods"),
     ("steps=4", "ig", "method_options must be a dict"),
 ])
