@@ -141,7 +141,7 @@ def summary_table(results: Sequence[FamilyResult]) -> str:
 
 def summary_plot(results: Sequence[FamilyResult]):
     """AOPC against explain time per sentence (log scale), one point per method and family."""
-    fig = inline_figure(figsize=(7.5, 4.8), layout="constrained")
+    fig = inline_figure(figsize=(10.5, 5.0), layout="constrained")
     ax = fig.subplots()
     markers = "osD^vP*"
     for i, r in enumerate(results):
@@ -156,5 +156,5 @@ def summary_plot(results: Sequence[FamilyResult]):
     ax.set_xlabel("explain time per sentence (ms, log scale)")
     ax.set_ylabel("AOPC (higher = more faithful)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
