@@ -194,8 +194,9 @@ class Explainer:
         # Traced once here, so that a call skips tf.function's dispatch (see _call_compiled). Without
         # autograph: the walk's Python control flow is on static values only, and an error raised while
         # tracing (a rule refusing a configuration) reaches the user as itself, not as a StagingError.
+        per_sample = tf.TensorSpec((None,), tf.int32)
         self._fn = tf.function(
-            self._run, input_signature=[specs, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)] + plan,
+            self._run, input_signature=[specs, per_sample, per_sample] + plan,
             autograph=False,
         ).get_concrete_function()
 

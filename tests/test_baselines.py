@@ -139,8 +139,8 @@ def test_integrated_gradients_equals_the_loop_and_completeness_improves_with_ste
             grads += tape.gradient(out, point).numpy() / 16
         expected = v * grads * mask[..., None]
         np.testing.assert_allclose(e.relevance[i], expected[0], rtol=1e-7, atol=1e-12)
-    gaps = [np.abs(explain(model, IDS, method="ig", method_options={"steps": s}, dtype="float64").convergence_delta).max()
-            for s in (2, 8, 32, 128)]
+    gaps = [np.abs(explain(model, IDS, method="ig", method_options={"steps": s}, dtype="float64")
+                   .convergence_delta).max() for s in (2, 8, 32, 128)]
     # the midpoint rule: the gap falls ~ 1 / steps^2 on this smooth model
     assert gaps[0] > gaps[1] > gaps[2] > gaps[3]
     assert gaps[3] < 1e-3 * np.abs(e.explained_score - e.rest).max()
@@ -172,7 +172,8 @@ def test_two_input_model_perturbs_both_inputs_steps(method):
 
         if method == "occlusion":
             expected = [f(*k) for k in (([1, 1], [1, 1]),)] * 4
-            drops = [expected[0] - f(*k) for k in (([0, 1], [1, 1]), ([1, 0], [1, 1]), ([1, 1], [0, 1]), ([1, 1], [1, 0]))]
+            one_out = (([0, 1], [1, 1]), ([1, 0], [1, 1]), ([1, 1], [0, 1]), ([1, 1], [1, 0]))
+            drops = [expected[0] - f(*k) for k in one_out]
             np.testing.assert_allclose(np.concatenate([w_ids[i], w_series[i]]), drops, rtol=1e-9, atol=1e-12)
         elif method == "shapley":
             phi = _exact_shapley(lambda c: f([p in c for p in (0, 1)], [p in c for p in (2, 3)]), [0, 1, 2, 3])
@@ -261,3 +262,38 @@ def test_cli_methods(tmp_path, capsys):
                          str(tmp_path / "vocab.json"), "--method", method, "--json", str(tmp_path / f"{method}.jsonl")])
         assert code == 0, capsys.readouterr().err
         assert f'"method": "{method}"' in (tmp_path / f"{method}.jsonl").read_text()
+
+
+def test_sequence_output_explains_the_chosen_step():
+    """A tagger (output per step): occlusion and Shapley explain the output at ``timestep``; later steps
+    cannot change it (a forward LSTM) and get 0."""
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((None, 2), dtype="float64"),
+                              keras.layers.LSTM(3, return_sequences=True, dtype="float64"),
+                              keras.layers.Dense(2, dtype="float64")])
+    x = np.random.default_rng(2).standard_normal((2, 4, 2))
+    e = explain(model, x, target=1, timestep=2, method="occlusion", dtype="float64")
+    for i in range(2):
+        full = model(x[i:i + 1]).numpy()[0, 2, 1]
+        for t in range(4):
+            occluded = x[i:i + 1].copy()
+            occluded[0, t] = 0.0
+            expected = full - model(occluded).numpy()[0, 2, 1]
+            assert abs(e.word_relevance[i, t] - expected) <= 1e-9 * abs(full) + 1e-12
+        assert abs(e.word_relevance[i, 3]) <= 1e-12 * abs(full)
+    s = explain(model, x, target=1, timestep=-2, method="shapley", method_options={"samples": "all"}, dtype="float64")
+    np.testing.assert_array_equal(s.timestep, [2, 2])
+    np.testing.assert_allclose(s.convergence_delta, 0, atol=1e-12)
+    assert np.all(np.abs(s.word_relevance[:, 3]) <= 1e-12)
+
+
+def test_explain_text_passes_method_options(text_model):
+    from keras_lrp import explain_text
+    from keras_lrp.text import Vocabulary
+
+    model, _, _ = text_model
+    vocab = Vocabulary("a b c d e f g h i j".split())
+    one = explain_text(model, ["a b c"], vocab=vocab, method="shapley", method_options={"samples": 2, "seed": 3})
+    other = explain_text(model, ["a b c"], vocab=vocab, method="shapley", method_options={"samples": 2, "seed": 4})
+    assert one.method == "shapley" and one.word_relevance.shape == (1, 3)
+    assert not np.array_equal(one.word_relevance, other.word_relevance)

@@ -145,10 +145,11 @@ class WordDeletionResult:
             out.append("")
         if self.aopc:
             n = self.n_correct + self.n_misclassified
-            out += [f"**All sentences (n = {n}), true class, most relevant words first: AOPC over 0..{len(self.deletions) - 1} "
-                    "deletions (higher = more faithful), deletion AUC (lower), insertion AUC (higher), explain "
-                    "time per sentence**", "",
-                    "| method | AOPC | deletion AUC | insertion AUC | ms / sentence |", "| --- | ---: | ---: | ---: | ---: |"]
+            out += [f"**All sentences (n = {n}), true class, most relevant words first: AOPC over "
+                    f"0..{len(self.deletions) - 1} deletions (higher = more faithful), deletion AUC (lower), "
+                    "insertion AUC (higher), explain time per sentence**", "",
+                    "| method | AOPC | deletion AUC | insertion AUC | ms / sentence |",
+                    "| --- | ---: | ---: | ---: | ---: |"]
             for m in self.methods:
                 out.append(f"| {LABELS.get(m, m)} | {self.aopc[m]:.4f} | {self.deletion_auc[m]:.4f} | "
                            f"{self.insertion_auc[m]:.4f} | {1000 * self.seconds_per_sentence[m]:.2f} |")

@@ -7,8 +7,8 @@ Usage::
 ``DATA_DIR`` holds ``train.txt``, ``dev.txt``, ``test.txt`` (SST PTB trees). The model follows
 Li et al. 2016 / Arras et al. 2017: word embeddings -> ``Bidirectional(LSTM(units))`` ->
 ``Dense(classes, use_bias=False)`` (``--architecture``: or a Bi-GRU, a CNN, a Bi-LSTM with
-self-attention, or a small transformer encoder, see :data:`ARCHITECTURES`). The embeddings are trained from scratch (no pretrained vectors
-are available offline). Training sees every phrase of the training trees (phrase-level labels,
+self-attention, or a small transformer encoder, see :data:`ARCHITECTURES`). The embeddings are
+trained from scratch (no pretrained vectors are available offline). Training sees every phrase of the training trees (phrase-level labels,
 unless ``--no-phrases``), batched by length; early stopping keeps the epoch with the best dev
 SENTENCE accuracy.
 
