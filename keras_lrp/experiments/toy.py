@@ -36,7 +36,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._common import DEFAULT_METHODS, LABELS, TOY_METHODS, check_int, check_methods, inline_figure, method_relevance, quiet_run
+from ._common import (DEFAULT_METHODS, LABELS, TOY_METHODS, check_int, check_methods, inline_figure,
+                      method_relevance, quiet_run)
 
 __all__ = ["TOY_OPERATIONS", "TOY_METHODS", "ToyData", "make_toy_data", "build_toy_model", "train_toy_model",
            "ToyTraining", "marked_input_metrics", "ToyResult", "toy_evaluation", "run_toy_experiment"]

@@ -8,8 +8,9 @@ Usage::
 Li et al. 2016 / Arras et al. 2017: word embeddings -> ``Bidirectional(LSTM(units))`` ->
 ``Dense(classes, use_bias=False)`` (``--architecture``: or a Bi-GRU, a CNN, a Bi-LSTM with
 self-attention, or a small transformer encoder, see :data:`ARCHITECTURES`). The embeddings are
-trained from scratch (no pretrained vectors are available offline). Training sees every phrase of the training trees (phrase-level labels,
-unless ``--no-phrases``), batched by length; early stopping keeps the epoch with the best dev
+trained from scratch (no pretrained vectors are available offline). Training sees every phrase of
+the training trees (phrase-level labels, unless ``--no-phrases``), batched by length; early stopping
+keeps the epoch with the best dev
 SENTENCE accuracy.
 
 Written under ``OUT_DIR``:
