@@ -409,3 +409,16 @@ def test_families_benchmark_tiny(tmp_path):
     assert (tmp_path / "families.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="families must be among"):
         run_families(data, tmp_path, families=["mlp"])
+
+
+def test_cli_toy_gru_with_the_baselines(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run_evaluate(_args("--toy", "--cell", "gru", "--bidirectional", "--n-train", "128", "--n-test", "16",
+                              "--epochs", "1", "--units", "3", "--methods", "lrp,ig,occlusion,shapley", "--quiet",
+                              "--out-dir", str(out)))
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| IG |" in printed and "| Shapley |" in printed
+    saved = json.loads((out / "toy_add_bigru.json").read_text())
+    assert saved["settings"]["cell"] == "gru" and saved["n"] == 16
+    assert "Bidirectional(GRU(3))" in (out / "toy_add_bigru.md").read_text()
