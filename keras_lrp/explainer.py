@@ -8,9 +8,9 @@ from typing import Optional, Sequence, Union
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras import tree
+from keras import ops, tree
 
+from . import backend
 from .composites import Composite, as_composite
 from .explanation import Explanation
 from .graph import model_graph
@@ -20,7 +20,7 @@ from .rules import Epsilon, as_gate_rule
 from .selfcheck import self_check
 from .walk import Walk
 
-__all__ = ["Explanation", "Explainer", "LRP", "explain", "METHODS"]
+__all__ = ["Explanation", "Explainer", "LRP", "explain", "METHODS", "cached_explainer", "length_bucket"]
 
 #: "lrp": layer-wise relevance propagation; "gi": gradient x input; "sa": sensitivity analysis
 #: (squared gradient, so word_relevance is the squared gradient norm, Arras et al. 2017).
@@ -140,6 +140,7 @@ class Explainer:
         self.method = method
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}.")
+        backend.check_float_dtype(dtype)
         rule = as_gate_rule(rule).name
         self.rule = Epsilon(eps=eps, bias_factor=bias_factor)
         largest = float(np.finfo(dtype).max)
@@ -172,12 +173,15 @@ class Explainer:
                              "(batch, outputs) or, for sequence outputs, (batch, time, outputs).")
         self.n_outputs = int(out_shape[-1])
         self.has_time_axis = len(out_shape) == 3
-        specs = [tf.TensorSpec((None,) + tuple(shape[1:]), tf.int32 if ids else dtype)
+        #: whether id-0 steps appended to a token sequence leave its explanation unchanged, bit for bit
+        #: (:meth:`keras_lrp.walk.Walk.post_padding_safe`): lengths may then be bucketed
+        self.post_padding_safe = self._walk.post_padding_safe()
+        specs = [backend.TensorSpec((None,) + tuple(shape[1:]), "int32" if ids else dtype)
                  for shape, ids in zip(self.input_shapes, self._ids)]
-        # Traced once here, so that a call skips tf.function's dispatch (see _call_compiled).
-        self._fn = tf.function(
-            self._run, input_signature=[specs, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)]
-        ).get_concrete_function()
+        per_sample = backend.TensorSpec((None,), "int32")
+        #: the explain function compiled for this backend: numpy (inputs, target, timestep) -> numpy
+        #: outputs; the weights are read live (see keras_lrp.backend.compile_function)
+        self._fn = backend.compile_function(self._run, [specs, per_sample, per_sample], _variables(model, graph))
 
     @property
     def _probability_activation(self) -> Optional[str]:
@@ -186,20 +190,26 @@ class Explainer:
         return name if name in ("softmax", "sigmoid") else None
 
     def _scores(self, out, timestep):
+        """The explained scores (batch, outputs), and the timestep (negative ones counted from the end)."""
         if not self.has_time_axis:
             return out, timestep
-        timestep = tf.where(timestep < 0, timestep + tf.shape(out)[1], timestep)
-        return tf.gather(out, timestep, axis=1, batch_dims=1), timestep
+        timestep = ops.where(timestep < 0, timestep + ops.shape(out)[1], timestep)
+        return ops.take_along_axis(out, timestep[:, None, None], axis=1)[:, 0], timestep
+
+    @staticmethod
+    def _targets(scores, target):
+        """target, the predicted class where it is negative."""
+        return ops.where(target < 0, ops.cast(ops.argmax(scores, axis=-1), "int32"), target)
 
     def _run(self, xs, target, timestep):
         if self.method != "lrp":
             return self._run_gradient(xs, target, timestep)
         out, starts, caches = self._walk.forward(xs)
         scores, timestep = self._scores(out, timestep)
-        target = tf.where(target < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), target)
-        r_scores = tf.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores
+        target = self._targets(scores, target)
+        r_scores = ops.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores
         if self.has_time_axis:
-            r_out = r_scores[:, None, :] * tf.one_hot(timestep, tf.shape(out)[1], dtype=scores.dtype)[:, :, None]
+            r_out = r_scores[:, None, :] * ops.one_hot(timestep, ops.shape(out)[1], dtype=scores.dtype)[:, :, None]
         else:
             r_out = r_scores
         relevance, rest = self._walk.relevance(caches, r_out)
@@ -209,23 +219,28 @@ class Explainer:
     def _fill(relevance, scores):
         """None (an input without relevance) -> an empty (batch, 0) array, so the compiled function
         returns tensors only."""
-        return [r if r is not None else tf.zeros([tf.shape(scores)[0], 0], scores.dtype) for r in relevance]
+        return [r if r is not None else ops.zeros((ops.shape(scores)[0], 0), scores.dtype) for r in relevance]
 
     def _run_gradient(self, xs, target, timestep):
         starts = self._walk.embed(xs)
-        watched = [s for s in starts if s is not None]
-        with tf.GradientTape() as tape:
-            tape.watch(watched)
-            out, _, _ = self._walk.forward(xs, starts=starts)
+        watched = [i for i, s in enumerate(starts) if s is not None]
+
+        def explained(*values):
+            given = list(starts)
+            for i, v in zip(watched, values):
+                given[i] = v
+            out, _, _ = self._walk.forward(xs, starts=given)
             model_out = self._walk.model_output(out)
-            scores, timestep = self._scores(out, timestep)
-            target = tf.where(target < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), target)
-            explained = tf.reduce_sum(tf.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores)
-        grads = tape.gradient(explained, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        by_input = dict(zip([i for i, s in enumerate(starts) if s is not None], grads))
+            scores, steps = self._scores(out, timestep)
+            targets = self._targets(scores, target)
+            score = ops.sum(ops.one_hot(targets, self.n_outputs, dtype=scores.dtype) * scores)
+            return score, (scores, targets, steps, model_out)
+
+        (scores, target, timestep, model_out), grads = backend.value_and_gradient(explained, [starts[i] for i in watched])
+        by_input = dict(zip(watched, grads))
         relevance = [None if s is None else (by_input[i] * s if self.method == "gi" else by_input[i] ** 2)
                      for i, s in enumerate(starts)]
-        return self._fill(relevance, scores), scores, target, tf.zeros_like(scores[:, 0]), timestep, model_out
+        return self._fill(relevance, scores), scores, target, ops.zeros_like(scores[:, 0]), timestep, model_out
 
     def attribute(self, inputs, target: Target = None, timestep=None, batch_size: int = 256,
                   verbose: Optional[bool] = None) -> Explanation:
@@ -254,7 +269,8 @@ class Explainer:
             batch = [x[i:i + batch_size] for x in xs]
             parts.append(self._call_padded(batch, t[i:i + batch_size], steps[i:i + batch_size]))
             if not self._checked:
-                self_check(self._walk, self.model, batch, parts[-1][5], self.multi_input, self.output_index)
+                with backend.compute_scope():
+                    self_check(self._walk, self.model, batch, parts[-1][5], self.multi_input, self.output_index)
                 self._checked = True
             if bar is not None:
                 bar.update(min(i + batch_size, n), finalize=i + batch_size >= n)
@@ -311,19 +327,9 @@ class Explainer:
         pad = -n % rows
 
         def padded(a):
-            return tf.constant(np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a)
-        relevance, *rest = self._call_compiled([padded(a) for a in x], padded(t), padded(steps))
-        return [[r.numpy()[:n] for r in relevance]] + [a.numpy()[:n] for a in rest]
-
-    def _call_compiled(self, xs: list, target: tf.Tensor, timestep: tf.Tensor):
-        """The traced function on tensors already checked against its signature. Its flat call
-        skips the concrete function's argument binding, ~0.4 ms: a fifth of a one-sentence
-        explanation at T = 20 (``ConcreteFunction._call_flat`` is private; where a TensorFlow
-        version lacks it, the public call is used)."""
-        call_flat = getattr(self._fn, "_call_flat", None)
-        if call_flat is None:
-            return self._fn(xs, target, timestep)
-        return call_flat(list(xs) + [target, timestep], self._fn.captured_inputs)
+            return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a
+        relevance, *rest = self._fn([padded(a) for a in x], padded(t), padded(steps))
+        return [[r[:n] for r in relevance]] + [a[:n] for a in rest]
 
     def _split_inputs(self, inputs) -> list:
         """``inputs`` as one array per model input: an array (single-input models), a list / tuple
@@ -441,6 +447,22 @@ class Explainer:
         except Exception:  # a layer without static shape inference: assume the first input's time axis
             steps = None
         return int(steps) if steps is not None else int(input_shapes[0][1])
+
+
+def _variables(model: keras.Model, graph) -> list:
+    """Every Keras variable the explain function may read: the model's, and those of every layer its
+    graph calls (layers found inside traced layers included)."""
+    found = {id(v): v for v in model.variables}
+    for node in graph.nodes:
+        for v in getattr(node.op, "variables", ()) if isinstance(node.op, keras.layers.Layer) else ():
+            found.setdefault(id(v), v)
+    return list(found.values())
+
+
+def length_bucket(steps: int) -> int:
+    """The length a sequence of ``steps`` time steps is padded to where lengths are bucketed (on
+    backends that compile once per shape): the next power of two, at least 8."""
+    return max(8, 1 << max(int(steps) - 1, 0).bit_length())
 
 
 def _layer_names(model: keras.Model, graph) -> list:
@@ -562,6 +584,17 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
         :class:`~keras_lrp.explanation.Explanation` with ``relevance``, ``word_relevance``
         (batch, time), ``scores``, ``target``, ``rest`` (see :mod:`keras_lrp.explanation`).
     """
+    explainer = cached_explainer(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method=method,
+                                 layer_rules=layer_rules, max_length=max_length, self_check=self_check, output=output)
+    return explainer.attribute(inputs, target=target, timestep=timestep, batch_size=batch_size, verbose=verbose)
+
+
+def cached_explainer(model: keras.Model, *, eps: float = 1e-3, bias_factor: float = 0.0, rule: str = "all",
+                     dtype: str = "float32", method: str = "lrp", layer_rules: Union[None, dict, Composite] = None,
+                     max_length: int = MAX_LENGTH, self_check: bool = True,
+                     output: Union[None, int, str] = None) -> Explainer:
+    """The :class:`Explainer` :func:`explain` uses for these arguments: one of the most recently used
+    (its compiled function reused), or a new one."""
     composite = as_composite(layer_rules)
     key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule, method, composite.key(), max_length,
            bool(self_check), output)
@@ -574,4 +607,4 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
-    return explainer.attribute(inputs, target=target, timestep=timestep, batch_size=batch_size, verbose=verbose)
+    return explainer
