@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import linecache
-import sys
 import traceback
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 

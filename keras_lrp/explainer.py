@@ -256,7 +256,6 @@ class Explainer:
         if any(x.shape[0] != n for x in xs):
             raise ValueError("the inputs have different batch sizes: "
                              + ", ".join(f"{name!r}: {x.shape[0]}" for name, x in zip(self.input_names, xs)) + ".")
-        x = xs[0]
         t = self._check_target(target, n)
         steps = self._check_timestep(timestep, n, xs)
         if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \

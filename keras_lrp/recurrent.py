@@ -38,7 +38,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 from keras import ops
 
-from .backend import Tensor, time_loop
+from .backend import Tensor, einsum, time_loop
 from .cells import lstm_step
 from .rules import GATE_RULE_OBJECTS, Epsilon, bias_share, inverse_denominator, needs_zero_limit, zero_limit
 
@@ -128,7 +128,8 @@ class DenseMaps(RecurrentMaps):
 
     def inputs(self, x):
         """``x_t W + b`` for all timesteps at once: (time, batch, e) -> (time, batch, m)."""
-        z = ops.einsum("tbe,em->tbm", x, self.kernel)
+        # backend.einsum: on TensorFlow its rounding does not depend on the batch size
+        z = einsum("tbe,em->tbm", x, self.kernel)
         return z if self.bias is None else z + self.bias
 
     def recurrent(self, h):
@@ -146,7 +147,7 @@ class DenseMaps(RecurrentMaps):
 
     def input_transpose(self, m):
         """``m W^T`` for all timesteps: (time, batch, m) -> (time, batch, e)."""
-        return ops.einsum("tbm,em->tbe", m, self.kernel)
+        return einsum("tbm,em->tbe", m, self.kernel)   # (see inputs)
 
     def recurrent_transpose(self, m):
         """``m U^T``: (batch, m) -> (batch, d)."""
@@ -438,7 +439,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activat
     gates = gate_rule != "all"
     d = recurrent_kernel.shape[0]
     b_in, b_rec = _gru_biases(bias, d)
-    xz = ops.einsum("tbe,ef->tbf", x, kernel)
+    xz = einsum("tbe,ef->tbf", x, kernel)
     if b_in is not None:
         xz = xz + b_in
     h0, = _initial_states(xz[0, :, :d], initial_state, 1)
@@ -607,7 +608,7 @@ def simple_rnn_forward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias
         (time, batch, d) tensors: hidden states ``h`` (carried over masked steps) and the
         pre-activations ``z = x_t W + h_{t-1} U + b``; the initial state ``h0`` (batch, d).
     """
-    xz = ops.einsum("tbe,ed->tbd", x, kernel)
+    xz = einsum("tbe,ed->tbd", x, kernel)
     if bias is not None:
         xz = xz + bias
     elems = {"xz": xz} if mask is None else {"xz": xz, "mask": mask}

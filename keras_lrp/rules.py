@@ -170,7 +170,7 @@ def linear(x: Tensor, w: Tensor, bias, z: Tensor, r_out: Tensor, rule: Epsilon,
         magnitude = ops.einsum("...d,dm->...m", ops.abs(x), ops.abs(w))
         limit = zero_limit(r_out, z, magnitude if bias is None else magnitude + ops.abs(bias), rule)
     share = bias_share(s, z, bias, rule, x.shape[-1] if fan_in is None else fan_in, limit)
-    return x * ops.einsum("...m,dm->...d", s, w) + share
+    return x * backend.einsum("...m,dm->...d", s, w) + share
 
 
 # --------------------------------------------------------------------------- other rules for linear maps

@@ -162,3 +162,18 @@ def test_unknown_rule(model):
 def test_unbuilt_model():
     with pytest.raises(ValueError, match="not built"):
         keras_lrp.explain(keras.Sequential([keras.layers.LSTM(3), keras.layers.Dense(2)]), X)
+
+
+def test_a_rule_refusing_while_traced_raises_its_own_error(monkeypatch):
+    """An UnsupportedLayerError raised inside the compiled function (a rule that can only refuse once it
+    sees its tensors) reaches the user as itself, not wrapped in a TensorFlow StagingError."""
+    from keras_lrp.propagators import shape
+
+    def refuse(self, x, mask):
+        raise keras_lrp.UnsupportedLayerError(self.layer, "refused while traced")
+
+    monkeypatch.setattr(shape.CopyProp, "forward1", refuse)
+    inp = keras.Input((5, 3))
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(keras.layers.Permute((2, 1))(inp))))
+    with pytest.raises(keras_lrp.UnsupportedLayerError, match=r"'permute.*' \(Permute\).*refused while traced"):
+        keras_lrp.explain(model, np.zeros((2, 5, 3), "float32"))

@@ -200,8 +200,9 @@ def test_cli_never_crashes_on_arbitrary_utf8(tiny_text_model, text, capsys):
 
 
 def test_ctrl_c_keeps_written_json_lines(tiny_text_model, tmp_path, monkeypatch, capsys):
+    from keras_lrp import text_explainer
     calls = {"n": 0}
-    real = keras_lrp.explain_text
+    real = text_explainer.explain_encoded
 
     def interrupted_in_the_second_chunk(*args, **kwargs):
         calls["n"] += 1
@@ -209,9 +210,9 @@ def test_ctrl_c_keeps_written_json_lines(tiny_text_model, tmp_path, monkeypatch,
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(keras_lrp, "explain_text", interrupted_in_the_second_chunk)
+    monkeypatch.setattr(text_explainer, "explain_encoded", interrupted_in_the_second_chunk)
     monkeypatch.setattr(cli, "_CHUNK", 2)
-    # chunks of max(4 * batch_size, _CHUNK) = 4 sentences, one explain_text call per chunk
+    # chunks of max(4 * batch_size, _CHUNK) = 4 sentences, one explain_encoded call per chunk
     monkeypatch.setattr(sys, "stdin", io.StringIO("a b\nc d\ne f\ng h\ngood bad\nb a\n"))
     out = tmp_path / "o.jsonl"
     code = cli.main(["explain", "--model", str(tiny_text_model / "m.keras"), "--vocab",

@@ -9,6 +9,8 @@ holds the rest, for the backend Keras runs on (``KERAS_BACKEND``: "tensorflow", 
 * :func:`vjp` and :func:`value_and_gradient`: vector-Jacobian products of linear maps (the rules
   through convolutions, pooling, selections) and the gradient baselines (``GradientTape``,
   ``jax.vjp`` / ``jax.grad``, ``torch.autograd``);
+* :data:`einsum`: ``tf.einsum`` on TensorFlow, ``keras.ops.einsum`` elsewhere (rounding independent
+  of the batch size);
 * :func:`time_loop`: the loop over time steps of the recurrences (TensorFlow: a tuned
   ``tf.while_loop``; elsewhere ``keras.ops.scan``);
 * :func:`available_devices` / :func:`device_scope` / :func:`device_exists`: device placement;
@@ -23,7 +25,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 import keras
 
-__all__ = ["NAME", "BACKENDS", "COMPILES_PER_SHAPE", "compile_function", "vjp", "value_and_gradient", "time_loop", "available_devices",
+__all__ = ["NAME", "BACKENDS", "COMPILES_PER_SHAPE", "compile_function", "einsum", "vjp", "value_and_gradient", "time_loop", "available_devices",
            "device_scope", "device_exists", "check_float_dtype", "compute_scope", "TensorSpec", "Tensor"]
 
 #: a tensor of the backend (``tf.Tensor``, ``jax.Array``, ``torch.Tensor``), in type hints
@@ -99,6 +101,11 @@ COMPILES_PER_SHAPE: bool = getattr(_impl, "COMPILES_PER_SHAPE", False)
 #: specs) and returns its outputs as numpy arrays (same structure). ``fn`` may read the Keras
 #: ``variables`` (every variable it reads): each call uses their current values.
 compile_function: Callable = _impl.compile_function
+
+
+#: ``einsum(equation, *operands)``: ``keras.ops.einsum``, except on TensorFlow (``tf.einsum``, whose
+#: rounding does not depend on the batch size; see keras_lrp.backend.tensorflow)
+einsum: Callable = getattr(_impl, "einsum", keras.ops.einsum)
 
 
 def vjp(f: Callable, primals: Sequence, cotangents: Sequence) -> List:

@@ -9,7 +9,7 @@ from keras import tree
 
 from . import TensorSpec
 
-__all__ = ["compile_function", "vjp", "value_and_gradient", "time_loop", "available_devices", "device_scope",
+__all__ = ["compile_function", "einsum", "vjp", "value_and_gradient", "time_loop", "available_devices", "device_scope",
            "device_exists", "check_float_dtype"]
 
 
@@ -20,7 +20,9 @@ def compile_function(fn: Callable, specs, variables) -> Callable:
     one-sentence explanation at T = 20) through ``ConcreteFunction._call_flat``, which is private;
     where a TensorFlow version lacks it, the public call is used."""
     signature = _signature(list(specs))
-    concrete = tf.function(fn, input_signature=signature).get_concrete_function()
+    # Without autograph: the walk's Python control flow is on static values only, and an error raised
+    # while tracing (a rule refusing a configuration) reaches the user as itself, not as a StagingError.
+    concrete = tf.function(fn, input_signature=signature, autograph=False).get_concrete_function()
     call_flat = getattr(concrete, "_call_flat", None)
 
     def call(*args):
@@ -31,6 +33,12 @@ def compile_function(fn: Callable, specs, variables) -> Callable:
             out = call_flat(tree.flatten(tensors), concrete.captured_inputs)
         return tree.map_structure(lambda t: t.numpy(), out)
     return call
+
+
+#: ``tf.einsum``, not ``keras.ops.einsum``: Keras's TensorFlow einsum rewrites contractions such as
+#: "tbe,em->tbm" into one matmul over time x batch rows, whose rounding then depends on the batch size;
+#: float64 explanations must be bit-identical across batch sizes (tests/test_reliability.py)
+einsum = tf.einsum
 
 
 def _signature(specs):

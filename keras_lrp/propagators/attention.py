@@ -28,7 +28,7 @@ import keras
 from keras import ops
 
 from .. import rules
-from ..backend import Tensor
+from ..backend import Tensor, einsum
 from ..graph import Node, Ref
 from .base import Propagator, UnsupportedLayerError, register
 
@@ -117,7 +117,7 @@ def weighted_sum_relevance(weights: Tensor, values: Tensor, out: Tensor, r_out: 
         Tv values connected); equation: ``"weights,relevance->values"`` einsum, e.g. ``"bqv,bqd->bvd"``.
     """
     s = r_out * rules.inverse_denominator(out, eps)
-    r_v = values * ops.einsum(equation, weights, s)
+    r_v = values * einsum(equation, weights, s)
     if eps.has_bias_share:
         if conn_over_n is None:
             n = ops.cast(ops.shape(weights)[-1], weights.dtype)
@@ -126,8 +126,8 @@ def weighted_sum_relevance(weights: Tensor, values: Tensor, out: Tensor, r_out: 
         if rules.needs_zero_limit(eps):   # the terms A_ij v_j (A >= 0): sum_j A_ij |v_j|
             operands, result = equation.split("->")
             forward = f"{operands.split(',')[0]},{result}->{operands.split(',')[1]}"
-            limit = rules.zero_limit(r_out, out, ops.einsum(forward, weights, ops.abs(values)), eps)
-        r_v += eps.bias_factor * ops.einsum(equation, conn_over_n, rules.share_numerator(s, out, None, eps, limit))
+            limit = rules.zero_limit(r_out, out, einsum(forward, weights, ops.abs(values)), eps)
+        r_v += eps.bias_factor * einsum(equation, conn_over_n, rules.share_numerator(s, out, None, eps, limit))
     return r_v
 
 
@@ -251,7 +251,7 @@ class MultiHeadAttentionProp(Propagator):
     def _project(self, dense, x, eq):
         w = self.ctx.weight(dense.kernel)
         b = self.ctx.weight(dense.bias) if dense.bias is not None else None
-        z = ops.einsum(eq, x, w)
+        z = einsum(eq, x, w)
         return (z if b is None else z + b), w, b
 
     def forward(self, inputs, masks):
@@ -274,8 +274,8 @@ class MultiHeadAttentionProp(Propagator):
         k, _, _ = self._project(layer._key_dense, k_in, "abc,cde->abde")
         v, w_v, b_v = self._project(layer._value_dense, v_in, "abc,cde->abde")   # (batch, Tv, heads, value_dim)
         q = q * ops.convert_to_tensor(layer._inverse_sqrt_key_dim, q.dtype)
-        weights = _softmax(ops.einsum("aecd,abcd->acbe", k, q), mask, subtract=False)   # (batch, heads, Tq, Tv)
-        c = ops.einsum("acbe,aecd->abcd", weights, v)                                    # (batch, Tq, heads, value_dim)
+        weights = _softmax(einsum("aecd,abcd->acbe", k, q), mask, subtract=False)   # (batch, heads, Tq, Tv)
+        c = einsum("acbe,aecd->abcd", weights, v)                                    # (batch, Tq, heads, value_dim)
         o, w_o, b_o = self._project(layer._output_dense, c, "abcd,cde->abe")
         conn = _connections(mask, ops.shape(weights), weights.dtype)
         out_mask = masks[roles.query]
@@ -286,7 +286,7 @@ class MultiHeadAttentionProp(Propagator):
         v_in, eps = inputs[self.roles.value], self.ctx.eps
         # output projection O = sum_{h,d} C_hd W_o[h, d] + b_o  (N = heads x value_dim)
         s = r_outs[0] * rules.inverse_denominator(o, eps)
-        r_c = c * ops.einsum("abe,cde->abcd", s, w_o)
+        r_c = c * einsum("abe,cde->abcd", s, w_o)
         if eps.has_bias_share:
             limit = self._limit(r_outs[0], o, c, w_o, b_o, "abcd,cde->abe")
             r_c += rules.bias_share(s, o, b_o, eps, w_o.shape[0] * w_o.shape[1], limit)[..., None]
@@ -294,7 +294,7 @@ class MultiHeadAttentionProp(Propagator):
         r_v = weighted_sum_relevance(weights, v, c, r_c, eps, conn, "acbe,abcd->aecd")
         # value projection V = x_v W_v + b_v  (N = value features)
         s = r_v * rules.inverse_denominator(v, eps)
-        r_x = v_in * ops.einsum("abde,cde->abc", s, w_v)
+        r_x = v_in * einsum("abde,cde->abc", s, w_v)
         if eps.has_bias_share:
             a = rules.share_numerator(s, v, b_v, eps, self._limit(r_v, v, v_in, w_v, b_v, "abc,cde->abde"))
             r_x += (eps.bias_factor / w_v.shape[0]) * ops.sum(a, axis=(2, 3))[..., None]
@@ -304,5 +304,5 @@ class MultiHeadAttentionProp(Propagator):
         """:func:`~keras_lrp.rules.zero_limit` of the projection ``z = einsum(equation, x, w) + b``."""
         if not rules.needs_zero_limit(self.ctx.eps):
             return None
-        magnitude = ops.einsum(equation, ops.abs(x), ops.abs(w))
+        magnitude = einsum(equation, ops.abs(x), ops.abs(w))
         return rules.zero_limit(r, z, magnitude if b is None else magnitude + ops.abs(b), self.ctx.eps)

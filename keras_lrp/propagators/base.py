@@ -25,7 +25,11 @@ __all__ = ["UnsupportedLayerError", "Context", "Propagator", "register", "unregi
 class UnsupportedLayerError(ValueError):
     """A layer the reverse walk has no propagation rule for (or in a configuration it cannot handle)."""
 
-    def __init__(self, layer, why: str):
+    def __init__(self, layer, why: Optional[str] = None):
+        if why is None:   # rebuilt from its message (TensorFlow re-raises errors from traced code so)
+            super().__init__(str(layer))
+            self.layer = None
+            return
         super().__init__(
             f"layer {layer.name!r} ({class_name(layer)}) is not supported by keras_lrp: {why}")
         self.layer = layer

@@ -79,7 +79,7 @@ def folded_batch_norm(node, walk) -> Optional[object]:
 # --------------------------------------------------------------------------- linear layers
 
 def _last_axis_matmul(w):
-    return lambda t: ops.einsum("...d,dm->...m", t, w)
+    return lambda t: backend.einsum("...d,dm->...m", t, w)
 
 
 def linear_forward(prop: Propagator, layer, linear_map, x):

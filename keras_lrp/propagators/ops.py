@@ -53,7 +53,11 @@ def op_function_name(op) -> str:
 class UnsupportedOpError(UnsupportedLayerError):
     """An op node (``keras.ops`` call written between layers) without an LRP rule."""
 
-    def __init__(self, op, why: str):
+    def __init__(self, op, why: Optional[str] = None):
+        if why is None:   # rebuilt from its message (see UnsupportedLayerError)
+            ValueError.__init__(self, str(op))
+            self.layer = None
+            return
         ValueError.__init__(self, f"op node {op.name!r} ({op_function_name(op)}) has no LRP rule; {why}")
         self.layer = op
 
