@@ -32,6 +32,7 @@ def compile_function(fn: Callable, specs, variables) -> Callable:
         else:
             out = call_flat(tree.flatten(tensors), concrete.captured_inputs)
         return tree.map_structure(lambda t: t.numpy(), out)
+    call.concrete_function = concrete   # its graph shows where each op runs
     return call
 
 
