@@ -191,7 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exit_:     # --help, --version (0) and argparse's usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else (EXIT_OK if exit_.code is None else EXIT_USAGE)
     from ..experiments.evaluate import EvaluateArgumentError
-    from ..quiet import import_tensorflow_quietly, summarized_warnings
+    from ..quiet import start_backend_quietly, summarized_warnings
     from .outputs import OutputError
 
     try:
@@ -202,14 +202,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 from ..experiments.evaluate import check_evaluate_args, run_evaluate
 
                 check_evaluate_args(args)
-                import_tensorflow_quietly(debug=args.debug)
+                start_backend_quietly(debug=args.debug)
                 return run_evaluate(args)
             from .corpus import check_engine_args
             from .explain import prepare_explain, run_explain
 
             check_engine_args(args)
-            job = prepare_explain(args)          # options, inputs and outputs checked; no TensorFlow yet
-            import_tensorflow_quietly(debug=args.debug)
+            job = prepare_explain(args)          # options, inputs and outputs checked; no backend started yet
+            start_backend_quietly(debug=args.debug)
             return run_explain(job, chunk=_CHUNK)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
