@@ -297,3 +297,28 @@ def test_explain_text_passes_method_options(text_model):
     other = explain_text(model, ["a b c"], vocab=vocab, method="shapley", method_options={"samples": 2, "seed": 4})
     assert one.method == "shapley" and one.word_relevance.shape == (1, 3)
     assert not np.array_equal(one.word_relevance, other.word_relevance)
+
+
+def test_ray_corpus_path_runs_the_baselines(tmp_path):
+    """explain_corpus (Ray Data actors) with method="shapley" gives what explain gives in process."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    import json
+
+    from keras_lrp.distributed import explain_corpus
+
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4), keras.layers.Dense(2)])
+    model.save(tmp_path / "series.keras")
+    x = np.random.default_rng(3).standard_normal((10, 5, 3))
+    np.save(tmp_path / "x.npy", x)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    try:
+        result = explain_corpus(tmp_path / "series.keras", tmp_path / "x.npy", tmp_path / "out", num_workers=1,
+                                shard_size=4, method="shapley", dtype="float64")
+    finally:
+        ray.shutdown()
+    records = [json.loads(line) for line in open(result.path, encoding="utf-8")]
+    e = explain(keras_lrp.load_model(tmp_path / "series.keras"), x, method="shapley", dtype="float64")
+    assert [r["index"] for r in records] == list(range(10))
+    np.testing.assert_allclose(np.asarray([r["relevance"] for r in records]), e.word_relevance, rtol=1e-10, atol=1e-14)
