@@ -42,7 +42,7 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["BASELINE_METHODS", "OPTIONS", "Baseline", "make_baseline", "active_steps"]
+__all__ = ["BASELINE_METHODS", "OPTIONS", "Baseline", "make_baseline", "active_steps", "options_key"]
 
 #: the methods of this module
 BASELINE_METHODS = ("ig", "occlusion", "shapley")
@@ -84,11 +84,6 @@ class Baseline:
     baselines: Tuple[Optional[np.ndarray], ...] = ()
 
     # ------------------------------------------------------------------ host side
-
-    def key(self) -> tuple:
-        """Hashable: equal keys, equal explanations (the explain() cache)."""
-        arrays = tuple(None if b is None else (b.shape, str(b.dtype), b.tobytes()) for b in self.baselines)
-        return (self.method, self.steps, self.window, self.samples, self.seed, arrays)
 
     def rows_per_sample(self, players: int) -> int:
         """Model evaluations per sample for ``players`` steps (all inputs): the row expansion of a call."""
@@ -310,6 +305,26 @@ def _spread(value, start):
     for d in start.shape[2:]:
         width *= int(d)
     return ops.broadcast_to(_expand(value, start), ops.shape(start)) / float(width)
+
+
+def options_key(options) -> tuple:
+    """``method_options`` as a hashable key, arrays by content (the explain() cache): equal keys, equal
+    options. Anything unhashable counts by identity."""
+    def part(value):
+        if isinstance(value, (list, tuple)):
+            return tuple(part(v) for v in value)
+        if isinstance(value, np.ndarray) or hasattr(value, "shape"):
+            a = np.asarray(value)
+            return (a.shape, str(a.dtype), a.tobytes())
+        try:
+            hash(value)
+        except TypeError:
+            return ("id", id(value))
+        return value
+
+    if not isinstance(options, dict):
+        return part(options)
+    return tuple(sorted((str(k), part(v)) for k, v in options.items()))
 
 
 def make_baseline(method: str, options: Optional[dict], n_inputs: int, dtype: str) -> Baseline:

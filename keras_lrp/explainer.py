@@ -11,7 +11,7 @@ import numpy as np
 from keras import ops, tree
 
 from . import backend
-from .baselines import BASELINE_METHODS, OPTIONS, active_steps, make_baseline
+from .baselines import BASELINE_METHODS, OPTIONS, active_steps, make_baseline, options_key
 from .composites import Composite, as_composite
 from .explanation import Explanation
 from .graph import model_graph
@@ -152,9 +152,6 @@ class Explainer:
         backend.check_float_dtype(dtype)
         if method_options and method not in BASELINE_METHODS:
             raise ValueError(f"method_options are for the methods {', '.join(OPTIONS)}; method={method!r} takes none.")
-        #: the configured baseline method ("ig", "occlusion", "shapley"), else None
-        self._baseline = make_baseline(method, method_options, len(model.inputs), dtype) \
-            if method in BASELINE_METHODS else None
         rule = as_gate_rule(rule).name
         self.rule = Epsilon(eps=eps, bias_factor=bias_factor)
         largest = float(np.finfo(dtype).max)
@@ -175,6 +172,9 @@ class Explainer:
         self._tokens = [e is not None for e in self._walk.embeddings]
         self._ids = [t or not str(d).startswith("float") for t, d in zip(self._tokens, graph.input_dtypes)]
         self.multi_input = len(graph.inputs) > 1
+        #: the configured baseline method ("ig", "occlusion", "shapley"), else None
+        self._baseline = make_baseline(method, method_options, len(graph.inputs), dtype) \
+            if method in BASELINE_METHODS else None
         if self._baseline is not None:
             self._baseline.check_inputs(self._start_shapes(self.input_shapes))
         self.tokens = self._tokens[0]
@@ -650,8 +650,8 @@ def cached_explainer(model: keras.Model, *, eps: float = 1e-3, bias_factor: floa
     (its compiled function reused), or a new one."""
     composite = as_composite(layer_rules)
     options = None
-    if method in BASELINE_METHODS:   # validated before the cache lookup (the key holds them)
-        options = make_baseline(method, method_options, len(model.inputs), dtype).key()
+    if method in BASELINE_METHODS:   # the options by content (the Explainer validates them)
+        options = options_key(method_options)
     elif method_options:
         raise ValueError(f"method_options are for the methods {', '.join(OPTIONS)}; method={method!r} takes none.")
     key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule, method, composite.key(), max_length,

@@ -322,3 +322,30 @@ def test_ray_corpus_path_runs_the_baselines(tmp_path):
     e = explain(keras_lrp.load_model(tmp_path / "series.keras"), x, method="shapley", dtype="float64")
     assert [r["index"] for r in records] == list(range(10))
     np.testing.assert_allclose(np.asarray([r["relevance"] for r in records]), e.word_relevance, rtol=1e-10, atol=1e-14)
+
+
+def test_subclassed_model_and_the_cache_key():
+    """A subclassed model (no model.inputs) is explained; equal options by content reuse the explainer,
+    other options do not."""
+    from keras_lrp import explainer as module
+
+    class Tiny(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.rnn = keras.layers.GRU(3)
+            self.head = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.head(self.rnn(x))
+
+    keras.utils.set_random_seed(0)
+    model = Tiny()
+    x = np.random.default_rng(0).standard_normal((2, 3, 2))
+    model(x)
+    e = explain(model, x, method="occlusion", method_options={"baseline": np.zeros(2)}, dtype="float64")
+    assert e.word_relevance.shape == (2, 3)
+    cached = len(module._CACHE)
+    explain(model, x, method="occlusion", method_options={"baseline": np.zeros(2)}, dtype="float64")
+    assert len(module._CACHE) == cached
+    explain(model, x, method="occlusion", method_options={"baseline": np.ones(2)}, dtype="float64")
+    assert len(module._CACHE) == min(cached + 1, module._CACHE_SIZE)
