@@ -26,11 +26,11 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from .cells import lstm_activations
 from .recurrent import DenseMaps, lstm_relevance
-from . import rules
+from . import backend, rules
 
 __all__ = ["cache_lstm_forward_activations_batch", "cashe_lstm_forward_activations_batch",
            "get_target_activation", "lrp_dense_batch", "lrp_lstm_batch", "lrp_concat", "lrp_slice",
@@ -87,11 +87,13 @@ def cache_lstm_forward_activations_batch(lstm_layer, batch_data, bidirectional: 
 cashe_lstm_forward_activations_batch = cache_lstm_forward_activations_batch
 
 
-def _f64(a) -> tf.Tensor:
-    return tf.constant(np.asarray(a, np.float64))
+def _f64(a):
+    """A float64 tensor of the backend (the helpers compute in float64)."""
+    backend.check_float_dtype("float64")
+    return ops.convert_to_tensor(np.asarray(a, np.float64))
 
 
-def _time_major(a) -> tf.Tensor:
+def _time_major(a):
     """(batch, T, .) array -> (T, batch, .) float64 tensor."""
     return _f64(np.asarray(a).swapaxes(0, 1))
 
@@ -167,8 +169,9 @@ def lrp_dense_batch(hin, w, b, hout, Rout, bias_nb_units: int, eps: float, bias_
     if b is not None and np.shape(b) != (w.shape[1],):
         raise ValueError(f"b has shape {np.shape(b)}, expected (M,) = ({w.shape[1]},).")
     rule = rules.Epsilon(eps=float(eps), bias_factor=float(bias_factor))
-    r_in = rules.linear(_f64(hin), _f64(w), None if b is None else _f64(b), _f64(hout), _f64(Rout), rule,
-                        fan_in=int(bias_nb_units)).numpy()
+    with backend.compute_scope():
+        r_in = ops.convert_to_numpy(rules.linear(_f64(hin), _f64(w), None if b is None else _f64(b), _f64(hout),
+                                                 _f64(Rout), rule, fan_in=int(bias_nb_units)))
     if debug:
         _print_local_diff(layer_name, Rout.sum(), r_in.sum())
     return r_in
@@ -253,9 +256,10 @@ def lrp_lstm_batch_parts(activations: Dict[str, Any], hin, Rout_Left_last, batch
                 "ig": _time_major(gates[..., 0:d] * gates[..., 2 * d:3 * d]),             # i_t g_t
                 "z": _time_major(acts_layer[f"gates_pre_{side}"][..., 2 * d:3 * d])}
         maps = DenseMaps(_f64(kernel), _f64(recurrent), _f64(bias[0]) if bias else None)
-        side_relevance = lstm_relevance(_time_major(xs), acts, maps, _f64(r), rule)
-        r_x.append(side_relevance.x.numpy().swapaxes(0, 1))
-        rest += side_relevance.rest.numpy()
+        with backend.compute_scope():
+            side_relevance = lstm_relevance(_time_major(xs), acts, maps, _f64(r), rule)
+        r_x.append(ops.convert_to_numpy(side_relevance.x).swapaxes(0, 1))
+        rest += ops.convert_to_numpy(side_relevance.rest)
     parts = LSTMRelevanceParts(Rx=r_x[0], Rx_rev=r_x[1][:, ::-1] if bidirectional else None, rest=rest)
     if debug:
         r_in = parts.Rx.sum() + (0.0 if parts.Rx_rev is None else parts.Rx_rev.sum())
@@ -295,7 +299,7 @@ def lrp_lstm_batch(activations: Dict[str, Any], hin, Rout_Left_last, batch_size:
 
 def _shape_of(item) -> tuple:
     """A shape given as a tuple/list/TensorShape, or taken from an array or Keras tensor."""
-    if isinstance(item, (np.ndarray, keras.KerasTensor, tf.Tensor)):
+    if isinstance(item, (np.ndarray, keras.KerasTensor)) or ops.is_tensor(item):
         return tuple(item.shape)
     return tuple(item)
 

@@ -29,8 +29,8 @@ Sequences of different lengths (a JSON-lines corpus) are grouped by length insid
 sequence is ever padded to another one's length and no result depends on its neighbours.
 
 :class:`MultiDeviceExplainer` splits one batch over several devices of one process (every GPU, or
-every logical CPU device) with one compiled explainer per device (``tf.device``), and concatenates
-the results in input order; every chunk is explained exactly as the single-device explainer
+every logical CPU device) with one compiled explainer per device (placed by
+:func:`keras_lrp.backend.device_scope`), and concatenates the results in input order; every chunk is explained exactly as the single-device explainer
 explains it, so the results are equal bit for bit.
 
 Failures: a worker process that dies (killed, out of memory, node lost) is restarted by Ray Data
@@ -349,13 +349,13 @@ class _ShardExplainer:
     def __init__(self, model_path: str, corpus: _Corpus, shards_dir: str, fingerprint: str,
                  config: Dict[str, Any], target: Optional[np.ndarray], timestep: Optional[np.ndarray],
                  embeddings: Optional[str] = None, fail_after: Optional[int] = None,
-                 max_length: Optional[int] = None):
+                 max_length: Optional[int] = None, backend: Optional[str] = None):
         self.created = time.time()
         watch = _Stopwatch()
         with watch("import"):
-            from .quiet import import_tensorflow_quietly
+            from .quiet import start_backend_quietly
 
-            import_tensorflow_quietly()
+            start_backend_quietly(backend)   # the driver's Keras backend
             import keras_lrp
             from .explainer import MAX_LENGTH
         with watch("load"):
@@ -512,6 +512,7 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         raise ImportError('explain_corpus needs Ray Data: pip install "keras-lrp[distributed]" '
                           '(or pip install "ray[data]").') from None
     import keras_lrp
+    from .quiet import keras_backend_name
 
     watch = _Stopwatch()                 # the driver's stages, CorpusResult.timings
     checked = time.perf_counter()
@@ -568,7 +569,8 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
                 _run_ray(todo, address, num_workers, cpus_per_worker,
                          dict(model_path=model_path, corpus=corpus, shards_dir=str(shards_dir.resolve()),
                               fingerprint=fingerprint, config=config, target=target_arr, timestep=timestep_arr,
-                              embeddings=embeddings, fail_after=_fail_after_shards, max_length=max_length),
+                              embeddings=embeddings, fail_after=_fail_after_shards, max_length=max_length,
+                              backend=keras_backend_name()),
                          quiet, on_shard=merge.complete)
     except BaseException:
         merge.abort()
@@ -736,11 +738,10 @@ def read_corpus_output(path: PathLike) -> Iterator[Dict[str, Any]]:
 
 
 def available_devices() -> List[str]:
-    """Every GPU of this process, or, without GPUs, every logical CPU device."""
-    import tensorflow as tf
+    """Every GPU of this process, or, without GPUs, every (logical) CPU device."""
+    from . import backend
 
-    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-    return [d.name for d in devices]
+    return backend.available_devices()
 
 
 class MultiDeviceExplainer:
@@ -763,24 +764,19 @@ class MultiDeviceExplainer:
 
     def __init__(self, model, devices: Optional[Sequence[str]] = None, *, eps: float = 1e-3,
                  bias_factor: float = 0.0, dtype: str = "float32", rule: str = "all", method: str = "lrp"):
-        import tensorflow as tf
-
+        from . import backend
         from .explainer import Explainer
 
         self.devices = list(devices) if devices is not None else available_devices()
         if not self.devices:
             raise ValueError("devices is empty: give at least one device name, e.g. ['/CPU:0'].")
-        def key(name: str):
-            spec = tf.DeviceSpec.from_string(name)
-            return (spec.device_type or "").upper(), spec.device_index or 0
-
-        known = [d.name for d in tf.config.list_logical_devices()]
         for device in self.devices:
-            if key(device) not in {key(k) for k in known}:
-                raise ValueError(f"device {device!r} does not exist in this process; it has {known}.")
+            if not backend.device_exists(device):
+                raise ValueError(f"device {device!r} does not exist in this process; it has "
+                                 f"{backend.available_devices()}.")
         self.explainers = []
         for device in self.devices:
-            with tf.device(device):
+            with backend.device_scope(device):
                 self.explainers.append(Explainer(model, eps=eps, bias_factor=bias_factor, dtype=dtype,
                                                  rule=rule, method=method))
         self._warm = False
@@ -788,8 +784,7 @@ class MultiDeviceExplainer:
     def attribute(self, inputs, target=None, timestep=None, batch_size: int = 256):
         """As :meth:`keras_lrp.Explainer.attribute`, spread over the devices; returns one
         :class:`keras_lrp.Explanation` (batch, ...) in input order."""
-        import tensorflow as tf
-
+        from . import backend
         from .explanation import concatenate
 
         x = np.asarray(inputs)
@@ -803,7 +798,7 @@ class MultiDeviceExplainer:
         chunks = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
         def run(k: int, s: slice):
-            with tf.device(self.devices[k]):
+            with backend.device_scope(self.devices[k]):
                 return self.explainers[k].attribute(x[s], target=None if targets is None else targets[s],
                                                     timestep=None if steps is None else steps[s],
                                                     batch_size=batch_size)

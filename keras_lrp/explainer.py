@@ -8,9 +8,10 @@ from typing import Optional, Sequence, Union
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras import tree
+from keras import ops, tree
 
+from . import backend
+from .baselines import BASELINE_METHODS, OPTIONS, active_steps, make_baseline, options_key
 from .composites import Composite, as_composite
 from .explanation import Explanation
 from .graph import model_graph
@@ -20,11 +21,12 @@ from .rules import Epsilon, as_gate_rule
 from .selfcheck import self_check
 from .walk import Walk
 
-__all__ = ["Explanation", "Explainer", "LRP", "explain", "METHODS"]
+__all__ = ["Explanation", "Explainer", "LRP", "explain", "METHODS", "cached_explainer", "length_bucket"]
 
 #: "lrp": layer-wise relevance propagation; "gi": gradient x input; "sa": sensitivity analysis
-#: (squared gradient, so word_relevance is the squared gradient norm, Arras et al. 2017).
-METHODS = ("lrp", "gi", "sa")
+#: (squared gradient, so word_relevance is the squared gradient norm, Arras et al. 2017); "ig",
+#: "occlusion", "shapley": Integrated Gradients, occlusion, Shapley sampling (:mod:`keras_lrp.baselines`).
+METHODS = ("lrp", "gi", "sa") + BASELINE_METHODS
 
 Target = Union[None, int, Sequence[int], np.ndarray]
 _DTYPES = ("float32", "float64")
@@ -107,7 +109,13 @@ class Explainer:
             2017, the default), "half" or "prop", or the objects SignalTakeAll(), Half(), Proportional()
             (:mod:`keras_lrp.rules`); a composite may choose it per recurrent layer.
         method: "lrp" (default), or the gradient baselines "gi" (gradient x input) and "sa"
-            (sensitivity analysis: squared gradient) of the same pre-activation score.
+            (sensitivity analysis: squared gradient) of the same pre-activation score, or the
+            baselines "ig" (Integrated Gradients), "occlusion" and "shapley" (Shapley sampling over
+            time steps) of the same score (:mod:`keras_lrp.baselines`).
+        method_options: options of "ig" (``steps``=32, ``baseline``), "occlusion" (``window``=1,
+            ``baseline``) and "shapley" (``samples``=32 or "all", ``seed``=0, ``baseline``), e.g.
+            ``{"steps": 64}``; ``baseline`` is None (zero), a number or an array broadcastable to one
+            sample's embedding vectors / input (a list of those for several inputs).
         layer_rules: per-layer rules, ``{layer name or layer class: rule}`` or a
             :class:`~keras_lrp.composites.Composite` (e.g. ``{"head": ZPlus()}``); the others keep
             the epsilon-rule above. ``{"my_lambda": "linear"}`` declares that ``Lambda`` layer linear:
@@ -126,7 +134,8 @@ class Explainer:
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
                  dtype: str = "float32", rule: str = "all", method: str = "lrp",
                  layer_rules: Union[None, dict, Composite] = None, max_length: int = MAX_LENGTH,
-                 self_check: bool = True, output: Union[None, int, str] = None):
+                 self_check: bool = True, output: Union[None, int, str] = None,
+                 method_options: Optional[dict] = None):
         if not isinstance(self_check, (bool, np.bool_)):
             raise TypeError(f"self_check must be True or False, got {self_check!r}.")
         #: whether the first attribute() call still has to compare the forward pass with the model's
@@ -140,6 +149,9 @@ class Explainer:
         self.method = method
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}.")
+        backend.check_float_dtype(dtype)
+        if method_options and method not in BASELINE_METHODS:
+            raise ValueError(f"method_options are for the methods {', '.join(OPTIONS)}; method={method!r} takes none.")
         rule = as_gate_rule(rule).name
         self.rule = Epsilon(eps=eps, bias_factor=bias_factor)
         largest = float(np.finfo(dtype).max)
@@ -160,6 +172,11 @@ class Explainer:
         self._tokens = [e is not None for e in self._walk.embeddings]
         self._ids = [t or not str(d).startswith("float") for t, d in zip(self._tokens, graph.input_dtypes)]
         self.multi_input = len(graph.inputs) > 1
+        #: the configured baseline method ("ig", "occlusion", "shapley"), else None
+        self._baseline = make_baseline(method, method_options, len(graph.inputs), dtype) \
+            if method in BASELINE_METHODS else None
+        if self._baseline is not None:
+            self._baseline.check_inputs(self._start_shapes(self.input_shapes))
         self.tokens = self._tokens[0]
         self.input_shape = graph.input_shape
         out_shape = graph.output_shape
@@ -172,15 +189,16 @@ class Explainer:
                              "(batch, outputs) or, for sequence outputs, (batch, time, outputs).")
         self.n_outputs = int(out_shape[-1])
         self.has_time_axis = len(out_shape) == 3
-        specs = [tf.TensorSpec((None,) + tuple(shape[1:]), tf.int32 if ids else dtype)
+        #: whether id-0 steps appended to a token sequence leave its explanation unchanged, bit for bit
+        #: (:meth:`keras_lrp.walk.Walk.post_padding_safe`): lengths may then be bucketed
+        self.post_padding_safe = self._walk.post_padding_safe()
+        specs = [backend.TensorSpec((None,) + tuple(shape[1:]), "int32" if ids else dtype)
                  for shape, ids in zip(self.input_shapes, self._ids)]
-        # Traced once here, so that a call skips tf.function's dispatch (see _call_compiled). Without
-        # autograph: the walk's Python control flow is on static values only, and an error raised while
-        # tracing (a rule refusing a configuration) reaches the user as itself, not as a StagingError.
-        self._fn = tf.function(
-            self._run, input_signature=[specs, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)],
-            autograph=False,
-        ).get_concrete_function()
+        per_sample = backend.TensorSpec((None,), "int32")
+        plan = [backend.TensorSpec((None, None), "int32")] if method == "shapley" else []   # Baseline.plan
+        #: the explain function compiled for this backend: numpy (inputs, target, timestep) -> numpy
+        #: outputs; the weights are read live (see keras_lrp.backend.compile_function)
+        self._fn = backend.compile_function(self._run, [specs, per_sample, per_sample] + plan, _variables(model, graph))
 
     @property
     def _probability_activation(self) -> Optional[str]:
@@ -189,20 +207,31 @@ class Explainer:
         return name if name in ("softmax", "sigmoid") else None
 
     def _scores(self, out, timestep):
+        """The explained scores (batch, outputs), and the timestep (negative ones counted from the end)."""
         if not self.has_time_axis:
             return out, timestep
-        timestep = tf.where(timestep < 0, timestep + tf.shape(out)[1], timestep)
-        return tf.gather(out, timestep, axis=1, batch_dims=1), timestep
+        timestep = ops.where(timestep < 0, timestep + ops.shape(out)[1], timestep)
+        return ops.take_along_axis(out, timestep[:, None, None], axis=1)[:, 0], timestep
 
-    def _run(self, xs, target, timestep):
+    @staticmethod
+    def _targets(scores, target):
+        """target, the predicted class where it is negative."""
+        return ops.where(target < 0, ops.cast(ops.argmax(scores, axis=-1), "int32"), target)
+
+    def _run(self, xs, target, timestep, *plan):
+        if self._baseline is not None:
+            starts = self._walk.embed(xs)
+            relevance, *rest = self._baseline.run(xs, starts, active_steps(self._walk, xs, starts), self._forward_score,
+                                                  self._gradients, target, timestep, *plan)
+            return (self._fill(relevance, rest[0]), *rest)
         if self.method != "lrp":
             return self._run_gradient(xs, target, timestep)
         out, starts, caches = self._walk.forward(xs)
         scores, timestep = self._scores(out, timestep)
-        target = tf.where(target < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), target)
-        r_scores = tf.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores
+        target = self._targets(scores, target)
+        r_scores = ops.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores
         if self.has_time_axis:
-            r_out = r_scores[:, None, :] * tf.one_hot(timestep, tf.shape(out)[1], dtype=scores.dtype)[:, :, None]
+            r_out = r_scores[:, None, :] * ops.one_hot(timestep, ops.shape(out)[1], dtype=scores.dtype)[:, :, None]
         else:
             r_out = r_scores
         relevance, rest = self._walk.relevance(caches, r_out)
@@ -212,23 +241,40 @@ class Explainer:
     def _fill(relevance, scores):
         """None (an input without relevance) -> an empty (batch, 0) array, so the compiled function
         returns tensors only."""
-        return [r if r is not None else tf.zeros([tf.shape(scores)[0], 0], scores.dtype) for r in relevance]
+        return [r if r is not None else ops.zeros((ops.shape(scores)[0], 0), scores.dtype) for r in relevance]
+
+    def _forward_score(self, xs, starts, target, timestep):
+        """The explained score from the start tensors ``starts``: ``(explained (batch,), (scores,
+        target, timestep, model_out))``, targets < 0 resolved to the predicted class."""
+        out, _, _ = self._walk.forward(xs, starts=starts)
+        model_out = self._walk.model_output(out)
+        scores, timestep = self._scores(out, timestep)
+        target = self._targets(scores, target)
+        explained = ops.sum(ops.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores, axis=-1)
+        return explained, (scores, target, timestep, model_out)
+
+    def _gradients(self, xs, starts, target, timestep):
+        """The gradient of the explained score with respect to each start tensor (None for inputs
+        without one), and :meth:`_forward_score`'s ``(scores, target, timestep, model_out)``: the one
+        place the explainer differentiates (:func:`keras_lrp.backend.value_and_gradient`)."""
+        watched = [i for i, s in enumerate(starts) if s is not None]
+
+        def explained(*values):
+            given = list(starts)
+            for i, v in zip(watched, values):
+                given[i] = v
+            rows, aux = self._forward_score(xs, given, target, timestep)
+            return ops.sum(rows), aux
+
+        aux, grads = backend.value_and_gradient(explained, [starts[i] for i in watched])
+        by_input = dict(zip(watched, grads))
+        return [by_input.get(i) for i in range(len(starts))], aux
 
     def _run_gradient(self, xs, target, timestep):
         starts = self._walk.embed(xs)
-        watched = [s for s in starts if s is not None]
-        with tf.GradientTape() as tape:
-            tape.watch(watched)
-            out, _, _ = self._walk.forward(xs, starts=starts)
-            model_out = self._walk.model_output(out)
-            scores, timestep = self._scores(out, timestep)
-            target = tf.where(target < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), target)
-            explained = tf.reduce_sum(tf.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores)
-        grads = tape.gradient(explained, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        by_input = dict(zip([i for i, s in enumerate(starts) if s is not None], grads))
-        relevance = [None if s is None else (by_input[i] * s if self.method == "gi" else by_input[i] ** 2)
-                     for i, s in enumerate(starts)]
-        return self._fill(relevance, scores), scores, target, tf.zeros_like(scores[:, 0]), timestep, model_out
+        grads, (scores, target, timestep, model_out) = self._gradients(xs, starts, target, timestep)
+        relevance = [None if s is None else (g * s if self.method == "gi" else g ** 2) for s, g in zip(starts, grads)]
+        return self._fill(relevance, scores), scores, target, ops.zeros_like(scores[:, 0]), timestep, model_out
 
     def attribute(self, inputs, target: Target = None, timestep=None, batch_size: int = 256,
                   verbose: Optional[bool] = None) -> Explanation:
@@ -246,6 +292,9 @@ class Explainer:
                              + ", ".join(f"{name!r}: {x.shape[0]}" for name, x in zip(self.input_names, xs)) + ".")
         t = self._check_target(target, n)
         steps = self._check_timestep(timestep, n, xs)
+        if self._baseline is not None:
+            self._baseline.check_inputs(self._start_shapes([x.shape for x in xs]))
+            self._baseline.check_size(self._players(xs), max(x.shape[1] if x.ndim > 1 else 1 for x in xs))
         if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -256,7 +305,8 @@ class Explainer:
             batch = [x[i:i + batch_size] for x in xs]
             parts.append(self._call_padded(batch, t[i:i + batch_size], steps[i:i + batch_size]))
             if not self._checked:
-                self_check(self._walk, self.model, batch, parts[-1][5], self.multi_input, self.output_index)
+                with backend.compute_scope():
+                    self_check(self._walk, self.model, batch, parts[-1][5], self.multi_input, self.output_index)
                 self._checked = True
             if bar is not None:
                 bar.update(min(i + batch_size, n), finalize=i + batch_size >= n)
@@ -283,6 +333,8 @@ class Explainer:
         length = max(a.shape[1] if a.ndim > 1 else 1 for a in x)
         rows = self._rows_per_call(length)
         chunk = self._chunk_rows(length) if rows > 1 else 1
+        if self._baseline is not None and rows > 1:   # each sample takes this many model evaluations
+            chunk = max(_ROWS, chunk // self._baseline.rows_per_sample(self._players(x)) // _ROWS * _ROWS)
         n = t.shape[0]
         if n <= chunk:
             return self._call_rows(x, t, steps, rows)
@@ -313,19 +365,20 @@ class Explainer:
         pad = -n % rows
 
         def padded(a):
-            return tf.constant(np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a)
-        relevance, *rest = self._call_compiled([padded(a) for a in x], padded(t), padded(steps))
-        return [[r.numpy()[:n] for r in relevance]] + [a.numpy()[:n] for a in rest]
+            return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a
+        plan = self._baseline.plan(self._players(x)) if self._baseline is not None else []
+        relevance, *rest = self._fn([padded(a) for a in x], padded(t), padded(steps), *plan)
+        return [[r[:n] for r in relevance]] + [a[:n] for a in rest]
 
-    def _call_compiled(self, xs: list, target: tf.Tensor, timestep: tf.Tensor):
-        """The traced function on tensors already checked against its signature. Its flat call
-        skips the concrete function's argument binding, ~0.4 ms: a fifth of a one-sentence
-        explanation at T = 20 (``ConcreteFunction._call_flat`` is private; where a TensorFlow
-        version lacks it, the public call is used)."""
-        call_flat = getattr(self._fn, "_call_flat", None)
-        if call_flat is None:
-            return self._fn(xs, target, timestep)
-        return call_flat(list(xs) + [target, timestep], self._fn.captured_inputs)
+    def _start_shapes(self, shapes: list) -> list:
+        """Per model input of shape ``shapes[k]`` (batch first), one sample's start tensor shape
+        (embedding vectors: (time, dim)), or None for an input without one."""
+        return [None if start is None else tuple(shape[1:]) + ((emb.output_dim,) if emb is not None else ())
+                for shape, start, emb in zip(shapes, self._walk.starts, self._walk.embeddings)]
+
+    def _players(self, xs: list) -> int:
+        """The steps (players) a perturbation baseline perturbs: axis 1 of every start tensor."""
+        return sum(x.shape[1] for x, start in zip(xs, self._walk.starts) if start is not None and x.ndim > 1)
 
     def _split_inputs(self, inputs) -> list:
         """``inputs`` as one array per model input: an array (single-input models), a list / tuple
@@ -445,6 +498,22 @@ class Explainer:
         return int(steps) if steps is not None else int(input_shapes[0][1])
 
 
+def _variables(model: keras.Model, graph) -> list:
+    """Every Keras variable the explain function may read: the model's, and those of every layer its
+    graph calls (layers found inside traced layers included)."""
+    found = {id(v): v for v in model.variables}
+    for node in graph.nodes:
+        for v in getattr(node.op, "variables", ()) if isinstance(node.op, keras.layers.Layer) else ():
+            found.setdefault(id(v), v)
+    return list(found.values())
+
+
+def length_bucket(steps: int) -> int:
+    """The length a sequence of ``steps`` time steps is padded to where lengths are bucketed (on
+    backends that compile once per shape): the next power of two, at least 8."""
+    return max(8, 1 << max(int(steps) - 1, 0).bit_length())
+
+
 def _layer_names(model: keras.Model, graph) -> list:
     """Every layer name ``layer_rules`` may use: the graph's calls and every layer of the model, nested
     and traced ones included."""
@@ -534,7 +603,7 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
             batch_size: int = 256, method: str = "lrp",
             layer_rules: Union[None, dict, Composite] = None, verbose: Optional[bool] = None,
             max_length: int = MAX_LENGTH, self_check: bool = True,
-            output: Union[None, int, str] = None) -> Explanation:
+            output: Union[None, int, str] = None, method_options: Optional[dict] = None) -> Explanation:
     """Explain a model's outputs with LRP (Arras et al. 2017).
 
     Args:
@@ -549,7 +618,10 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
         rule: gate rule, "all" (default), "half" or "prop".
         dtype: "float32" or "float64".
         batch_size: samples per compiled call; memory stays flat in the number of inputs.
-        method: "lrp" (default), "gi" (gradient x input) or "sa" (squared gradient) baselines.
+        method: "lrp" (default), "gi" (gradient x input) or "sa" (squared gradient) baselines, or
+            "ig", "occlusion", "shapley" (see :class:`Explainer` and :mod:`keras_lrp.baselines`).
+        method_options: the options of "ig" / "occlusion" / "shapley", e.g. ``{"steps": 64}``
+            (see :class:`Explainer`).
         layer_rules: per-layer rule overrides and Lambda declarations (see :class:`Explainer` and
             :class:`~keras_lrp.composites.Composite`).
         verbose: progress bar: True always, False never, None (default) only for more than one
@@ -564,16 +636,33 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
         :class:`~keras_lrp.explanation.Explanation` with ``relevance``, ``word_relevance``
         (batch, time), ``scores``, ``target``, ``rest`` (see :mod:`keras_lrp.explanation`).
     """
+    explainer = cached_explainer(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method=method,
+                                 layer_rules=layer_rules, max_length=max_length, self_check=self_check, output=output,
+                                 method_options=method_options)
+    return explainer.attribute(inputs, target=target, timestep=timestep, batch_size=batch_size, verbose=verbose)
+
+
+def cached_explainer(model: keras.Model, *, eps: float = 1e-3, bias_factor: float = 0.0, rule: str = "all",
+                     dtype: str = "float32", method: str = "lrp", layer_rules: Union[None, dict, Composite] = None,
+                     max_length: int = MAX_LENGTH, self_check: bool = True,
+                     output: Union[None, int, str] = None, method_options: Optional[dict] = None) -> Explainer:
+    """The :class:`Explainer` :func:`explain` uses for these arguments: one of the most recently used
+    (its compiled function reused), or a new one."""
     composite = as_composite(layer_rules)
+    options = None
+    if method in BASELINE_METHODS:   # the options by content (the Explainer validates them)
+        options = options_key(method_options)
+    elif method_options:
+        raise ValueError(f"method_options are for the methods {', '.join(OPTIONS)}; method={method!r} takes none.")
     key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule, method, composite.key(), max_length,
-           bool(self_check), output)
+           bool(self_check), output, options)
     explainer = _CACHE.get(key)
     if explainer is None or explainer.model is not model:
         explainer = Explainer(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method=method,
                               layer_rules=composite, max_length=max_length, self_check=self_check,
-                              output=output)
+                              output=output, method_options=method_options)
     _CACHE[key] = explainer
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
-    return explainer.attribute(inputs, target=target, timestep=timestep, batch_size=batch_size, verbose=verbose)
+    return explainer

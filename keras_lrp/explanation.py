@@ -67,7 +67,9 @@ class Explanation:
             constant zero outputs of masked steps of Bidirectional return_sequences layers). With
             ``eps = 0, bias_factor = 1``: ``relevance.sum() + rest == scores[target]`` per sample
             (see :attr:`convergence_delta`); otherwise the stabiliser and the dropped bias terms
-            absorb the difference.
+            absorb the difference. For "ig", "occlusion" and "shapley": the score at the baseline
+            (every unmasked step at baseline), so that :attr:`convergence_delta` is the completeness
+            / efficiency gap (:mod:`keras_lrp.baselines`).
         timestep: (batch,) the explained output timestep, or None for models without a time axis.
         tokens: optional, one list of tokens per sample (its length is the sample's length).
         class_names: optional, one name per output.
@@ -75,7 +77,8 @@ class Explanation:
             vocabulary (drawn with a ``*``).
         lengths: optional (batch,) number of real timesteps per sample; default from ``tokens``,
             else the full time axis.
-        method: "lrp", "gi" (gradient x input) or "sa" (sensitivity: squared gradient, >= 0).
+        method: "lrp", "gi" (gradient x input), "sa" (sensitivity: squared gradient, >= 0), "ig"
+            (Integrated Gradients), "occlusion" or "shapley" (:mod:`keras_lrp.baselines`).
         output_activation: "softmax" / "sigmoid" when the explained scores are logits of that
             function (then :attr:`probabilities` is known), else None.
         texts: optional, the raw text of each sample.
@@ -153,7 +156,10 @@ class Explanation:
         """(batch,): ``explained_score - relevance.sum() - rest`` per sample (all inputs summed).
 
         0 up to rounding with ``eps=0, bias_factor=1`` (conservation); otherwise the share of
-        the score absorbed by the stabiliser and the bias terms. Meaningless for "gi" / "sa"."""
+        the score absorbed by the stabiliser and the bias terms. Meaningless for "gi" / "sa".
+        For "ig": the completeness gap ``f(x) - f(x') - sum`` of the path integral's quadrature
+        (-> 0 as ``steps`` grows); "shapley": the efficiency gap (0 up to rounding); "occlusion":
+        how far the step drops are from adding up to ``f(x) - f(x')``."""
         return self.explained_score - self.total_relevance() - self.rest
 
     @property
@@ -656,7 +662,7 @@ def _read_json(path: str, max_bytes: Optional[int], cls) -> Explanation:
             isinstance(o, list) and all(isinstance(b, bool) for b in o) for o in oov)):
         raise bad(f"\"oov\" must be null or {n} lists of true/false")
     if not isinstance(data.get("method"), str) or len(data["method"]) > 40:
-        raise bad("\"method\" must be a short string (\"lrp\", \"gi\" or \"sa\")")
+        raise bad("\"method\" must be a short string (\"lrp\", \"gi\", \"ig\", ...)")
 
     cap = 64 * len(raw) + 64 * 2**20 if max_bytes is None else int(max_bytes)
     shapes = []

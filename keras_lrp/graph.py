@@ -120,6 +120,13 @@ class Graph:
     def producer(self, key: int) -> Optional[Node]:
         return next((n for n in self.nodes if key in n.outputs), None)
 
+    def shape_of(self, key: int) -> Optional[tuple]:
+        """The symbolic shape of tensor ``key`` (a model input or a call's output), None if unknown."""
+        if key in self.inputs:
+            return tuple(self.input_shapes[self.inputs.index(key)])
+        node = self.producer(key)
+        return None if node is None else tuple(node.output_shapes[node.outputs.index(key)])
+
     def consumers(self, key: int) -> List[Node]:
         return [n for n in self.nodes if key in n.inputs]
 

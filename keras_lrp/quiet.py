@@ -1,9 +1,12 @@
 """Quiet by default: TensorFlow's and Ray's start-up logs hidden, repeated warnings summed up.
 
-* :func:`import_tensorflow_quietly` imports TensorFlow with its C++ start-up lines (oneDNN, CUDA
-  probing, CPU features) sent to ``/dev/null``: TensorFlow 2.21 prints them even with
-  ``TF_CPP_MIN_LOG_LEVEL=3``. The ``keras-lrp`` command, the bench scripts and the Ray workers start
-  this way (``--debug`` shows them).
+* :func:`start_backend_quietly` starts the Keras backend (``KERAS_BACKEND``) the way keras-lrp's
+  own entry points need it: TensorFlow through :func:`import_tensorflow_quietly`, which imports it
+  with its C++ start-up lines (oneDNN, CUDA probing, CPU features) sent to ``/dev/null`` (TensorFlow
+  2.21 prints them even with ``TF_CPP_MIN_LOG_LEVEL=3``); JAX with 64-bit floats enabled, so that
+  ``dtype="float64"`` computes in float64. The ``keras-lrp`` command, the bench scripts and the Ray
+  workers start this way (``--debug`` shows TensorFlow's lines); TensorFlow is never imported for
+  another backend.
 * :func:`quiet_ray` hides Ray's own logs (its start-up lines, Ray Data's execution plan and the
   core worker's C++ lines) around a Ray run that keras-lrp starts.
 * :func:`summarized_warnings` collects the warnings of a long run and reports each cause once, with
@@ -11,7 +14,7 @@
   its progress bar. Warnings that add up (:class:`SummableWarning`) merge into one with the totals
   ("375 of 2210 explanations contain inf/NaN: ...").
 
-Nothing here imports TensorFlow or Ray at module level.
+Nothing here imports Keras, TensorFlow, JAX or Ray at module level.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import warnings
 from typing import Callable, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = ["SummableWarning", "summarized_warnings", "summarize", "import_tensorflow_quietly", "quiet_ray",
-           "stderr_to_devnull"]
+           "stderr_to_devnull", "keras_backend_name", "start_backend_quietly"]
 
 
 class SummableWarning(Warning):
@@ -125,6 +128,53 @@ def import_tensorflow_quietly(debug: bool = False) -> None:
         absl_logging.set_verbosity(absl_logging.ERROR)
     except ImportError:   # absl comes with TensorFlow; nothing to quiet without it
         pass
+
+
+def keras_backend_name() -> str:
+    """The backend Keras runs on (or will, once imported), found as Keras finds it: the running Keras's,
+    else ``KERAS_BACKEND``, else the ``backend`` of ``keras.json`` in ``KERAS_HOME`` (default
+    ``~/.keras``), else "tensorflow". Imports nothing."""
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "config"):
+        return keras.config.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        import json
+
+        with open(os.path.join(home, "keras.json")) as f:
+            return str(json.load(f).get("backend") or "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def start_backend_quietly(backend: Optional[str] = None, debug: bool = False) -> str:
+    """Start the Keras backend before keras_lrp computes anything; returns its name.
+
+    Args:
+        backend: the backend to run on ("tensorflow", "jax", "torch"): set as ``KERAS_BACKEND`` when
+            Keras is not imported yet (a Ray worker gets its driver's); a RuntimeError if Keras already
+            runs on another. None: Keras's own choice (:func:`keras_backend_name`).
+        debug: show TensorFlow's start-up lines.
+
+    TensorFlow is imported quietly (:func:`import_tensorflow_quietly`); JAX gets 64-bit floats
+    (``JAX_ENABLE_X64=1`` unless set otherwise), so that ``dtype="float64"`` is float64; torch needs
+    nothing. No other backend's framework is imported.
+    """
+    if backend is not None and "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = backend
+    name = keras_backend_name()
+    if backend is not None and name != backend:
+        raise RuntimeError(f"this process already runs Keras on {name!r}, not on {backend!r}: start it with "
+                           f"KERAS_BACKEND={backend}.")
+    if name == "tensorflow":
+        import_tensorflow_quietly(debug=debug)
+    elif name == "jax":
+        os.environ.setdefault("JAX_ENABLE_X64", "1")
+        if "jax" in sys.modules and os.environ["JAX_ENABLE_X64"].lower() in ("1", "true"):
+            sys.modules["jax"].config.update("jax_enable_x64", True)   # JAX read the variable before
+    return name
 
 
 # Ray's logs: its Python loggers, Ray Data's (read from RAY_DATA_LOG_LEVEL when ray.data configures

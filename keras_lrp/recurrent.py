@@ -3,8 +3,9 @@
 One direction at a time (a Bidirectional layer runs two independent loops, which TensorFlow may
 run in parallel), vectorised over the batch and kept time-major: tensors are (time, batch, .),
 the sequence in its processing order (reversed time for ``go_backwards``). Only the recurrence
-itself is a loop over time (``_time_loop``, a ``tf.while_loop``); everything that does not depend on it (input
-projections, denominators, input relevance) is computed for all timesteps at once.
+itself is a loop over time (:data:`keras_lrp.backend.time_loop`: a ``tf.while_loop`` on TensorFlow,
+``keras.ops.scan`` elsewhere); everything that does not depend on it (input projections,
+denominators, input relevance) is computed for all timesteps at once, in ``keras.ops``.
 
 Shapes: x (time, batch, e); states (time, batch, d); mask (time, batch, 1) bool or None; initial
 states (batch, d) each, or None for zeros (an encoder's returned states, say).
@@ -35,11 +36,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
-import tensorflow as tf
-
-from .cells import lstm_step
 from keras import ops
 
+from .backend import Tensor, einsum, time_loop
+from .cells import lstm_step
 from .rules import GATE_RULE_OBJECTS, Epsilon, bias_share, inverse_denominator, needs_zero_limit, zero_limit
 
 __all__ = ["GATE_RULES", "RecurrentRelevance", "RecurrentMaps", "DenseMaps", "ConvMaps", "gate_split",
@@ -62,23 +62,23 @@ class RecurrentRelevance(NamedTuple):
     """The LRP pass through one recurrent direction: the input relevance and the relevance that
     reached each initial state (in the cell's state order: ``(h0, c0)`` for an LSTM, ``(h0,)`` else)."""
 
-    x: tf.Tensor                    # (time, batch, e), processing order
-    states: Tuple[tf.Tensor, ...]   # (batch, d) each
+    x: Tensor                    # (time, batch, e), processing order
+    states: Tuple[Tensor, ...]   # (batch, d) each
 
     @property
-    def rest(self) -> tf.Tensor:
+    def rest(self) -> Tensor:
         """(batch,): the relevance on all initial states, summed (what zero initial states absorb)."""
         return sum(ops.sum(r, axis=tuple(range(1, len(r.shape)))) for r in self.states)
 
 
-def _shift(t: tf.Tensor, first: Optional[tf.Tensor] = None) -> tf.Tensor:
+def _shift(t: Tensor, first: Optional[Tensor] = None) -> Tensor:
     """The value at t-1 for every t: ``first`` (the initial state, (batch, d); zeros when None) at
     t = 0; time axis 0."""
     first = ops.zeros_like(t[:1]) if first is None else ops.expand_dims(ops.cast(first, t.dtype), 0)
     return ops.concatenate([first, t[:-1]], axis=0)
 
 
-def _initial_states(like: tf.Tensor, initial_state: Optional[Sequence[tf.Tensor]], n: int) -> Tuple[tf.Tensor, ...]:
+def _initial_states(like: Tensor, initial_state: Optional[Sequence[Tensor]], n: int) -> Tuple[Tensor, ...]:
     """The ``n`` initial states (batch, d) in ``like``'s dtype: ``initial_state``, or zeros like ``like``."""
     if initial_state is None:
         return (ops.zeros_like(like),) * n
@@ -88,46 +88,7 @@ def _initial_states(like: tf.Tensor, initial_state: Optional[Sequence[tf.Tensor]
 
 
 def _carry_where_masked(mask, new, old):
-    return new if mask is None else tf.where(mask, new, old)
-
-
-def _time_loop(step: Callable, elems: Dict[str, tf.Tensor], carry: Tuple[tf.Tensor, ...], n_out: int,
-               reverse: bool = False,
-               differentiable: bool = False) -> Tuple[Tuple[tf.Tensor, ...], Tuple[tf.Tensor, ...]]:
-    """Run ``step(carry, e) -> (carry, outputs)`` over axis 0 (time) of the tensors in ``elems``.
-
-    Unlike ``tf.scan`` it stacks only the ``n_out`` outputs (not the carry). The relevance loops
-    (``differentiable=False``) read each step's slice of ``elems`` in place instead of first
-    copying them into tensor lists: less memory traffic and fewer allocations per call. The forward
-    loops are also differentiated (the gradient baselines): they read through tensor lists, whose
-    gradients are one slice per step (a slice's gradient would be a full-size tensor per step).
-    Outputs have the dtype of ``carry[0]``.
-
-    Returns:
-        ``(carry after the last step processed, outputs stacked to (time, ...))``; with ``reverse``
-        the loop runs from the last step to the first, outputs still indexed by time.
-    """
-    steps = tf.shape(next(iter(elems.values())))[0]
-    arrays = tuple(tf.TensorArray(carry[0].dtype, size=steps) for _ in range(n_out))
-    if differentiable:
-        lists = {k: tf.TensorArray(v.dtype, size=steps).unstack(v) for k, v in elems.items()}
-
-        def read(t):
-            return {k: v.read(t) for k, v in lists.items()}
-    else:
-        def read(t):
-            return {k: v[t] for k, v in elems.items()}
-
-    def body(t, carry, arrays):
-        carry, outs = step(carry, read(t))
-        return (t - 1 if reverse else t + 1), carry, tuple(a.write(t, o) for a, o in zip(arrays, outs))
-
-    def cond(t, carry, arrays):
-        return t >= 0 if reverse else t < steps
-
-    start = steps - 1 if reverse else tf.constant(0)
-    _, carry, arrays = tf.while_loop(cond, body, (start, tuple(carry), arrays))
-    return carry, tuple(a.stack() for a in arrays)
+    return new if mask is None else ops.where(mask, new, old)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,9 +101,9 @@ class RecurrentMaps:
     how their bias shares reach the inputs: :class:`DenseMaps` (matrices) or :class:`ConvMaps`
     (convolutions). The output units (m) are the kernels' last axis, the gates side by side."""
 
-    kernel: tf.Tensor
-    recurrent_kernel: tf.Tensor
-    bias: Optional[tf.Tensor]
+    kernel: Tensor
+    recurrent_kernel: Tensor
+    bias: Optional[Tensor]
 
     @property
     def units(self) -> int:
@@ -167,15 +128,13 @@ class DenseMaps(RecurrentMaps):
 
     def inputs(self, x):
         """``x_t W + b`` for all timesteps at once: (time, batch, e) -> (time, batch, m)."""
-        # tf.einsum, not keras.ops.einsum: Keras's TensorFlow einsum rewrites this contraction into a
-        # matmul over time x batch rows, whose rounding then depends on the batch size (float64 results
-        # must not: tests/test_reliability.py)
-        z = tf.einsum("tbe,em->tbm", x, self.kernel)
+        # backend.einsum: on TensorFlow its rounding does not depend on the batch size
+        z = einsum("tbe,em->tbm", x, self.kernel)
         return z if self.bias is None else z + self.bias
 
     def recurrent(self, h):
         """``h U``: (batch, d) -> (batch, m)."""
-        return tf.matmul(h, self.recurrent_kernel)
+        return ops.matmul(h, self.recurrent_kernel)
 
     def input_magnitude(self, x):
         """``sum_k |x_k w_km| + |b_m|`` for all timesteps (time, batch, m): with :meth:`recurrent_magnitude`
@@ -188,7 +147,7 @@ class DenseMaps(RecurrentMaps):
 
     def input_transpose(self, m):
         """``m W^T`` for all timesteps: (time, batch, m) -> (time, batch, e)."""
-        return tf.einsum("tbm,em->tbe", m, self.kernel)   # (see inputs)
+        return einsum("tbm,em->tbe", m, self.kernel)   # (see inputs)
 
     def recurrent_transpose(self, m):
         """``m U^T``: (batch, m) -> (batch, d)."""
@@ -314,16 +273,16 @@ def _input_relevance(x, m, maps: RecurrentMaps, share, mask):
     r = x * maps.input_transpose(m)
     if share is not None:
         r = r + maps.share_to_inputs(share)
-    return r if mask is None else tf.where(mask, r, tf.zeros_like(r))
+    return r if mask is None else ops.where(mask, r, ops.zeros_like(r))
 
 
 # ---------------------------------------------------------------------------------------------
 # LSTM
 # ---------------------------------------------------------------------------------------------
 
-def lstm_forward(x: tf.Tensor, maps: RecurrentMaps, activation: Callable, recurrent_activation: Callable,
-                 mask: Optional[tf.Tensor] = None, gate_rule: str = "all",
-                 initial_state: Optional[Sequence[tf.Tensor]] = None) -> Dict[str, tf.Tensor]:
+def lstm_forward(x: Tensor, maps: RecurrentMaps, activation: Callable, recurrent_activation: Callable,
+                 mask: Optional[Tensor] = None, gate_rule: str = "all",
+                 initial_state: Optional[Sequence[Tensor]] = None) -> Dict[str, Tensor]:
     """Run an LSTM (``maps``: :class:`DenseMaps`) or a ConvLSTM1D (:class:`ConvMaps`) over its (already
     ordered) input sequence from ``initial_state`` = (h0, c0) (zeros when None).
 
@@ -346,16 +305,16 @@ def lstm_forward(x: tf.Tensor, maps: RecurrentMaps, activation: Callable, recurr
         m = e.get("mask")
         h, c = _carry_where_masked(m, s.h, h_tm1), _carry_where_masked(m, s.c, c_tm1)
         out = (h, c, s.fc, s.ig, z[..., keep])
-        return (h, c), (out if gate_rule == "all" else out + (tf.concat([s.i, s.f, s.g, s.o], axis=-1),))
+        return (h, c), (out if gate_rule == "all" else out + (ops.concatenate([s.i, s.f, s.g, s.o], axis=-1),))
 
-    _, out = _time_loop(step, elems, (h0, c0), 5 if gate_rule == "all" else 6, differentiable=True)
+    _, out = time_loop(step, elems, (h0, c0), 5 if gate_rule == "all" else 6, differentiable=True)
     return dict(zip(("h", "c", "fc", "ig", "z", "gates"), out), h0=h0, c0=c0)
 
 
-def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], maps: RecurrentMaps, r_h_last: tf.Tensor,
-                   eps: Epsilon, gate_rule: str = "all", r_h_seq: Optional[tf.Tensor] = None,
-                   mask: Optional[tf.Tensor] = None, activation: Callable = tf.tanh,
-                   r_c_last: Optional[tf.Tensor] = None) -> RecurrentRelevance:
+def lstm_relevance(x: Tensor, acts: Dict[str, Tensor], maps: RecurrentMaps, r_h_last: Tensor,
+                   eps: Epsilon, gate_rule: str = "all", r_h_seq: Optional[Tensor] = None,
+                   mask: Optional[Tensor] = None, activation: Callable = ops.tanh,
+                   r_c_last: Optional[Tensor] = None) -> RecurrentRelevance:
     """LRP from the hidden states back to the inputs, through time.
 
     Per step, in reverse (Arras et al. 2017, Sect. 3, with the reference implementation's
@@ -413,7 +372,7 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], maps: RecurrentMaps
         if r_h_seq is not None:
             r_h = r_h + s["r_h"]
         if gate_rule != "all":
-            i, f, g, o = tf.split(s["gates"], 4, axis=-1)
+            i, f, g, o = ops.split(s["gates"], 4, axis=-1)
         # h_t = o_t * tanh(c_t)
         if gate_rule == "all":
             r_o, r_c_t = None, r_c + r_h
@@ -432,18 +391,18 @@ def lstm_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], maps: RecurrentMaps
         else:
             r_f, r_c_prev = gate_split(r_fc, f, s["c_prev"], gate_rule, eps)
             r_i, r_g = gate_split(r_ig, i, g, gate_rule, eps)
-            r_pre = tf.concat([r_i, r_f, r_g, r_o], axis=-1)
+            r_pre = ops.concatenate([r_i, r_f, r_g, r_o], axis=-1)
         # pre-activations -> [x_t, h_{t-1}]
         m_z = r_pre * s["inv_z"]
         limit = _step_limit(r_pre, s.get("z"), s.get("mag_x"), s["h_prev"], maps, eps)
         r_h_prev, share_z = _to_previous_state(m_z, s["h_prev"], maps, s.get("z"), eps, fan_in, limit)
         if mask is not None:
             m = s["mask"]
-            r_h_prev = tf.where(m, r_h_prev, r_h)
-            r_c_prev = tf.where(m, r_c_prev, r_c)
+            r_h_prev = ops.where(m, r_h_prev, r_h)
+            r_c_prev = ops.where(m, r_c_prev, r_c)
         return (r_h_prev, r_c_prev), ((m_z, share_z) if share else (m_z,))
 
-    (r_h0, r_c0), out = _time_loop(step, per_step, (r_h_last, r_c_last), 2 if share else 1, reverse=True)
+    (r_h0, r_c0), out = time_loop(step, per_step, (r_h_last, r_c_last), 2 if share else 1, reverse=True)
     return RecurrentRelevance(_input_relevance(x, out[0], maps, out[1] if share else None, mask), (r_h0, r_c0))
 
 
@@ -466,7 +425,7 @@ def _gru_biases(bias, d):
 
 def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activation,
                 reset_after: bool, mask=None, gate_rule: str = "all",
-                initial_state: Optional[Sequence[tf.Tensor]] = None) -> Dict[str, tf.Tensor]:
+                initial_state: Optional[Sequence[Tensor]] = None) -> Dict[str, Tensor]:
     """Run a GRU over its (already ordered) input sequence from ``initial_state`` = (h0,) (zeros
     when None).
 
@@ -480,7 +439,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activat
     gates = gate_rule != "all"
     d = recurrent_kernel.shape[0]
     b_in, b_rec = _gru_biases(bias, d)
-    xz = tf.einsum("tbe,ef->tbf", x, kernel)
+    xz = einsum("tbe,ef->tbf", x, kernel)
     if b_in is not None:
         xz = xz + b_in
     h0, = _initial_states(xz[0, :, :d], initial_state, 1)
@@ -488,30 +447,30 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activat
 
     def step(carry, e):
         h_tm1 = carry[0]
-        x_z, x_r, x_h = tf.split(e["xz"], 3, axis=-1)
+        x_z, x_r, x_h = ops.split(e["xz"], 3, axis=-1)
         if reset_after:
-            rec = tf.matmul(h_tm1, recurrent_kernel)
+            rec = ops.matmul(h_tm1, recurrent_kernel)
             if b_rec is not None:
                 rec = rec + b_rec
-            r_z, r_r, s_h = tf.split(rec, 3, axis=-1)
+            r_z, r_r, s_h = ops.split(rec, 3, axis=-1)
             pre_z, pre_r = x_z + r_z, x_r + r_r
             rg = recurrent_activation(pre_r)
             pre_h = x_h + rg * s_h
         else:
-            pre_zr = x_z + tf.matmul(h_tm1, recurrent_kernel[:, :d]), x_r + tf.matmul(h_tm1, recurrent_kernel[:, d:2 * d])
+            pre_zr = x_z + ops.matmul(h_tm1, recurrent_kernel[:, :d]), x_r + ops.matmul(h_tm1, recurrent_kernel[:, d:2 * d])
             pre_z, pre_r = pre_zr
             rg = recurrent_activation(pre_r)
             s_h = rg * h_tm1
-            pre_h = x_h + tf.matmul(s_h, recurrent_kernel[:, 2 * d:])
+            pre_h = x_h + ops.matmul(s_h, recurrent_kernel[:, 2 * d:])
         zg = recurrent_activation(pre_z)
         hh = activation(pre_h)
         zh, zhh = zg * h_tm1, (1 - zg) * hh
         h = zh + zhh
         h = _carry_where_masked(e.get("mask"), h, h_tm1)
         out = (h, rg, pre_h, s_h, zh, zhh)
-        return (h,), out + ((zg, hh, tf.concat([pre_z, pre_r], axis=-1)) if gates else ())
+        return (h,), out + ((zg, hh, ops.concatenate([pre_z, pre_r], axis=-1)) if gates else ())
 
-    _, out = _time_loop(step, elems, (h0,), 9 if gates else 6, differentiable=True)
+    _, out = time_loop(step, elems, (h0,), 9 if gates else 6, differentiable=True)
     names = ("h", "rg", "pre_h", "s_h", "zh", "zhh", "zg", "hh", "pre_zr")
     return dict(zip(names, out), h0=h0)
 
@@ -545,6 +504,7 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
         b_zr = b_in[:2 * d] + (b_rec[:2 * d] if b_rec is not None else 0)
     b_rh = None if b_rec is None else b_rec[2 * d:]
     maps_h, maps_zr = DenseMaps(w_h, u_h, b_h), DenseMaps(w_zr, u_zr, b_zr)
+    u_h_t, u_zr_t = ops.transpose(u_h), ops.transpose(u_zr)   # the maps' transposes, for every step
     share = eps.has_bias_share
     gates = gate_rule != "all"
 
@@ -595,12 +555,12 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
                 r_p = r_p + share_h
             r_r, r_s = gate_split(r_p, s["rg"] if gates else None, s["s_h"], gate_rule, eps)
             m_s = r_s * s["inv_s_h"]
-            r_h_prev = s["h_prev"] * tf.matmul(m_s, u_h, transpose_b=True)
+            r_h_prev = s["h_prev"] * ops.matmul(m_s, u_h_t)
             if share:
                 limit = _step_limit(r_s, s["s_h"], mag_s_h, s["h_prev"], maps_h, eps)
                 r_h_prev = r_h_prev + bias_share(m_s, s["s_h"], b_rh, eps, d, limit)
         else:
-            r_rh = s["s_h"] * tf.matmul(m_h, u_h, transpose_b=True)
+            r_rh = s["s_h"] * ops.matmul(m_h, u_h_t)
             if share:
                 limit = _step_limit(r_hh, s["pre_h"], s.get("mag_xh"), s["s_h"], maps_h, eps)
                 share_h = bias_share(m_h, s["pre_h"], b_h, eps, d + e, limit)
@@ -609,21 +569,21 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
         r_h_prev = r_h_prev + r_h_direct
         # gates (half / prop): [x_t, h_{t-1}] -> (pre_z, pre_r)
         if gates:
-            r_zr = tf.concat([r_z1 + r_z2, r_r], axis=-1)
+            r_zr = ops.concatenate([r_z1 + r_z2, r_r], axis=-1)
             m_zr = r_zr * s["inv_zr"]
-            r_h_prev = r_h_prev + s["h_prev"] * tf.matmul(m_zr, u_zr, transpose_b=True)
+            r_h_prev = r_h_prev + s["h_prev"] * ops.matmul(m_zr, u_zr_t)
             if share:
                 limit = _step_limit(r_zr, s["pre_zr"], s.get("mag_xzr"), s["h_prev"], maps_zr, eps)
                 share_zr = bias_share(m_zr, s["pre_zr"], b_zr, eps, d + e, limit)
                 r_h_prev = r_h_prev + share_zr
         if mask is not None:
-            r_h_prev = tf.where(s["mask"], r_h_prev, r_h)
+            r_h_prev = ops.where(s["mask"], r_h_prev, r_h)
         outs = (m_h,)
         if share:   # x_t's bias share: from pre_h's map, plus the gates' map (half / prop)
             outs += (share_h + share_zr if gates else share_h,)
         return (r_h_prev,), outs + ((m_zr,) if gates else ())
 
-    (r_h0,), out = _time_loop(step, per_step, (r_h_last,), 1 + int(share) + int(gates), reverse=True)
+    (r_h0,), out = time_loop(step, per_step, (r_h_last,), 1 + int(share) + int(gates), reverse=True)
     r_x = _input_relevance(x, out[0], maps_h, out[1] if share else None, mask)
     if gates:
         r_x = r_x + _input_relevance(x, out[-1], maps_zr, None, mask)
@@ -634,9 +594,9 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
 # SimpleRNN (Keras SimpleRNNCell):  h_t = act(x_t W + h_{t-1} U + b)
 # ---------------------------------------------------------------------------------------------
 
-def simple_rnn_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor, bias,
-                       activation: Callable, mask: Optional[tf.Tensor] = None,
-                       initial_state: Optional[Sequence[tf.Tensor]] = None) -> Dict[str, tf.Tensor]:
+def simple_rnn_forward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias,
+                       activation: Callable, mask: Optional[Tensor] = None,
+                       initial_state: Optional[Sequence[Tensor]] = None) -> Dict[str, Tensor]:
     """Run a SimpleRNN over its (already ordered) input sequence from ``initial_state`` = (h0,)
     (zeros when None).
 
@@ -648,26 +608,26 @@ def simple_rnn_forward(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Ten
         (time, batch, d) tensors: hidden states ``h`` (carried over masked steps) and the
         pre-activations ``z = x_t W + h_{t-1} U + b``; the initial state ``h0`` (batch, d).
     """
-    xz = tf.einsum("tbe,ed->tbd", x, kernel)
+    xz = einsum("tbe,ed->tbd", x, kernel)
     if bias is not None:
         xz = xz + bias
     elems = {"xz": xz} if mask is None else {"xz": xz, "mask": mask}
 
     def step(carry, e):
         h_tm1 = carry[0]
-        z = e["xz"] + tf.matmul(h_tm1, recurrent_kernel)
+        z = e["xz"] + ops.matmul(h_tm1, recurrent_kernel)
         h = _carry_where_masked(e.get("mask"), activation(z), h_tm1)
         return (h,), (h, z)
 
     h0, = _initial_states(xz[0], initial_state, 1)
-    _, (h, z) = _time_loop(step, elems, (h0,), 2, differentiable=True)
+    _, (h, z) = time_loop(step, elems, (h0,), 2, differentiable=True)
     return {"h": h, "z": z, "h0": h0}
 
 
-def simple_rnn_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Tensor,
-                         recurrent_kernel: tf.Tensor, bias, r_h_last: tf.Tensor, eps: Epsilon,
-                         r_h_seq: Optional[tf.Tensor] = None,
-                         mask: Optional[tf.Tensor] = None) -> RecurrentRelevance:
+def simple_rnn_relevance(x: Tensor, acts: Dict[str, Tensor], kernel: Tensor,
+                         recurrent_kernel: Tensor, bias, r_h_last: Tensor, eps: Epsilon,
+                         r_h_seq: Optional[Tensor] = None,
+                         mask: Optional[Tensor] = None) -> RecurrentRelevance:
     """LRP through a SimpleRNN, in reverse over time (Arras et al. 2017, Sect. 3: the epsilon-rule
     on every linear map, element-wise activations pass relevance unchanged).
 
@@ -705,8 +665,8 @@ def simple_rnn_relevance(x: tf.Tensor, acts: Dict[str, tf.Tensor], kernel: tf.Te
         limit = _step_limit(r_h, s.get("z"), s.get("mag_x"), s["h_prev"], maps, eps)
         r_h_prev, share_z = _to_previous_state(m_z, s["h_prev"], maps, s.get("z"), eps, fan_in, limit)
         if mask is not None:
-            r_h_prev = tf.where(s["mask"], r_h_prev, r_h)
+            r_h_prev = ops.where(s["mask"], r_h_prev, r_h)
         return (r_h_prev,), ((m_z, share_z) if share else (m_z,))
 
-    (r_h0,), out = _time_loop(step, per_step, (r_h_last,), 2 if share else 1, reverse=True)
+    (r_h0,), out = time_loop(step, per_step, (r_h_last,), 2 if share else 1, reverse=True)
     return RecurrentRelevance(_input_relevance(x, out[0], maps, out[1] if share else None, mask), (r_h0,))

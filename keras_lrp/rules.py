@@ -34,8 +34,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Union
 
 import numpy as np
-import tensorflow as tf
 from keras import ops
+
+from . import backend
+from .backend import Tensor
 
 __all__ = ["Epsilon", "ZPlus", "AlphaBeta", "Gamma", "LinearRule", "LINEAR_RULES", "GateRule", "SignalTakeAll",
            "Half", "Proportional", "GATE_RULE_OBJECTS", "as_gate_rule", "stabilizer",
@@ -77,15 +79,14 @@ class Epsilon:
         return self.bias_factor != 0.0
 
 
-def stabilizer(z: tf.Tensor, eps: float) -> tf.Tensor:
+def stabilizer(z, eps: float):
     """``eps * sign(z)`` with sign(0) = +1 (the reference implementation's convention)."""
-    eps = tf.constant(eps, z.dtype)
-    return tf.where(z >= 0, eps, -eps)
+    return ops.where(z >= 0, ops.convert_to_tensor(eps, z.dtype), ops.convert_to_tensor(-eps, z.dtype))
 
 
-def inverse_denominator(z: tf.Tensor, rule: Epsilon) -> tf.Tensor:
+def inverse_denominator(z: Tensor, rule: Epsilon) -> Tensor:
     """``1 / (z + eps * sign(z))`` elementwise, with ``1 / 0 := 0`` (a dead unit passes nothing)."""
-    return tf.math.reciprocal_no_nan(z + stabilizer(z, rule.eps))
+    return ops.divide_no_nan(ops.convert_to_tensor(1, z.dtype), z + stabilizer(z, rule.eps))
 
 
 def needs_zero_limit(rule: Epsilon) -> bool:
@@ -95,7 +96,7 @@ def needs_zero_limit(rule: Epsilon) -> bool:
     return rule.eps == 0 and rule.has_bias_share
 
 
-def zero_limit(r: tf.Tensor, z: tf.Tensor, magnitude: tf.Tensor, rule: Epsilon):
+def zero_limit(r: Tensor, z: Tensor, magnitude: Tensor, rule: Epsilon):
     """The ``eps -> 0`` limit of the epsilon-rule's stabiliser share at ``z_m = 0``: ``R_m`` where ``z_m``
     is exactly 0 and so is every one of its terms (``magnitude_m = sum_k |x_k w_km| + |b_m| = 0``),
     else 0; None when it is 0 everywhere (see :func:`needs_zero_limit`). :func:`bias_share` spreads it
@@ -111,7 +112,7 @@ def zero_limit(r: tf.Tensor, z: tf.Tensor, magnitude: tf.Tensor, rule: Epsilon):
     return ops.where(dead, r, ops.zeros_like(r))
 
 
-def bias_share(s: tf.Tensor, z: tf.Tensor, bias, rule: Epsilon, fan_in: int, limit=None) -> tf.Tensor:
+def bias_share(s: Tensor, z: Tensor, bias, rule: Epsilon, fan_in: int, limit=None) -> Tensor:
     """Per-input-unit share of bias and stabiliser, ``(..., 1)``; zero when ``bias_factor == 0``.
 
     Args:
@@ -122,12 +123,11 @@ def bias_share(s: tf.Tensor, z: tf.Tensor, bias, rule: Epsilon, fan_in: int, lim
         limit: :func:`zero_limit` of the map (the stabiliser share where ``z = 0``), or None.
     """
     if not rule.has_bias_share:
-        return tf.zeros_like(s[..., :1])
-    return (rule.bias_factor / fan_in) * tf.reduce_sum(share_numerator(s, z, bias, rule, limit), axis=-1,
-                                                       keepdims=True)
+        return ops.zeros_like(s[..., :1])
+    return (rule.bias_factor / fan_in) * ops.sum(share_numerator(s, z, bias, rule, limit), axis=-1, keepdims=True)
 
 
-def share_numerator(s: tf.Tensor, z: tf.Tensor, bias, rule: Epsilon, limit=None) -> tf.Tensor:
+def share_numerator(s: Tensor, z: Tensor, bias, rule: Epsilon, limit=None) -> Tensor:
     """Per output unit, what its bias / stabiliser share redistributes before the ``bias_factor / N``
     factor: ``(b_m + eps sign z_m) s_m``, plus the :func:`zero_limit` ``limit`` (..., M)."""
     a = stabilizer(z, rule.eps)
@@ -137,7 +137,7 @@ def share_numerator(s: tf.Tensor, z: tf.Tensor, bias, rule: Epsilon, limit=None)
     return out if limit is None else out + limit
 
 
-def elementwise_sum(terms, z: tf.Tensor, r: tf.Tensor, rule: Epsilon, bias=None) -> list:
+def elementwise_sum(terms, z: Tensor, r: Tensor, rule: Epsilon, bias=None) -> list:
     """Epsilon-rule through an element-wise sum ``z = sum_i terms[i] (+ bias)`` (``Add``, the two
     directions of a Bidirectional ``sum``): each term of output unit m is one contribution (N = number
     of terms); ``bias`` (broadcastable to z) holds the constants. Returns the relevance of each term."""
@@ -152,8 +152,8 @@ def elementwise_sum(terms, z: tf.Tensor, r: tf.Tensor, rule: Epsilon, bias=None)
     return [t * s + share for t in terms]
 
 
-def linear(x: tf.Tensor, w: tf.Tensor, bias, z: tf.Tensor, r_out: tf.Tensor, rule: Epsilon,
-           fan_in: int | None = None) -> tf.Tensor:
+def linear(x: Tensor, w: Tensor, bias, z: Tensor, r_out: Tensor, rule: Epsilon,
+           fan_in: int | None = None) -> Tensor:
     """Epsilon-rule through ``z = x @ w + bias``.
 
     Args:
@@ -170,7 +170,7 @@ def linear(x: tf.Tensor, w: tf.Tensor, bias, z: tf.Tensor, r_out: tf.Tensor, rul
         magnitude = ops.einsum("...d,dm->...m", ops.abs(x), ops.abs(w))
         limit = zero_limit(r_out, z, magnitude if bias is None else magnitude + ops.abs(bias), rule)
     share = bias_share(s, z, bias, rule, x.shape[-1] if fan_in is None else fan_in, limit)
-    return x * tf.einsum("...m,dm->...d", s, w) + share
+    return x * backend.einsum("...m,dm->...d", s, w) + share
 
 
 # --------------------------------------------------------------------------- other rules for linear maps
@@ -181,12 +181,9 @@ def linear(x: tf.Tensor, w: tf.Tensor, bias, z: tf.Tensor, r_out: tf.Tensor, rul
 # z_kj: ``sum_k z_kj^+ = f_{w+}(x+) + f_{w-}(x-)`` (w+ = max(w, 0), x- = min(x, 0), ...), and the
 # relevance ``sum_j z_kj^+ s_j`` is ``x+ * f_{w+}^T s + x- * f_{w-}^T s`` (vector-Jacobian products).
 
-def _vjp(f: Callable, x: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+def _vjp(f: Callable, x, s):
     """``f^T s`` for a linear map ``f`` at any point: the gradient of ``<f(x), s>``."""
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = f(x)
-    return tape.gradient(y, x, output_gradients=s)
+    return backend.vjp(lambda t: [f(t)], [x], [s])[0]
 
 
 @dataclass(frozen=True)
@@ -211,15 +208,15 @@ class AlphaBeta:
             raise ValueError(f"AlphaBeta needs alpha - beta = 1 and beta >= 0 (conservation), got "
                              f"alpha={self.alpha}, beta={self.beta}.")
 
-    def relevance(self, linear_map: Callable, x: tf.Tensor, w: tf.Tensor, bias, r: tf.Tensor) -> tf.Tensor:
-        w_pos, w_neg = tf.maximum(w, 0), tf.minimum(w, 0)
-        x_pos, x_neg = tf.maximum(x, 0), tf.minimum(x, 0)
+    def relevance(self, linear_map: Callable, x: Tensor, w: Tensor, bias, r: Tensor) -> Tensor:
+        w_pos, w_neg = ops.maximum(w, 0), ops.minimum(w, 0)
+        x_pos, x_neg = ops.maximum(x, 0), ops.minimum(x, 0)
         f_pos, f_neg = linear_map(w_pos), linear_map(w_neg)
         z_pos = f_pos(x_pos) + f_neg(x_neg)
-        out = self.alpha * _parts(f_pos, f_neg, x_pos, x_neg, tf.math.divide_no_nan(r, z_pos))
+        out = self.alpha * _parts(f_pos, f_neg, x_pos, x_neg, ops.divide_no_nan(r, z_pos))
         if self.beta:
             z_neg = f_pos(x_neg) + f_neg(x_pos)
-            out -= self.beta * _parts(f_pos, f_neg, x_neg, x_pos, tf.math.divide_no_nan(r, z_neg))
+            out -= self.beta * _parts(f_pos, f_neg, x_neg, x_pos, ops.divide_no_nan(r, z_neg))
         return out
 
 
@@ -256,13 +253,13 @@ class Gamma:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"Gamma {name} must be a finite number >= 0, got {value!r}.")
 
-    def relevance(self, linear_map: Callable, x: tf.Tensor, w: tf.Tensor, bias, r: tf.Tensor) -> tf.Tensor:
-        w_mod = w + self.gamma * tf.maximum(w, 0)
+    def relevance(self, linear_map: Callable, x: Tensor, w: Tensor, bias, r: Tensor) -> Tensor:
+        w_mod = w + self.gamma * ops.maximum(w, 0)
         f = linear_map(w_mod)
         z = f(x)
         if bias is not None:
-            z = z + bias + self.gamma * tf.maximum(bias, 0)
-        s = r * tf.math.reciprocal_no_nan(z + stabilizer(z, self.eps))
+            z = z + bias + self.gamma * ops.maximum(bias, 0)
+        s = r * ops.divide_no_nan(ops.convert_to_tensor(1, z.dtype), z + stabilizer(z, self.eps))
         return x * _vjp(f, x, s)
 
 
@@ -282,7 +279,7 @@ class GateRule:
 
     name = ""
 
-    def split(self, r: tf.Tensor, gate: tf.Tensor, signal: tf.Tensor, eps: Epsilon):
+    def split(self, r: Tensor, gate: Tensor, signal: Tensor, eps: Epsilon):
         raise NotImplementedError
 
 

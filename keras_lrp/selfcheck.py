@@ -80,10 +80,9 @@ def first_disagreeing_call(walk, xs: List) -> Optional[Disagreement]:
     more as Keras runs it (its ``__call__``, with the masks Keras's own calls attached to their
     outputs) on the explainer's inputs to that call; the first, in call order, whose outputs differ,
     or None."""
-    import tensorflow as tf
+    from keras import ops
 
-    tensors = [tf.constant(x) for x in xs]
-    _, _, caches = walk.forward(tensors)
+    _, _, caches = walk.forward([ops.convert_to_tensor(x) for x in xs])
     values = caches["values"]
     keras_masks = {}   # the masks as Keras's own calls compute them
     for step in walk.steps:
@@ -95,8 +94,9 @@ def first_disagreeing_call(walk, xs: List) -> Optional[Disagreement]:
         if id(node) in walk._output_ids and step.prop is not None:
             got = [step.prop.activate(g) for g in got]
         for g, w in zip(got, want):
-            if not _agree(g.numpy(), w.numpy(), CALL_RTOL):
-                return Disagreement(_describe(node.op), max_difference(g.numpy(), w.numpy()), _scale(w.numpy()))
+            g, w = ops.convert_to_numpy(g), ops.convert_to_numpy(w)
+            if not _agree(g, w, CALL_RTOL):
+                return Disagreement(_describe(node.op), max_difference(g, w), _scale(w))
     return None
 
 
@@ -134,9 +134,9 @@ def self_check(walk, model, xs: List, explained_output, multi_input: bool, outpu
 
 
 def _self_check(walk, model, xs: List, explained_output, multi_input: bool, output_index: int) -> None:
-    from keras import tree
+    from keras import ops, tree
     reference = model(list(xs) if multi_input else xs[0], training=False)
-    reference = np.asarray(tree.flatten(reference)[output_index])
+    reference = ops.convert_to_numpy(tree.flatten(reference)[output_index])
     if _agree(explained_output, reference):
         return
     diff = max_difference(explained_output, reference)

@@ -45,7 +45,7 @@ __all__ = ["explain_text", "text_front", "explain_encoded", "TextFront", "Encode
            "PAD_TOKEN"]
 
 TargetArg = Union[None, int, str, Sequence[Union[int, str]]]
-_EXPLAIN_KEYS = ("eps", "bias_factor", "rule", "dtype", "method", "timestep")
+_EXPLAIN_KEYS = ("eps", "bias_factor", "rule", "dtype", "method", "method_options", "timestep")
 _SIDES = ("pre", "post")
 #: How padding is shown among the tokens (the model sees id 0 there).
 PAD_TOKEN = "<pad>"
@@ -132,7 +132,7 @@ def explain_text(model: Any, texts: Union[str, Sequence[str]], tokenizer: Any = 
         max_length: the most tokens a text may have (default 100,000, as :func:`keras_lrp.explain`);
             a longer text raises a ValueError, found by tokenizing no further than that (with
             keras_lrp's tokenizers, or any whose ``tokenize`` takes ``max_tokens=``).
-        **explain_kwargs: ``eps``, ``bias_factor``, ``rule``, ``dtype``, ``method``,
+        **explain_kwargs: ``eps``, ``bias_factor``, ``rule``, ``dtype``, ``method``, ``method_options``,
             ``timestep``, as in :func:`keras_lrp.explain`.
 
     Returns:
@@ -183,15 +183,27 @@ def _dropped_note(e: Encoded) -> str:
 
 def explain_encoded(front: "TextFront", encoded: Sequence[Encoded], targets: Optional[np.ndarray],
                     texts: Sequence[str], *, batch_size: int = 256, verbose: Optional[bool] = None,
-                    **explain_kwargs) -> Explanation:
+                    bucket: Optional[bool] = None, **explain_kwargs) -> Explanation:
     """Explain texts already encoded by ``front`` (:func:`explain_text` without its checks; the
-    ``keras-lrp`` command encodes each sentence once, naming its line in errors)."""
-    from .explainer import explain, progress_wanted
+    ``keras-lrp`` command encodes each sentence once, naming its line in errors).
+
+    Texts are explained in groups of one length. ``bucket``: group them by :func:`length_bucket`
+    instead, each padded at its end with id 0 to its bucket's length, where the model masks that
+    padding so that nothing changes, bit for bit (``Explainer.post_padding_safe``): a backend that
+    compiles once per shape (JAX) then compiles a handful of times for a corpus, not once per
+    sentence length. None: on such backends."""
+    from .explainer import cached_explainer, length_bucket, progress_wanted
 
     front.refresh()
+    kwargs = dict(explain_kwargs)
+    timestep = kwargs.pop("timestep", None)
+    explainer = cached_explainer(front.model, max_length=front.max_length, **kwargs)
+    if bucket is None:
+        from .backend import COMPILES_PER_SHAPE as bucket
+    bucket = bool(bucket) and explainer.post_padding_safe
     by_length: Dict[int, List[int]] = {}
     for i, e in enumerate(encoded):
-        by_length.setdefault(len(e.ids), []).append(i)
+        by_length.setdefault(length_bucket(len(e.ids)) if bucket else len(e.ids), []).append(i)
     bar = None
     if progress_wanted(verbose, len(encoded), batch_size):
         import keras
@@ -202,10 +214,10 @@ def explain_encoded(front: "TextFront", encoded: Sequence[Encoded], targets: Opt
         rows = by_length[length]
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
-            ids = np.stack([encoded[i].ids for i in chunk])
+            ids = np.stack([np.pad(encoded[i].ids, (0, length - len(encoded[i].ids))) for i in chunk])
             t = None if targets is None else targets[chunk]
-            e = explain(front.model, front.inputs(ids), t, batch_size=batch_size, verbose=False,
-                        max_length=front.max_length, **explain_kwargs)
+            e = explainer.attribute(front.inputs(ids), t, timestep=timestep, batch_size=batch_size, verbose=False)
+            e.lengths = np.array([len(encoded[i].ids) for i in chunk], dtype=np.int64)
             parts.append(e)
             order.extend(chunk)
             done += len(chunk)
@@ -214,6 +226,10 @@ def explain_encoded(front: "TextFront", encoded: Sequence[Encoded], targets: Opt
     inverse = np.empty(len(order), dtype=np.int64)
     inverse[np.asarray(order)] = np.arange(len(order))
     result = concatenate(parts, order=inverse)
+    if bucket:   # the padding got exactly 0: cut it, to the longest text (as without buckets)
+        longest = int(result.lengths.max())
+        cut = [None if r is None else r[:, :longest] for r in result._relevances()]
+        result.relevance = cut if result.n_inputs > 1 else cut[0]
     result.tokens = [e.tokens for e in encoded]
     result.oov = [e.oov for e in encoded]
     result.lengths = np.array([len(e.ids) for e in encoded], dtype=np.int64)
@@ -418,9 +434,10 @@ class _Vectorizer:
         self.sequence_length = layer.get_config().get("output_sequence_length")
 
     def encode(self, text: str) -> Encoded:
-        import tensorflow as tf
+        import tensorflow as tf   # TextVectorization runs on TensorFlow whatever the backend (Keras needs it)
+        from keras import ops
 
-        ids = np.asarray(self.layer(tf.constant([text])))[0].astype(np.int32)
+        ids = ops.convert_to_numpy(self.layer(tf.constant([text])))[0].astype(np.int32)
         try:  # the standardized, split words (what the vocabulary looked up), unknown ones included
             words = [w.decode("utf-8") for w in self.layer._preprocess(tf.constant([text])).to_list()[0]]
         except Exception:  # a private API of Keras: fall back to the vocabulary's tokens

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import keras
-import tensorflow as tf
-from keras import tree
+from keras import ops, tree
 from keras.src.backend.common.masking import get_keras_mask, set_keras_mask
 
+from .backend import Tensor
 from .canonical import KerasMask
 from .graph import Graph, Node
 from .propagators import IDENTITY_LAYERS, Context, UnsupportedLayerError, propagator_for
@@ -47,7 +47,12 @@ class _Step:
 
 
 def _is_float(dtype) -> bool:
-    return "float" in str(dtype)
+    return "float" in str(dtype)   # a dtype name, or a tf / jax / torch dtype
+
+
+def _has_time(shape) -> bool:
+    """Whether a tensor of symbolic ``shape`` (None: unknown) has a time axis of open length."""
+    return shape is None or (len(shape) >= 2 and shape[1] is None)
 
 
 def _where(node: Node) -> str:
@@ -111,6 +116,28 @@ class Walk:
                 continue
             if any(k in self._relevant for k in node.inputs):
                 self._relevant.update(k for k in node.outputs if _is_float(dtypes.get(k)))
+
+    def post_padding_safe(self) -> bool:
+        """Whether id-0 steps appended to the end of the token input (post-padding) change nothing, bit
+        for bit, in the explanation of the steps before them, and get exactly 0 relevance: one token
+        input read by an ``Embedding(mask_zero=True)``, an output without a time axis, and every call
+        on a tensor with a time axis either per time step (Dense, normalization, activations) or a
+        recurrent layer that skips the masked steps (:attr:`Propagator.post_padding_safe`). Decided
+        from the graph only; anything else (convolutions, pooling, attention, op nodes over time)
+        is not."""
+        graph = self.graph
+        if len(graph.inputs) != 1 or self.embeddings[0] is None or not self.embeddings[0].mask_zero:
+            return False
+        if _has_time(graph.output_shape):
+            return False
+        for step in self.steps:
+            if step.kind == _EMBED or isinstance(step.node.op, KerasMask):
+                continue
+            keys = list(step.node.inputs) + list(step.node.outputs)
+            if any(_has_time(graph.shape_of(k)) for k in keys) and not getattr(step.prop, "post_padding_safe",
+                                                                                 False):
+                return False
+        return True
 
     def is_relevant(self, key: int) -> bool:
         """Whether tensor ``key`` carries relevance (a float tensor computed from a start tensor)."""
@@ -189,13 +216,13 @@ class Walk:
 
     # ------------------------------------------------------------------------ computation
 
-    def embed(self, xs: List) -> List[Optional[tf.Tensor]]:
+    def embed(self, xs: List) -> List[Optional[Tensor]]:
         """Per model input, the tensor relevance is computed for: the input itself, or its embedding
         vectors (None for an integer input no Embedding reads)."""
         out = []
         for x, emb, start in zip(xs, self.embeddings, self.starts):
             if emb is not None:
-                out.append(tf.gather(self.ctx.weight(emb.embeddings), x))
+                out.append(ops.take(self.ctx.weight(emb.embeddings), x, axis=0))
             else:
                 out.append(x if start is not None else None)
         return out
@@ -215,7 +242,7 @@ class Walk:
         if not is_op(node.op):
             for key in node.inputs:
                 set_keras_mask(values[key], None)
-        return [tf.cast(o, self.ctx.dtype) if o.dtype.is_floating else o for o in outs], out_masks
+        return [ops.cast(o, self.ctx.dtype) if _is_float(o.dtype) else o for o in outs], out_masks
 
     @staticmethod
     def _input_masks(node: Node, values: Dict, mask_of: Dict) -> List:
@@ -225,17 +252,17 @@ class Walk:
         arguments (``mask``, or ``query_mask`` / ``value_mask`` / ``key_mask``)."""
         return [values[m] if m is not None else mask_of.get(k) for k, m in zip(node.inputs, node.masks)]
 
-    def forward(self, xs: List, starts: Optional[List] = None) -> Tuple[tf.Tensor, List, Dict]:
+    def forward(self, xs: List, starts: Optional[List] = None) -> Tuple[Tensor, List, Dict]:
         """Returns ``(output, starts, caches)``: the model output (pre-activation), the tensors relevance
         is computed for (one per input, see :meth:`embed`; ``starts`` if given), and the caches."""
         starts = self.embed(xs) if starts is None else starts
-        values: Dict[int, tf.Tensor] = dict(zip(self.graph.inputs, xs))
+        values: Dict[int, Tensor] = dict(zip(self.graph.inputs, xs))
         for key, s in zip(self.starts, starts):
             if key is not None:
                 values[key] = s
         # Keras masks by tensor key, propagated at run time as Keras propagates them (a layer's
         # compute_mask; keras.ops calls drop them), so every layer sees the masks Keras gives it
-        mask_of: Dict[int, tf.Tensor] = {}
+        mask_of: Dict[int, Tensor] = {}
         caches = []
         for step in self.steps:
             node, cache = step.node, None
@@ -259,7 +286,7 @@ class Walk:
             caches.append(cache)
         return values[self.graph.output], starts, {"values": values, "steps": caches, "masks": mask_of}
 
-    def model_output(self, out: tf.Tensor) -> tf.Tensor:
+    def model_output(self, out: Tensor) -> Tensor:
         """What the model itself outputs, from the explained pre-activation ``out`` (:meth:`forward`):
         the activations the output calls skip (``Dense(activation="softmax")``, a trailing
         ``Activation`` or softmax op) applied in call order."""
@@ -277,25 +304,25 @@ class Walk:
         names = [n for n in names if n not in (None, "linear")]
         return names[-1] if names else None
 
-    def relevance(self, caches: Dict, r_out: tf.Tensor) -> Tuple[List[Optional[tf.Tensor]], tf.Tensor]:
+    def relevance(self, caches: Dict, r_out: Tensor) -> Tuple[List[Optional[Tensor]], Tensor]:
         """Relevance at each start tensor (None for inputs without one), and ``rest`` (batch,): relevance
         parked on initial states, masked constant outputs and constants."""
         values = caches["values"]
-        relevance: Dict[int, tf.Tensor] = {self.graph.output: r_out}
-        rest = tf.zeros(tf.shape(r_out)[:1], r_out.dtype)
+        relevance: Dict[int, Tensor] = {self.graph.output: r_out}
+        rest = ops.zeros(ops.shape(r_out)[:1], r_out.dtype)
         for step, cache in zip(reversed(self.steps), reversed(caches["steps"])):
             node = step.node
             if step.kind != _RULE or not any(k in relevance for k in node.outputs):
                 continue  # nothing of the explained output flows through this call
-            r_outs = [relevance.get(k, tf.zeros_like(values[k])) for k in node.outputs]
+            r_outs = [relevance.get(k, ops.zeros_like(values[k])) for k in node.outputs]
             r_ins, r = step.prop.relevance(cache, r_outs)
             for k, r_in in zip(node.inputs, r_ins):
                 if r_in is None:
                     continue
                 if self.is_relevant(k):
                     relevance[k] = relevance[k] + r_in if k in relevance else r_in
-                elif r_in.dtype.is_floating:
-                    rest = rest + tf.reduce_sum(tf.reshape(r_in, [tf.shape(r_in)[0], -1]), axis=1)
+                elif _is_float(r_in.dtype):
+                    rest = rest + ops.sum(ops.reshape(r_in, (ops.shape(r_in)[0], -1)), axis=1)
             if r is not None:
                 rest = rest + r
         out = []
@@ -303,5 +330,5 @@ class Walk:
             if key is None:
                 out.append(None)
             else:
-                out.append(relevance[key] if key in relevance else tf.zeros_like(values[key]))
+                out.append(relevance[key] if key in relevance else ops.zeros_like(values[key]))
         return out, rest

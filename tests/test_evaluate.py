@@ -345,3 +345,80 @@ def test_cli_word_deletion_on_the_shipped_model(tmp_path, capsys):
     assert "model accuracy on the 24 sentences" in printed and "| LRP (all) | 100.0 |" in printed
     d = json.loads((tmp_path / "word_deletion_sst5.json").read_text())
     assert d["n_correct"] + d["n_misclassified"] == 24 and len(d["correct"]["lrp"]) == 3
+
+
+def test_aopc_and_deletion_insertion_auc_equal_a_loop_over_sentences(linear, linear_result):
+    """AOPC, deletion and insertion AUC of the oracle order, one sentence and one deletion at a time."""
+    model, emb, sents, labels, w_class, _ = linear
+
+    def p_true(vectors, y):
+        logits = model(vectors[None].astype("float32")).numpy()[0].astype(np.float64)
+        e = np.exp(logits - logits.max())
+        return (e / e.sum())[y]
+
+    aopc, deletion, insertion = [], [], []
+    for ids, y in zip(sents, labels):
+        x = emb[ids]
+        c = x.astype(np.float64) @ w_class[y]
+        order = np.argsort(-c, kind="stable")
+
+        def without(words):
+            kept = x.copy()
+            kept[list(words)] = 0.0
+            return p_true(kept, y)
+
+        aopc.append(np.mean([p_true(x, y) - without(order[:k]) for k in range(9)]))
+        q = np.linspace(0, 1, 11)
+        counts = np.rint(q * len(ids)).astype(int)
+        deletion.append(np.trapezoid([without(order[:k]) for k in counts], q))
+        insertion.append(np.trapezoid([without(order[k:]) for k in counts], q))
+    r = linear_result
+    np.testing.assert_allclose(r.aopc["oracle"], np.mean(aopc), rtol=1e-5)
+    np.testing.assert_allclose(r.deletion_auc["oracle"], np.mean(deletion), rtol=1e-5)
+    np.testing.assert_allclose(r.insertion_auc["oracle"], np.mean(insertion), rtol=1e-5)
+    # the exact contributions beat a random order on all three
+    assert r.aopc["oracle"] > r.aopc["random"] and r.deletion_auc["oracle"] < r.deletion_auc["random"]
+    assert r.insertion_auc["oracle"] > r.insertion_auc["random"]
+    assert r.seconds_per_sentence["lrp"] > 0 and r.seconds_per_sentence["random"] == 0
+    assert "| oracle |" in r.table().split("AOPC")[-1]
+
+
+def test_word_deletion_with_the_baselines_on_a_token_model(token_model):
+    model, sents, labels = token_model[:3]
+    r = ev.word_deletion(model, sents[:6], labels[:6], methods="lrp,ig,occlusion,shapley,random", max_deletions=2)
+    assert set(r.aopc) == {"lrp", "ig", "occlusion", "shapley", "random"}
+    assert all(np.isfinite(v) for v in r.insertion_auc.values())
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["seconds_per_sentence"]["shapley"] > 0
+
+
+def test_families_benchmark_tiny(tmp_path):
+    """The across-families benchmark end to end, tiny: one family trained on 20 sentences, 6 test sentences."""
+    from keras_lrp.experiments.families import run_families
+
+    data = os.path.join(ROOT, "tests", "data", "sst")
+    results = run_families(data, tmp_path, families=["cnn"], methods="lrp,occlusion,random", train_sentences=20,
+                           epochs=1, emb_dim=8, units=4, max_sentences=6, max_deletions=2, progress=False)
+    (r,) = results
+    assert r.family == "cnn" and r.metadata["settings"]["architecture"] == "cnn" and r.metadata["settings"]["seed"] == 1234
+    assert r.result.n_correct + r.result.n_misclassified == 6
+    summary = (tmp_path / "families.md").read_text()
+    assert "| occlusion |" in summary and "trained here: seed 1234" in summary
+    saved = json.loads((tmp_path / "families_cnn.json").read_text())
+    assert set(saved["evaluation"]["aopc"]) == {"lrp", "occlusion", "random"}
+    assert (tmp_path / "families.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="families must be among"):
+        run_families(data, tmp_path, families=["mlp"])
+
+
+def test_cli_toy_gru_with_the_baselines(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run_evaluate(_args("--toy", "--cell", "gru", "--bidirectional", "--n-train", "128", "--n-test", "16",
+                              "--epochs", "1", "--units", "3", "--methods", "lrp,ig,occlusion,shapley", "--quiet",
+                              "--out-dir", str(out)))
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| IG |" in printed and "| Shapley |" in printed
+    saved = json.loads((out / "toy_add_bigru.json").read_text())
+    assert saved["settings"]["cell"] == "gru" and saved["n"] == 16
+    assert "Bidirectional(GRU(3))" in (out / "toy_add_bigru.md").read_text()

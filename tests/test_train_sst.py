@@ -202,3 +202,35 @@ def test_shipped_models_dir_is_the_one_finder(tmp_path, monkeypatch):
         pretrained.shipped_models_dir()
     with pytest.raises(FileNotFoundError, match="looked in"):
         load_pretrained("sst5")
+
+
+@pytest.mark.parametrize("architecture", ["bigru", "cnn", "bilstm_attention", "transformer"])
+def test_other_families_train_export_and_are_explained(tmp_path, sst_dir, architecture):
+    """Each family trains (a tiny slice), its vector model computes the token model's scores on unpadded
+    sentences, loads as a shipped-style bundle, and LRP and a baseline explain it."""
+    from keras_lrp import explain
+    from keras_lrp.sst.train import TrainConfig, train
+
+    cfg = TrainConfig(str(sst_dir), str(tmp_path), classes=5, epochs=1, max_sentences=20, emb_dim=8, units=4,
+                      batch_size=32, seed=3, architecture=architecture, verbose=False)
+    result = train(cfg)
+    assert result.metadata["settings"]["architecture"] == architecture
+    bundle = load_pretrained(result.metadata_path)
+    dev = read_sst(sst_dir / "dev.txt", max_sentences=12)
+    ids = [bundle.vocabulary.encode(s.tokens)[0] for s in dev]
+    for group in list(_same_length_groups(ids))[:3]:
+        x = np.stack([ids[i] for i in group])
+        np.testing.assert_allclose(np.asarray(bundle.model.predict_on_batch(bundle.embeddings[x])),
+                                   np.asarray(result.token_model.predict_on_batch(x)), atol=1e-5, rtol=0)
+    x = bundle.embeddings[np.stack([ids[i] for i in next(iter(_same_length_groups(ids)))])]
+    lrp = explain(bundle.model, x, eps=0.0, bias_factor=1.0, dtype="float64")
+    assert np.isfinite(lrp.relevance).all()
+    occlusion = explain(bundle.model, x, method="occlusion", dtype="float64")
+    assert occlusion.word_relevance.shape == x.shape[:2]
+
+
+def test_unknown_architecture_is_refused(tmp_path, sst_dir):
+    from keras_lrp.sst.train import TrainConfig
+
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        TrainConfig(str(sst_dir), str(tmp_path), architecture="mlp")

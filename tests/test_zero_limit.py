@@ -12,55 +12,66 @@ numpy oracles of ``oracle_layers`` (which implement the limit independently), an
 import numpy as np
 import keras
 import pytest
-import tensorflow as tf
+from keras import ops
 
 import keras_lrp
 import oracle_layers as OL
-from keras_lrp import rules
+from keras_lrp import backend, rules
 
 L = keras.layers
 CONSERVING = rules.Epsilon(eps=0.0, bias_factor=1.0)
 
 
+@pytest.fixture(autouse=True)
+def _float64():
+    """The rules called directly compute in float64 on every backend (as inside explain)."""
+    backend.check_float_dtype("float64")
+    with backend.compute_scope():
+        yield
+
+
+def f64(values):
+    return ops.convert_to_tensor(np.asarray(values, np.float64))
+
+
 def test_linear_rule_splits_a_unit_of_zero_terms_equally():
-    x = tf.constant([[0.0, 0.0, 0.0], [1.0, -1.0, 2.0]], tf.float64)
-    w = tf.constant([[1.0, 2.0], [1.0, 0.5], [-1.0, 0.0]], tf.float64)
-    bias = tf.constant([0.0, 1.0], tf.float64)
-    z = tf.matmul(x, w) + bias                  # row 0: (0, 1); row 1: (-2, 2)
-    r = tf.constant([[3.0, 0.0], [0.0, 0.0]], tf.float64)
+    x = f64([[0.0, 0.0, 0.0], [1.0, -1.0, 2.0]])
+    w = f64([[1.0, 2.0], [1.0, 0.5], [-1.0, 0.0]])
+    bias = f64([0.0, 1.0])
+    z = ops.matmul(x, w) + bias                  # row 0: (0, 1); row 1: (-2, 2)
+    r = f64([[3.0, 0.0], [0.0, 0.0]])
     for bias_factor in (1.0, 0.5):
-        got = rules.linear(x, w, bias, z, r, rules.Epsilon(0.0, bias_factor)).numpy()
+        got = ops.convert_to_numpy(rules.linear(x, w, bias, z, r, rules.Epsilon(0.0, bias_factor)))
         # unit 0 of row 0: terms and bias all exactly 0 -> bias_factor * 3 / 3 to each input
         np.testing.assert_array_equal(got[0], np.full(3, bias_factor))
         np.testing.assert_array_equal(got[1], 0.0)
 
 
 def test_linear_rule_drops_a_unit_whose_terms_cancel():
-    x = tf.constant([[2.0, 2.0]], tf.float64)
-    w = tf.constant([[1.0], [-1.0]], tf.float64)
-    z = tf.matmul(x, w)                          # 2 - 2 = 0 exactly, the terms are not 0
-    got = rules.linear(x, w, None, z, tf.constant([[5.0]], tf.float64), CONSERVING).numpy()
+    x = f64([[2.0, 2.0]])
+    w = f64([[1.0], [-1.0]])
+    z = ops.matmul(x, w)                          # 2 - 2 = 0 exactly, the terms are not 0
+    got = ops.convert_to_numpy(rules.linear(x, w, None, z, f64([[5.0]]), CONSERVING))
     np.testing.assert_array_equal(got, 0.0)
     # with a bias that cancels the terms, likewise
-    got = rules.linear(tf.constant([[1.0, 0.0]], tf.float64), tf.constant([[2.0], [1.0]], tf.float64),
-                       tf.constant([-2.0], tf.float64), tf.constant([[0.0]], tf.float64),
-                       tf.constant([[5.0]], tf.float64), CONSERVING).numpy()
+    got = ops.convert_to_numpy(rules.linear(f64([[1.0, 0.0]]), f64([[2.0], [1.0]]), f64([-2.0]), f64([[0.0]]),
+                                            f64([[5.0]]), CONSERVING))
     np.testing.assert_array_equal(got, 0.0)
 
 
 def test_elementwise_sum_of_zeros_splits_equally():
-    terms = [tf.constant([0.0, 1.0], tf.float64), tf.constant([0.0, -1.0], tf.float64)]
+    terms = [f64([0.0, 1.0]), f64([0.0, -1.0])]
     z = terms[0] + terms[1]                      # (0: all-zero terms, 0: cancelling terms)
-    got = rules.elementwise_sum(terms, z, tf.constant([4.0, 4.0], tf.float64), CONSERVING)
-    np.testing.assert_array_equal(np.stack([g.numpy() for g in got]), [[2.0, 0.0], [2.0, 0.0]])
+    got = rules.elementwise_sum(terms, z, f64([4.0, 4.0]), CONSERVING)
+    np.testing.assert_array_equal(np.stack([ops.convert_to_numpy(g) for g in got]), [[2.0, 0.0], [2.0, 0.0]])
 
 
 def test_a_positive_eps_is_unchanged():
     """With eps > 0 no denominator is 0: z = 0 is stabilised (sign(0) = +1), the limit plays no part."""
-    x = tf.zeros((1, 2), tf.float64)
-    w = tf.constant([[1.0], [1.0]], tf.float64)
-    got = rules.linear(x, w, None, tf.zeros((1, 1), tf.float64), tf.constant([[2.0]], tf.float64),
-                       rules.Epsilon(0.01, 1.0)).numpy()
+    x = f64(np.zeros((1, 2)))
+    w = f64([[1.0], [1.0]])
+    got = ops.convert_to_numpy(rules.linear(x, w, None, f64(np.zeros((1, 1))), f64([[2.0]]),
+                                            rules.Epsilon(0.01, 1.0)))
     np.testing.assert_allclose(got, [[1.0, 1.0]], rtol=1e-15)   # (0 + 0.01 / 2) / 0.01 * 2
 
 

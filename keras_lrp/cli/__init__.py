@@ -125,8 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=nonnegative_float, default=1e-3, help="epsilon-rule stabiliser >= 0 (default 0.001)")
     p.add_argument("--bias-factor", type=finite_float, default=0.0, help="bias share, 0 (default) to 1")
     p.add_argument("--rule", default="all", choices=["all", "half", "prop"], help="gate rule (default all)")
-    p.add_argument("--method", default="lrp", choices=["lrp", "gi", "sa"],
-                   help="lrp (default), gi = gradient x input, sa = sensitivity analysis")
+    p.add_argument("--method", default="lrp", choices=["lrp", "gi", "sa", "ig", "occlusion", "shapley"],
+                   help="lrp (default), gi = gradient x input, sa = sensitivity analysis, ig = Integrated "
+                        "Gradients (32 steps), occlusion (one step at a time), shapley (32 sampled permutations, "
+                        "seed 0); the baselines' options are in Python's explain(method_options=...)")
     p.add_argument("--float64", action="store_true", help="compute in float64")
     p.add_argument("--json", help="write JSON lines (one per sentence, in input order) to this file")
     p.add_argument("--html", help="write an HTML heatmap page to this file")
@@ -189,7 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exit_:     # --help, --version (0) and argparse's usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else (EXIT_OK if exit_.code is None else EXIT_USAGE)
     from ..experiments.evaluate import EvaluateArgumentError
-    from ..quiet import import_tensorflow_quietly, summarized_warnings
+    from ..quiet import start_backend_quietly, summarized_warnings
     from .outputs import OutputError
 
     try:
@@ -200,14 +202,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 from ..experiments.evaluate import check_evaluate_args, run_evaluate
 
                 check_evaluate_args(args)
-                import_tensorflow_quietly(debug=args.debug)
+                start_backend_quietly(debug=args.debug)
                 return run_evaluate(args)
             from .corpus import check_engine_args
             from .explain import prepare_explain, run_explain
 
             check_engine_args(args)
-            job = prepare_explain(args)          # options, inputs and outputs checked; no TensorFlow yet
-            import_tensorflow_quietly(debug=args.debug)
+            job = prepare_explain(args)          # options, inputs and outputs checked; no backend started yet
+            start_backend_quietly(debug=args.debug)
             return run_explain(job, chunk=_CHUNK)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)

@@ -16,22 +16,33 @@ METHOD_KWARGS = {
     "random": None,
     "lrp_prop": dict(method="lrp", rule="prop"),
     "lrp_half": dict(method="lrp", rule="half"),
+    # the perturbation / path baselines (keras_lrp.baselines) with their default options
+    "ig": dict(method="ig"),
+    "occlusion": dict(method="occlusion"),
+    "shapley": dict(method="shapley"),
 }
-#: The methods compared by word deletion, in the order of the tables.
+#: The methods word deletion knows, in the order of the tables.
 DELETION_METHODS = tuple(METHOD_KWARGS)
+#: The methods run when none are named (the baselines ig / occlusion / shapley cost 10-700 model
+#: evaluations per sentence: name them with ``methods=`` / ``--methods``).
+DEFAULT_METHODS = ("lrp", "gi", "sa", "random", "lrp_prop", "lrp_half")
 #: The methods compared on the toy task.
 TOY_METHODS = DELETION_METHODS
 #: How a deleted word is replaced (see the module docstring).
 REPLACEMENTS = ("zero", "unk", "pad")
 
 LABELS = {"lrp": "LRP (all)", "gi": "GI", "sa": "SA", "random": "random",
-           "lrp_prop": "LRP (prop)", "lrp_half": "LRP (half)"}
+           "lrp_prop": "LRP (prop)", "lrp_half": "LRP (half)", "ig": "IG", "occlusion": "occlusion",
+           "shapley": "Shapley"}
 STYLES = {"lrp": dict(color="#d62728", lw=2.2, marker="o"),
            "gi": dict(color="#1f77b4", lw=1.8, marker="s"),
            "sa": dict(color="#2ca02c", lw=1.8, marker="^"),
            "random": dict(color="#555555", lw=1.5, ls="--", marker="x"),
            "lrp_prop": dict(color="#ff7f0e", lw=1.5, ls=":", marker="d"),
-           "lrp_half": dict(color="#9467bd", lw=1.5, ls=":", marker="v")}
+           "lrp_half": dict(color="#9467bd", lw=1.5, ls=":", marker="v"),
+           "ig": dict(color="#8c564b", lw=1.8, marker="P"),
+           "occlusion": dict(color="#e377c2", lw=1.8, marker="h"),
+           "shapley": dict(color="#17becf", lw=1.8, marker="*")}
 
 
 def check_methods(methods: Union[str, Sequence[str]], known: Sequence[str]) -> Tuple[str, ...]:

@@ -67,7 +67,7 @@ def _methods(text: str) -> str:
 
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand to an argparse ``subparsers`` object; returns its parser."""
-    from ._common import DELETION_METHODS, REPLACEMENTS
+    from ._common import DEFAULT_METHODS, DELETION_METHODS, REPLACEMENTS
 
     p = subparsers.add_parser(
         "evaluate", help="faithfulness evaluation: word deletion on the shipped model, or --toy",
@@ -79,8 +79,10 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                "  keras-lrp evaluate --max-sentences 300                 # word deletion, 300 random test sentences\n"
                "  keras-lrp evaluate --methods lrp,gi,random --out-dir results\n"
                "  keras-lrp evaluate --toy --operation subtract          # the toy arithmetic task\n")
-    p.add_argument("--methods", default=",".join(DELETION_METHODS), type=_methods,
-                   help=f"comma-separated methods (default all: {','.join(DELETION_METHODS)})")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), type=_methods,
+                   help=f"comma-separated methods of {','.join(DELETION_METHODS)} (default "
+                        f"{','.join(DEFAULT_METHODS)}; ig, occlusion and shapley take 34, T + 2 and "
+                        "32 (T + 1) + 2 model evaluations per sentence of T words)")
     p.add_argument("--out-dir", help="folder for the plots, tables and JSON (created if missing)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the random baseline (and of the toy task)")
     p.add_argument("--eps", type=nonnegative_float, default=1e-3, help="epsilon-rule stabiliser >= 0 (default 0.001)")
@@ -106,6 +108,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--n-test", type=int_at_least(1), default=2000, help="toy test sequences (default 2000)")
     t.add_argument("--units", type=int_at_least(1), default=16, help="toy LSTM units (default 16)")
     t.add_argument("--bidirectional", action="store_true", help="toy model Bidirectional(LSTM)")
+    t.add_argument("--cell", default="lstm", choices=["lstm", "gru", "simple_rnn"],
+                   help="toy model recurrent layer (default lstm)")
     t.add_argument("--epochs", type=int_at_least(1), default=20, help="toy training epochs (default 20)")
     return p
 
@@ -126,6 +130,8 @@ def check_evaluate_args(args: argparse.Namespace) -> None:
         if args.toy:
             for name in ("length", "n_train", "n_test", "units", "epochs"):
                 check_int("--" + name.replace("_", "-"), getattr(args, name), 2 if name == "length" else 1)
+            if getattr(args, "cell", "lstm") not in ("lstm", "gru", "simple_rnn"):
+                raise ValueError(f"--cell must be lstm, gru or simple_rnn, got {args.cell!r}")
         else:
             if args.max_sentences is not None:
                 check_int("--max-sentences", args.max_sentences, 1)
@@ -178,10 +184,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         training, result = run_toy_experiment(args.operation, args.length, args.n_train, args.n_test, args.units,
                                               args.bidirectional, args.epochs, methods, args.seed,
-                                              verbose=not args.quiet)
+                                              verbose=not args.quiet, cell=getattr(args, "cell", "lstm"))
         print(result.table())
-        stem = f"toy_{args.operation}" + ("_bilstm" if args.bidirectional else "")
-        layer = f"Bidirectional(LSTM({args.units}))" if args.bidirectional else f"LSTM({args.units})"
+        cell = getattr(args, "cell", "lstm")
+        name = ("bi" if args.bidirectional else "") + cell
+        stem = f"toy_{args.operation}" + ("" if name == "lstm" else f"_{name}")
+        layer = f"{dict(lstm='LSTM', gru='GRU', simple_rnn='SimpleRNN')[cell]}({args.units})"
+        layer = f"Bidirectional({layer})" if args.bidirectional else layer
         title = f"Toy task '{args.operation}' (Arras et al. 2019), {layer} -> Dense(1)"
     else:
         from ..sst.pretrained import load_pretrained

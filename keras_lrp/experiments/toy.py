@@ -36,9 +36,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._common import LABELS, TOY_METHODS, check_int, check_methods, inline_figure, method_relevance, quiet_run
+from ._common import (DEFAULT_METHODS, LABELS, TOY_METHODS, check_int, check_methods, inline_figure,
+                      method_relevance, quiet_run)
 
-__all__ = ["TOY_OPERATIONS", "TOY_METHODS", "ToyData", "make_toy_data", "build_toy_model", "train_toy_model",
+__all__ = ["TOY_OPERATIONS", "TOY_METHODS", "TOY_CELLS", "ToyData", "make_toy_data", "build_toy_model", "train_toy_model",
            "ToyTraining", "marked_input_metrics", "ToyResult", "toy_evaluation", "run_toy_experiment"]
 
 #: "add": y = n_a + n_b; "subtract": y = n_a - n_b (a = the first marked position).
@@ -107,20 +108,28 @@ def make_toy_data(n: int, length: int = 10, operation: str = "add", low: float =
                    values=values.astype(np.float32), operation=operation)
 
 
-def build_toy_model(units: int = 16, bidirectional: bool = False, seed: Optional[int] = 0):
-    """``Input((None, 3)) -> LSTM(units) or Bidirectional(LSTM(units)) -> Dense(1)`` (a regressor)."""
+#: the recurrent families of the toy model (``cell=``)
+TOY_CELLS = ("lstm", "gru", "simple_rnn")
+
+
+def build_toy_model(units: int = 16, bidirectional: bool = False, seed: Optional[int] = 0, cell: str = "lstm"):
+    """``Input((None, 3)) -> LSTM(units) or Bidirectional(LSTM(units)) -> Dense(1)`` (a regressor);
+    ``cell="gru"`` / ``"simple_rnn"``: a GRU / SimpleRNN instead of the LSTM."""
     import keras
 
     if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
         raise ValueError(f"units must be a positive integer, got {units!r}")
+    if cell not in TOY_CELLS:
+        raise ValueError(f"cell must be one of {TOY_CELLS}, got {cell!r}")
     if seed is not None:
         keras.utils.set_random_seed(int(seed))
-    lstm = keras.layers.LSTM(int(units), name="lstm")
+    layer = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple_rnn": keras.layers.SimpleRNN}[cell]
+    rnn = layer(int(units), name=cell)
     return keras.Sequential([
         keras.Input((None, 3), name="toy_sequence"),
-        keras.layers.Bidirectional(lstm, name="bilstm") if bidirectional else lstm,
+        keras.layers.Bidirectional(rnn, name=f"bi{cell}") if bidirectional else rnn,
         keras.layers.Dense(1, name="output"),
-    ], name="toy_bilstm" if bidirectional else "toy_lstm")
+    ], name=f"toy_bi{cell}" if bidirectional else f"toy_{cell}")
 
 
 @dataclass
@@ -138,7 +147,7 @@ class ToyTraining:
 def train_toy_model(train: ToyData, val: ToyData, units: int = 16, bidirectional: bool = False,
                     epochs: int = 20, batch_size: int = 64, learning_rate: float = 3e-3,
                     seed: Optional[int] = 0, max_seconds: Optional[float] = None,
-                    verbose: bool = False) -> ToyTraining:
+                    verbose: bool = False, cell: str = "lstm") -> ToyTraining:
     """Train :func:`build_toy_model` on ``train`` with Adam and mean squared error, halving the
     learning rate when the validation error stalls; stops after ``epochs`` or ``max_seconds``.
 
@@ -150,7 +159,7 @@ def train_toy_model(train: ToyData, val: ToyData, units: int = 16, bidirectional
         raise ValueError(f"train is {train.operation!r} but val is {val.operation!r}: use one operation")
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    model = build_toy_model(units, bidirectional, seed)
+    model = build_toy_model(units, bidirectional, seed, cell)
     model.compile(keras.optimizers.Adam(learning_rate), "mse")
     t0 = time.perf_counter()
 
@@ -304,7 +313,7 @@ class ToyResult:
         return fig
 
 
-def toy_evaluation(model, data, methods: Union[str, Sequence[str]] = TOY_METHODS, *, eps: float = 1e-3,
+def toy_evaluation(model, data, methods: Union[str, Sequence[str]] = DEFAULT_METHODS, *, eps: float = 1e-3,
                    bias_factor: float = 0.0, dtype: str = "float32", batch_size: int = 256,
                    seed: int = 0) -> ToyResult:
     """Explain a toy-task model on ``data`` (:class:`ToyData`) with every method and
@@ -329,9 +338,10 @@ def toy_evaluation(model, data, methods: Union[str, Sequence[str]] = TOY_METHODS
 
 def run_toy_experiment(operation: str = "add", length: int = 10, n_train: int = 20000, n_test: int = 2000,
                        units: int = 16, bidirectional: bool = False, epochs: int = 20,
-                       methods: Union[str, Sequence[str]] = TOY_METHODS, seed: int = 0,
-                       max_seconds: Optional[float] = None, verbose: bool = False):
-    """Generate data, train the toy model and evaluate every method on fresh test data.
+                       methods: Union[str, Sequence[str]] = DEFAULT_METHODS, seed: int = 0,
+                       max_seconds: Optional[float] = None, verbose: bool = False, cell: str = "lstm"):
+    """Generate data, train the toy model (``cell``: "lstm", "gru" or "simple_rnn") and evaluate every
+    method on fresh test data.
 
     Returns:
         ``(training, result)``: :class:`ToyTraining` and :class:`ToyResult`.
@@ -342,8 +352,8 @@ def run_toy_experiment(operation: str = "add", length: int = 10, n_train: int = 
     val = make_toy_data(max(n_test // 2, 1), length, operation, seed=seed + 1)
     test = make_toy_data(n_test, length, operation, seed=seed + 2)
     training = train_toy_model(train, val, units=units, bidirectional=bidirectional, epochs=epochs, seed=seed,
-                               max_seconds=max_seconds, verbose=verbose)
+                               max_seconds=max_seconds, verbose=verbose, cell=cell)
     result = toy_evaluation(training.model, test, methods, seed=seed)
-    result.settings.update(length=length, n_train=n_train, units=units, bidirectional=bidirectional,
+    result.settings.update(length=length, n_train=n_train, units=units, bidirectional=bidirectional, cell=cell,
                            epochs_trained=training.epochs, training_seconds=round(training.seconds, 1))
     return training, result

@@ -16,18 +16,32 @@ Deleting a word means replacing its input (``replacement``):
 A sentence with fewer words than ``k`` has all its words deleted after ``k`` deletions. Ties in
 relevance are broken by position (first word first). Methods (:data:`DELETION_METHODS`): ``lrp``
 (signal-take-all), ``lrp_prop`` and ``lrp_half`` (the other gate rules), ``gi`` (gradient x input),
-``sa`` (sensitivity analysis, squared gradient norm) and ``random`` (a seeded random order).
+``sa`` (sensitivity analysis, squared gradient norm), ``ig``, ``occlusion``, ``shapley``
+(:mod:`keras_lrp.baselines`, default options) and ``random`` (a seeded random order).
+
+On every sentence (correct or not), with ``p`` the model's probability of the true class (softmax
+of the scores unless the model outputs probabilities) and words deleted most relevant first:
+
+* **AOPC** (Samek et al. 2017): ``mean over k = 0..max_deletions of p(x) - p(x without its k most
+  relevant words)``, averaged over the sentences (higher = more faithful);
+* **deletion / insertion AUC** (Petsiuk et al. 2018), on the fraction of a sentence's words:
+  ``p`` after deleting ``round(q L)`` of its ``L`` words, most relevant first (deletion; lower =
+  more faithful), or after deleting all but the ``round(q L)`` most relevant (insertion; higher =
+  more faithful), for q = 0, 0.1, ..., 1, integrated over q by the trapezoid rule;
+* **time per sentence**: the wall time of the method's explain calls (compilation included)
+  divided by the number of sentences.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._common import (DELETION_METHODS, LABELS, REPLACEMENTS, STYLES, ProgressBar, check_int, check_methods,
-                      inline_figure, method_relevance, quiet_run)
+from ._common import (DEFAULT_METHODS, DELETION_METHODS, LABELS, REPLACEMENTS, STYLES, ProgressBar, check_int,
+                      check_methods, inline_figure, method_relevance, quiet_run)
 
 __all__ = ["DELETION_METHODS", "REPLACEMENTS", "deletion_order", "deletion_masks", "word_deletion",
            "WordDeletionResult", "sst_word_deletion"]
@@ -78,6 +92,10 @@ class WordDeletionResult:
         nonfinite: method -> number of sentences whose relevance had NaN or inf values (an
             overflowing rule; such words are ordered as described in :func:`deletion_order`).
         settings: replacement, eps, bias_factor, seed, ... (for the record).
+        aopc, deletion_auc, insertion_auc: method -> the mean over all sentences (see the module
+            docstring).
+        seconds_per_sentence: method -> explain wall time per sentence (compilation included; 0
+            for ``random``).
     """
 
     methods: Tuple[str, ...]
@@ -88,6 +106,10 @@ class WordDeletionResult:
     n_misclassified: int
     nonfinite: Dict[str, int] = field(default_factory=dict)
     settings: Dict[str, object] = field(default_factory=dict)
+    aopc: Dict[str, float] = field(default_factory=dict)
+    deletion_auc: Dict[str, float] = field(default_factory=dict)
+    insertion_auc: Dict[str, float] = field(default_factory=dict)
+    seconds_per_sentence: Dict[str, float] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
@@ -101,7 +123,9 @@ class WordDeletionResult:
                 "correct": {m: v.tolist() for m, v in self.correct.items()},
                 "misclassified": {m: v.tolist() for m, v in self.misclassified.items()},
                 "n_correct": self.n_correct, "n_misclassified": self.n_misclassified,
-                "accuracy": self.accuracy, "nonfinite": dict(self.nonfinite), "settings": dict(self.settings)}
+                "accuracy": self.accuracy, "nonfinite": dict(self.nonfinite), "settings": dict(self.settings),
+                "aopc": dict(self.aopc), "deletion_auc": dict(self.deletion_auc),
+                "insertion_auc": dict(self.insertion_auc), "seconds_per_sentence": dict(self.seconds_per_sentence)}
 
     def table(self) -> str:
         """Markdown tables (accuracy in %) of both experiments."""
@@ -118,6 +142,17 @@ class WordDeletionResult:
             for m in self.methods:
                 vals = " | ".join("–" if n == 0 else f"{100 * v:.1f}" for v in curves[m])
                 out.append(f"| {LABELS.get(m, m)} | {vals} |")
+            out.append("")
+        if self.aopc:
+            n = self.n_correct + self.n_misclassified
+            out += [f"**All sentences (n = {n}), true class, most relevant words first: AOPC over "
+                    f"0..{len(self.deletions) - 1} deletions (higher = more faithful), deletion AUC (lower), "
+                    "insertion AUC (higher), explain time per sentence**", "",
+                    "| method | AOPC | deletion AUC | insertion AUC | ms / sentence |",
+                    "| --- | ---: | ---: | ---: | ---: |"]
+            for m in self.methods:
+                out.append(f"| {LABELS.get(m, m)} | {self.aopc[m]:.4f} | {self.deletion_auc[m]:.4f} | "
+                           f"{self.insertion_auc[m]:.4f} | {1000 * self.seconds_per_sentence[m]:.2f} |")
             out.append("")
         broken = {m: n for m, n in self.nonfinite.items() if n}
         if broken:
@@ -173,7 +208,7 @@ def _equal_length_groups(lengths: np.ndarray, batch_size: int) -> List[np.ndarra
 
 def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[int], *,
                   embeddings: Optional[np.ndarray] = None,
-                  methods: Union[str, Sequence[str]] = DELETION_METHODS,
+                  methods: Union[str, Sequence[str]] = DEFAULT_METHODS,
                   extra_methods: Optional[Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]] = None,
                   max_deletions: int = 5,
                   replacement: Optional[str] = None, unk_id: int = 1, pad_id: int = 0,
@@ -262,10 +297,28 @@ def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[in
         raise ValueError(f"labels must be classes 0..{n_classes - 1} of the model, got {y.min()}..{y.max()}")
 
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    probabilities = probe._probability_activation is not None
+
+    def predict_proba(x: np.ndarray) -> np.ndarray:
+        """(N, classes): the model's probabilities (softmax of its scores unless it outputs them)."""
+        out = np.concatenate([np.asarray(forward(tf.constant(x[i:i + batch_size])), np.float64)
+                              for i in range(0, len(x), batch_size)])
+        if probabilities:
+            return out
+        e = np.exp(out - out.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.asarray(forward(tf.constant(x[i:i + batch_size]))).argmax(-1)
-                               for i in range(0, len(x), batch_size)])
+        return predict_proba(x).argmax(-1)
+
+    def deleted(x: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """(K, B, ...) -> (K * B, ...): ``x`` with the words of ``masks`` (K, B, T) replaced."""
+        out = np.where(masks, fill, x[None]) if tokens else np.where(masks[..., None], fill, x[None])
+        return out.reshape((-1,) + x.shape[1:])
+
+    fractions = np.linspace(0.0, 1.0, 11)
+    sums = {m: np.zeros(3) for m in methods}                                  # [aopc, deletion, insertion]
+    seconds = {m: 0.0 for m in methods}
 
     k_range = np.arange(max_deletions + 1)
     hits = {m: np.zeros((2, max_deletions + 1), np.int64) for m in methods}  # [correct, misclassified]
@@ -281,6 +334,7 @@ def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[in
         counts[0] += correct.sum()
         counts[1] += (~correct).sum()
         for m in methods:
+            started = time.perf_counter()
             if m == "random":
                 rel = np.stack([np.random.default_rng([seed, int(i)]).random(len(ids[i])) for i in group])
             elif m in extra:
@@ -292,17 +346,16 @@ def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[in
                 rel = method_relevance(model, x, g_y.astype(np.int64), m, eps=eps, bias_factor=bias_factor,
                                        dtype=dtype, batch_size=batch_size)
                 nonfinite[m] += int((~np.isfinite(rel)).any(axis=1).sum())
+            if m != "random":
+                seconds[m] += time.perf_counter() - started
             masks = deletion_masks(deletion_order(rel, correct), max_deletions)[1:]   # (K, B, T)
-            if tokens:
-                xk = np.where(masks, fill, x[None])                                     # (K, B, T)
-            else:
-                xk = np.where(masks[..., None], fill, x[None])                          # (K, B, T, D)
             right = [correct]
             if max_deletions:
-                right += list(predict(xk.reshape((-1,) + x.shape[1:])).reshape(max_deletions, -1) == g_y[None])
+                right += list(predict(deleted(x, masks)).reshape(max_deletions, -1) == g_y[None])
             right = np.stack(right)                                                     # (K + 1, B)
             hits[m][0] += right[:, correct].sum(axis=1)
             hits[m][1] += right[:, ~correct].sum(axis=1)
+            sums[m] += _curve_metrics(predict_proba, deleted, x, rel, g_y, max_deletions, fractions)
 
     lengths = np.array([len(a) for a in ids])
     bar = ProgressBar(len(ids), "sentence", enabled=progress)
@@ -320,8 +373,31 @@ def word_deletion(model, sentences: Sequence[Sequence[int]], labels: Sequence[in
         correct={m: rate(hits[m][0], n_correct) for m in methods},
         misclassified={m: rate(hits[m][1], n_wrong) for m in methods},
         n_correct=n_correct, n_misclassified=n_wrong, nonfinite=nonfinite,
+        aopc={m: sums[m][0] / len(ids) for m in methods}, deletion_auc={m: sums[m][1] / len(ids) for m in methods},
+        insertion_auc={m: sums[m][2] / len(ids) for m in methods},
+        seconds_per_sentence={m: seconds[m] / len(ids) for m in methods},
         settings=dict(replacement=replacement, eps=eps, bias_factor=bias_factor, dtype=dtype, seed=seed,
                       max_deletions=max_deletions, n_sentences=len(ids), relevance_target="true class"))
+
+
+def _curve_metrics(predict_proba, deleted, x: np.ndarray, relevance: np.ndarray, labels: np.ndarray,
+                   max_deletions: int, fractions: np.ndarray) -> np.ndarray:
+    """Sums over one group of equal-length sentences of AOPC, deletion AUC and insertion AUC (see the
+    module docstring): most relevant words first, true class ``labels``."""
+    b, length = relevance.shape
+    order = deletion_order(relevance, True)
+    every = deletion_masks(order, max(max_deletions, length))                    # (max(K, L) + 1, B, L)
+    rows = np.arange(b)
+    p0 = predict_proba(x)[rows, labels]
+    aopc = 0.0
+    if max_deletions:
+        p = predict_proba(deleted(x, every[1:max_deletions + 1])).reshape(max_deletions, b, -1)[:, rows, labels]
+        aopc = (p0[None] - p).sum(axis=0) / (max_deletions + 1)
+    counts = np.rint(fractions * length).astype(int)
+    curve = predict_proba(deleted(x, every[counts])).reshape(len(counts), b, -1)[:, rows, labels]
+    insert = predict_proba(deleted(x, ~every[counts])).reshape(len(counts), b, -1)[:, rows, labels]
+    area = np.trapezoid if hasattr(np, "trapezoid") else np.trapz
+    return np.array([np.sum(aopc), area(curve, fractions, axis=0).sum(), area(insert, fractions, axis=0).sum()])
 
 
 def sst_word_deletion(sentiment_model, path: Union[str, os.PathLike], *, max_sentences: Optional[int] = None,

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from .. import rules
+from ..backend import Tensor, einsum
 from ..graph import Node, Ref
 from .base import Propagator, UnsupportedLayerError, register
 
@@ -100,14 +101,14 @@ def _connections(mask, shape, dtype):
     per-row normalised connectivity, a fully masked row counting as connected to every value."""
     if mask is None:
         return None
-    mask = tf.broadcast_to(mask, shape)
-    conn = tf.where(tf.reduce_any(mask, axis=-1, keepdims=True), mask, True)
-    conn = tf.cast(conn, dtype)
-    return conn / tf.reduce_sum(conn, axis=-1, keepdims=True)
+    mask = ops.broadcast_to(mask, shape)
+    conn = ops.where(ops.any(mask, axis=-1, keepdims=True), mask, True)
+    conn = ops.cast(conn, dtype)
+    return conn / ops.sum(conn, axis=-1, keepdims=True)
 
 
-def weighted_sum_relevance(weights: tf.Tensor, values: tf.Tensor, out: tf.Tensor, r_out: tf.Tensor,
-                           eps: rules.Epsilon, conn_over_n: Optional[tf.Tensor], equation: str) -> tf.Tensor:
+def weighted_sum_relevance(weights: Tensor, values: Tensor, out: Tensor, r_out: Tensor,
+                           eps: rules.Epsilon, conn_over_n: Optional[Tensor], equation: str) -> Tensor:
     """Epsilon-rule through ``out = einsum(equation, weights, values)`` with the weights held constant.
 
     Args:
@@ -116,17 +117,17 @@ def weighted_sum_relevance(weights: tf.Tensor, values: tf.Tensor, out: tf.Tensor
         Tv values connected); equation: ``"weights,relevance->values"`` einsum, e.g. ``"bqv,bqd->bvd"``.
     """
     s = r_out * rules.inverse_denominator(out, eps)
-    r_v = values * tf.einsum(equation, weights, s)
+    r_v = values * einsum(equation, weights, s)
     if eps.has_bias_share:
         if conn_over_n is None:
-            n = tf.cast(tf.shape(weights)[-1], weights.dtype)
-            conn_over_n = tf.ones_like(weights) / n
+            n = ops.cast(ops.shape(weights)[-1], weights.dtype)
+            conn_over_n = ops.ones_like(weights) / n
         limit = None
         if rules.needs_zero_limit(eps):   # the terms A_ij v_j (A >= 0): sum_j A_ij |v_j|
             operands, result = equation.split("->")
             forward = f"{operands.split(',')[0]},{result}->{operands.split(',')[1]}"
-            limit = rules.zero_limit(r_out, out, tf.einsum(forward, weights, tf.abs(values)), eps)
-        r_v += eps.bias_factor * tf.einsum(equation, conn_over_n, rules.share_numerator(s, out, None, eps, limit))
+            limit = rules.zero_limit(r_out, out, einsum(forward, weights, ops.abs(values)), eps)
+        r_v += eps.bias_factor * einsum(equation, conn_over_n, rules.share_numerator(s, out, None, eps, limit))
     return r_v
 
 
@@ -134,25 +135,26 @@ def _softmax(scores, mask, subtract: bool):
     """Keras's masked softmax: Attention subtracts 1e9 at masked scores, Softmax (MultiHeadAttention)
     replaces them by -1e9."""
     if mask is not None:
-        large = tf.constant(_LARGE, scores.dtype)
-        scores = tf.where(mask, scores, scores - large if subtract else -large)
+        large = ops.convert_to_tensor(_LARGE, scores.dtype)
+        scores = ops.where(mask, scores, scores - large if subtract else -large)
     # Padded with -inf (weight exactly 0) to a multiple of 8 along the softmax axis: TensorFlow's
     # softmax kernel rounds a row differently depending on where it starts in memory unless every
     # row starts at a multiple of the vector width; padded, a sample's weights do not depend on its
     # position in the batch (bit-identical results across batch sizes).
-    keys = tf.shape(scores)[-1]
-    pad = -keys % 8
-    padding = tf.fill(tf.concat([tf.shape(scores)[:-1], [pad]], axis=0), tf.constant(-float("inf"), scores.dtype))
-    return tf.nn.softmax(tf.concat([scores, padding], axis=-1), axis=-1)[..., :keys]
+    shape = ops.shape(scores)
+    keys = shape[-1]
+    padding = ops.full(tuple(shape[:-1]) + (-keys % 8,), -float("inf"), scores.dtype)
+    return ops.softmax(ops.concatenate([scores, padding], axis=-1), axis=-1)[..., :keys]
 
 
-def _value_only(inputs, value_position: int, r_value) -> List[tf.Tensor]:
+def _value_only(inputs, value_position: int, r_value) -> List[Tensor]:
     """Relevance per input position: the value's, zeros for query and key (weights held constant)."""
-    return [r_value if i == value_position else tf.zeros_like(x) for i, x in enumerate(inputs)]
+    return [r_value if i == value_position else ops.zeros_like(x) for i, x in enumerate(inputs)]
 
 
 def _causal(tq, tv):
-    return tf.linalg.band_part(tf.ones([tq, tv], tf.bool), -1, 0)
+    """(tq, tv) bool: query i may attend to values 0..i."""
+    return ops.greater_equal(ops.arange(tq)[:, None], ops.arange(tv)[None, :])
 
 
 @register(keras.layers.Attention, keras.layers.AdditiveAttention,
@@ -180,15 +182,15 @@ class AttentionProp(Propagator):
     def _scores(self, q, k):
         layer, w = self.layer, self.ctx.weight
         if self.additive:
-            t = tf.tanh(q[..., :, None, :] + k[..., None, :, :])
-            return tf.reduce_sum((w(layer.scale) if layer.use_scale else 1.0) * t, axis=-1)
+            t = ops.tanh(q[..., :, None, :] + k[..., None, :, :])
+            return ops.sum((w(layer.scale) if layer.use_scale else 1.0) * t, axis=-1)
         if layer.score_mode == "dot":
-            scores = tf.matmul(q, k, transpose_b=True)
+            scores = ops.matmul(q, ops.swapaxes(k, -2, -1))
             return scores * w(layer.scale) if layer.use_scale else scores
         qk = q[..., :, None, :] + k[..., None, :, :]
         if layer.use_scale:
             qk = w(layer.scale) * qk
-        return w(layer.concat_score_weight) * tf.reduce_sum(tf.tanh(qk), axis=-1)
+        return w(layer.concat_score_weight) * ops.sum(ops.tanh(qk), axis=-1)
 
     def forward(self, inputs, masks):
         roles = self.roles
@@ -196,17 +198,17 @@ class AttentionProp(Propagator):
         k = v if roles.key is None else inputs[roles.key]
         q_mask, v_mask = masks[roles.query], masks[roles.value]
         scores = self._scores(q, k)   # (batch, Tq, Tv)
-        mask = None if v_mask is None else tf.cast(v_mask, tf.bool)[:, None, :]
+        mask = None if v_mask is None else ops.cast(v_mask, "bool")[:, None, :]
         if roles.causal:
-            causal = _causal(tf.shape(scores)[-2], tf.shape(scores)[-1])[None]
-            mask = causal if mask is None else tf.logical_and(mask, causal)
+            causal = _causal(ops.shape(scores)[-2], ops.shape(scores)[-1])[None]
+            mask = causal if mask is None else ops.logical_and(mask, causal)
         weights = _softmax(scores, mask, subtract=True)
-        out = tf.matmul(weights, v)
+        out = ops.matmul(weights, v)
         y = out
         if q_mask is not None:
-            q_mask = tf.cast(q_mask, tf.bool)[:, :, None]
-            y = tf.where(q_mask, out, tf.zeros_like(out))
-        conn = _connections(mask, tf.shape(weights), weights.dtype)
+            q_mask = ops.cast(q_mask, "bool")[:, :, None]
+            y = ops.where(q_mask, out, ops.zeros_like(out))
+        conn = _connections(mask, ops.shape(weights), weights.dtype)
         return [y], [q_mask[..., 0] if q_mask is not None else None], (inputs, weights, out, q_mask, conn)
 
     def relevance(self, cache, r_outs):
@@ -214,8 +216,8 @@ class AttentionProp(Propagator):
         v = inputs[self.roles.value]
         r, rest = r_outs[0], None
         if q_mask is not None:   # masked queries output the constant 0: what reaches them goes to rest
-            rest = tf.reduce_sum(tf.where(q_mask, tf.zeros_like(r), r), axis=[1, 2])
-            r = tf.where(q_mask, r, tf.zeros_like(r))
+            rest = ops.sum(ops.where(q_mask, ops.zeros_like(r), r), axis=(1, 2))
+            r = ops.where(q_mask, r, ops.zeros_like(r))
         r_v = weighted_sum_relevance(weights, v, out, r, self.ctx.eps, conn, "bqv,bqd->bvd")
         return _value_only(inputs, self.roles.value, r_v), rest
 
@@ -249,7 +251,7 @@ class MultiHeadAttentionProp(Propagator):
     def _project(self, dense, x, eq):
         w = self.ctx.weight(dense.kernel)
         b = self.ctx.weight(dense.bias) if dense.bias is not None else None
-        z = tf.einsum(eq, x, w)
+        z = einsum(eq, x, w)
         return (z if b is None else z + b), w, b
 
     def forward(self, inputs, masks):
@@ -261,21 +263,21 @@ class MultiHeadAttentionProp(Propagator):
         for m, axis in ((masks[roles.query], -1), (masks[roles.value], -2),
                         (masks[roles.key] if roles.key is not None else None, -2)):
             if m is not None:
-                m = tf.expand_dims(tf.cast(m, tf.bool), axis)
-                mask = m if mask is None else tf.logical_and(mask, m)
+                m = ops.expand_dims(ops.cast(m, "bool"), axis)
+                mask = m if mask is None else ops.logical_and(mask, m)
         if roles.causal:
-            causal = _causal(tf.shape(q_in)[1], tf.shape(v_in)[1])[None]
-            mask = causal if mask is None else tf.logical_and(mask, causal)
+            causal = _causal(ops.shape(q_in)[1], ops.shape(v_in)[1])[None]
+            mask = causal if mask is None else ops.logical_and(mask, causal)
         if mask is not None:
             mask = mask[:, None]   # (batch, 1 = heads, Tq, Tv)
         q, _, _ = self._project(layer._query_dense, q_in, "abc,cde->abde")   # (batch, Tq, heads, key_dim)
         k, _, _ = self._project(layer._key_dense, k_in, "abc,cde->abde")
         v, w_v, b_v = self._project(layer._value_dense, v_in, "abc,cde->abde")   # (batch, Tv, heads, value_dim)
-        q = q * tf.constant(layer._inverse_sqrt_key_dim, q.dtype)
-        weights = _softmax(tf.einsum("aecd,abcd->acbe", k, q), mask, subtract=False)   # (batch, heads, Tq, Tv)
-        c = tf.einsum("acbe,aecd->abcd", weights, v)                                    # (batch, Tq, heads, value_dim)
+        q = q * ops.convert_to_tensor(layer._inverse_sqrt_key_dim, q.dtype)
+        weights = _softmax(einsum("aecd,abcd->acbe", k, q), mask, subtract=False)   # (batch, heads, Tq, Tv)
+        c = einsum("acbe,aecd->abcd", weights, v)                                    # (batch, Tq, heads, value_dim)
         o, w_o, b_o = self._project(layer._output_dense, c, "abcd,cde->abe")
-        conn = _connections(mask, tf.shape(weights), weights.dtype)
+        conn = _connections(mask, ops.shape(weights), weights.dtype)
         out_mask = masks[roles.query]
         return [o], [out_mask], (inputs, v, w_v, b_v, weights, c, w_o, b_o, o, conn)
 
@@ -284,7 +286,7 @@ class MultiHeadAttentionProp(Propagator):
         v_in, eps = inputs[self.roles.value], self.ctx.eps
         # output projection O = sum_{h,d} C_hd W_o[h, d] + b_o  (N = heads x value_dim)
         s = r_outs[0] * rules.inverse_denominator(o, eps)
-        r_c = c * tf.einsum("abe,cde->abcd", s, w_o)
+        r_c = c * einsum("abe,cde->abcd", s, w_o)
         if eps.has_bias_share:
             limit = self._limit(r_outs[0], o, c, w_o, b_o, "abcd,cde->abe")
             r_c += rules.bias_share(s, o, b_o, eps, w_o.shape[0] * w_o.shape[1], limit)[..., None]
@@ -292,15 +294,15 @@ class MultiHeadAttentionProp(Propagator):
         r_v = weighted_sum_relevance(weights, v, c, r_c, eps, conn, "acbe,abcd->aecd")
         # value projection V = x_v W_v + b_v  (N = value features)
         s = r_v * rules.inverse_denominator(v, eps)
-        r_x = v_in * tf.einsum("abde,cde->abc", s, w_v)
+        r_x = v_in * einsum("abde,cde->abc", s, w_v)
         if eps.has_bias_share:
             a = rules.share_numerator(s, v, b_v, eps, self._limit(r_v, v, v_in, w_v, b_v, "abc,cde->abde"))
-            r_x += (eps.bias_factor / w_v.shape[0]) * tf.reduce_sum(a, axis=[2, 3])[..., None]
+            r_x += (eps.bias_factor / w_v.shape[0]) * ops.sum(a, axis=(2, 3))[..., None]
         return _value_only(inputs, self.roles.value, r_x), None
 
     def _limit(self, r, z, x, w, b, equation: str):
         """:func:`~keras_lrp.rules.zero_limit` of the projection ``z = einsum(equation, x, w) + b``."""
         if not rules.needs_zero_limit(self.ctx.eps):
             return None
-        magnitude = tf.einsum(equation, tf.abs(x), tf.abs(w))
-        return rules.zero_limit(r, z, magnitude if b is None else magnitude + tf.abs(b), self.ctx.eps)
+        magnitude = einsum(equation, ops.abs(x), ops.abs(w))
+        return rules.zero_limit(r, z, magnitude if b is None else magnitude + ops.abs(b), self.ctx.eps)

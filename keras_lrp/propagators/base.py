@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Type
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from ..recurrent import GATE_RULES
 from ..composites import Composite
@@ -75,8 +75,9 @@ class Context:
         rule = self.composite.rule_for(layer)
         return self.eps if rule is None else rule
 
-    def weight(self, variable) -> tf.Tensor:
-        return tf.cast(variable.value, self.dtype)
+    def weight(self, variable):
+        """A Keras variable's current value, in the compute dtype."""
+        return ops.cast(variable.value, self.dtype)
 
 
 class Propagator:
@@ -86,6 +87,10 @@ class Propagator:
     accepts_rules = False
     #: whether a Composite may give this layer a gate rule (SignalTakeAll, Half, Proportional)
     accepts_gate_rules = False
+    #: whether steps appended at the end of a masked sequence (post-padding) leave this call's outputs at the
+    #: steps before them unchanged, bit for bit, and get no relevance: a per-time-step (or element-wise)
+    #: layer, or a recurrent layer that skips masked steps (see :meth:`keras_lrp.walk.Walk.post_padding_safe`)
+    post_padding_safe = False
 
     def __init__(self, layer, ctx: Context, is_output: bool = False):
         self.layer, self.ctx, self.is_output = layer, ctx, is_output

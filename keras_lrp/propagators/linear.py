@@ -10,14 +10,15 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from .. import rules
+from .. import backend, rules
+from ..backend import Tensor
 from ..rules import Epsilon
 from .base import Context, Propagator, UnsupportedLayerError, register
 
 __all__ = ["DenseProp", "Conv1DProp", "PoolingProp", "linear_forward", "gradient_linear", "BatchNormAffine",
-           "batch_norm_affine", "folded_batch_norm"]
+           "batch_norm_affine", "folded_batch_norm", "transpose"]
 
 
 # --------------------------------------------------------------------------- BatchNormalization folding
@@ -25,14 +26,14 @@ __all__ = ["DenseProp", "Conv1DProp", "PoolingProp", "linear_forward", "gradient
 class BatchNormAffine(NamedTuple):
     """Inference BatchNormalization as ``y = x a + c``; ``a``, ``c``: (features,)."""
 
-    a: tf.Tensor
-    c: tf.Tensor
+    a: Tensor
+    c: Tensor
 
 
 def batch_norm_affine(layer, ctx: Context, dtype) -> BatchNormAffine:
     """``a = gamma rsqrt(moving_variance + epsilon)``, ``c = beta - moving_mean a`` in ``dtype``, with the
-    operations of tf.nn.batch_normalization (so ``x * a + c`` is Keras's output)."""
-    a = tf.math.rsqrt(ctx.weight(layer.moving_variance) + tf.constant(layer.epsilon, dtype))
+    operations of keras.ops.batch_normalization (so ``x * a + c`` is Keras's output)."""
+    a = ops.rsqrt(ctx.weight(layer.moving_variance) + ops.convert_to_tensor(layer.epsilon, dtype))
     if layer.scale:
         a = a * ctx.weight(layer.gamma)
     c = -ctx.weight(layer.moving_mean) * a
@@ -78,7 +79,7 @@ def folded_batch_norm(node, walk) -> Optional[object]:
 # --------------------------------------------------------------------------- linear layers
 
 def _last_axis_matmul(w):
-    return lambda t: tf.einsum("...d,dm->...m", t, w)
+    return lambda t: backend.einsum("...d,dm->...m", t, w)
 
 
 def linear_forward(prop: Propagator, layer, linear_map, x):
@@ -131,6 +132,7 @@ class DenseProp(_FoldsBatchNorm):
     """``y = activation(x W + b)`` on the last axis, epsilon-rule over W (N = input units)."""
 
     accepts_rules = True   # a Composite may give it ZPlus, AlphaBeta, Gamma or its own Epsilon
+    post_padding_safe = True   # the last axis only: time step by time step
 
     def __init__(self, layer, ctx, is_output=False):
         inner = layer.layer if isinstance(layer, keras.layers.TimeDistributed) else layer
@@ -160,24 +162,23 @@ def gradient_linear(f, x, z, bias, r, eps: Epsilon, connections=None, absolute=N
     replaced by its absolute value (default ``f``: maps with non-negative weights), for the zero limit
     (:func:`~keras_lrp.rules.zero_limit`).
     """
-    s = tf.stop_gradient(r * rules.inverse_denominator(z, eps))
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = f(x)
-    r_x = x * tape.gradient(y, x, output_gradients=s)
+    s = ops.stop_gradient(r * rules.inverse_denominator(z, eps))
+    r_x = x * transpose(f, x, s)
     if eps.has_bias_share:
         conn = connections or f
         limit = None
         if rules.needs_zero_limit(eps):
-            magnitude = (absolute or f)(tf.abs(x))
-            limit = rules.zero_limit(r, z, magnitude if bias is None else magnitude + tf.abs(bias), eps)
+            magnitude = (absolute or f)(ops.abs(x))
+            limit = rules.zero_limit(r, z, magnitude if bias is None else magnitude + ops.abs(bias), eps)
         a = rules.share_numerator(s, z, bias, eps, limit)
-        counts = conn(tf.ones_like(x))
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = conn(x)
-        r_x += tape.gradient(y, x, output_gradients=eps.bias_factor * tf.math.divide_no_nan(a, counts))
+        counts = conn(ops.ones_like(x))
+        r_x += transpose(conn, x, eps.bias_factor * ops.divide_no_nan(a, counts))
     return r_x
+
+
+def transpose(f, x, s):
+    """``f^T s`` for a linear map ``f`` (at ``x``, any point: its Jacobian): a vector-Jacobian product."""
+    return backend.vjp(lambda t: [f(t)], [x], [s])[0]
 
 
 @register(keras.layers.Conv1D, rule="epsilon-rule over the kernel (N = connected inputs); a following BatchNormalization is folded in")
@@ -197,9 +198,9 @@ class Conv1DProp(_FoldsBatchNorm):
         def f(x):
             if layer.padding == "causal":
                 left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
-                x = tf.pad(x, [[0, 0], [left, 0], [0, 0]])
+                x = ops.pad(x, [[0, 0], [left, 0], [0, 0]])
             padding = "valid" if layer.padding == "causal" else layer.padding
-            return keras.ops.conv(x, kernel, strides=layer.strides, padding=padding,
+            return ops.conv(x, kernel, strides=layer.strides, padding=padding,
                                   dilation_rate=layer.dilation_rate)
         return f
 
@@ -210,8 +211,8 @@ class Conv1DProp(_FoldsBatchNorm):
         x, w, b, z = cache
         rule = self.ctx.linear_rule(self.layer)
         if isinstance(rule, Epsilon):
-            return gradient_linear(self._conv(w), x, z, b, r, rule, self._conv(tf.ones_like(w)),
-                                   self._conv(tf.abs(w))), None
+            return gradient_linear(self._conv(w), x, z, b, r, rule, self._conv(ops.ones_like(w)),
+                                   self._conv(ops.abs(w))), None
         return rule.relevance(self._conv, x, w, b, r), None
 
 
@@ -230,14 +231,14 @@ class PoolingProp(Propagator):
     def _f(self, mask):
         layer = self.layer
         if isinstance(layer, keras.layers.GlobalMaxPooling1D):
-            return lambda x: tf.reduce_max(x, axis=1, keepdims=layer.keepdims)
+            return lambda x: ops.max(x, axis=1, keepdims=layer.keepdims)
         if isinstance(layer, keras.layers.GlobalAveragePooling1D):
             def mean(x):   # the masked mean, as Keras computes it
-                m = tf.ones_like(x[..., :1]) if mask is None else tf.cast(mask, x.dtype)[:, :, None]
-                return (tf.reduce_sum(x * m, axis=1, keepdims=layer.keepdims)
-                        / tf.reduce_sum(m, axis=1, keepdims=layer.keepdims))
+                m = ops.ones_like(x[..., :1]) if mask is None else ops.cast(mask, x.dtype)[:, :, None]
+                return (ops.sum(x * m, axis=1, keepdims=layer.keepdims)
+                        / ops.sum(m, axis=1, keepdims=layer.keepdims))
             return mean
-        pool = keras.ops.max_pool if self.is_max else keras.ops.average_pool
+        pool = ops.max_pool if self.is_max else ops.average_pool
         return lambda x: pool(x, layer.pool_size, layer.strides, layer.padding)
 
     def forward1(self, x, mask):
@@ -247,9 +248,6 @@ class PoolingProp(Propagator):
     def relevance1(self, cache, r):
         x, f = cache
         if self.is_max:
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = f(x)
             # the gradient of a max routes each output's relevance to its (first) maximum
-            return tape.gradient(y, x, output_gradients=r), None
+            return transpose(f, x, r), None
         return gradient_linear(f, x, f(x), None, r, self.ctx.eps), None

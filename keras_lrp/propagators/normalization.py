@@ -31,7 +31,7 @@ its own: the epsilon-rule with ``c`` as bias and N = 1,
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from .. import rules
 from .base import Propagator, UnsupportedLayerError, register
@@ -47,13 +47,15 @@ def _diagonal_relevance(x, y, a, c, r, eps: rules.Epsilon):
     if eps.has_bias_share:
         limit = None
         if rules.needs_zero_limit(eps):
-            limit = rules.zero_limit(r, y, tf.abs(x * a) + (0.0 if c is None else tf.abs(c)), eps)
+            limit = rules.zero_limit(r, y, ops.abs(x * a) + (0.0 if c is None else ops.abs(c)), eps)
         r_x += eps.bias_factor * rules.share_numerator(s, y, c, eps, limit)
     return r_x
 
 
 class _LastAxisNorm(Propagator):
     """Checks, before any computation, that the layer normalizes over the last axis only."""
+
+    post_padding_safe = True   # over the features of each time step
 
     def __init__(self, layer, ctx, is_output=False):
         super().__init__(layer, ctx, is_output)
@@ -84,8 +86,8 @@ class LayerNormalizationProp(_LastAxisNorm):
         gamma = ctx.weight(layer.gamma) if layer.scale else None
         beta = ctx.weight(layer.beta) if (layer.center and not layer.rms_scaling) else None
         # the operations of keras.ops.layer_normalization, in the same order
-        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
-        inv = tf.math.rsqrt(variance + tf.constant(layer.epsilon, x.dtype))   # 1 / std, held constant
+        mean, variance = ops.moments(x, axes=[-1], keepdims=True)
+        inv = ops.rsqrt(variance + ops.convert_to_tensor(layer.epsilon, x.dtype))   # 1 / std, held constant
         scale = inv if gamma is None else inv * gamma                     # gamma / std, broadcast
         if layer.rms_scaling:
             y = x * inv
@@ -106,17 +108,17 @@ class LayerNormalizationProp(_LastAxisNorm):
         s = r * rules.inverse_denominator(y, eps)
         # W^T s for W = C diag(gamma / std): (gamma / std) s minus its mean over the features
         gs = scale * s
-        r_x = x * (gs - tf.reduce_mean(gs, axis=-1, keepdims=True))
+        r_x = x * (gs - ops.mean(gs, axis=-1, keepdims=True))
         if eps.has_bias_share:
             limit = None
             if rules.needs_zero_limit(eps):
                 # sum_j |x_j W_jk| + |beta_k| with |W_jk| = |delta_jk - 1/N| |gamma_k / std|
                 n = x.shape[-1]
-                abs_x = tf.abs(x)
-                magnitude = tf.abs(scale) * (abs_x * (1 - 2 / n) + tf.reduce_mean(abs_x, axis=-1, keepdims=True))
-                limit = rules.zero_limit(r, y, magnitude + (0.0 if beta is None else tf.abs(beta)), eps)
+                abs_x = ops.abs(x)
+                magnitude = ops.abs(scale) * (abs_x * (1 - 2 / n) + ops.mean(abs_x, axis=-1, keepdims=True))
+                limit = rules.zero_limit(r, y, magnitude + (0.0 if beta is None else ops.abs(beta)), eps)
             # bias_factor / N * sum over the N normalized units
-            r_x += eps.bias_factor * tf.reduce_mean(rules.share_numerator(s, y, beta, eps, limit), axis=-1,
+            r_x += eps.bias_factor * ops.mean(rules.share_numerator(s, y, beta, eps, limit), axis=-1,
                                                     keepdims=True)
         return r_x, None
 
@@ -162,7 +164,7 @@ class RMSNormalizationProp(_LastAxisNorm):
         _check_last_axis(layer, len(x.shape))
         epsilon = layer.epsilon if layer.epsilon is not None else keras.config.epsilon()
         # the operations of keras.ops.rms_normalization
-        a = tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=-1, keepdims=True) + tf.constant(epsilon, x.dtype))
+        a = ops.rsqrt(ops.mean(ops.square(x), axis=-1, keepdims=True) + ops.convert_to_tensor(epsilon, x.dtype))
         y = x * a
         if getattr(layer, "scale", None) is not None:
             scale = self.ctx.weight(layer.scale)

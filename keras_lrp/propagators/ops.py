@@ -25,11 +25,10 @@ import re
 from typing import List, Optional
 
 import keras
-import tensorflow as tf
-from keras import tree
+from keras import ops, tree
 from keras.src.ops import core as _core, nn as _nn, numpy as _np
 
-from .. import rules
+from .. import backend, rules
 from ..graph import Ref
 from .base import Propagator, UnsupportedLayerError, lookup, register
 from .linear import gradient_linear
@@ -65,14 +64,11 @@ class UnsupportedOpError(UnsupportedLayerError):
 
 def _unbroadcast(r, x):
     """Sum ``r`` over the axes ``x`` was broadcast along to reach ``r``'s shape: shape of ``x``."""
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = x + tf.zeros_like(r)
-    return tape.gradient(y, x, output_gradients=r)
+    return backend.vjp(lambda t: [t + ops.zeros_like(r)], [x], [r])[0]
 
 
 def _is_float(t) -> bool:
-    return isinstance(t, (tf.Tensor, tf.Variable)) and t.dtype.is_floating
+    return ops.is_tensor(t) and "float" in keras.backend.standardize_dtype(t.dtype)
 
 
 class OpPropagator(Propagator):
@@ -113,17 +109,14 @@ class RouteProp(OpPropagator):
         return ys, [None] * len(ys), inputs
 
     def relevance(self, inputs, r_outs):
-        floats = [x for x in inputs if _is_float(x)]
-        with tf.GradientTape() as tape:
-            tape.watch(floats)
-            ys = tree.flatten(self.call_op(inputs))
-        grads = iter(tape.gradient(ys, floats, output_gradients=list(r_outs),
-                                   unconnected_gradients=tf.UnconnectedGradients.ZERO))
+        grads = iter(_vjp_floats(lambda values: tree.flatten(self.call_op(values)), inputs, list(r_outs)))
         return [next(grads) if _is_float(x) else None for x in inputs], None
 
 
 @register(_core.Cast, rule="identity: R unchanged (floats stay in the explainer's dtype)")
 class CastProp(OpPropagator):
+    post_padding_safe = True
+
     def forward(self, inputs, masks):
         return [inputs[0]], [None], None
 
@@ -137,7 +130,7 @@ class ReduceProp(OpPropagator):
 
     def _connections(self):
         op = self.layer
-        return lambda x: tf.reduce_sum(x, axis=op.axis, keepdims=op.keepdims)
+        return lambda x: ops.sum(x, axis=op.axis, keepdims=op.keepdims)
 
     def forward(self, inputs, masks):
         y = self.call_op(inputs)
@@ -176,7 +169,8 @@ class SumProp(OpPropagator):
         terms = [sign * x for x, sign, rel in zip(inputs, signs, self.relevant) if rel]
         bias = None
         if eps.has_bias_share:
-            bias = z - tf.add_n([t + tf.zeros_like(z) for t in terms])   # the constants' sum
+            broadcast = [t + ops.zeros_like(z) for t in terms]
+            bias = z - sum(broadcast[1:], broadcast[0])   # the constants' sum
         relevance = iter(rules.elementwise_sum(terms, z, r_outs[0], eps, bias))
         return [_unbroadcast(next(relevance), x) if rel else None for x, rel in zip(inputs, self.relevant)], None
 
@@ -193,6 +187,8 @@ class SumProp(OpPropagator):
 
 @register(_np.Negative, rule="y = -x: R passes unchanged")
 class NegativeProp(OpPropagator):
+    post_padding_safe = True
+
     def forward(self, inputs, masks):
         return [-inputs[0]], [None], None
 
@@ -316,6 +312,8 @@ ELEMENTWISE_ACTIVATIONS = (_nn.Relu, _nn.Relu6, _np.Tanh, _nn.Gelu, _nn.Elu, _nn
 class ElementwiseProp(OpPropagator):
     """``y = act(x)`` element-wise (Arras et al. 2017: activations pass relevance unchanged)."""
 
+    post_padding_safe = True
+
     def forward(self, inputs, masks):
         return [inputs[0] if self.is_output else self.call_op(inputs)], [None], None
 
@@ -417,8 +415,8 @@ def _bias_of(add) -> object:
 
 
 def _is_tensor_like(a) -> bool:
-    return isinstance(a, (tf.Tensor, tf.Variable, keras.Variable)) or (hasattr(a, "shape") and hasattr(a, "dtype")
-                                                                       and not isinstance(a, (str, bytes)))
+    return isinstance(a, keras.Variable) or ops.is_tensor(a) or (hasattr(a, "shape") and hasattr(a, "dtype")
+                                                                 and not isinstance(a, (str, bytes)))
 
 
 class LambdaLinearProp(OpPropagator):
@@ -433,20 +431,22 @@ class LambdaLinearProp(OpPropagator):
 
     def relevance(self, cache, r_outs):
         inputs, masks, y = cache
-        s = tf.stop_gradient(r_outs[0] * rules.inverse_denominator(y, self.ctx.eps))
-        floats = [x for x in inputs if _is_float(x)]
-        with tf.GradientTape() as tape:
-            tape.watch(floats)
-            y = self.call_op(inputs, masks)
-        grads = iter(tape.gradient(y, floats, output_gradients=s))
-        out = []
-        for x in inputs:
-            if _is_float(x):
-                g = next(grads)
-                out.append(None if g is None else x * g)
-            else:
-                out.append(None)
-        return out, None
+        s = ops.stop_gradient(r_outs[0] * rules.inverse_denominator(y, self.ctx.eps))
+        grads = iter(_vjp_floats(lambda values: [self.call_op(values, masks)], inputs, [s]))
+        return [x * next(grads) if _is_float(x) else None for x in inputs], None
+
+
+def _vjp_floats(f, inputs: List, cotangents: List) -> List:
+    """The vector-Jacobian product of ``f(inputs) -> outputs`` with respect to the float ``inputs``
+    (the others held as they are): one tensor per float input, zeros where no output depends on it."""
+    floats = [i for i, x in enumerate(inputs) if _is_float(x)]
+
+    def of_floats(*values):
+        merged = list(inputs)
+        for i, v in zip(floats, values):
+            merged[i] = v
+        return f(merged)
+    return backend.vjp(of_floats, [inputs[i] for i in floats], cotangents)
 
 
 def op_registered(op) -> bool:

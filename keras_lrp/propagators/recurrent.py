@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import keras
-import tensorflow as tf
 from keras import ops, tree
 from keras.src.layers.rnn.conv_lstm import ConvLSTMCell   # keras.layers exports ConvLSTM1D, not its cell
 
 from .. import rules
+from ..backend import Tensor
 from ..recurrent import (ConvMaps, DenseMaps, RecurrentMaps, RecurrentRelevance, gru_forward, gru_relevance,
                          lstm_forward, lstm_relevance, simple_rnn_forward, simple_rnn_relevance)
 from ..graph import Ref
@@ -37,21 +37,21 @@ class CellWeights:
     """One direction's cell and its weights in the explainer's dtype (Keras layouts)."""
 
     cell: keras.layers.Layer
-    kernel: tf.Tensor            # (e, gates * d); ConvLSTM: (k, e, 4d)
-    recurrent_kernel: tf.Tensor  # (d, gates * d); ConvLSTM: (k, d, 4d)
-    bias: Optional[tf.Tensor]    # (gates * d,), GRU reset_after (2, 3d), or None
+    kernel: Tensor            # (e, gates * d); ConvLSTM: (k, e, 4d)
+    recurrent_kernel: Tensor  # (d, gates * d); ConvLSTM: (k, d, 4d)
+    bias: Optional[Tensor]    # (gates * d,), GRU reset_after (2, 3d), or None
 
 
 #: forward(x_tm (time, batch, e), weights, mask_tm (time, batch, 1) bool or None, ctx,
 #:         initial_state: one (batch, d) tensor per state, or None for zeros)
 #:     -> acts: dict of tensors, at least the carried states of ``CellRule.states`` (time, batch, d)
 #: (ConvLSTM1D: x_tm (time, batch, length, e), mask_tm (time, batch, 1, 1), states (..., length', d))
-ForwardFn = Callable[[tf.Tensor, CellWeights, Optional[tf.Tensor], Context, Optional[Sequence[tf.Tensor]]],
-                     Dict[str, tf.Tensor]]
+ForwardFn = Callable[[Tensor, CellWeights, Optional[Tensor], Context, Optional[Sequence[Tensor]]],
+                     Dict[str, Tensor]]
 #: relevance(x_tm, acts, weights, r_last (one (batch, d) per state: the relevance on the last states),
 #:           r_seq (time, batch, d) or None, mask_tm, ctx) -> RecurrentRelevance
-RelevanceFn = Callable[[tf.Tensor, Dict[str, tf.Tensor], CellWeights, Sequence[tf.Tensor], Optional[tf.Tensor],
-                        Optional[tf.Tensor], Context], RecurrentRelevance]
+RelevanceFn = Callable[[Tensor, Dict[str, Tensor], CellWeights, Sequence[Tensor], Optional[Tensor],
+                        Optional[Tensor], Context], RecurrentRelevance]
 
 
 def _any_configuration(cell) -> Optional[str]:
@@ -148,8 +148,8 @@ class _CellPass(NamedTuple):
     cell's h), in processing order."""
 
     rule: CellRule
-    x: tf.Tensor                  # (time, batch, e) (ConvLSTM1D: (time, batch, length, e))
-    acts: Dict[str, tf.Tensor]
+    x: Tensor                  # (time, batch, e) (ConvLSTM1D: (time, batch, length, e))
+    acts: Dict[str, Tensor]
     weights: CellWeights
 
 
@@ -157,12 +157,12 @@ class _Direction(NamedTuple):
     """One direction's forward pass as its relevance needs it, in processing order (reversed time
     for ``go_backwards``)."""
 
-    mask: Optional[tf.Tensor]     # (time, batch, 1) bool, the mask the recurrence applied, or None
-    keep: Optional[tf.Tensor]     # (time, batch, 1) bool: where the output is h_t (elsewhere the constant 0)
+    mask: Optional[Tensor]     # (time, batch, 1) bool, the mask the recurrence applied, or None
+    keep: Optional[Tensor]     # (time, batch, 1) bool: where the output is h_t (elsewhere the constant 0)
     cells: Tuple[_CellPass, ...]  # in the order they run (one unless a StackedRNNCells)
 
 
-def _output_steps(mask_tm: Optional[tf.Tensor], zero_output_for_mask: bool) -> Optional[tf.Tensor]:
+def _output_steps(mask_tm: Optional[Tensor], zero_output_for_mask: bool) -> Optional[Tensor]:
     """Where an RNN outputs its hidden state, (time, batch, 1) bool, or None (at every step). At a
     masked step Keras outputs 0 (``zero_output_for_mask``) or its previous output: the carried state
     once a real step has passed, the constant 0 before it (whatever the initial state)."""
@@ -173,7 +173,7 @@ def _output_steps(mask_tm: Optional[tf.Tensor], zero_output_for_mask: bool) -> O
     return ops.cumsum(ops.cast(mask_tm, "int32"), axis=0) > 0
 
 
-def _split_constant_outputs(r: tf.Tensor, keep: tf.Tensor, axis) -> Tuple[tf.Tensor, tf.Tensor]:
+def _split_constant_outputs(r: Tensor, keep: Tensor, axis) -> Tuple[Tensor, Tensor]:
     """``(r where the output is h_t (0 elsewhere), the rest summed over axis (batch,))``: relevance
     that reaches an output that is the constant 0 goes to rest."""
     zeros = ops.zeros_like(r)
@@ -203,20 +203,12 @@ class _CallLayout(NamedTuple):
 _PLAIN_CALL = _CallLayout(sequence=0, initial=[], mask=0, mask_given=False)
 
 
-def _shape_of(graph, key: int) -> Optional[tuple]:
-    """The symbolic shape of tensor ``key`` of the graph (a model input or a call's output)."""
-    if key in graph.inputs:
-        return tuple(graph.input_shapes[graph.inputs.index(key)])
-    node = graph.producer(key)
-    return None if node is None else tuple(node.output_shapes[node.outputs.index(key)])
-
-
-def _time_major(t: tf.Tensor) -> tf.Tensor:
+def _time_major(t: Tensor) -> Tensor:
     """(batch, time, ...) <-> (time, batch, ...)."""
     return ops.transpose(t, (1, 0) + tuple(range(2, len(t.shape))))
 
 
-def _unit_axes(t: tf.Tensor, first: int = 1) -> Tuple[int, ...]:
+def _unit_axes(t: Tensor, first: int = 1) -> Tuple[int, ...]:
     return tuple(range(first, len(t.shape)))
 
 
@@ -308,8 +300,13 @@ class RecurrentProp(Propagator):
         given = [p for p, m in enumerate(node.masks) if m is not None]
         fills = not any(_is_tensor(t) for t in flat)
         self.layout = _CallLayout(sequence, states, given[0] if given else (sequence if fills else None), bool(given))
+        # it skips the steps its sequence's Keras mask masks (and keeps the others in their places)
+        self.post_padding_safe = (self.layout.mask == sequence and not given and not states
+                                  and node.inputs[sequence] in walk.graph.carried_mask_shapes
+                                  and not (self.merge_mode == "single" and self.return_sequences
+                                           and self.directions[0].go_backwards))
         if given:
-            self._check_mask_rank(_shape_of(walk.graph, node.masks[given[0]]))
+            self._check_mask_rank(walk.graph.shape_of(node.masks[given[0]]))
         elif self.layout.mask == sequence:
             self._check_mask_rank(walk.graph.carried_mask_shapes.get(node.inputs[sequence]))
 
@@ -335,7 +332,7 @@ class RecurrentProp(Propagator):
                 self.layer, f"initial_state of a StackedRNNCells is one entry per cell ({self._state_names()}), "
                             "each the list of that cell's states, e.g. [[h1, c1], h2] for LSTMCell then GRUCell.")
 
-    def _initial_states(self, inputs: Sequence[tf.Tensor]) -> List[List[Optional[List[tf.Tensor]]]]:
+    def _initial_states(self, inputs: Sequence[Tensor]) -> List[List[Optional[List[Tensor]]]]:
         """Per direction, per cell, its initial states (None: zeros), from the node's inputs and the
         constants."""
         n_cells = len(self.cell_rules)
@@ -363,8 +360,8 @@ class RecurrentProp(Propagator):
     def _run(self, rnn, x_tm, mask_tm, initial_states):
         ctx = self.ctx
         if rnn.go_backwards:
-            x_tm = tf.reverse(x_tm, [0])
-            mask_tm = None if mask_tm is None else tf.reverse(mask_tm, [0])
+            x_tm = ops.flip(x_tm, axis=0)
+            mask_tm = None if mask_tm is None else ops.flip(mask_tm, axis=0)
         passes, final_states, x = [], [], x_tm
         for cell, rule, initial_state in zip(cells_of(rnn), self.cell_rules, initial_states):
             weights = CellWeights(cell, ctx.weight(cell.kernel), ctx.weight(cell.recurrent_kernel),
@@ -378,13 +375,13 @@ class RecurrentProp(Propagator):
         if self.return_sequences:
             if keep is not None:
                 h = ops.where(keep, h, ops.zeros_like(h))
-            y = tf.reverse(h, [0]) if (rnn.go_backwards and self.merge_mode != "single") else h
+            y = ops.flip(h, axis=0) if (rnn.go_backwards and self.merge_mode != "single") else h
             y = _time_major(y)
         else:
             y = h[-1] if keep is None else ops.where(keep[-1], h[-1], ops.zeros_like(h[-1]))
         return y, final_states, _Direction(mask_tm, keep, tuple(passes))
 
-    def _applied_mask(self, masks, rank: int) -> Optional[tf.Tensor]:
+    def _applied_mask(self, masks, rank: int) -> Optional[Tensor]:
         """The mask the recurrence applies, time-major (time, batch, 1[, 1]) bool, or None."""
         call = self.layout
         applied = None if call.mask is None else masks[call.mask]
@@ -403,7 +400,7 @@ class RecurrentProp(Propagator):
         ys, finals, caches = zip(*[self._run(rnn, x_tm, mask_tm, s)
                                    for rnn, s in zip(self.directions, self._initial_states(inputs))])
         if self.merge_mode in ("single", "concat"):
-            outputs = [tf.concat(ys, axis=-1)]
+            outputs = [ops.concatenate(ys, axis=-1)]
         elif self.merge_mode == "sum":
             outputs = [ys[0] + ys[1]]
         elif self.merge_mode == "ave":
@@ -422,7 +419,7 @@ class RecurrentProp(Propagator):
 
     def _split_output_relevance(self, ys, r_outs):
         if self.merge_mode in ("single", "concat"):
-            return tf.split(r_outs[0], len(self.directions), axis=-1)
+            return ops.split(r_outs[0], len(self.directions), axis=-1)
         if self.merge_mode is None:
             return r_outs
         # sum / ave: z = y_f + y_b (times 1/2): epsilon-rule over the two directions (N = 2)
@@ -450,7 +447,7 @@ class RecurrentProp(Propagator):
             if self.return_sequences:
                 r_seq = _time_major(r)
                 if rnn.go_backwards and self.merge_mode != "single":
-                    r_seq = tf.reverse(r_seq, [0])
+                    r_seq = ops.flip(r_seq, axis=0)
                 if d.keep is not None:
                     r_seq, dropped = _split_constant_outputs(r_seq, d.keep, axis=(0,) + _unit_axes(r_seq, 2))
                     rest += dropped
@@ -465,9 +462,9 @@ class RecurrentProp(Propagator):
                 out = cell.rule.relevance(cell.x, cell.acts, cell.weights, r_last, r_seq, d.mask, self.ctx)
                 r_initial_cells.insert(0, out.states)
                 r_seq = out.x   # the relevance on the previous cell's h, every step
-            r_x += tf.reverse(r_seq, [0]) if rnn.go_backwards else r_seq
+            r_x += ops.flip(r_seq, axis=0) if rnn.go_backwards else r_seq
             r_initial += [r for states in r_initial_cells for r in states]
-        r_ins: List[Optional[tf.Tensor]] = [None] * (1 + sum(s.position is not None for s in self.layout.initial))
+        r_ins: List[Optional[Tensor]] = [None] * (1 + sum(s.position is not None for s in self.layout.initial))
         r_ins[self.layout.sequence] = _time_major(r_x)
         for r, state in zip(r_initial, self.layout.initial or [_InitialState(None, 0.0)] * len(r_initial)):
             if state.position is not None:

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
-from keras import tree
+from keras import ops, tree
 
-from .. import rules
+from .. import backend, rules
 from ..canonical import MaskedOutput
 from ..graph import Ref
 from .base import Propagator, register
@@ -21,6 +20,8 @@ IDENTITY_LAYERS = (keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.la
 @register(*IDENTITY_LAYERS, rule="identity at inference: R passes unchanged (Activation: element-wise, R unchanged)")
 class Identity(Propagator):
     """Layers that are the identity (or element-wise) at inference: R passes unchanged."""
+
+    post_padding_safe = True
 
     def forward1(self, x, mask):
         if self.is_output or not isinstance(self.layer, keras.layers.Activation):
@@ -48,8 +49,8 @@ class MaskingProp(Propagator):
         return self.layer.compute_mask(x, mask)
 
     def forward1(self, x, mask):
-        keep = tf.reduce_any(tf.not_equal(x, tf.cast(self.layer.mask_value, x.dtype)), axis=-1, keepdims=True)
-        keep = tf.cast(keep, x.dtype)
+        keep = ops.any(ops.not_equal(x, ops.cast(self.layer.mask_value, x.dtype)), axis=-1, keepdims=True)
+        keep = ops.cast(keep, x.dtype)
         return x * keep, keep
 
     def relevance1(self, keep, r):
@@ -67,10 +68,11 @@ class ReshapeProp(Propagator):
             target = [static[0] if static[0] is not None else -1]
         else:
             target = [d if d is not None else -1 for d in static]
-        return tf.reshape(x, [tf.shape(x)[0]] + target), tf.shape(x)
+        shape = ops.shape(x)
+        return ops.reshape(x, (shape[0],) + tuple(target)), shape
 
     def relevance1(self, shape, r):
-        return tf.reshape(r, shape), None
+        return ops.reshape(r, shape), None
 
 
 @register(keras.layers.RepeatVector, keras.layers.Permute, keras.layers.Cropping1D, keras.layers.ZeroPadding1D,
@@ -83,21 +85,21 @@ class CopyProp(Propagator):
         return self.layer.call(x), x
 
     def relevance1(self, x, r):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = self.layer.call(x)
-        return tape.gradient(y, x, output_gradients=r), None
+        return backend.vjp(lambda t: [self.layer.call(t)], [x], [r])[0], None
 
 
 @register(keras.layers.Concatenate, rule="R is split back onto the inputs, unchanged")
 class ConcatenateProp(Propagator):
     def forward(self, inputs, masks):
-        y = tf.concat(inputs, axis=self.layer.axis)
+        y = ops.concatenate(inputs, axis=self.layer.axis)
         out_mask = self.layer.compute_mask(inputs, masks) if any(m is not None for m in masks) else None
         return [y], [out_mask], [x.shape[self.layer.axis] for x in inputs]
 
     def relevance(self, sizes, r_outs):
-        return tf.split(r_outs[0], sizes, axis=self.layer.axis), None
+        r = r_outs[0]
+        axis = self.layer.axis % len(r.shape)
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return [r[(slice(None),) * axis + (slice(a, a + n),)] for a, n in zip(starts, sizes)], None
 
 
 @register(keras.layers.Add, rule="epsilon-rule over the summands (N = number of inputs)")
@@ -105,7 +107,7 @@ class AddProp(Propagator):
     """z = sum of the inputs: epsilon-rule, each input a contribution (N = number of inputs)."""
 
     def forward(self, inputs, masks):
-        z = tf.add_n(inputs)
+        z = sum(inputs[1:], inputs[0])
         out_mask = self.layer.compute_mask(inputs, masks) if any(m is not None for m in masks) else None
         return [z], [out_mask], (inputs, z)
 
@@ -118,6 +120,8 @@ class AddProp(Propagator):
                              "compute_mask gives, where its own calls did not set one (as Keras does)")
 class MaskedOutputProp(Propagator):
     """The outputs of a traced layer that ``supports_masking`` (see :class:`~keras_lrp.canonical.MaskedOutput`)."""
+
+    post_padding_safe = True
 
     def bind(self, node, walk) -> None:
         self.node = node

@@ -6,9 +6,11 @@ Usage::
 
 ``DATA_DIR`` holds ``train.txt``, ``dev.txt``, ``test.txt`` (SST PTB trees). The model follows
 Li et al. 2016 / Arras et al. 2017: word embeddings -> ``Bidirectional(LSTM(units))`` ->
-``Dense(classes, use_bias=False)``. The embeddings are trained from scratch (no pretrained vectors
-are available offline). Training sees every phrase of the training trees (phrase-level labels,
-unless ``--no-phrases``), batched by length; early stopping keeps the epoch with the best dev
+``Dense(classes, use_bias=False)`` (``--architecture``: or a Bi-GRU, a CNN, a Bi-LSTM with
+self-attention, or a small transformer encoder, see :data:`ARCHITECTURES`). The embeddings are
+trained from scratch (no pretrained vectors are available offline). Training sees every phrase of
+the training trees (phrase-level labels, unless ``--no-phrases``), batched by length; early stopping
+keeps the epoch with the best dev
 SENTENCE accuracy.
 
 Written under ``OUT_DIR``:
@@ -39,7 +41,15 @@ from ..text import PAD_ID, UNK_ID, Tokenizer, Vocabulary
 from .reader import SST2_CLASS_NAMES, SST5_CLASS_NAMES, iter_phrases, read_sst
 
 __all__ = ["TrainConfig", "TrainResult", "train", "build_token_model", "build_vector_model",
-           "export_vector_model", "main"]
+           "export_vector_model", "main", "ARCHITECTURES"]
+
+#: The model families :func:`train` builds between the embedding and the ``Dense(classes)`` scores:
+#: ``bilstm`` (the paper's), ``bigru`` (Bidirectional(GRU(units))), ``cnn`` (Conv1D(units, 3, relu) ->
+#: global max pooling), ``bilstm_attention`` (Bidirectional(LSTM(units, return_sequences)) -> dot-product
+#: self-attention -> average pooling) and ``transformer`` (one encoder block: 2-head self-attention
+#: and a relu feed-forward of ``units``, residuals and LayerNormalization, average pooling; no
+#: positional encoding).
+ARCHITECTURES = ("bilstm", "bigru", "cnn", "bilstm_attention", "transformer")
 
 
 @dataclass
@@ -65,8 +75,11 @@ class TrainConfig:
     max_minutes: Optional[float] = None
     seed: int = 1234
     verbose: bool = True
+    architecture: str = "bilstm"
 
     def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.classes not in (2, 5):
             raise ValueError(f"classes must be 5 (SST-5) or 2 (SST-2), got {self.classes!r}")
         for key in ("emb_dim", "units", "min_freq", "epochs", "batch_size"):
@@ -115,48 +128,79 @@ def _log(cfg: TrainConfig, msg: str) -> None:
 
 
 # ---- models --------------------------------------------------------------------------------
+def _encoder(x, units: int, architecture: str, emb_dim: int):
+    """The layers between the embedding vectors ``x`` and the output dropout (named, so that
+    :func:`export_vector_model` copies them by name)."""
+    import keras
+
+    L = keras.layers
+    if architecture == "bilstm":
+        return L.Bidirectional(L.LSTM(units), name="bilstm")(x)
+    if architecture == "bigru":
+        return L.Bidirectional(L.GRU(units), name="bigru")(x)
+    if architecture == "cnn":
+        return L.GlobalMaxPooling1D(name="pool")(L.Conv1D(units, 3, padding="same", activation="relu", name="conv")(x))
+    if architecture == "bilstm_attention":
+        h = L.Bidirectional(L.LSTM(units, return_sequences=True), name="bilstm")(x)
+        return L.GlobalAveragePooling1D(name="pool")(L.Attention(name="attention")([h, h]))
+    a = L.MultiHeadAttention(2, max(units // 2, 1), name="attention")(x, x)
+    h = L.LayerNormalization(name="norm1")(L.Add(name="residual1")([x, a]))
+    f = L.Dense(emb_dim, name="ffn2")(L.Dense(units, activation="relu", name="ffn1")(h))
+    h = L.LayerNormalization(name="norm2")(L.Add(name="residual2")([h, f]))
+    return L.GlobalAveragePooling1D(name="pool")(h)
+
+
 def build_token_model(vocab_size: int, classes: int, emb_dim: int = 60, units: int = 60,
-                      emb_dropout: float = 0.0, out_dropout: float = 0.0):
+                      emb_dropout: float = 0.0, out_dropout: float = 0.0, architecture: str = "bilstm"):
     """Training model: int ids (batch, time), 0 = padding -> class scores (batch, classes)."""
     import keras
 
     ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-    x = keras.layers.Embedding(vocab_size, emb_dim, mask_zero=True, name="embedding")(ids)
+    # Conv1D drops masks (with a warning): the CNN sees the padding's vectors, as its max pooling would
+    x = keras.layers.Embedding(vocab_size, emb_dim, mask_zero=architecture != "cnn", name="embedding")(ids)
     x = keras.layers.Dropout(emb_dropout, name="embedding_dropout")(x)
-    x = keras.layers.Bidirectional(keras.layers.LSTM(units), name="bilstm")(x)
+    x = _encoder(x, units, architecture, emb_dim)
     x = keras.layers.Dropout(out_dropout, name="output_dropout")(x)
     scores = keras.layers.Dense(classes, use_bias=False, name="scores")(x)
-    return keras.Model(ids, scores, name="sst_bilstm_tokens")
+    return keras.Model(ids, scores, name=f"sst_{architecture}_tokens")
 
 
-def build_vector_model(classes: int, emb_dim: int = 60, units: int = 60):
+def build_vector_model(classes: int, emb_dim: int = 60, units: int = 60, architecture: str = "bilstm"):
     """The model that is explained: vectors (batch, time, emb_dim) -> class scores (batch, classes).
 
     No masking: feed unpadded sentences (one at a time, or batches of equal length).
     """
     import keras
 
-    return keras.Sequential([
-        keras.Input((None, emb_dim), name="embedded_tokens"),
-        keras.layers.Bidirectional(keras.layers.LSTM(units), name="bilstm"),
-        keras.layers.Dense(classes, use_bias=False, name="scores"),
-    ], name="sst_bilstm")
+    if architecture == "bilstm":
+        return keras.Sequential([
+            keras.Input((None, emb_dim), name="embedded_tokens"),
+            keras.layers.Bidirectional(keras.layers.LSTM(units), name="bilstm"),
+            keras.layers.Dense(classes, use_bias=False, name="scores"),
+        ], name="sst_bilstm")
+    x = keras.Input((None, emb_dim), name="embedded_tokens")
+    scores = keras.layers.Dense(classes, use_bias=False, name="scores")(_encoder(x, units, architecture, emb_dim))
+    return keras.Model(x, scores, name=f"sst_{architecture}")
 
 
-def export_vector_model(token_model) -> Tuple[object, np.ndarray]:
+def export_vector_model(token_model, architecture: str = "bilstm", units: Optional[int] = None
+                        ) -> Tuple[object, np.ndarray]:
     """Split a trained token model into (vector model, embedding matrix float32).
 
     The embedding matrix gets row ``PAD_ID`` set to zeros (padding is masked in the token model,
-    so that row is never used for a real token).
+    so that row is never used for a real token). ``units``: of the encoder (default: read from the
+    Bi-LSTM; required for the other architectures).
     """
     emb = token_model.get_layer("embedding")
-    bilstm = token_model.get_layer("bilstm")
     dense = token_model.get_layer("scores")
     matrix = np.array(emb.get_weights()[0], dtype=np.float32)
     matrix[PAD_ID] = 0.0
-    vector_model = build_vector_model(dense.units, matrix.shape[1], bilstm.forward_layer.units)
-    vector_model.get_layer("bilstm").set_weights(bilstm.get_weights())
-    vector_model.get_layer("scores").set_weights(dense.get_weights())
+    if units is None:
+        units = token_model.get_layer("bilstm").forward_layer.units
+    vector_model = build_vector_model(dense.units, matrix.shape[1], units, architecture)
+    for layer in vector_model.layers:
+        if layer.weights:
+            layer.set_weights(token_model.get_layer(layer.name).get_weights())
     return vector_model, matrix
 
 
@@ -254,7 +298,7 @@ def train(cfg: TrainConfig, command: Optional[str] = None) -> TrainResult:
               f"vocabulary {len(vocab)} ids (min_freq={cfg.min_freq})")
 
     model = build_token_model(len(vocab), cfg.classes, cfg.emb_dim, cfg.units,
-                              cfg.emb_dropout, cfg.out_dropout)
+                              cfg.emb_dropout, cfg.out_dropout, cfg.architecture)
     optimizer = keras.optimizers.Adam(learning_rate=cfg.learning_rate, clipnorm=5.0)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=optimizer, loss=loss_fn)
@@ -326,8 +370,8 @@ def train(cfg: TrainConfig, command: Optional[str] = None) -> TrainResult:
     }
     _log(cfg, "sentence accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()))
 
-    vector_model, matrix = export_vector_model(model)
-    stem = f"{cfg.name}_bilstm"
+    vector_model, matrix = export_vector_model(model, cfg.architecture, cfg.units)
+    stem = f"{cfg.name}_{cfg.architecture}"
     model_path = os.path.abspath(os.path.join(cfg.out_dir, "models", stem + ".keras"))
     metadata_path = os.path.abspath(os.path.join(cfg.out_dir, "models", stem + ".json"))
     vocab_path = os.path.abspath(os.path.join(cfg.out_dir, "embeddings", f"{cfg.name}_vocab.json"))
@@ -406,6 +450,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop after the epoch that passes this wall-clock budget")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--architecture", choices=ARCHITECTURES, default=d.architecture,
+                   help="model family between embedding and scores (default %(default)s)")
     p.add_argument("--quiet", dest="verbose", action="store_false")
     return p
 
