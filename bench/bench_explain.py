@@ -10,7 +10,9 @@ Prints
    the Keras model, the predicted class's score), ``LRP.attribute`` (numpy in, Explanation out,
    everything included), explain / forward, explain / gradient x input, and sequences/s;
 2. interactive latency: one sequence (batch 1, T = 20), explain / forward, for the Bi-LSTM;
-3. float64 / float32: explain time in each dtype, same model and batch.
+3. float64 / float32: explain time in each dtype, same model and batch;
+4. the gradient baselines: ``Explainer(method="gi")`` and ``"sa"`` (numpy in, Explanation out) against
+   the hand-written compiled gradient x input of table 1 (issue 21's goal: at most 1.1x).
 Each timing is the median of --repeats calls after a warm-up call, the calls interleaved so that a
 change of machine load affects all alike.
 
@@ -143,6 +145,15 @@ def bench_dtypes(arch, T, units, batch=256, repeats=5):
                                 lambda: e64.attribute(x, batch_size=batch)], repeats)
 
 
+def bench_gradient_methods(arch, T, units, batch=256, repeats=5):
+    """(hand-written gradient x input, method="gi", method="sa") median seconds at float32."""
+    model, x = setting(arch, T, units, batch)
+    gxi, xt = gradient_x_input(model), tf.constant(x)
+    gi, sa = keras_lrp.Explainer(model, method="gi"), keras_lrp.Explainer(model, method="sa")
+    return interleaved_medians([lambda: gxi(xt).numpy(), lambda: gi.attribute(x, batch_size=batch),
+                                lambda: sa.attribute(x, batch_size=batch)], repeats)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one small setting per table")
@@ -150,7 +161,7 @@ def main():
     parser.add_argument("--only", choices=sorted(ARCHITECTURES) + ["bilstm_mha"], help="run one architecture's rows")
     parser.add_argument("--pin", action="store_true", help="one core, one TensorFlow thread")
     parser.add_argument("--core", type=int, help="the core for --pin (default: the highest-numbered usable)")
-    parser.add_argument("--tables", default="123", help="which tables to print (default 123)")
+    parser.add_argument("--tables", default="1234", help="which tables to print (default 1234)")
     args = parser.parse_args()
     settings = [("bilstm", 20, 60)] if args.quick else [
         ("bilstm", 20, 60), ("bilstm", 50, 60), ("bilstm", 100, 60), ("bilstm", 200, 60), ("bilstm", 100, 256),
@@ -170,6 +181,8 @@ def main():
         table_latency(args.quick)
     if "3" in args.tables:
         table_dtypes(args.quick, args.repeats)
+    if "4" in args.tables:
+        table_gradients(settings, args.repeats)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
@@ -181,6 +194,15 @@ def table_batch(settings, repeats):
         t_fwd, t_gxi, t_lrp = bench_ratios(arch, T, units, repeats=repeats)
         print(f"{arch:>10} {T:>4} {units:>5} {t_fwd:>10.4f} {t_gxi:>10.4f} {t_lrp:>10.4f} {t_lrp / t_fwd:>9.2f} "
               f"{t_lrp / t_gxi:>9.2f} {256 / t_lrp:>14.0f}", flush=True)
+
+
+def table_gradients(settings, repeats):
+    print("\n4. gradient baselines, batch 256, float32: method='gi' / 'sa' against the hand-written gradient x input")
+    print(f"{'model':>10} {'T':>4} {'units':>5} {'grad*in s':>10} {'gi s':>10} {'sa s':>10} {'gi/hand':>8} {'sa/hand':>8}")
+    for arch, T, units in settings:
+        t_hand, t_gi, t_sa = bench_gradient_methods(arch, T, units, repeats=repeats)
+        print(f"{arch:>10} {T:>4} {units:>5} {t_hand:>10.4f} {t_gi:>10.4f} {t_sa:>10.4f} {t_gi / t_hand:>8.2f} "
+              f"{t_sa / t_hand:>8.2f}", flush=True)
 
 
 def table_latency(quick):
