@@ -164,7 +164,8 @@ class Explainer:
         self.composite = as_composite(layer_rules)
         graph = model_graph(model, output, keep=self.composite.linear_names())
         self.composite.check_names(_layer_names(model, graph))
-        self._walk = Walk(graph, Context(dtype, self.rule, rule, self.composite))
+        # the baselines only run (or differentiate) the forward pass: no relevance caches
+        self._walk = Walk(graph, Context(dtype, self.rule, rule, self.composite, caches=method == "lrp"))
         self.composite.check(self._walk.propagators)
         self.input_names = list(graph.input_names)
         self.input_shapes = list(graph.input_shapes)
@@ -333,6 +334,10 @@ class Explainer:
         length = max(a.shape[1] if a.ndim > 1 else 1 for a in x)
         rows = self._rows_per_call(length)
         chunk = self._chunk_rows(length) if rows > 1 else 1
+        if self.method in ("gi", "sa") and rows > 1:
+            # one call per batch, as a hand-written compiled gradient takes it: the chunking above
+            # bounds LRP's relevance tensors; a gradient's memory is the model's own
+            chunk = max(chunk, t.shape[0])
         if self._baseline is not None and rows > 1:   # each sample takes this many model evaluations
             chunk = max(_ROWS, chunk // self._baseline.rows_per_sample(self._players(x)) // _ROWS * _ROWS)
         n = t.shape[0]

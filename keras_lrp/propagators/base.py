@@ -50,19 +50,23 @@ class Context:
         eps: the default epsilon-rule of every linear map.
         gate_rule: the rule of every gate x signal product (one of ``GATE_RULES``).
         composite: per-layer rule overrides (:class:`~keras_lrp.composites.Composite`).
+        caches: whether forward passes keep what the relevance pass reads (True); False for a walk
+            whose forward pass alone is used (the gradient and perturbation baselines): its
+            recurrent loops then stack only their hidden states.
     """
 
-    def __init__(self, dtype: str, eps: Epsilon, gate_rule: str, composite: Optional[Composite] = None):
+    def __init__(self, dtype: str, eps: Epsilon, gate_rule: str, composite: Optional[Composite] = None,
+                 caches: bool = True):
         if gate_rule not in GATE_RULES:
             raise ValueError(f"rule must be one of {GATE_RULES}, got {gate_rule!r}.")
-        self.dtype, self.eps, self.gate_rule = dtype, eps, gate_rule
+        self.dtype, self.eps, self.gate_rule, self.caches = dtype, eps, gate_rule, caches
         self.composite = composite if composite is not None else Composite()
 
     def with_gate_rule(self, gate_rule: str) -> "Context":
         """This context with another default gate rule (for one layer's propagator)."""
         if gate_rule == self.gate_rule:
             return self
-        return Context(self.dtype, self.eps, gate_rule, self.composite)
+        return Context(self.dtype, self.eps, gate_rule, self.composite, self.caches)
 
     def gate_rule_for(self, layer) -> str:
         """The name of the gate rule of ``layer``'s gate x signal products: the composite's choice

@@ -44,7 +44,9 @@ class CellWeights:
 
 #: forward(x_tm (time, batch, e), weights, mask_tm (time, batch, 1) bool or None, ctx,
 #:         initial_state: one (batch, d) tensor per state, or None for zeros)
-#:     -> acts: dict of tensors, at least the carried states of ``CellRule.states`` (time, batch, d)
+#:     -> acts: dict of tensors, at least the hidden states ``h`` (time, batch, d) and ``last``, the
+#:        last carried states in the order of ``CellRule.states`` (batch, d) each; with ``ctx.caches``
+#:        also every tensor its relevance function reads
 #: (ConvLSTM1D: x_tm (time, batch, length, e), mask_tm (time, batch, 1, 1), states (..., length', d))
 ForwardFn = Callable[[Tensor, CellWeights, Optional[Tensor], Context, Optional[Sequence[Tensor]]],
                      Dict[str, Tensor]]
@@ -81,7 +83,7 @@ def _lstm_maps(x, w: CellWeights) -> RecurrentMaps:
 
 def _lstm_forward(x, w: CellWeights, mask, ctx: Context, initial_state):
     return lstm_forward(x, _lstm_maps(x, w), w.cell.activation, w.cell.recurrent_activation, mask, ctx.gate_rule,
-                        initial_state)
+                        initial_state, caches=ctx.caches)
 
 
 def _lstm_relevance(x, acts, w: CellWeights, r_last, r_seq, mask, ctx: Context):
@@ -102,7 +104,7 @@ def _conv_lstm_refusal(cell) -> Optional[str]:
 
 def _gru_forward(x, w: CellWeights, mask, ctx: Context, initial_state):
     return gru_forward(x, w.kernel, w.recurrent_kernel, w.bias, w.cell.activation, w.cell.recurrent_activation,
-                       w.cell.reset_after, mask, ctx.gate_rule, initial_state)
+                       w.cell.reset_after, mask, ctx.gate_rule, initial_state, caches=ctx.caches)
 
 
 def _gru_relevance(x, acts, w: CellWeights, r_last, r_seq, mask, ctx: Context):
@@ -111,7 +113,8 @@ def _gru_relevance(x, acts, w: CellWeights, r_last, r_seq, mask, ctx: Context):
 
 
 def _simple_rnn_forward(x, w: CellWeights, mask, ctx: Context, initial_state):
-    return simple_rnn_forward(x, w.kernel, w.recurrent_kernel, w.bias, w.cell.activation, mask, initial_state)
+    return simple_rnn_forward(x, w.kernel, w.recurrent_kernel, w.bias, w.cell.activation, mask, initial_state,
+                              caches=ctx.caches)
 
 
 def _simple_rnn_relevance(x, acts, w: CellWeights, r_last, r_seq, mask, ctx: Context):
@@ -368,7 +371,7 @@ class RecurrentProp(Propagator):
                                   ctx.weight(cell.bias) if cell.use_bias else None)
             acts = rule.forward(x, weights, mask_tm, ctx, initial_state)
             passes.append(_CellPass(rule, x, acts, weights))
-            final_states += [acts[name][-1] for name in rule.states]
+            final_states += list(acts["last"])
             x = acts["h"]   # the next cell's input (its masked steps are skipped)
         keep = _output_steps(mask_tm, rnn.zero_output_for_mask)
         h = x
@@ -378,7 +381,8 @@ class RecurrentProp(Propagator):
             y = ops.flip(h, axis=0) if (rnn.go_backwards and self.merge_mode != "single") else h
             y = _time_major(y)
         else:
-            y = h[-1] if keep is None else ops.where(keep[-1], h[-1], ops.zeros_like(h[-1]))
+            last = final_states[-len(self.cell_rules[-1].states)]   # the last cell's h_T
+            y = last if keep is None else ops.where(keep[-1], last, ops.zeros_like(last))
         return y, final_states, _Direction(mask_tm, keep, tuple(passes))
 
     def _applied_mask(self, masks, rank: int) -> Optional[Tensor]:
