@@ -19,9 +19,8 @@ from keras_lrp.text import Vocabulary
 
 L = keras.layers
 WORDS = ["a", "good", "bad", "movie", "film", "great", "plot", "boring", "fun", "."]
-# lengths 1..9: buckets 8 and 16
-TEXTS = ["a good movie .", "bad", "a boring bad film", "great fun", "the plot is good .", "bad plot",
-         "a good film a good plot a great fun", "fun fun fun . . . a b"]
+# lengths 1, 2, 4, 4 and 9: buckets 8 and 16 (few lengths: JAX compiles once per shape)
+TEXTS = ["bad", "bad plot", "a good movie .", "a boring bad film", "a good film a good plot a great fun"]
 
 
 def _installed(module: str) -> bool:
