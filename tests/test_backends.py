@@ -124,6 +124,16 @@ def test_cli_runs_on_jax_in_float64(tmp_path):
         np.testing.assert_allclose(jax_line["relevance"], tf_line["relevance"], rtol=0, atol=1e-9 * scale)
 
 
+@pytest.mark.skipif(_installed("torch"), reason="torch is installed: the case needs a missing backend")
+def test_cli_names_a_missing_backend_and_the_install_line():
+    run = subprocess.run([sys.executable, "-m", "keras_lrp.cli", "explain", "a fine film ."], capture_output=True,
+                         text=True, timeout=120, env=_env(KERAS_BACKEND="torch"))
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        'keras-lrp: error: Keras is set to run on torch (KERAS_BACKEND or keras.json), which is not installed: '
+        'pip install "keras-lrp[torch]", or choose another backend, e.g. KERAS_BACKEND=tensorflow.']
+
+
 _WORKER = textwrap.dedent("""
     import sys, numpy as np, keras, keras_lrp
     out = {}
