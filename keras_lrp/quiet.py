@@ -155,10 +155,10 @@ def check_backend_installed(name: Optional[str] = None) -> str:
     import importlib.util
 
     name = name or keras_backend_name()
-    if name in ("tensorflow", "jax", "torch") and importlib.util.find_spec(name) is None:
-        fix = "pip install tensorflow" if name == "tensorflow" else f'pip install "keras-lrp[{name}]"'
+    # (TensorFlow is installed with keras-lrp, and is not looked up: nothing may touch it before it is needed)
+    if name in ("jax", "torch") and importlib.util.find_spec(name) is None:
         raise ImportError(f"Keras is set to run on {name} (KERAS_BACKEND or keras.json), which is not installed: "
-                          f"{fix}, or choose another backend, e.g. KERAS_BACKEND=tensorflow.")
+                          f'pip install "keras-lrp[{name}]", or choose another backend, e.g. KERAS_BACKEND=tensorflow.')
     return name
 
 
