@@ -127,6 +127,15 @@ class Graph:
         node = self.producer(key)
         return None if node is None else tuple(node.output_shapes[node.outputs.index(key)])
 
+    def is_padding_mask(self, key: int) -> bool:
+        """Whether tensor ``key`` is ``ids != 0`` of a model input: the mask of an ``Embedding(mask_zero=True)``,
+        as the canonical graph computes it for the calls that take it as ``mask=``."""
+        node = self.producer(key)
+        if node is None or type(node.op).__name__ != "NotEqual" or len(node.args) != 2:
+            return False
+        ids, value = node.args
+        return isinstance(ids, Ref) and ids.key in self.inputs and isinstance(value, (int, float)) and value == 0
+
     def consumers(self, key: int) -> List[Node]:
         return [n for n in self.nodes if key in n.inputs]
 

@@ -26,7 +26,7 @@ import warnings
 from typing import Callable, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = ["SummableWarning", "summarized_warnings", "summarize", "import_tensorflow_quietly", "quiet_ray",
-           "stderr_to_devnull", "keras_backend_name", "start_backend_quietly"]
+           "stderr_to_devnull", "keras_backend_name", "check_backend_installed", "start_backend_quietly"]
 
 
 class SummableWarning(Warning):
@@ -149,6 +149,19 @@ def keras_backend_name() -> str:
         return "tensorflow"
 
 
+def check_backend_installed(name: Optional[str] = None) -> str:
+    """Raise an ImportError that says how to fix it when the Keras backend ``name`` (default: Keras's
+    choice, :func:`keras_backend_name`) is not installed, before anything imports Keras; returns the name."""
+    import importlib.util
+
+    name = name or keras_backend_name()
+    # (TensorFlow is installed with keras-lrp, and is not looked up: nothing may touch it before it is needed)
+    if name in ("jax", "torch") and importlib.util.find_spec(name) is None:
+        raise ImportError(f"Keras is set to run on {name} (KERAS_BACKEND or keras.json), which is not installed: "
+                          f'pip install "keras-lrp[{name}]", or choose another backend, e.g. KERAS_BACKEND=tensorflow.')
+    return name
+
+
 def start_backend_quietly(backend: Optional[str] = None, debug: bool = False) -> str:
     """Start the Keras backend before keras_lrp computes anything; returns its name.
 
@@ -164,7 +177,7 @@ def start_backend_quietly(backend: Optional[str] = None, debug: bool = False) ->
     """
     if backend is not None and "keras" not in sys.modules:
         os.environ["KERAS_BACKEND"] = backend
-    name = keras_backend_name()
+    name = check_backend_installed()
     if backend is not None and name != backend:
         raise RuntimeError(f"this process already runs Keras on {name!r}, not on {backend!r}: start it with "
                            f"KERAS_BACKEND={backend}.")

@@ -91,7 +91,7 @@ def explain_text(model: Any, texts: Union[str, Sequence[str]], tokenizer: Any = 
                  oov_id: Optional[int] = None, output_activation: Optional[str] = None,
                  maxlen: Optional[int] = None, padding: Optional[str] = None, truncating: Optional[str] = None,
                  batch_size: int = 256, verbose: Optional[bool] = None, max_length: Optional[int] = None,
-                 **explain_kwargs) -> Union[Explanation, List[Explanation]]:
+                 bucket: Optional[bool] = None, **explain_kwargs) -> Union[Explanation, List[Explanation]]:
     """Explain a text model on raw strings, encoded as the model's own pipeline encodes them.
 
     Args:
@@ -132,6 +132,9 @@ def explain_text(model: Any, texts: Union[str, Sequence[str]], tokenizer: Any = 
         max_length: the most tokens a text may have (default 100,000, as :func:`keras_lrp.explain`);
             a longer text raises a ValueError, found by tokenizing no further than that (with
             keras_lrp's tokenizers, or any whose ``tokenize`` takes ``max_tokens=``).
+        bucket: pad texts to their length bucket (powers of two, at least 8) where the model masks
+            that padding so that nothing changes, bit for bit (see :func:`explain_encoded`); None: on
+            backends that compile once per input shape (JAX), so that a corpus compiles a few times.
         **explain_kwargs: ``eps``, ``bias_factor``, ``rule``, ``dtype``, ``method``, ``method_options``,
             ``timestep``, as in :func:`keras_lrp.explain`.
 
@@ -154,7 +157,7 @@ def explain_text(model: Any, texts: Union[str, Sequence[str]], tokenizer: Any = 
         return [explain_text(model, texts_list, tokenizer=tokenizer, vocab=vocab, target=k,
                              class_names=class_names, oov_id=oov_id, output_activation=output_activation,
                              maxlen=maxlen, padding=padding, truncating=truncating, batch_size=batch_size,
-                             verbose=verbose, max_length=max_length, **explain_kwargs)
+                             verbose=verbose, max_length=max_length, bucket=bucket, **explain_kwargs)
                 for k in range(front.n_outputs)]
     targets = _resolve_targets(target, len(texts_list), front.class_names, front.n_outputs)
     encoded = []
@@ -171,7 +174,7 @@ def explain_text(model: Any, texts: Union[str, Sequence[str]], tokenizer: Any = 
         encoded.append(e)
     front.warn(encoded)
     return explain_encoded(front, encoded, targets, texts_list, batch_size=batch_size, verbose=verbose,
-                           **explain_kwargs)
+                           bucket=bucket, **explain_kwargs)
 
 
 def _dropped_note(e: Encoded) -> str:

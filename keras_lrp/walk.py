@@ -131,7 +131,8 @@ class Walk:
         if _has_time(graph.output_shape):
             return False
         for step in self.steps:
-            if step.kind == _EMBED or isinstance(step.node.op, KerasMask):
+            if step.kind == _EMBED or isinstance(step.node.op, KerasMask) or all(
+                    self.graph.is_padding_mask(k) for k in step.node.outputs):
                 continue
             keys = list(step.node.inputs) + list(step.node.outputs)
             if any(_has_time(graph.shape_of(k)) for k in keys) and not getattr(step.prop, "post_padding_safe",

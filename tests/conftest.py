@@ -14,6 +14,39 @@ sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(ROOT))   # test this checkout's keras_lrp, whatever else is installed
 
 
+from keras_lrp.quiet import keras_backend_name  # noqa: E402  (imports no backend)
+
+#: the Keras backend of this test run (Keras fixes it at import: one process per backend)
+BACKEND = keras_backend_name()
+#: the test files run on every backend: the golden cases (with their numpy oracle), the functional zoo and the
+#: cross-backend checks. The other files run on TensorFlow only (``KERAS_BACKEND=jax`` runs only these).
+CORE_FILES = {"test_golden.py", "test_functional_zoo.py", "test_backends.py"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "tensorflow_only: a test of a core file run on the TensorFlow backend "
+                                       "only (the reason is beside it); skipped on the other backends")
+    if BACKEND == "jax" and os.environ.get("JAX_ENABLE_X64", "").lower() not in ("1", "true"):
+        raise pytest.UsageError("the tests on the JAX backend need float64: run them with JAX_ENABLE_X64=1 "
+                                "(KERAS_BACKEND=jax JAX_ENABLE_X64=1 python -m pytest -q).")
+
+
+def pytest_ignore_collect(collection_path, config):
+    name = collection_path.name
+    if BACKEND != "tensorflow" and name.startswith("test_") and name.endswith(".py") and name not in CORE_FILES:
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    if BACKEND == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason=f"run on the TensorFlow backend only; this run is on {BACKEND}")
+    for item in items:
+        if "tensorflow_only" in item.keywords:
+            item.add_marker(skip)
+
+
 def data_file(relative: str) -> pathlib.Path:
     """A file of ``tests/data`` (shipped with the repository)."""
     path = DATA / relative

@@ -530,6 +530,7 @@ def _softmax(z):
     return z / z.sum(axis=-1, keepdims=True)
 
 
+@pytest.mark.tensorflow_only   # tf.keras file loading; on JAX they pass too but cost ~4 min of the JAX run
 @pytest.mark.parametrize("name", TFK_NAMES)
 def test_tf_keras_h5_functional_models(name, tf_keras_models, tmp_path):
     """tf.keras .h5 twins of the zoo load and are explained: masked ones (was: loads, then refused), ones
@@ -568,6 +569,7 @@ def test_tf_keras_h5_functional_models(name, tf_keras_models, tmp_path):
             assert np.all(np.abs(r[~pad]).sum(axis=-1) > 0)
 
 
+@pytest.mark.tensorflow_only
 def test_tf_keras_h5_op_named_like_a_layer(tmp_path):
     """A rebuilt op node whose automatic Keras 3 name equals a layer name of the file (tf.keras's
     ``softmax`` layer and ``tf.nn.softmax``, or here the next automatic name) is renamed, not refused."""

@@ -190,10 +190,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:     # --help, --version (0) and argparse's usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else (EXIT_OK if exit_.code is None else EXIT_USAGE)
-    from ..experiments.evaluate import EvaluateArgumentError
-    from ..quiet import start_backend_quietly, summarized_warnings
-    from .outputs import OutputError
+    from ..quiet import check_backend_installed, start_backend_quietly, summarized_warnings
 
+    try:
+        check_backend_installed()   # before anything imports Keras
+        from ..experiments.evaluate import EvaluateArgumentError
+        from .outputs import OutputError
+    except ImportError as err:
+        _error(str(err))
+        return EXIT_ERROR
     try:
         with contextlib.ExitStack() as stack:
             if not args.debug:     # each cause of warning once, with its count, when the run ends

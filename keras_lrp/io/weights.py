@@ -126,7 +126,7 @@ def non_finite_weights(model: keras.Model) -> List[NonFiniteWeights]:
     for layer in model.layers:
         nan = inf = size = 0
         for variable in layer.weights:
-            values = np.asarray(variable.numpy())
+            values = np.asarray(variable.value)   # (Keras's Variable.numpy warns on JAX with numpy 2)
             if values.dtype.kind not in "fc":
                 continue
             size += values.size

@@ -304,8 +304,9 @@ class RecurrentProp(Propagator):
         fills = not any(_is_tensor(t) for t in flat)
         self.layout = _CallLayout(sequence, states, given[0] if given else (sequence if fills else None), bool(given))
         # it skips the steps its sequence's Keras mask masks (and keeps the others in their places)
-        self.post_padding_safe = (self.layout.mask == sequence and not given and not states
-                                  and node.inputs[sequence] in walk.graph.carried_mask_shapes
+        masked = (node.inputs[sequence] in walk.graph.carried_mask_shapes if not given
+                  else walk.graph.is_padding_mask(node.masks[given[0]]))
+        self.post_padding_safe = (self.layout.mask == sequence and masked and not states
                                   and not (self.merge_mode == "single" and self.return_sequences
                                            and self.directions[0].go_backwards))
         if given:

@@ -1,0 +1,77 @@
+"""Speed of keras_lrp.explain per Keras backend (issue 20, item 6): one run per backend.
+
+    python bench/bench_backends.py                                   # TensorFlow (the default)
+    KERAS_BACKEND=jax JAX_ENABLE_X64=1 python bench/bench_backends.py
+    KERAS_BACKEND=torch python bench/bench_backends.py
+    ... --quick                                                       # one small setting
+
+Prints, per configuration (the Bi-LSTM rows of bench_explain.py's table 1, float32, batch 256 unless
+--batch): the model's compiled forward pass (``model.predict_on_batch``: ``tf.function`` / ``jax.jit``
+/ eager torch, as Keras compiles it on the backend), keras_lrp's gradient x input (``method="gi"``,
+compiled as explain is), ``LRP.attribute`` (numpy in, Explanation out), explain / forward and
+explain / gradient x input. Each time is the median of --repeats interleaved calls after a warm-up
+call (compilation excluded; it is printed separately for explain).
+"""
+import argparse
+import statistics
+import time
+
+from keras_lrp.quiet import start_backend_quietly
+
+BACKEND = start_backend_quietly()   # TensorFlow's start-up lines hidden; JAX with float64 available
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_lrp  # noqa: E402
+
+CONFIGS = [(20, 60), (50, 60), (100, 60)]   # (T, units), 60 features
+QUICK = [(20, 60)]
+
+
+def interleaved_medians(fns, repeats):
+    """Median wall time of each function, calls interleaved so that load changes hit all alike."""
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
+
+
+def bilstm(units: int) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((None, 60)), keras.layers.Bidirectional(keras.layers.LSTM(units)),
+                             keras.layers.Dense(5)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one small configuration")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    print(f"backend {BACKEND}, Keras {keras.__version__}, batch {args.batch}, float32, median of {args.repeats}")
+    print("| T | units | forward s | gradient x input s | explain s | explain / forward | explain / gradient x input "
+          "| explain compile s |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for steps, units in (QUICK if args.quick else CONFIGS):
+        model = bilstm(units)
+        x = np.random.default_rng(0).standard_normal((args.batch, steps, 60)).astype("float32")
+        lrp = keras_lrp.LRP(model)
+        gi = keras_lrp.Explainer(model, method="gi")
+        t0 = time.perf_counter()
+        lrp.attribute(x, batch_size=args.batch)
+        compile_s = time.perf_counter() - t0
+        model.predict_on_batch(x)
+        gi.attribute(x, batch_size=args.batch)
+        forward, gradient, explain = interleaved_medians(
+            [lambda: model.predict_on_batch(x), lambda: gi.attribute(x, batch_size=args.batch),
+             lambda: lrp.attribute(x, batch_size=args.batch)], args.repeats)
+        print(f"| {steps} | {units} | {forward:.4f} | {gradient:.4f} | {explain:.4f} | {explain / forward:.2f} "
+              f"| {explain / gradient:.2f} | {compile_s:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""The engine on every Keras backend: weights read live by the compiled function, length buckets that
+change nothing, float64 refused rather than silently float32, the CLI on the backend the user chose,
+and the same float64 relevance on TensorFlow and JAX (each backend in its own process: Keras fixes
+the backend at import). Runs on every backend (tests/conftest.py CORE_FILES)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lrp
+from conftest import BACKEND, ROOT, conditioned_bound
+from keras_lrp.explainer import cached_explainer
+from keras_lrp.text import Vocabulary
+
+L = keras.layers
+WORDS = ["a", "good", "bad", "movie", "film", "great", "plot", "boring", "fun", "."]
+# lengths 1, 2, 4, 4 and 9: buckets 8 and 16 (few lengths: JAX compiles once per shape)
+TEXTS = ["bad", "bad plot", "a good movie .", "a boring bad film", "a good film a good plot a great fun"]
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    env.update(extra)
+    return env
+
+
+def _token_model(seed: int, mask_zero: bool = True, conv: bool = False) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((None,), dtype="int32")
+    x = L.Embedding(len(Vocabulary(WORDS)), 4, mask_zero=mask_zero)(inp)
+    if conv:
+        x = L.Conv1D(4, 2, padding="same")(x)
+    x = L.Bidirectional(L.LSTM(3, return_sequences=True))(x)
+    x = L.GRU(3)(L.LayerNormalization()(x))
+    return keras.Model(inp, L.Dense(3)(x))
+
+
+def test_weights_are_read_live_after_the_first_explanation():
+    """set_weights after an explanation changes the next one (nothing frozen at compile time): it equals
+    a new explainer's, bit for bit."""
+    model = _token_model(1)
+    ids = np.array([[1, 2, 3, 4], [5, 6, 0, 0]])
+    explainer = keras_lrp.LRP(model, dtype="float64")
+    before = explainer.attribute(ids, 0)
+    rng = np.random.default_rng(1)
+    model.set_weights([w + 0.1 * rng.standard_normal(w.shape) for w in model.get_weights()])
+    after = explainer.attribute(ids, 0)
+    fresh = keras_lrp.LRP(model, dtype="float64").attribute(ids, 0)
+    assert np.abs(after.relevance - before.relevance).max() > 1e-3
+    np.testing.assert_array_equal(after.relevance, fresh.relevance)
+    want = keras.ops.convert_to_numpy(model(ids))   # float32
+    np.testing.assert_allclose(after.scores, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_length_buckets_change_nothing_bit_for_bit_float64():
+    """Texts padded to their length bucket (powers of two) explain exactly as without buckets, where the
+    model masks the padding (Embedding(mask_zero=True), then per-step and recurrent layers only)."""
+    vocab = Vocabulary(WORDS)
+    model = _token_model(2)
+    assert cached_explainer(model, dtype="float64").post_padding_safe
+    kwargs = dict(vocab=vocab, eps=0.0, bias_factor=1.0, dtype="float64")
+    plain = keras_lrp.explain_text(model, TEXTS, bucket=False, **kwargs)
+    bucketed = keras_lrp.explain_text(model, TEXTS, bucket=True, **kwargs)
+    assert plain.relevance.shape == bucketed.relevance.shape
+    np.testing.assert_array_equal(bucketed.relevance, plain.relevance)
+    np.testing.assert_array_equal(bucketed.scores, plain.scores)
+    np.testing.assert_array_equal(bucketed.rest, plain.rest)
+    np.testing.assert_array_equal(bucketed.lengths, plain.lengths)
+
+
+@pytest.mark.filterwarnings("ignore:Layer .conv1d")
+def test_length_buckets_only_where_the_padding_is_masked():
+    """A convolution over time, or an Embedding without mask_zero, sees the padding: never bucketed."""
+    for model in (_token_model(3, conv=True), _token_model(3, mask_zero=False)):
+        assert not cached_explainer(model, dtype="float64").post_padding_safe
+    vocab = Vocabulary(WORDS)
+    model = _token_model(3, conv=True)
+    kwargs = dict(vocab=vocab, eps=0.0, bias_factor=1.0, dtype="float64")
+    np.testing.assert_array_equal(keras_lrp.explain_text(model, TEXTS, bucket=True, **kwargs).relevance,
+                                  keras_lrp.explain_text(model, TEXTS, bucket=False, **kwargs).relevance)
+
+
+@pytest.mark.skipif(not _installed("jax"), reason="JAX is not installed (pip install 'keras-lrp[jax]')")
+def test_float64_on_jax_without_x64_is_refused_with_the_fix():
+    code = ("import numpy as np, keras, keras_lrp\n"
+            "m = keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(2), keras.layers.Dense(2)])\n"
+            "print(keras_lrp.explain(m, np.ones((1, 3, 2)), dtype='float32').relevance.dtype)\n"
+            "keras_lrp.explain(m, np.ones((1, 3, 2)), dtype='float64')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=_env(KERAS_BACKEND="jax", JAX_ENABLE_X64="0"))
+    assert run.returncode != 0 and "float32" in run.stdout
+    assert "ValueError" in run.stderr and "JAX_ENABLE_X64=1" in run.stderr, run.stderr[-2000:]
+
+
+@pytest.mark.skipif(not _installed("jax"), reason="JAX is not installed (pip install 'keras-lrp[jax]')")
+def test_cli_runs_on_jax_in_float64(tmp_path):
+    """KERAS_BACKEND=jax keras-lrp explain --float64: the CLI enables JAX's float64 itself (no
+    JAX_ENABLE_X64 set) and explains; the same relevance as TensorFlow's CLI within float64 rounding."""
+    def cli(backend):
+        env = _env(KERAS_BACKEND=backend)
+        env.pop("JAX_ENABLE_X64", None)
+        out = tmp_path / f"{backend}.jsonl"
+        run = subprocess.run([sys.executable, "-m", "keras_lrp.cli", "explain", "a fine film .", "--float64",
+                              "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return json.loads(out.read_text().splitlines()[0])
+
+    jax_line = cli("jax")
+    assert jax_line["tokens"] == ["a", "fine", "film", "."]
+    if BACKEND == "tensorflow":
+        tf_line = cli("tensorflow")
+        scale = np.abs(tf_line["relevance"]).max()
+        np.testing.assert_allclose(jax_line["relevance"], tf_line["relevance"], rtol=0, atol=1e-9 * scale)
+
+
+@pytest.mark.skipif(_installed("torch"), reason="torch is installed: the case needs a missing backend")
+def test_cli_names_a_missing_backend_and_the_install_line():
+    run = subprocess.run([sys.executable, "-m", "keras_lrp.cli", "explain", "a fine film ."], capture_output=True,
+                         text=True, timeout=120, env=_env(KERAS_BACKEND="torch"))
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        'keras-lrp: error: Keras is set to run on torch (KERAS_BACKEND or keras.json), which is not installed: '
+        'pip install "keras-lrp[torch]", or choose another backend, e.g. KERAS_BACKEND=tensorflow.']
+
+
+_WORKER = textwrap.dedent("""
+    import sys, numpy as np, keras, keras_lrp
+    out = {}
+    data = np.load(sys.argv[1])
+    for name in sys.argv[3:]:
+        model = keras.saving.load_model(f"{sys.argv[2]}/{name}.keras")
+        e = keras_lrp.explain(model, data[name], 1, eps=0.0, bias_factor=1.0, dtype="float64")
+        out[name] = e.relevance
+        out[name + "_rest"] = e.rest
+    np.savez(sys.argv[2] + "/" + keras.config.backend() + ".npz", **out)
+""")
+
+
+def _agreement_models():
+    """name -> (model, input): recurrences, masks, attention, a convolution, an op head. float64 weights,
+    so that the bound sees the rounding of the weights too."""
+    floatx = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        return _build_agreement_models()
+    finally:
+        keras.config.set_floatx(floatx)
+
+
+def _build_agreement_models():
+    keras.utils.set_random_seed(5)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(1, 12, (3, 7))
+    ids[0, 5:] = 0
+    x = rng.standard_normal((3, 6, 3))
+    models = {}
+    inp = keras.Input((None,), dtype="int32")
+    h = L.Bidirectional(L.LSTM(4, return_sequences=True))(L.Embedding(12, 4, mask_zero=True)(inp))
+    models["bilstm_masked"] = (keras.Model(inp, L.Dense(2)(L.GRU(3)(h))), ids)
+    inp = keras.Input((None, 3))
+    h = L.LSTM(4, return_sequences=True)(inp)
+    w = L.Softmax(axis=1)(L.Dense(1, activation="tanh")(h))
+    models["attention_pool"] = (keras.Model(inp, L.Dense(3)(keras.ops.sum(w * h, axis=1))), x)
+    inp = keras.Input((None, 3))
+    h = L.SimpleRNN(4, return_sequences=True)(L.Conv1D(4, 2, padding="same")(inp))
+    h = L.MultiHeadAttention(2, 2)(h, h)
+    models["conv_mha"] = (keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(L.LayerNormalization()(h)))), x)
+    return models
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="run from the TensorFlow process, which starts the others")
+@pytest.mark.parametrize("other", ["jax", "torch"])
+def test_same_float64_relevance_as_tensorflow(other, tmp_path):
+    """Each model saved as .keras and explained in float64 in a second process on ``other``: equal to
+    TensorFlow's explanation within the bound each case's conditioning allows."""
+    if not _installed(other):
+        pytest.skip(f"{other} is not installed (pip install 'keras-lrp[{other}]')")
+    models = _agreement_models()
+    inputs = {}
+    for name, (model, x) in models.items():
+        model.save(tmp_path / f"{name}.keras")
+        inputs[name] = x
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    run = subprocess.run([sys.executable, "-c", _WORKER, str(tmp_path / "inputs.npz"), str(tmp_path), *models],
+                         capture_output=True, text=True, timeout=600,
+                         env=_env(KERAS_BACKEND=other, JAX_ENABLE_X64="1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    theirs = np.load(tmp_path / f"{other}.npz")
+    for name, (model, x) in models.items():
+        weights = model.get_weights()
+
+        def explained(*arrays):
+            """(relevance, rest) with the model's weights and, for float inputs, its input set to ``arrays``."""
+            model.set_weights(arrays[:len(weights)])
+            x_ = arrays[-1] if len(arrays) > len(weights) else x
+            e = keras_lrp.explain(model, x_, 1, eps=0.0, bias_factor=1.0, dtype="float64")
+            return np.concatenate([e.relevance.ravel(), e.rest])
+
+        arrays = list(weights) + ([] if x.dtype.kind == "i" else [x])
+        ours = explained(*arrays)
+        bound = conditioned_bound(explained, arrays)   # rounding of weights and inputs, as across BLAS builds
+        model.set_weights(weights)
+        got = np.concatenate([theirs[name].ravel(), theirs[name + "_rest"]])
+        assert np.abs(got - ours).max() <= bound * np.abs(ours).max(), name
