@@ -27,6 +27,7 @@ def weights(golden):
     return [golden[k] for k in GOLDEN_WEIGHT_KEYS]
 
 
+@pytest.mark.tensorflow_only   # numpy alone: the same on every backend
 def test_oracle_reproduces_golden(golden, weights):
     """The test oracle itself is validated against the reference implementation's numbers.
 
@@ -60,6 +61,7 @@ def test_explain_float64_matches_golden(golden, weights):
             assert abs(e.relevance[0].sum() + e.rest[0] - scores[target]) <= 1e-8, name
 
 
+@pytest.mark.tensorflow_only   # the backends' agreement is checked in float64 (above, test_backends)
 def test_explain_float32_close_to_golden(golden, weights):
     """float32 in the paper's setting (eps > 0). With eps = 0 the rule divides by cancelling sums
     (c_t = f c_{t-1} + i g near 0) and float32 rounding is amplified: use dtype="float64" there."""
