@@ -13,7 +13,6 @@ explain / gradient x input. Each time is the median of --repeats interleaved cal
 call (compilation excluded; it is printed separately for explain).
 """
 import argparse
-import statistics
 import time
 
 from keras_lrp.quiet import start_backend_quietly
@@ -24,20 +23,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_lrp  # noqa: E402
+from _timing import interleaved_medians  # noqa: E402
 
 CONFIGS = [(20, 60), (50, 60), (100, 60)]   # (T, units), 60 features
 QUICK = [(20, 60)]
-
-
-def interleaved_medians(fns, repeats):
-    """Median wall time of each function, calls interleaved so that load changes hit all alike."""
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
 
 
 def bilstm(units: int) -> keras.Model:
@@ -64,8 +53,6 @@ def main() -> None:
         t0 = time.perf_counter()
         lrp.attribute(x, batch_size=args.batch)
         compile_s = time.perf_counter() - t0
-        model.predict_on_batch(x)
-        gi.attribute(x, batch_size=args.batch)
         forward, gradient, explain = interleaved_medians(
             [lambda: model.predict_on_batch(x), lambda: gi.attribute(x, batch_size=args.batch),
              lambda: lrp.attribute(x, batch_size=args.batch)], args.repeats)

@@ -23,8 +23,6 @@ adds the T=500 row of issue 23.
 """
 import argparse
 import os
-import statistics
-import time
 
 
 def pin_to_one_core(core=None) -> int:
@@ -56,23 +54,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_lrp  # noqa: E402
+from _timing import interleaved_medians  # noqa: E402
 
 if PINNED is not None:          # before TensorFlow's runtime starts (its first op)
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-
-
-def interleaved_medians(fns, repeats):
-    """Median wall time of each function, calls interleaved so that load changes hit all alike."""
-    for fn in fns:
-        fn()  # warm-up (tracing)
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
 
 
 ARCHITECTURES = {
