@@ -89,14 +89,16 @@ def _initial_states(like: Tensor, initial_state: Optional[Sequence[Tensor]], n: 
 
 # With ``caches=False`` (a walk whose forward pass alone is run or differentiated: the gradient and
 # perturbation baselines) the forward loops stack only the hidden states, not what the relevance pass
-# reads: each stacked tensor costs its writes and, differentiated, a zero gradient read back every
-# step. Gradient x input of a Bi-LSTM(60) at T = 50: 1.28x the Keras model's own compiled gradient with
-# them, 1.15x without (bench/bench_explain.py, table 4).
+# reads, and not even those where nothing reads them (``sequence=False``: an RNN's last cell without
+# return_sequences): each stacked tensor costs its writes and, differentiated, a gradient read back every
+# step (a stacked output nothing reads: a list of zeros made for it). Gradient x input of a Bi-LSTM(60)
+# at T = 50: 1.28x the Keras model's own compiled gradient with the caches, 1.15x without
+# (bench/bench_explain.py, table 4); at T = 20, one pinned core, 1.39x -> 1.23x without the stacked h.
 
-def _forward_outputs(caches: bool, n_caches: int) -> int:
-    """How many per-step outputs a forward loop stacks: every cache the relevance pass reads, or the
-    hidden states alone (``caches=False``)."""
-    return n_caches if caches else 1
+def _forward_outputs(caches: bool, n_caches: int, sequence: bool = True) -> int:
+    """How many per-step outputs a forward loop stacks: every cache the relevance pass reads, the
+    hidden states alone (``caches=False``), or nothing (neither caches nor the sequence wanted)."""
+    return n_caches if caches else int(sequence)
 
 
 def _step_elements(xz: Tensor, mask: Optional[Tensor]) -> Dict[str, Tensor]:
@@ -299,7 +301,8 @@ def _input_relevance(x, m, maps: RecurrentMaps, share, mask):
 
 def lstm_forward(x: Tensor, maps: RecurrentMaps, activation: Callable, recurrent_activation: Callable,
                  mask: Optional[Tensor] = None, gate_rule: str = "all",
-                 initial_state: Optional[Sequence[Tensor]] = None, caches: bool = True) -> Dict[str, Tensor]:
+                 initial_state: Optional[Sequence[Tensor]] = None, caches: bool = True,
+                 sequence: bool = True) -> Dict[str, Tensor]:
     """Run an LSTM (``maps``: :class:`DenseMaps`) or a ConvLSTM1D (:class:`ConvMaps`) over its (already
     ordered) input sequence from ``initial_state`` = (h0, c0) (zeros when None).
 
@@ -308,13 +311,15 @@ def lstm_forward(x: Tensor, maps: RecurrentMaps, activation: Callable, recurrent
     and the pre-activations ``z`` of the maps that receive relevance under ``gate_rule``: the cell
     candidate's (d) for "all"; all four (4d), plus the gate activations ``gates`` [i, f, g, o],
     otherwise; the initial states ``h0``, ``c0`` and the last states ``last`` = (h_T, c_T)
-    (batch, ..., d). With ``caches=False`` only ``h`` and ``last`` (see :func:`_forward_outputs`).
+    (batch, ..., d). With ``caches=False`` only ``h`` and ``last``, and with ``sequence=False`` too
+    only ``last`` (see :func:`_forward_outputs`).
     """
     d = maps.units
     keep = slice(2 * d, 3 * d) if gate_rule == "all" else slice(0, 4 * d)
     xz = maps.inputs(x)
     h0, c0 = _initial_states(xz[0][..., :d], initial_state, 2)
     elems = _step_elements(xz, mask)
+    n_out = _forward_outputs(caches, 5 if gate_rule == "all" else 6, sequence)
 
     def step(carry, e):
         h_tm1, c_tm1 = carry
@@ -323,11 +328,10 @@ def lstm_forward(x: Tensor, maps: RecurrentMaps, activation: Callable, recurrent
         m = e.get("mask")
         h, c = _carry_where_masked(m, s.h, h_tm1), _carry_where_masked(m, s.c, c_tm1)
         if not caches:
-            return (h, c), (h,)
+            return (h, c), (h,)[:n_out]
         out = (h, c, s.fc, s.ig, z[..., keep])
         return (h, c), (out if gate_rule == "all" else out + (ops.concatenate([s.i, s.f, s.g, s.o], axis=-1),))
 
-    n_out = _forward_outputs(caches, 5 if gate_rule == "all" else 6)
     last, out = time_loop(step, elems, (h0, c0), n_out, differentiable=True)
     return dict(zip(("h", "c", "fc", "ig", "z", "gates"), out), h0=h0, c0=c0, last=last)
 
@@ -446,7 +450,8 @@ def _gru_biases(bias, d):
 
 def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activation,
                 reset_after: bool, mask=None, gate_rule: str = "all",
-                initial_state: Optional[Sequence[Tensor]] = None, caches: bool = True) -> Dict[str, Tensor]:
+                initial_state: Optional[Sequence[Tensor]] = None, caches: bool = True,
+                sequence: bool = True) -> Dict[str, Tensor]:
     """Run a GRU over its (already ordered) input sequence from ``initial_state`` = (h0,) (zeros
     when None).
 
@@ -456,7 +461,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activat
     z h_{t-1} and ``zhh`` = (1 - z) hh, and the gates' pre-activations ``pre_zr`` (2d); ``zg``,
     ``hh`` and ``pre_zr`` only for the gate rules that give gates relevance; the initial state
     ``h0`` and the last state ``last`` = (h_T,) (batch, d). With ``caches=False`` only ``h`` and
-    ``last`` (see :func:`_forward_outputs`).
+    ``last``, and with ``sequence=False`` too only ``last`` (see :func:`_forward_outputs`).
     """
     gates = gate_rule != "all"
     d = recurrent_kernel.shape[0]
@@ -466,6 +471,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activat
         xz = xz + b_in
     h0, = _initial_states(xz[0, :, :d], initial_state, 1)
     elems = _step_elements(xz, mask)
+    n_out = _forward_outputs(caches, 9 if gates else 6, sequence)
 
     def step(carry, e):
         h_tm1 = carry[0]
@@ -490,11 +496,11 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation, recurrent_activat
         h = zh + zhh
         h = _carry_where_masked(e.get("mask"), h, h_tm1)
         if not caches:
-            return (h,), (h,)
+            return (h,), (h,)[:n_out]
         out = (h, rg, pre_h, s_h, zh, zhh)
         return (h,), out + ((zg, hh, ops.concatenate([pre_z, pre_r], axis=-1)) if gates else ())
 
-    last, out = time_loop(step, elems, (h0,), _forward_outputs(caches, 9 if gates else 6), differentiable=True)
+    last, out = time_loop(step, elems, (h0,), n_out, differentiable=True)
     names = ("h", "rg", "pre_h", "s_h", "zh", "zhh", "zg", "hh", "pre_zr")
     return dict(zip(names, out), h0=h0, last=last)
 
@@ -620,7 +626,8 @@ def gru_relevance(x, acts, kernel, recurrent_kernel, bias, r_h_last, eps: Epsilo
 
 def simple_rnn_forward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias,
                        activation: Callable, mask: Optional[Tensor] = None,
-                       initial_state: Optional[Sequence[Tensor]] = None, caches: bool = True) -> Dict[str, Tensor]:
+                       initial_state: Optional[Sequence[Tensor]] = None, caches: bool = True,
+                       sequence: bool = True) -> Dict[str, Tensor]:
     """Run a SimpleRNN over its (already ordered) input sequence from ``initial_state`` = (h0,)
     (zeros when None).
 
@@ -631,21 +638,23 @@ def simple_rnn_forward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias
     Returns:
         (time, batch, d) tensors: hidden states ``h`` (carried over masked steps) and the
         pre-activations ``z = x_t W + h_{t-1} U + b``; the initial state ``h0`` and the last state
-        ``last`` = (h_T,) (batch, d). With ``caches=False`` only ``h`` and ``last``.
+        ``last`` = (h_T,) (batch, d). With ``caches=False`` only ``h`` and ``last``, and with
+        ``sequence=False`` too only ``last``.
     """
     xz = einsum("tbe,ed->tbd", x, kernel)
     if bias is not None:
         xz = xz + bias
     elems = _step_elements(xz, mask)
+    n_out = _forward_outputs(caches, 2, sequence)
 
     def step(carry, e):
         h_tm1 = carry[0]
         z = e["xz"] + ops.matmul(h_tm1, recurrent_kernel)
         h = _carry_where_masked(e.get("mask"), activation(z), h_tm1)
-        return (h,), ((h, z) if caches else (h,))
+        return (h,), ((h, z) if caches else (h,)[:n_out])
 
     h0, = _initial_states(xz[0], initial_state, 1)
-    last, out = time_loop(step, elems, (h0,), _forward_outputs(caches, 2), differentiable=True)
+    last, out = time_loop(step, elems, (h0,), n_out, differentiable=True)
     return dict(zip(("h", "z"), out), h0=h0, last=last)
 
 

@@ -43,12 +43,13 @@ class CellWeights:
 
 
 #: forward(x_tm (time, batch, e), weights, mask_tm (time, batch, 1) bool or None, ctx,
-#:         initial_state: one (batch, d) tensor per state, or None for zeros)
-#:     -> acts: dict of tensors, at least the hidden states ``h`` (time, batch, d) and ``last``, the
-#:        last carried states in the order of ``CellRule.states`` (batch, d) each; with ``ctx.caches``
-#:        also every tensor its relevance function reads
+#:         initial_state: one (batch, d) tensor per state, or None for zeros,
+#:         sequence: whether the hidden states of every step are read (else only the last states))
+#:     -> acts: dict of tensors, at least ``last``, the last carried states in the order of
+#:        ``CellRule.states`` (batch, d) each, and (with ``ctx.caches`` or ``sequence``) the hidden
+#:        states ``h`` (time, batch, d); with ``ctx.caches`` also every tensor its relevance function reads
 #: (ConvLSTM1D: x_tm (time, batch, length, e), mask_tm (time, batch, 1, 1), states (..., length', d))
-ForwardFn = Callable[[Tensor, CellWeights, Optional[Tensor], Context, Optional[Sequence[Tensor]]],
+ForwardFn = Callable[[Tensor, CellWeights, Optional[Tensor], Context, Optional[Sequence[Tensor]], bool],
                      Dict[str, Tensor]]
 #: relevance(x_tm, acts, weights, r_last (one (batch, d) per state: the relevance on the last states),
 #:           r_seq (time, batch, d) or None, mask_tm, ctx) -> RecurrentRelevance
@@ -81,9 +82,9 @@ def _lstm_maps(x, w: CellWeights) -> RecurrentMaps:
     return DenseMaps(w.kernel, w.recurrent_kernel, w.bias)
 
 
-def _lstm_forward(x, w: CellWeights, mask, ctx: Context, initial_state):
+def _lstm_forward(x, w: CellWeights, mask, ctx: Context, initial_state, sequence: bool):
     return lstm_forward(x, _lstm_maps(x, w), w.cell.activation, w.cell.recurrent_activation, mask, ctx.gate_rule,
-                        initial_state, caches=ctx.caches)
+                        initial_state, caches=ctx.caches, sequence=sequence)
 
 
 def _lstm_relevance(x, acts, w: CellWeights, r_last, r_seq, mask, ctx: Context):
@@ -102,9 +103,9 @@ def _conv_lstm_refusal(cell) -> Optional[str]:
     return None
 
 
-def _gru_forward(x, w: CellWeights, mask, ctx: Context, initial_state):
+def _gru_forward(x, w: CellWeights, mask, ctx: Context, initial_state, sequence: bool):
     return gru_forward(x, w.kernel, w.recurrent_kernel, w.bias, w.cell.activation, w.cell.recurrent_activation,
-                       w.cell.reset_after, mask, ctx.gate_rule, initial_state, caches=ctx.caches)
+                       w.cell.reset_after, mask, ctx.gate_rule, initial_state, caches=ctx.caches, sequence=sequence)
 
 
 def _gru_relevance(x, acts, w: CellWeights, r_last, r_seq, mask, ctx: Context):
@@ -112,9 +113,9 @@ def _gru_relevance(x, acts, w: CellWeights, r_last, r_seq, mask, ctx: Context):
                          ctx.gate_rule, r_seq, mask)
 
 
-def _simple_rnn_forward(x, w: CellWeights, mask, ctx: Context, initial_state):
+def _simple_rnn_forward(x, w: CellWeights, mask, ctx: Context, initial_state, sequence: bool):
     return simple_rnn_forward(x, w.kernel, w.recurrent_kernel, w.bias, w.cell.activation, mask, initial_state,
-                              caches=ctx.caches)
+                              caches=ctx.caches, sequence=sequence)
 
 
 def _simple_rnn_relevance(x, acts, w: CellWeights, r_last, r_seq, mask, ctx: Context):
@@ -367,13 +368,15 @@ class RecurrentProp(Propagator):
             x_tm = ops.flip(x_tm, axis=0)
             mask_tm = None if mask_tm is None else ops.flip(mask_tm, axis=0)
         passes, final_states, x = [], [], x_tm
-        for cell, rule, initial_state in zip(cells_of(rnn), self.cell_rules, initial_states):
+        cells = cells_of(rnn)
+        for k, (cell, rule, initial_state) in enumerate(zip(cells, self.cell_rules, initial_states)):
             weights = CellWeights(cell, ctx.weight(cell.kernel), ctx.weight(cell.recurrent_kernel),
                                   ctx.weight(cell.bias) if cell.use_bias else None)
-            acts = rule.forward(x, weights, mask_tm, ctx, initial_state)
+            # h of every step: the next cell's input, or the output sequence
+            acts = rule.forward(x, weights, mask_tm, ctx, initial_state, k + 1 < len(cells) or self.return_sequences)
             passes.append(_CellPass(rule, x, acts, weights))
             final_states += list(acts["last"])
-            x = acts["h"]   # the next cell's input (its masked steps are skipped)
+            x = acts.get("h")   # the next cell's input (its masked steps are skipped)
         keep = _output_steps(mask_tm, rnn.zero_output_for_mask)
         h = x
         if self.return_sequences:
