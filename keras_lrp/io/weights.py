@@ -126,7 +126,8 @@ def non_finite_weights(model: keras.Model) -> List[NonFiniteWeights]:
     for layer in model.layers:
         nan = inf = size = 0
         for variable in layer.weights:
-            values = np.asarray(variable.value)   # (Keras's Variable.numpy warns on JAX with numpy 2)
+            values = keras.ops.convert_to_numpy(variable.value)   # (Variable.numpy warns on JAX with numpy 2;
+            # np.asarray fails on a torch parameter, which requires grad)
             if values.dtype.kind not in "fc":
                 continue
             size += values.size
