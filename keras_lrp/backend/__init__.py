@@ -25,6 +25,7 @@ import threading
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import keras
+import numpy as np
 
 __all__ = ["NAME", "BACKENDS", "COMPILES_PER_SHAPE", "compile_function", "to_numpy", "einsum", "vjp", "value_and_gradient", "time_loop", "available_devices",
            "device_scope", "device_exists", "check_float_dtype", "compute_scope", "TensorSpec", "Tensor"]
@@ -136,9 +137,11 @@ COMPILES_PER_SHAPE: bool = getattr(_impl, "COMPILES_PER_SHAPE", False)
 #: ``variables`` (every variable it reads): each call uses their current values.
 compile_function: Callable = _impl.compile_function
 
-#: ``to_numpy(tensor) -> np.ndarray``: ``keras.ops.convert_to_numpy``, except on torch (without numpy 2's
-#: DeprecationWarning for each call; see keras_lrp.backend.torch)
-to_numpy: Callable = getattr(_impl, "to_numpy", keras.ops.convert_to_numpy)
+#: ``to_numpy(tensor) -> np.ndarray``, to read (it may share the tensor's memory): ``np.asarray`` on TensorFlow
+#: and JAX; on torch the tensor detached, copied. Not ``keras.ops.convert_to_numpy``: it calls ``np.array``,
+#: which passes ``copy`` to the tensor's ``__array__``; TensorFlow's and torch's take none, and numpy 2
+#: warns (a DeprecationWarning) on every call.
+to_numpy: Callable = getattr(_impl, "to_numpy", np.asarray)
 
 #: ``einsum(equation, *operands)``: ``keras.ops.einsum``, except on TensorFlow (``tf.einsum``, whose
 #: rounding does not depend on the batch size; see keras_lrp.backend.tensorflow)

@@ -26,9 +26,8 @@ def compile_function(fn: Callable, specs, variables) -> Callable:
 
 
 def to_numpy(x) -> np.ndarray:
-    """A copy of ``x`` as a numpy array. ``keras.ops.convert_to_numpy`` calls ``np.array`` on the
-    tensor, whose ``__array__`` takes no ``copy`` argument: numpy 2 warns (a DeprecationWarning)
-    on every call."""
+    """A copy of ``x`` as a numpy array (``np.asarray`` fails on a tensor that requires grad, such as a
+    weight; see keras_lrp.backend.to_numpy)."""
     if isinstance(x, torch.Tensor) and x.dtype != torch.bfloat16:   # (bfloat16: numpy has none)
         return x.detach().cpu().numpy().copy()
     return keras.ops.convert_to_numpy(x)
