@@ -1,4 +1,6 @@
-"""Shared by the bench/bench_*.py scripts: interleaved timing of several functions in one process."""
+"""Shared by the bench/bench_*.py scripts: interleaved timing of several functions in one process, and
+pinning a process to one core. Imports no backend."""
+import os
 import statistics
 import time
 
@@ -15,3 +17,13 @@ def interleaved_medians(fns, repeats):
             fn()
             ts.append(time.perf_counter() - t0)
     return [statistics.median(ts) for ts in times]
+
+
+def pin_to_one_core(core=None) -> int:
+    """Run this process (and every thread it starts from now on) on one core; returns the core. Call it
+    before the backend starts: OpenMP / oneDNN pools (torch's intra-op threads among them) and
+    TensorFlow's thread pools then get one thread."""
+    core = max(os.sched_getaffinity(0)) if core is None else core
+    os.sched_setaffinity(0, {core})
+    os.environ.update(OMP_NUM_THREADS="1", TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
+    return core

@@ -24,14 +24,7 @@ adds the T=500 row of issue 23.
 import argparse
 import os
 
-
-def pin_to_one_core(core=None) -> int:
-    """Run this process (and every thread it starts from now on) on one core; returns the core."""
-    core = max(os.sched_getaffinity(0)) if core is None else core
-    os.sched_setaffinity(0, {core})
-    # OpenMP / oneDNN pools, in case a kernel uses them: one thread
-    os.environ.update(OMP_NUM_THREADS="1", TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
-    return core
+from _timing import pin_to_one_core
 
 
 def _pin_arguments():

@@ -82,6 +82,7 @@ def first_disagreeing_call(walk, xs: List) -> Optional[Disagreement]:
     or None."""
     from keras import ops
 
+    from . import backend
     _, _, caches = walk.forward([ops.convert_to_tensor(x) for x in xs])
     values = caches["values"]
     keras_masks = {}   # the masks as Keras's own calls compute them
@@ -94,7 +95,7 @@ def first_disagreeing_call(walk, xs: List) -> Optional[Disagreement]:
         if id(node) in walk._output_ids and step.prop is not None:
             got = [step.prop.activate(g) for g in got]
         for g, w in zip(got, want):
-            g, w = ops.convert_to_numpy(g), ops.convert_to_numpy(w)
+            g, w = backend.to_numpy(g), backend.to_numpy(w)
             if not _agree(g, w, CALL_RTOL):
                 return Disagreement(_describe(node.op), max_difference(g, w), _scale(w))
     return None
@@ -134,9 +135,11 @@ def self_check(walk, model, xs: List, explained_output, multi_input: bool, outpu
 
 
 def _self_check(walk, model, xs: List, explained_output, multi_input: bool, output_index: int) -> None:
-    from keras import ops, tree
+    from keras import tree
+
+    from . import backend
     reference = model(list(xs) if multi_input else xs[0], training=False)
-    reference = ops.convert_to_numpy(tree.flatten(reference)[output_index])
+    reference = backend.to_numpy(tree.flatten(reference)[output_index])
     if _agree(explained_output, reference):
         return
     diff = max_difference(explained_output, reference)

@@ -103,25 +103,42 @@ def test_float64_on_jax_without_x64_is_refused_with_the_fix():
     assert "ValueError" in run.stderr and "JAX_ENABLE_X64=1" in run.stderr, run.stderr[-2000:]
 
 
-@pytest.mark.skipif(not _installed("jax"), reason="JAX is not installed (pip install 'keras-lrp[jax]')")
-def test_cli_runs_on_jax_in_float64(tmp_path):
-    """KERAS_BACKEND=jax keras-lrp explain --float64: the CLI enables JAX's float64 itself (no
-    JAX_ENABLE_X64 set) and explains; the same relevance as TensorFlow's CLI within float64 rounding."""
+_CLI = textwrap.dedent("""
+    import json, runpy, sys
+    sys.argv = ["keras-lrp"] + sys.argv[1:]
+    try:
+        runpy.run_module("keras_lrp.cli", run_name="__main__")
+    except SystemExit as exit:
+        print(json.dumps({"exit": exit.code, "tensorflow_imported": "tensorflow" in sys.modules}))
+""")
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_cli_runs_on_another_backend_in_float64_without_tensorflow(backend, tmp_path):
+    """KERAS_BACKEND=jax / torch keras-lrp explain --float64 explains the shipped model without importing
+    TensorFlow (Keras's serializer imported it to load the Bi-LSTM; with the CUDA build of torch, TensorFlow's
+    libraries loaded before triton crash the process) and without warnings; the CLI enables JAX's float64
+    itself (no JAX_ENABLE_X64 set). The same relevance as TensorFlow's CLI within float64 rounding."""
+    if not _installed(backend):
+        pytest.skip(f"{backend} is not installed (pip install 'keras-lrp[{backend}]')")
+
     def cli(backend):
         env = _env(KERAS_BACKEND=backend)
         env.pop("JAX_ENABLE_X64", None)
         out = tmp_path / f"{backend}.jsonl"
-        run = subprocess.run([sys.executable, "-m", "keras_lrp.cli", "explain", "a fine film .", "--float64",
-                              "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=300, env=env)
-        assert run.returncode == 0, run.stderr[-2000:]
-        return json.loads(out.read_text().splitlines()[0])
+        run = subprocess.run([sys.executable, "-c", _CLI, "explain", "a fine film .", "--float64", "--json", str(out),
+                              "--quiet"], capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0 and json.loads(run.stdout.splitlines()[-1])["exit"] == 0, run.stderr[-2000:]
+        return json.loads(out.read_text().splitlines()[0]), json.loads(run.stdout.splitlines()[-1]), run.stderr
 
-    jax_line = cli("jax")
-    assert jax_line["tokens"] == ["a", "fine", "film", "."]
+    line, status, stderr = cli(backend)
+    assert line["tokens"] == ["a", "fine", "film", "."]
+    assert not status["tensorflow_imported"]
+    assert stderr == ""
     if BACKEND == "tensorflow":
-        tf_line = cli("tensorflow")
+        tf_line = cli("tensorflow")[0]
         scale = np.abs(tf_line["relevance"]).max()
-        np.testing.assert_allclose(jax_line["relevance"], tf_line["relevance"], rtol=0, atol=1e-9 * scale)
+        np.testing.assert_allclose(line["relevance"], tf_line["relevance"], rtol=0, atol=1e-9 * scale)
 
 
 @pytest.mark.skipif(_installed("torch"), reason="torch is installed: the case needs a missing backend")

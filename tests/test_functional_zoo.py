@@ -266,8 +266,8 @@ def test_zoo_conserves_masks_and_reloads(fn, tmp_path):
     relevances = as_list(e.relevance)
     assert len(relevances) == len(model.inputs)
     # the explained scores are the model's own outputs (before its output activation)
-    out = np.asarray(model([np.asarray(a, dtype=i.dtype) for a, i in zip(as_list(x), model.inputs)]
-                           if len(model.inputs) > 1 else np.asarray(x, dtype=model.inputs[0].dtype)))
+    out = keras.ops.convert_to_numpy(model([np.asarray(a, dtype=i.dtype) for a, i in zip(as_list(x), model.inputs)]
+                                           if len(model.inputs) > 1 else np.asarray(x, dtype=model.inputs[0].dtype)))
     if out.ndim == 3:
         out = out[:, 2]
     probabilities = e.probabilities if e.probabilities is not None else e.scores
@@ -544,7 +544,7 @@ def test_tf_keras_h5_functional_models(name, tf_keras_models, tmp_path):
         with pytest.raises(keras_lrp.UnsafeModelError, match="Lambda"):
             keras_lrp.load_model(path)
     model = keras_lrp.load_model(path, safe_mode=not rules)
-    np.testing.assert_allclose(np.asarray(model(x)), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), want, rtol=0, atol=1e-5 * np.abs(want).max())
     # every TFOpLambda / SlicingOpLambda became one keras.ops node (no Lambda layer, no layer at all)
     op_layers = [l for l in tfk_model.layers if type(l).__name__ in ("TFOpLambda", "SlicingOpLambda")]
     op_nodes = [op for op in model.operations
@@ -586,4 +586,4 @@ def test_tf_keras_h5_op_named_like_a_layer(tmp_path):
     model = keras_lrp.load_model(path)
     names = [op.name for op in model.operations]
     assert len(set(names)) == len(names) and next_name in names
-    np.testing.assert_allclose(np.asarray(model(XF)), tfk_model.predict(XF, verbose=0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(XF)), tfk_model.predict(XF, verbose=0), rtol=0, atol=1e-5)

@@ -20,12 +20,14 @@ holds the rest, for the backend Keras runs on (``KERAS_BACKEND``: "tensorflow", 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import keras
+import numpy as np
 
-__all__ = ["NAME", "BACKENDS", "COMPILES_PER_SHAPE", "compile_function", "einsum", "vjp", "value_and_gradient", "time_loop", "available_devices",
+__all__ = ["NAME", "BACKENDS", "COMPILES_PER_SHAPE", "compile_function", "to_numpy", "einsum", "vjp", "value_and_gradient", "time_loop", "available_devices",
            "device_scope", "device_exists", "check_float_dtype", "compute_scope", "TensorSpec", "Tensor"]
 
 #: a tensor of the backend (``tf.Tensor``, ``jax.Array``, ``torch.Tensor``), in type hints
@@ -81,6 +83,39 @@ compute_scope: Callable[[], contextlib.AbstractContextManager] = (contextlib.nul
                                                                  else _Float64Kept())
 
 
+class _ImportedTensorFlowOnly:
+    """Keras's lazy ``tensorflow`` module as its serializer sees it on the other backends: "available"
+    only once TensorFlow is imported. ``serialize_keras_object`` asks ``tf.available and isinstance(obj,
+    tf.TensorShape)`` (also ``DType``, ``TypeSpec``) for every object it serializes, e.g. the layer that
+    ``Bidirectional``'s constructor serializes, and ``available`` imports TensorFlow to answer. An object
+    can only be of a TensorFlow type once TensorFlow is imported, so the answers are the same, without
+    the import: loading a Bi-LSTM under torch or JAX took TensorFlow's start-up (~5 s, its C++ log lines
+    on stderr), and with the CUDA build of torch, TensorFlow's libraries loaded before triton crash the
+    process (exit 139). Anything else (``tf.TensorShape`` when a config holds a type spec) is the lazy
+    module's, which imports TensorFlow as before."""
+
+    def __init__(self, lazy):
+        self._lazy = lazy
+
+    @property
+    def available(self) -> bool:
+        return "tensorflow" in sys.modules and self._lazy.available
+
+    def __getattr__(self, name: str):
+        return getattr(self._lazy, name)
+
+
+def _serialize_without_importing_tensorflow() -> None:
+    from keras.src.saving import serialization_lib
+
+    lazy = getattr(serialization_lib, "tf", None)
+    if lazy is not None and type(lazy).__name__ == "LazyModule":   # (another Keras: left as it is)
+        serialization_lib.tf = _ImportedTensorFlowOnly(lazy)
+
+
+if NAME != "tensorflow":
+    _serialize_without_importing_tensorflow()
+
 if NAME == "tensorflow":
     from . import tensorflow as _impl
 elif NAME == "jax":
@@ -102,6 +137,11 @@ COMPILES_PER_SHAPE: bool = getattr(_impl, "COMPILES_PER_SHAPE", False)
 #: ``variables`` (every variable it reads): each call uses their current values.
 compile_function: Callable = _impl.compile_function
 
+#: ``to_numpy(tensor) -> np.ndarray``, to read (it may share the tensor's memory): ``np.asarray`` on TensorFlow
+#: and JAX; on torch the tensor detached, copied. Not ``keras.ops.convert_to_numpy``: it calls ``np.array``,
+#: which passes ``copy`` to the tensor's ``__array__``; TensorFlow's and torch's take none, and numpy 2
+#: warns (a DeprecationWarning) on every call.
+to_numpy: Callable = getattr(_impl, "to_numpy", np.asarray)
 
 #: ``einsum(equation, *operands)``: ``keras.ops.einsum``, except on TensorFlow (``tf.einsum``, whose
 #: rounding does not depend on the batch size; see keras_lrp.backend.tensorflow)

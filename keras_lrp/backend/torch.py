@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Callable, List
 
 import keras
+import numpy as np
 import torch
 from keras import tree
 
 from . import compute_scope
 
-__all__ = ["compile_function", "vjp", "value_and_gradient", "available_devices", "device_scope", "device_exists",
+__all__ = ["compile_function", "to_numpy", "vjp", "value_and_gradient", "available_devices", "device_scope", "device_exists",
            "check_float_dtype"]
 
 
@@ -20,8 +21,16 @@ def compile_function(fn: Callable, specs, variables) -> Callable:
     def call(*args):
         with torch.no_grad(), compute_scope():
             out = fn(*tree.map_structure(keras.ops.convert_to_tensor, list(args)))
-        return tree.map_structure(keras.ops.convert_to_numpy, out)
+        return tree.map_structure(to_numpy, out)
     return call
+
+
+def to_numpy(x) -> np.ndarray:
+    """A copy of ``x`` as a numpy array (``np.asarray`` fails on a tensor that requires grad, such as a
+    weight; see keras_lrp.backend.to_numpy)."""
+    if isinstance(x, torch.Tensor) and x.dtype != torch.bfloat16:   # (bfloat16: numpy has none)
+        return x.detach().cpu().numpy().copy()
+    return keras.ops.convert_to_numpy(x)
 
 
 def _leaves(primals: List) -> List[torch.Tensor]:

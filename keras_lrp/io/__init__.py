@@ -68,6 +68,7 @@ import h5py
 import keras
 import numpy as np
 
+from .. import backend  # noqa: F401  (on JAX / torch, Keras's serializer then imports no TensorFlow)
 from ..cells import LRP_LSTMCell
 from .chunks import audit_chunks, check_filters
 from .cudnn import canonical_shapes, canonical_weights, cudnn_slots, to_canonical

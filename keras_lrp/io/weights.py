@@ -8,6 +8,7 @@ import h5py
 import keras
 import numpy as np
 
+from .. import backend
 from .errors import ModelFileError
 from .translate import _decode, _one_line
 
@@ -126,7 +127,8 @@ def non_finite_weights(model: keras.Model) -> List[NonFiniteWeights]:
     for layer in model.layers:
         nan = inf = size = 0
         for variable in layer.weights:
-            values = np.asarray(variable.value)   # (Keras's Variable.numpy warns on JAX with numpy 2)
+            values = backend.to_numpy(variable.value)   # (np.asarray fails on a torch Parameter; Variable.numpy
+            # warns on JAX with numpy 2)
             if values.dtype.kind not in "fc":
                 continue
             size += values.size
