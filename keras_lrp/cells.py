@@ -17,6 +17,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from . import backend
+
 __all__ = ["LRP_LSTMCell", "LSTMStep", "lstm_activations", "lstm_step", "split_activations"]
 
 
@@ -123,6 +125,8 @@ def lstm_activations(layer, inputs, dtype: Optional[str] = None) -> Dict[str, np
         all in processing order (reversed time when ``layer.go_backwards``).
     """
     cell = _lstm_cell_of(layer)
+    if dtype is not None:
+        backend.check_float_dtype(keras.backend.standardize_dtype(dtype))
     config = cell.get_config()
     config.pop("return_activations", None)
     config["dtype"] = dtype or cell.dtype_policy
@@ -132,6 +136,7 @@ def lstm_activations(layer, inputs, dtype: Optional[str] = None) -> Dict[str, np
     x = np.asarray(inputs)
     twin.build(x.shape)
     twin.set_weights(cell.get_weights())
-    seq = keras.ops.convert_to_numpy(twin(x))
+    with backend.compute_scope():   # float64 stays float64 on JAX / torch
+        seq = keras.ops.convert_to_numpy(twin(x))
     # Keras returns the go_backwards sequence in processing order (reversed time).
     return split_activations(seq, cell.units)

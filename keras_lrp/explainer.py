@@ -30,7 +30,7 @@ METHODS = ("lrp", "gi", "sa") + BASELINE_METHODS
 
 Target = Union[None, int, Sequence[int], np.ndarray]
 _DTYPES = ("float32", "float64")
-_ROWS = 4    # compiled calls see batches of a multiple of this many rows (see Explainer._call_padded)
+_ROWS = backend.BATCH_ROWS    # compiled calls see batches of a multiple of this many rows (see Explainer._call_padded)
 # Sequences longer than this many time steps are explained one row per call, so that one long
 # sample is not copied to _ROWS rows (see Explainer._rows_per_call).
 _LONG_STEPS = 2048

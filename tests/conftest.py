@@ -19,21 +19,60 @@ from keras_lrp.quiet import keras_backend_name  # noqa: E402  (imports no backen
 #: the Keras backend of this test run (Keras fixes it at import: one process per backend)
 BACKEND = keras_backend_name()
 #: the test files run on every backend: the golden cases (with their numpy oracle), the functional zoo and the
-#: cross-backend checks. The other files run on TensorFlow only (``KERAS_BACKEND=jax`` runs only these).
+#: cross-backend checks. The other files run on TensorFlow only, except the oracle files below.
 CORE_FILES = {"test_golden.py", "test_functional_zoo.py", "test_backends.py"}
+#: the files that check the engine against the numpy oracles (tests/oracle*.py), backend-neutral: all run on
+#: TensorFlow; on another backend KERAS_LRP_TEST_ORACLES selects them (they cost ~1-8 min each on JAX, where
+#: every case compiles its own explain function with XLA).
+ORACLE_FILES = {"test_attention.py", "test_canonical.py", "test_cells.py", "test_conv_lstm.py",
+                "test_coverage_layers.py", "test_coverage_recurrent.py", "test_explain.py", "test_masking.py",
+                "test_normalization.py", "test_ops.py", "test_properties.py", "test_rules.py", "test_seed_flow.py",
+                "test_simple_rnn.py", "test_stacked_cells.py", "test_states.py", "test_zero_limit.py"}
+#: the oracle files of a default run on another backend: "all" its tests, or "first": each test function at
+#: its first parametrization only (TensorFlow runs the others). Every op propagator, the rule objects and
+#: the LSTM cell, ~2 min on JAX (README, Backends).
+ORACLE_DEFAULT = {"test_ops.py": "all", "test_rules.py": "first", "test_cells.py": "first"}
+_ORACLE_CHOICES = ("default", "all", "none")
+
+
+def _oracle_selection() -> str:
+    """KERAS_LRP_TEST_ORACLES: "default" (unset), "all" (every oracle file at every parametrization) or
+    "none" (the core files only); it matters on the backends other than TensorFlow."""
+    choice = os.environ.get("KERAS_LRP_TEST_ORACLES", "default").strip().lower() or "default"
+    if choice not in _ORACLE_CHOICES:
+        raise pytest.UsageError(f"KERAS_LRP_TEST_ORACLES={choice!r}: use one of {', '.join(_ORACLE_CHOICES)}.")
+    return choice
+
+
+def _runs_here(name: str) -> bool:
+    """Whether test file ``name`` runs on this backend."""
+    if BACKEND == "tensorflow" or name in CORE_FILES:
+        return True
+    choice = _oracle_selection()
+    return name in ORACLE_FILES and (choice == "all" or (choice == "default" and name in ORACLE_DEFAULT))
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "tensorflow_only: a test of a core file run on the TensorFlow backend "
-                                       "only (the reason is beside it); skipped on the other backends")
+    config.addinivalue_line("markers", "tensorflow_only: a test run on the TensorFlow backend only (the reason "
+                                       "is beside it); skipped on the other backends")
     if BACKEND == "jax" and os.environ.get("JAX_ENABLE_X64", "").lower() not in ("1", "true"):
         raise pytest.UsageError("the tests on the JAX backend need float64: run them with JAX_ENABLE_X64=1 "
                                 "(KERAS_BACKEND=jax JAX_ENABLE_X64=1 python -m pytest -q).")
+    _oracle_selection()
+
+
+def pytest_report_header(config):
+    if BACKEND != "tensorflow":
+        choice = _oracle_selection()
+        files = {"all": "all", "none": "none",
+                 "default": ", ".join(f"{name} ({part})" for name, part in sorted(ORACLE_DEFAULT.items()))}[choice]
+        return f"keras_lrp on {BACKEND}: the core files and the oracle files: {files} (KERAS_LRP_TEST_ORACLES)"
+    return None
 
 
 def pytest_ignore_collect(collection_path, config):
     name = collection_path.name
-    if BACKEND != "tensorflow" and name.startswith("test_") and name.endswith(".py") and name not in CORE_FILES:
+    if name.startswith("test_") and name.endswith(".py") and not _runs_here(name):
         return True
     return None
 
@@ -45,6 +84,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tensorflow_only" in item.keywords:
             item.add_marker(skip)
+    if _oracle_selection() == "default":
+        kept, thinned, seen = [], [], set()
+        for item in items:
+            function = (item.path.name, getattr(item, "originalname", item.name))
+            if ORACLE_DEFAULT.get(item.path.name) == "first" and hasattr(item, "callspec") and function in seen:
+                thinned.append(item)
+            else:
+                seen.add(function)
+                kept.append(item)
+        if thinned:
+            config.hook.pytest_deselected(items=thinned)
+            items[:] = kept
+
+
+@pytest.fixture
+def float64_kept():
+    """For a test that calls keras_lrp's internals (propagators, rules, recurrences) or Keras's float64
+    layers directly: keeps float64 float64 on JAX / torch, as explain does (keras_lrp.backend.compute_scope;
+    Keras's type promotion would demote it to float32 there). Public functions enter the scope themselves."""
+    from keras_lrp.backend import compute_scope
+    with compute_scope():
+        yield
 
 
 def data_file(relative: str) -> pathlib.Path:

@@ -15,10 +15,12 @@ import keras_lrp
 import oracle_attention as OA
 import oracle_layers as OL
 from layer_checks import check_against_oracle
+from keras_lrp.backend import compute_scope
 from keras_lrp.propagators import Context, UnsupportedLayerError, propagator_for
 from keras_lrp.rules import Epsilon
 
 L = keras.layers
+to_numpy = keras.ops.convert_to_numpy
 T, F, CLASSES = 5, 3, 3
 TARGETS = np.array([0, 2, 1])
 SETTINGS = [(1e-3, 0.0), (0.0, 1.0), (0.01, 1.0)]
@@ -67,7 +69,11 @@ def test_bilstm_mha_layernorm_matches_oracle(eps, bf):
     check_model(functional(mha_model(), seed=1), OL.Ctx(eps, bf, "all"))
 
 
-@pytest.mark.parametrize("causal,kw", [(True, {}), (False, {"value_dim": 3, "output_shape": 4, "use_bias": False})])
+@pytest.mark.parametrize("causal,kw", [
+    (True, {}),
+    pytest.param(False, {"value_dim": 3, "output_shape": 4, "use_bias": False}, marks=pytest.mark.skipif(
+        keras.config.backend() == "jax", reason="Keras 3.15's own MultiHeadAttention fails on JAX when value_dim != "
+                                                "key_dim (cannot reshape in its dot_product_attention fallback)"))])
 def test_mha_causal_and_projection_shapes(causal, kw):
     check_model(functional(mha_model(heads=3, key_dim=2, causal=causal, **kw), seed=2), OL.Ctx(0.01, 1.0, "all"),
                 causal=causal)
@@ -91,6 +97,13 @@ def test_bigru_attention_matches_oracle(name, causal, eps, bf):
                 causal=causal)
 
 
+def keras_float64_rtol(name):
+    """How close Keras's own float64 layer is to float64: MultiHeadAttention on JAX computes its softmax in
+    float32 (jax.nn.dot_product_attention, 1e-8 relative off, measured); keras_lrp's float64 attention is
+    checked against the numpy oracle above."""
+    return 1e-6 if name == "mha" and keras.config.backend() == "jax" else 1e-12
+
+
 @pytest.mark.parametrize("name", ["mha", "dot_scale", "additive"])
 def test_forward_equals_keras_float64(name):
     """explain's scores (its own forward pass, float64) equal the float64 Keras model's outputs.
@@ -102,8 +115,9 @@ def test_forward_equals_keras_float64(name):
     model = functional(build, seed=5, dtype="float64")
     x = x_float(6)
     e = keras_lrp.explain(model, x, TARGETS, eps=0.0, bias_factor=1.0, dtype="float64")
-    want = keras.ops.convert_to_numpy(model(x))
-    np.testing.assert_allclose(e.scores, want, rtol=0, atol=1e-12 * np.abs(want).max())
+    with compute_scope():   # Keras's own float64 layers stay float64 on JAX / torch
+        want = keras.ops.convert_to_numpy(model(x))
+    np.testing.assert_allclose(e.scores, want, rtol=0, atol=keras_float64_rtol(name) * np.abs(want).max())
     model32 = functional(build, seed=5)
     want32 = OL.model_output(model32, x)
     e32 = keras_lrp.explain(model32, x.astype("float32"), TARGETS, dtype="float32")
@@ -137,22 +151,23 @@ LAYERS = {"mha": lambda: L.MultiHeadAttention(2, 4),   # key_dim 4: see test_for
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
 @pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.usefixtures("float64_kept")   # calls the propagators directly
 def test_masked_propagator_forward_and_relevance(name, causal):
     model, emb, layer = masked_self_attention(LAYERS[name], causal, "float64")
-    h = np.asarray(emb.embeddings.numpy(), np.float64)[IDS]
+    h = np.asarray(to_numpy(emb.embeddings), np.float64)[IDS]
     mask = IDS != 0
     ctx = Context("float64", Epsilon(0.01, 1.0), "all")
     prop = propagator_for(layer, ctx)
     (y,), (out_mask,), cache = prop.forward([h, h], [mask, mask])
     want = keras.ops.convert_to_numpy(model(IDS))
-    np.testing.assert_allclose(y.numpy(), want, rtol=0, atol=1e-12 * np.abs(want).max())
+    np.testing.assert_allclose(to_numpy(y), want, rtol=0, atol=keras_float64_rtol(name) * np.abs(want).max())
     np.testing.assert_array_equal(np.asarray(out_mask), mask)
     r = np.random.default_rng(3).standard_normal(y.shape)
     r_ins, rest = prop.relevance(cache, [r])
     oracle = OA.from_keras(layer, causal=causal)
     oracle.ctx = OL.Ctx(0.01, 1.0, "all")
     for i in range(len(IDS)):
-        got = r_ins[0][i].numpy() + r_ins[1][i].numpy()
+        got = to_numpy(r_ins[0][i]) + to_numpy(r_ins[1][i])
         np.testing.assert_allclose(oracle.attend(h[i], h[i], None, mask[i], mask[i]), want[i], rtol=1e-10, atol=1e-12)
         r_v, rest_i = oracle.attend_backward(r[i])
         OL.assert_close_rel(got, r_v, 1e-10)
@@ -164,20 +179,22 @@ def test_masked_propagator_forward_and_relevance(name, causal):
 
 
 @pytest.mark.parametrize("name", ["mha", "dot_scale"])
+@pytest.mark.usefixtures("float64_kept")   # calls the propagators directly
 def test_masked_conservation(name):
     """eps = 0, bias_factor = 1: relevance on the inputs + rest == relevance on the outputs."""
     model, emb, layer = masked_self_attention(LAYERS[name], True, "float64")
-    h = np.asarray(emb.embeddings.numpy(), np.float64)[IDS]
+    h = np.asarray(to_numpy(emb.embeddings), np.float64)[IDS]
     mask = IDS != 0
     prop = propagator_for(layer, Context("float64", Epsilon(0.0, 1.0), "all"))
     (y,), _, cache = prop.forward([h, h], [mask, mask])
-    r = y.numpy() * np.random.default_rng(4).uniform(0.5, 1.5, y.shape)
+    r = to_numpy(y) * np.random.default_rng(4).uniform(0.5, 1.5, y.shape)
     r_ins, rest = prop.relevance(cache, [r])
-    total = (r_ins[0].numpy() + r_ins[1].numpy()).sum(axis=(1, 2)) + (0.0 if rest is None else rest.numpy())
+    total = (to_numpy(r_ins[0]) + to_numpy(r_ins[1])).sum(axis=(1, 2)) + (0.0 if rest is None else to_numpy(rest))
     np.testing.assert_allclose(total, r.sum(axis=(1, 2)), rtol=0, atol=1e-9 * np.abs(r).sum(axis=(1, 2)).max())
 
 
 @pytest.mark.parametrize("name", ["mha", "attention"])
+@pytest.mark.usefixtures("float64_kept")   # calls the propagators directly
 def test_separate_query_value_key(name):
     """mha(key=k, value=v, query=q) / Attention()([q, v, k]): inputs are matched to their roles whatever the
     call's order; only the value gets relevance, and it matches the oracle."""
@@ -197,18 +214,18 @@ def test_separate_query_value_key(name):
     prop = propagator_for(layer, Context("float64", Epsilon(0.0, 1.0), "all"))
     (y,), _, cache = prop.forward([by_id[id(t)] for t in node_inputs], [None] * 3)
     want = keras.ops.convert_to_numpy(model([vals[n].astype("float32") for n in "qvk"]))
-    np.testing.assert_allclose(y.numpy(), want, rtol=0, atol=1e-5 * np.abs(want).max())   # Keras in float32
-    r_ins, _ = prop.relevance(cache, [y.numpy()])
+    np.testing.assert_allclose(to_numpy(y), want, rtol=0, atol=1e-5 * np.abs(want).max())   # Keras in float32
+    r_ins, _ = prop.relevance(cache, [to_numpy(y)])
     oracle = OA.from_keras(layer)
     oracle.ctx = OL.Ctx(0.0, 1.0, "all")
     for i in range(2):
         oracle.attend(vals["q"][i], vals["v"][i], vals["k"][i])
-        r_v, _ = oracle.attend_backward(y.numpy()[i])
+        r_v, _ = oracle.attend_backward(to_numpy(y)[i])
         for t, r_in in zip(node_inputs, r_ins):
             if t is vi:
-                OL.assert_close_rel(r_in[i].numpy(), r_v, 1e-10)
+                OL.assert_close_rel(to_numpy(r_in[i]), r_v, 1e-10)
             else:
-                np.testing.assert_array_equal(r_in[i].numpy(), 0.0)
+                np.testing.assert_array_equal(to_numpy(r_in[i]), 0.0)
 
 
 def test_refusals_name_the_problem():

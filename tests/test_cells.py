@@ -4,6 +4,7 @@ import keras
 import pytest
 
 from keras_lrp import LRP_LSTMCell, lstm_activations
+from keras_lrp.backend import compute_scope
 from keras_lrp.cells import lstm_step
 
 X = np.random.default_rng(0).standard_normal((3, 6, 5)).astype("float32")
@@ -68,7 +69,8 @@ def test_activation_mode_output_size():
 def test_lstm_step_matches_equations():
     z = np.random.default_rng(2).standard_normal((2, 8))
     c_prev = np.random.default_rng(3).standard_normal((2, 2))
-    s = lstm_step(z, c_prev, keras.activations.tanh, keras.activations.sigmoid)
+    with compute_scope():   # keeps float64 on JAX / torch, as inside explain
+        s = lstm_step(z, c_prev, keras.activations.tanh, keras.activations.sigmoid)
     sig = 1 / (1 + np.exp(-z))
     np.testing.assert_allclose(np.asarray(s.fc), sig[:, 2:4] * c_prev, atol=1e-12)
     np.testing.assert_allclose(np.asarray(s.ig), sig[:, 0:2] * np.tanh(z[:, 4:6]), atol=1e-12)

@@ -67,6 +67,8 @@ def test_kernel_size_one_is_an_lstm_at_every_position(rule, eps, bf):
 
 @pytest.mark.parametrize("side,go_backwards,rule,eps,bf", [("pre", False, "all", 0.0, 1.0),
                                                            ("post", True, "half", 1e-3, 0.0)])
+@pytest.mark.skipif(keras.config.backend() == "jax", reason="Keras 3.15's own masked ConvLSTM1D fails on JAX (its "
+                    "time loop broadcasts the (batch, 1) mask against (batch, length, filters) states)")
 def test_masked_conv_lstm1d_padded_equals_unpadded(side, go_backwards, rule, eps, bf):
     """mask= a (batch, time) mask (all-zero frames masked): Keras carries the states over masked steps, so
     padded frames get exactly 0 and the real ones what the unpadded sequence gets (itself checked

@@ -131,6 +131,11 @@ else:
 #: axes of any length) or never (torch): callers then keep the number of shapes small (length buckets)
 COMPILES_PER_SHAPE: bool = getattr(_impl, "COMPILES_PER_SHAPE", False)
 
+#: compiled calls see batches of a multiple of this many rows, so that a sample's float64 result does not
+#: depend on the batch size or its position in the batch (kernels round a row by where it falls in a block
+#: of rows): 4 (TensorFlow, torch), 8 on JAX (XLA's CPU kernels round a row by its position in a block of 8)
+BATCH_ROWS: int = getattr(_impl, "BATCH_ROWS", 4)
+
 #: ``compile_function(fn, specs, variables) -> call``: ``call(*arrays)`` runs ``fn`` on the numpy
 #: arrays (matching ``specs``, a :class:`TensorSpec` per argument; a list argument takes a list of
 #: specs) and returns its outputs as numpy arrays (same structure). ``fn`` may read the Keras
