@@ -4,7 +4,7 @@ import keras
 import pytest
 
 from keras_lrp import LRP_LSTMCell, lstm_activations
-from keras_lrp.backend import compute_scope
+from keras_lrp.backend import compute_scope, to_numpy
 from keras_lrp.cells import lstm_step
 
 X = np.random.default_rng(0).standard_normal((3, 6, 5)).astype("float32")
@@ -26,7 +26,7 @@ def lstm_and_twin(go_backwards=False, implementation=2, return_sequences=True):
 @pytest.mark.parametrize("implementation", [1, 2])
 def test_same_forward_numbers_as_lstm(go_backwards, implementation):
     ref, twin = lstm_and_twin(go_backwards, implementation)
-    np.testing.assert_allclose(np.asarray(twin(X)), np.asarray(ref(X)), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(twin(X)), to_numpy(ref(X)), rtol=0, atol=1e-6)
     assert [w.shape for w in twin.weights] == [(5, 16), (4, 16), (16,)]
 
 
@@ -36,7 +36,7 @@ def test_bidirectional_same_as_lstm():
     twin = keras.layers.Bidirectional(keras.layers.RNN(LRP_LSTMCell(4)))
     twin(X)
     twin.set_weights(ref.get_weights())
-    np.testing.assert_allclose(np.asarray(twin(X)), np.asarray(ref(X)), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(twin(X)), to_numpy(ref(X)), atol=1e-6)
 
 
 @pytest.mark.parametrize("go_backwards", [False, True])
@@ -56,7 +56,7 @@ def test_activations_from_one_pass_are_consistent(go_backwards):
     np.testing.assert_allclose(acts["c"], f * c_prev + i * g, atol=1e-12)
     np.testing.assert_allclose(acts["h"], o * np.tanh(acts["c"]), atol=1e-12)
     # and the hidden states are the layer's own outputs (processing order)
-    np.testing.assert_allclose(acts["h"], np.asarray(ref(X)), atol=1e-6)
+    np.testing.assert_allclose(acts["h"], to_numpy(ref(X)), atol=1e-6)
 
 
 def test_activation_mode_output_size():
@@ -72,10 +72,10 @@ def test_lstm_step_matches_equations():
     with compute_scope():   # keeps float64 on JAX / torch, as inside explain
         s = lstm_step(z, c_prev, keras.activations.tanh, keras.activations.sigmoid)
     sig = 1 / (1 + np.exp(-z))
-    np.testing.assert_allclose(np.asarray(s.fc), sig[:, 2:4] * c_prev, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(s.ig), sig[:, 0:2] * np.tanh(z[:, 4:6]), atol=1e-12)
-    np.testing.assert_allclose(np.asarray(s.c), np.asarray(s.fc) + np.asarray(s.ig), atol=1e-12)
-    np.testing.assert_allclose(np.asarray(s.h), sig[:, 6:8] * np.tanh(np.asarray(s.c)), atol=1e-12)
+    np.testing.assert_allclose(to_numpy(s.fc), sig[:, 2:4] * c_prev, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(s.ig), sig[:, 0:2] * np.tanh(z[:, 4:6]), atol=1e-12)
+    np.testing.assert_allclose(to_numpy(s.c), to_numpy(s.fc) + to_numpy(s.ig), atol=1e-12)
+    np.testing.assert_allclose(to_numpy(s.h), sig[:, 6:8] * np.tanh(to_numpy(s.c)), atol=1e-12)
 
 
 def test_config_roundtrip_keeps_seed_arguments():
