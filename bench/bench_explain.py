@@ -3,6 +3,7 @@
     python bench/bench_explain.py            # all tables of the README's Speed section
     python bench/bench_explain.py --quick    # one small setting per table
     python bench/bench_explain.py --pin      # on one core, one thread (issue 23's single-core goals)
+    python bench/bench_explain.py --pin --cpu --tables 45   # CPU time: a loaded machine's waits left out
 
 Prints
 1. per README configuration (batch 256, float32): the model's compiled forward pass
@@ -12,9 +13,13 @@ Prints
 2. interactive latency: one sequence (batch 1, T = 20), explain / forward, for the Bi-LSTM;
 3. float64 / float32: explain time in each dtype, same model and batch;
 4. the gradient baselines: ``Explainer(method="gi")`` and ``"sa"`` (numpy in, Explanation out) against
-   the hand-written compiled gradient x input of table 1 (issue 21's goal: at most 1.1x).
+   the hand-written compiled gradient x input of table 1 (issue 21's goal: at most 1.1x);
+5. the static batch axis: ``method="gi"`` and LRP, B = 256, with the compiled function's batch axis
+   dynamic (one trace for every batch size) and static (traced for the row count of a full call: what
+   ``keras_lrp.backend.static_batch`` gives; the explainer uses it for full batches of "gi" / "sa").
 Each timing is the median of --repeats calls after a warm-up call, the calls interleaved so that a
-change of machine load affects all alike.
+change of machine load affects all alike: wall time, or with --cpu this process's CPU time
+(``time.process_time``; with --pin, the one core's work without the time other processes took it).
 
 --pin runs the process on one core (``os.sched_setaffinity``, the highest-numbered core it may use,
 or --core) with one TensorFlow thread (intra- and inter-op), both set before TensorFlow starts: the
@@ -23,6 +28,7 @@ adds the T=500 row of issue 23.
 """
 import argparse
 import os
+import time
 
 from _timing import pin_to_one_core
 
@@ -52,6 +58,14 @@ from _timing import interleaved_medians  # noqa: E402
 if PINNED is not None:          # before TensorFlow's runtime starts (its first op)
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+#: the clock of every timing: wall time, or this process's CPU time with --cpu (set in main)
+CLOCK = time.perf_counter
+
+
+def medians(fns, repeats):
+    return interleaved_medians(fns, repeats, clock=CLOCK)
 
 
 ARCHITECTURES = {
@@ -104,7 +118,7 @@ def bench_ratios(arch, T, units, batch=256, repeats=5):
     model, x = setting(arch, T, units, batch)
     forward, gxi, xt = tf.function(model), gradient_x_input(model), tf.constant(x)
     explainer = keras_lrp.LRP(model)
-    return interleaved_medians([lambda: forward(xt).numpy(), lambda: gxi(xt).numpy(),
+    return medians([lambda: forward(xt).numpy(), lambda: gxi(xt).numpy(),
                                 lambda: explainer.attribute(x, batch_size=batch)], repeats)
 
 
@@ -113,14 +127,14 @@ def bench_latency(T=20, units=60, repeats=300):
     model, x = setting("bilstm", T, units, 1)
     forward, xt = tf.function(model), tf.constant(x)
     explainer = keras_lrp.LRP(model)
-    return interleaved_medians([lambda: forward(xt).numpy(), lambda: explainer.attribute(x)], repeats)
+    return medians([lambda: forward(xt).numpy(), lambda: explainer.attribute(x)], repeats)
 
 
 def bench_dtypes(arch, T, units, batch=256, repeats=5):
     """(float32, float64) median seconds of explain."""
     model, x = setting(arch, T, units, batch)
     e32, e64 = keras_lrp.LRP(model, dtype="float32"), keras_lrp.LRP(model, dtype="float64")
-    return interleaved_medians([lambda: e32.attribute(x, batch_size=batch),
+    return medians([lambda: e32.attribute(x, batch_size=batch),
                                 lambda: e64.attribute(x, batch_size=batch)], repeats)
 
 
@@ -129,7 +143,7 @@ def bench_gradient_methods(arch, T, units, batch=256, repeats=5):
     model, x = setting(arch, T, units, batch)
     gxi, xt = gradient_x_input(model), tf.constant(x)
     gi, sa = keras_lrp.Explainer(model, method="gi"), keras_lrp.Explainer(model, method="sa")
-    return interleaved_medians([lambda: gxi(xt).numpy(), lambda: gi.attribute(x, batch_size=batch),
+    return medians([lambda: gxi(xt).numpy(), lambda: gi.attribute(x, batch_size=batch),
                                 lambda: sa.attribute(x, batch_size=batch)], repeats)
 
 
@@ -140,8 +154,11 @@ def main():
     parser.add_argument("--only", choices=sorted(ARCHITECTURES) + ["bilstm_mha"], help="run one architecture's rows")
     parser.add_argument("--pin", action="store_true", help="one core, one TensorFlow thread")
     parser.add_argument("--core", type=int, help="the core for --pin (default: the highest-numbered usable)")
-    parser.add_argument("--tables", default="1234", help="which tables to print (default 1234)")
+    parser.add_argument("--tables", default="1234", help="which tables to print (default 1234; 5: static batch)")
+    parser.add_argument("--cpu", action="store_true", help="time in process CPU time, not wall time")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.cpu else time.perf_counter
     settings = [("bilstm", 20, 60)] if args.quick else [
         ("bilstm", 20, 60), ("bilstm", 50, 60), ("bilstm", 100, 60), ("bilstm", 200, 60), ("bilstm", 100, 256),
         ("stack3", 50, 60), ("bigru", 50, 60), ("bilstm_mha", 50, 60)] + ([("bilstm", 500, 60)] if args.pin else [])
@@ -150,7 +167,7 @@ def main():
     pinned = (f"pinned to core {PINNED}, 1 TensorFlow thread" if PINNED is not None
               else f"{len(os.sched_getaffinity(0))} usable cores, TensorFlow's default threads")
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPUs, {cpu_name()}, {pinned}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average {os.getloadavg()[0]:.1f}; times: {'process CPU' if args.cpu else 'wall'}")
     print("bilstm = Bidirectional(LSTM(units)), stack3 = LSTM > Bidirectional(LSTM) > LSTM, bigru = "
           "Bidirectional(GRU(units)); bilstm_mha = Bidirectional(LSTM(units, return_sequences)) > "
           "MultiHeadAttention(2 heads, key_dim 16) > GlobalAveragePooling1D; each + Dense(5), 60 features, rule 'all'")
@@ -162,6 +179,8 @@ def main():
         table_dtypes(args.quick, args.repeats)
     if "4" in args.tables:
         table_gradients(settings, args.repeats)
+    if "5" in args.tables:
+        table_static_batch(args.quick, args.repeats)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
@@ -199,6 +218,39 @@ def table_dtypes(quick, repeats):
                                                                       ("bilstm", 100, 256), ("bigru", 50, 60)]:
         t32, t64 = bench_dtypes(arch, T, units, repeats=repeats)
         print(f"{arch:>10} {T:>4} {units:>5} {t32:>10.4f} {t64:>10.4f} {t64 / t32:>6.2f}", flush=True)
+
+
+def bench_static_batch(method, T, units, batch=256, repeats=5):
+    """(hand-written gradient x input, explain with a dynamic batch axis, with a static one) median
+    seconds at float32, one explainer swapping its compiled function."""
+    model, x = setting("bilstm", T, units, batch)
+    gxi, xt = gradient_x_input(model), tf.constant(x)
+    explainer = keras_lrp.Explainer(model, method=method)
+    dynamic = explainer._fn
+    rows = batch if method in ("gi", "sa") else min(batch, explainer._chunk_rows(T))   # rows of a full call
+    static = keras_lrp.backend.static_batch(dynamic, rows)
+
+    def explain_with(fn):
+        def run():
+            explainer._fn = fn
+            return explainer.attribute(x, batch_size=batch)
+        return run
+    # a wrapper without static_batch's cache: the explainer cannot swap in the static trace
+    return medians([lambda: gxi(xt).numpy(), explain_with(lambda *args: dynamic(*args)), explain_with(static)],
+                   repeats)
+
+
+def table_static_batch(quick, repeats):
+    print("\n5. static batch axis, bilstm, units 60, batch 256, float32: explain with the compiled function's batch "
+          "axis dynamic / static (traced for a full call's rows)")
+    print(f"{'method':>6} {'T':>4} {'rows':>5} {'grad*in s':>10} {'dynamic s':>10} {'static s':>10} "
+          f"{'dyn/hand':>9} {'stat/hand':>9} {'stat/dyn':>9}")
+    for method, T in [("gi", 20), ("lrp", 20)] if quick else [("gi", 20), ("gi", 100), ("lrp", 20), ("lrp", 100),
+                                                               ("lrp", 200)]:
+        t_hand, t_dyn, t_stat = bench_static_batch(method, T, 60, repeats=repeats)
+        rows = 256 if method == "gi" else min(256, keras_lrp.Explainer._chunk_rows(T))
+        print(f"{method:>6} {T:>4} {rows:>5} {t_hand:>10.4f} {t_dyn:>10.4f} {t_stat:>10.4f} {t_dyn / t_hand:>9.2f} "
+              f"{t_stat / t_hand:>9.2f} {t_stat / t_dyn:>9.3f}", flush=True)
 
 
 def cpu_name() -> str:

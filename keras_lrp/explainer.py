@@ -304,7 +304,7 @@ class Explainer:
         parts = []
         for i in range(0, n, batch_size):
             batch = [x[i:i + batch_size] for x in xs]
-            parts.append(self._call_padded(batch, t[i:i + batch_size], steps[i:i + batch_size]))
+            parts.append(self._call_padded(batch, t[i:i + batch_size], steps[i:i + batch_size], batch_size))
             if not self._checked:
                 with backend.compute_scope():
                     self_check(self._walk, self.model, batch, parts[-1][5], self.multi_input, self.output_index)
@@ -324,26 +324,33 @@ class Explainer:
                            timestep=step_out.astype(np.int64) if self.has_time_axis else None,
                            method=self.method, output_activation=self._probability_activation)
 
-    def _call_padded(self, x, t, steps):
+    def _call_padded(self, x, t, steps, batch_size: int):
         """Compiled calls on chunks of the batch, each padded to a multiple of ``rows`` rows
         (copies of its last sample), sliced back. Matrix-product kernels round a row differently
         when it falls in a partial block of rows (and element-wise kernels at a tensor's ragged
         end); with every call's row count a multiple of ``_ROWS`` (or exactly one row for long
         sequences, see ``_rows_per_call``), each sample's result does not depend on the batch it
-        was explained in, nor on its position there. ``x`` holds one array per model input."""
+        was explained in, nor on its position there. ``x`` holds one array per model input; the
+        batch is full when it has ``batch_size`` samples."""
         length = max(a.shape[1] if a.ndim > 1 else 1 for a in x)
         rows = self._rows_per_call(length)
         chunk = self._chunk_rows(length) if rows > 1 else 1
+        fn = self._fn
         if self.method in ("gi", "sa") and rows > 1:
             # one call per batch, as a hand-written compiled gradient takes it: the chunking above
             # bounds LRP's relevance tensors; a gradient's memory is the model's own
             chunk = max(chunk, t.shape[0])
+            if t.shape[0] == batch_size:
+                # a full batch (of a corpus, say) runs on a trace for its batch size (on TensorFlow; a
+                # gradient's shape arithmetic then folds away); the rest on the one for any batch size.
+                # Not for LRP: no faster there (bench/bench_explain.py --tables 5)
+                fn = backend.static_batch(fn, batch_size + (-batch_size % rows))
         if self._baseline is not None and rows > 1:   # each sample takes this many model evaluations
             chunk = max(_ROWS, chunk // self._baseline.rows_per_sample(self._players(x)) // _ROWS * _ROWS)
         n = t.shape[0]
         if n <= chunk:
-            return self._call_rows(x, t, steps, rows)
-        parts = [self._call_rows([a[i:i + chunk] for a in x], t[i:i + chunk], steps[i:i + chunk], rows)
+            return self._call_rows(x, t, steps, rows, fn)
+        parts = [self._call_rows([a[i:i + chunk] for a in x], t[i:i + chunk], steps[i:i + chunk], rows, fn)
                  for i in range(0, n, chunk)]
         return ([[np.concatenate([p[0][j] for p in parts]) for j in range(len(x))]]
                 + [np.concatenate([p[k] for p in parts]) for k in range(1, len(parts[0]))])
@@ -363,16 +370,17 @@ class Explainer:
         ``_MIN_CHUNK``. Smaller calls for longer sequences keep each whole-sequence tensor small."""
         return max(_MIN_CHUNK, _ROW_STEPS_PER_CALL // max(int(steps), 1) // _ROWS * _ROWS)
 
-    def _call_rows(self, x, t, steps, rows: int):
-        """One compiled call on the inputs ``x`` (one array per model input) padded to a multiple of
-        ``rows`` rows (copies of the last sample), sliced back: ``[relevances], scores, ...``."""
+    def _call_rows(self, x, t, steps, rows: int, fn):
+        """One compiled call of ``fn`` (``self._fn``, or its trace for this batch size) on the inputs
+        ``x`` (one array per model input) padded to a multiple of ``rows`` rows (copies of the last
+        sample), sliced back: ``[relevances], scores, ...``."""
         n = t.shape[0]
         pad = -n % rows
 
         def padded(a):
             return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a
         plan = self._baseline.plan(self._players(x)) if self._baseline is not None else []
-        relevance, *rest = self._fn([padded(a) for a in x], padded(t), padded(steps), *plan)
+        relevance, *rest = fn([padded(a) for a in x], padded(t), padded(steps), *plan)
         return [[r[:n] for r in relevance]] + [a[:n] for a in rest]
 
     def _start_shapes(self, shapes: list) -> list:

@@ -10,6 +10,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import keras_lrp
+from keras_lrp import backend
 from keras_lrp import cli
 from keras_lrp.text import Tokenizer, Vocabulary
 from keras_lrp.visualize import ansi_heatmap, html_heatmap
@@ -55,6 +56,34 @@ def test_bit_identical_across_runs_and_batch_sizes_float64(name):
         np.testing.assert_array_equal(e.relevance, ref.relevance, err_msg=f"batch_size={bs}")
         np.testing.assert_array_equal(e.rest, ref.rest)
 
+
+
+@pytest.mark.parametrize("method", ["gi", "sa"])
+def test_full_batches_on_their_own_trace_equal_samples_explained_alone_float64(method):
+    """A full batch of the gradient methods runs on a trace with a static batch axis (TensorFlow,
+    keras_lrp.backend.static_batch), the rest on the dynamic one: two graphs. A sample's float64
+    result must not depend on which one explained it."""
+    model = _perturbed(ARCHITECTURES["bilstm"]())
+    x = _inputs("bilstm", 11, seed=2)
+    explainer = keras_lrp.Explainer(model, method=method, dtype="float64")
+    batched = explainer.attribute(x, 1, batch_size=8)        # 8 rows (full), then 3 (padded to 4)
+    if backend.NAME == "tensorflow":
+        assert set(explainer._fn.static) == {8}              # the full batch took the static trace
+    for i in range(len(x)):
+        alone = explainer.attribute(x[i:i + 1], 1, batch_size=8)
+        np.testing.assert_array_equal(batched.relevance[i], alone.relevance[0], err_msg=f"sample {i}")
+        np.testing.assert_array_equal(batched.scores[i], alone.scores[0])
+    assert set(getattr(explainer._fn, "static", {8: None})) == {8}
+
+
+@pytest.mark.skipif(backend.NAME != "tensorflow", reason="JAX compiles per shape; torch runs eagerly")
+def test_static_batch_traces_a_bounded_number_of_batch_sizes():
+    from keras_lrp.backend import tensorflow as tfb
+    call = tfb.compile_function(lambda x: [x * 2.0], [backend.TensorSpec((None, None), "float64")], [])
+    fixed = [tfb.static_batch(call, rows) for rows in range(1, tfb.STATIC_BATCHES + 2)]
+    assert fixed[0] is tfb.static_batch(call, 1) and fixed[-1] is call      # cached; beyond the bound: dynamic
+    assert [f.concrete_function.inputs[0].shape.as_list() for f in fixed[:2]] == [[1, None], [2, None]]
+    np.testing.assert_array_equal(fixed[1](np.ones((2, 3)))[0], np.full((2, 3), 2.0))
 
 def test_bit_identical_across_batch_sizes_with_attention_over_odd_lengths():
     """Softmax rows of 33 keys start at odd memory offsets; each sample's weights, and so its

@@ -5,7 +5,8 @@ holds the rest, for the backend Keras runs on (``KERAS_BACKEND``: "tensorflow", 
 
 * :func:`compile_function`: the explain function compiled once and called many times
   (``tf.function``; ``jax.jit`` with the weights passed as arguments, so that they are read live;
-  torch runs eagerly);
+  torch runs eagerly); :func:`static_batch`: the same function for one batch size (TensorFlow traces
+  it again with that batch axis);
 * :func:`vjp` and :func:`value_and_gradient`: vector-Jacobian products of linear maps (the rules
   through convolutions, pooling, selections) and the gradient baselines (``GradientTape``,
   ``jax.vjp`` / ``jax.grad``, ``torch.autograd``);
@@ -27,7 +28,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import keras
 import numpy as np
 
-__all__ = ["NAME", "BACKENDS", "COMPILES_PER_SHAPE", "compile_function", "to_numpy", "einsum", "vjp", "value_and_gradient", "time_loop", "available_devices",
+__all__ = ["NAME", "BACKENDS", "COMPILES_PER_SHAPE", "BATCH_ROWS", "compile_function", "static_batch", "to_numpy",
+           "einsum", "vjp", "value_and_gradient", "time_loop", "available_devices",
            "device_scope", "device_exists", "check_float_dtype", "compute_scope", "TensorSpec", "Tensor"]
 
 #: a tensor of the backend (``tf.Tensor``, ``jax.Array``, ``torch.Tensor``), in type hints
@@ -147,6 +149,12 @@ compile_function: Callable = _impl.compile_function
 #: which passes ``copy`` to the tensor's ``__array__``; TensorFlow's and torch's take none, and numpy 2
 #: warns (a DeprecationWarning) on every call.
 to_numpy: Callable = getattr(_impl, "to_numpy", np.asarray)
+
+#: ``static_batch(call, rows) -> call``: ``call`` (from :func:`compile_function`, every argument
+#: batch-first) for arguments of exactly ``rows`` rows. TensorFlow traces the function again with the
+#: batch axis fixed (grappler folds the gradient's shape arithmetic); JAX already compiles per shape
+#: and torch runs eagerly: ``call`` itself there.
+static_batch: Callable = getattr(_impl, "static_batch", lambda call, rows: call)
 
 #: ``einsum(equation, *operands)``: ``keras.ops.einsum``, except on TensorFlow (``tf.einsum``, whose
 #: rounding does not depend on the batch size; see keras_lrp.backend.tensorflow)
