@@ -112,13 +112,14 @@ def test_flat_call_equals_the_public_call_and_reads_weights_live():
     rng = np.random.default_rng(6)
     xs = [rng.standard_normal((5, 7, 4)), rng.standard_normal((5, 7, 3))]
     explainer = keras_lrp.LRP(model, dtype="float64")
-    if not hasattr(explainer._fn, "_call_flat"):
+    concrete = explainer._fn.concrete_function
+    if not hasattr(concrete, "_call_flat"):
         pytest.skip("this TensorFlow has no ConcreteFunction._call_flat: explain uses the public call")
-    tensors = [tf.constant(np.concatenate([x, x[-3:]])) for x in xs]     # 8 rows, a multiple of 4
-    t, s = tf.constant(np.full(8, 1, np.int32)), tf.constant(np.zeros(8, np.int32))
-    flat, public = explainer._call_compiled(tensors, t, s), explainer._fn(tensors, t, s)
+    args = ([np.concatenate([x, x[-3:]]) for x in xs], np.full(8, 1, np.int32), np.zeros(8, np.int32))  # 8 rows
+    flat = explainer._fn(*args)                                             # through _call_flat
+    public = concrete(*tf.nest.map_structure(tf.constant, args))
     for got, want in zip(tf.nest.flatten(flat), tf.nest.flatten(public)):
-        np.testing.assert_array_equal(got.numpy(), want.numpy())
+        np.testing.assert_array_equal(got, want.numpy())
     before = explainer.attribute(xs, 1)
     model.set_weights([w * 1.5 for w in model.get_weights()])
     after = explainer.attribute(xs, 1)
