@@ -71,13 +71,13 @@ def _layer_cases():
 
 @pytest.mark.parametrize("name,eps,bf", list(_layer_cases()))
 def test_layer_matches_oracle(name, eps, bf):
-    model = sequential(LAYERS[name]() + [L.Dense(CLASSES)], seed=len(name))
+    model = sequential(lambda: LAYERS[name]() + [L.Dense(CLASSES)], seed=len(name))
     OL.check_explain(model, x_float(seed=len(name) + 1), TARGETS, OL.Ctx(eps, bf, "all"))
 
 
 def test_dense_hidden_relu_and_output_activation_not_applied():
     """A hidden Dense applies its activation forward; the output Dense's is not applied."""
-    model = sequential([L.Flatten(), L.Dense(5, activation="relu"), L.Dense(CLASSES, activation="sigmoid")])
+    model = sequential(lambda: [L.Flatten(), L.Dense(5, activation="relu"), L.Dense(CLASSES, activation="sigmoid")])
     x = x_float(3)
     e = OL.check_explain(model, x, TARGETS, OL.Ctx(0.0, 1.0, "all"), against_model=False)
     probs = OL.model_output(model, x)
@@ -132,7 +132,7 @@ def test_text_cnn_predicted_class_by_default():
 
 def test_max_pool_tie_goes_to_first_maximum():
     """Equal values in a pooling window (ReLU zeros): the relevance goes to the first one."""
-    model = sequential([L.MaxPooling1D(3), L.Flatten(), L.Dense(CLASSES)])
+    model = sequential(lambda: [L.MaxPooling1D(3), L.Flatten(), L.Dense(CLASSES)])
     x = x_float(6, batch=2)
     x[:, 0:3, :] = 0.5       # whole first window tied
     x[:, 4:6, 1] = -2.0      # tie behind a different maximum at step 3

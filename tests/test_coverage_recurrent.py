@@ -40,7 +40,7 @@ GRU_CASES = {True: [("forward", "all", 1e-3, 0.0), ("backwards", "half", 0.01, 1
 @pytest.mark.parametrize("reset_after,direction,rule,eps,bf",
                          [(ra,) + c for ra, cases in GRU_CASES.items() for c in cases])
 def test_gru_matches_oracle(reset_after, direction, rule, eps, bf):
-    model = sequential([rnn("gru", direction, reset_after=reset_after), L.Dense(CLASSES)],
+    model = sequential(lambda: [rnn("gru", direction, reset_after=reset_after), L.Dense(CLASSES)],
                        seed=3 * reset_after + len(direction))
     OL.check_explain(model, x_float(1), TARGETS, OL.Ctx(eps, bf, rule))
 
@@ -48,14 +48,14 @@ def test_gru_matches_oracle(reset_after, direction, rule, eps, bf):
 @pytest.mark.parametrize("direction,rule,eps,bf", [("forward", "half", 1e-3, 0.0), ("backwards", "prop", 0.01, 1.0),
                                                    ("bidi", "half", 0.01, 1.0), ("bidi", "prop", 1e-3, 0.0)])
 def test_lstm_gate_rules_match_oracle(direction, rule, eps, bf):
-    model = sequential([rnn("lstm", direction), L.Dense(CLASSES)], seed=len(direction))
+    model = sequential(lambda: [rnn("lstm", direction), L.Dense(CLASSES)], seed=len(direction))
     OL.check_explain(model, x_float(2), TARGETS, OL.Ctx(eps, bf, rule))
 
 
 @pytest.mark.parametrize("kind,rule", [("lstm", "half"), ("lstm", "prop"), ("gru", "all"), ("gru", "prop")])
 def test_conservation_float64(kind, rule):
     """eps = 0, bias_factor = 1: sum(relevance) + rest == explained score, for every gate rule."""
-    model = sequential([rnn(kind, "bidi", return_sequences=True), rnn(kind, "forward"), L.Dense(CLASSES)],
+    model = sequential(lambda: [rnn(kind, "bidi", return_sequences=True), rnn(kind, "forward"), L.Dense(CLASSES)],
                        seed=9)
     OL.check_explain(model, x_float(3), TARGETS, OL.Ctx(0.0, 1.0, rule))
 
@@ -67,9 +67,9 @@ def test_conservation_float64(kind, rule):
                                                 "enabled (its scan carry changes dtype)"))])
 def test_other_activations_and_no_bias(kind, rule):
     """The cell's own activation / recurrent_activation are used (they matter for "prop")."""
-    layer = {"lstm": L.LSTM, "gru": L.GRU}[kind](UNITS, activation="relu", recurrent_activation="hard_sigmoid",
-                                                 use_bias=False)
-    model = sequential([layer, L.Dense(CLASSES)], seed=11)
+    layer = {"lstm": L.LSTM, "gru": L.GRU}[kind]
+    model = sequential(lambda: [layer(UNITS, activation="relu", recurrent_activation="hard_sigmoid", use_bias=False),
+                                L.Dense(CLASSES)], seed=11)
     OL.check_explain(model, x_float(4), TARGETS, OL.Ctx(0.01, 1.0, rule))
 
 
@@ -77,7 +77,7 @@ def test_other_activations_and_no_bias(kind, rule):
 def test_rnn_wrapping_keras_cells(cell, rule):
     """keras.layers.RNN(LSTMCell / GRUCell), also inside Bidirectional."""
     make = {"lstm": L.LSTMCell, "gru": L.GRUCell}[cell]
-    model = sequential([L.RNN(make(UNITS), return_sequences=True),
+    model = sequential(lambda: [L.RNN(make(UNITS), return_sequences=True),
                         L.Bidirectional(L.RNN(make(2))), L.Dense(CLASSES)], seed=13)
     OL.check_explain(model, x_float(13), TARGETS, OL.Ctx(0.01, 1.0, rule))
 
@@ -85,7 +85,7 @@ def test_rnn_wrapping_keras_cells(cell, rule):
 @pytest.mark.parametrize("direction", ["forward", "backwards", "bidi"])
 def test_lstm_oracle_all_rule_agrees_with_arras_oracle(direction):
     """Cross-check of the two independent oracles (tests/oracle.py, tests/oracle_layers.py)."""
-    model = sequential([rnn("lstm", direction), L.Dense(CLASSES)], seed=5)
+    model = sequential(lambda: [rnn("lstm", direction), L.Dense(CLASSES)], seed=5)
     x = x_float(5)
     ctx = OL.Ctx(0.01, 1.0, "all")
     r, rest, scores = OL.explain_chain(model, x, TARGETS, ctx)
@@ -117,7 +117,7 @@ STACKS = {
 @pytest.mark.parametrize("name,rule", [(name, RULES[n % 3]) for n, name in enumerate(sorted(STACKS))]
                          + [("lstm_gru_bilstm", "half")])
 def test_stacks_match_composed_oracle(name, rule):
-    model = sequential(STACKS[name]() + [L.Dense(CLASSES)], seed=len(name))
+    model = sequential(lambda: STACKS[name]() + [L.Dense(CLASSES)], seed=len(name))
     OL.check_explain(model, x_float(6), TARGETS, OL.Ctx(0.01, 1.0, rule))
 
 
@@ -130,9 +130,10 @@ MERGE_CASES = [(("lstm", "gru")[(i + rs) % 2], merge, rs) for i, merge in enumer
 @pytest.mark.parametrize("kind,merge,return_sequences,rule,eps,bf",
                          [c + (RULES[i % 3],) + [(0.01, 1.0), (0.0, 1.0)][i % 2] for i, c in enumerate(MERGE_CASES)])
 def test_bidirectional_merge_modes(kind, merge, return_sequences, rule, eps, bf):
-    layer = {"lstm": L.LSTM, "gru": L.GRU}[kind](UNITS, return_sequences=return_sequences)
+    layer = {"lstm": L.LSTM, "gru": L.GRU}[kind]
     head = [L.Flatten()] if return_sequences else []
-    model = sequential([L.Bidirectional(layer, merge_mode=merge)] + head + [L.Dense(CLASSES)],
+    model = sequential(lambda: [L.Bidirectional(layer(UNITS, return_sequences=return_sequences), merge_mode=merge)]
+                       + head + [L.Dense(CLASSES)],
                        seed=len(merge), steps=T)
     OL.check_explain(model, x_float(7), TARGETS, OL.Ctx(eps, bf, rule))
 
@@ -164,7 +165,7 @@ def test_bidirectional_merge_none_then_concatenate(return_sequences, rule):
 # --------------------------------------------------------------------------- sequence tagger
 
 def tagger(seed=0):
-    return sequential([L.Bidirectional(L.LSTM(UNITS, return_sequences=True)),
+    return sequential(lambda: [L.Bidirectional(L.LSTM(UNITS, return_sequences=True)),
                        L.TimeDistributed(L.Dense(CLASSES))], seed=seed)
 
 
@@ -199,7 +200,7 @@ def test_tagger_per_sample_timesteps(eps, bf):
 
 def pooled_tagger():
     """The output time axis is shorter than the input's: (batch, T // 2, classes)."""
-    return sequential([L.MaxPooling1D(2), L.LSTM(UNITS, return_sequences=True),
+    return sequential(lambda: [L.MaxPooling1D(2), L.LSTM(UNITS, return_sequences=True),
                        L.TimeDistributed(L.Dense(CLASSES))], seed=6, steps=6)
 
 
@@ -219,7 +220,7 @@ def test_tagger_after_pooling_rejects_timestep_beyond_output(timestep):
 
 
 def test_stacked_gru_tagger_half_rule():
-    model = sequential([L.GRU(UNITS, return_sequences=True), L.Bidirectional(L.GRU(2, return_sequences=True),
+    model = sequential(lambda: [L.GRU(UNITS, return_sequences=True), L.Bidirectional(L.GRU(2, return_sequences=True),
                                                                              merge_mode="sum"),
                         L.TimeDistributed(L.Dense(CLASSES, activation="softmax"))], seed=4)
     x = x_float(11)
@@ -229,7 +230,7 @@ def test_stacked_gru_tagger_half_rule():
 
 def test_recurrent_layer_as_output():
     """No Dense head: the explained scores are the hidden states themselves."""
-    model = sequential([L.LSTM(UNITS, return_sequences=True), L.Bidirectional(L.GRU(2, return_sequences=True),
+    model = sequential(lambda: [L.LSTM(UNITS, return_sequences=True), L.Bidirectional(L.GRU(2, return_sequences=True),
                                                                                 merge_mode="ave")], seed=15)
     OL.check_explain(model, x_float(15), np.array([0, 1, 1]), OL.Ctx(0.0, 1.0, "half"),
                      timesteps=np.array([4, 0, 2]))
@@ -239,7 +240,7 @@ def test_recurrent_layer_as_output():
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_regression_single_output(kind):
-    model = sequential([rnn(kind, "forward"), L.Dense(1)], seed=12)
+    model = sequential(lambda: [rnn(kind, "forward"), L.Dense(1)], seed=12)
     x = x_float(12, batch=2)
     e = OL.check_explain(model, x, np.zeros(2, int), OL.Ctx(0.0, 1.0, "all"))
     default = keras_lrp.explain(model, x, eps=0.0, bias_factor=1.0, dtype="float64")

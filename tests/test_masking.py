@@ -20,15 +20,17 @@ TARGETS = np.array([0, 2, 1])
 
 
 def token_model(layers, seed, mask_zero=True, head=None):
+    """Embedding -> ``layers()`` -> ``head()`` (default Dense), built after the seed is set (Keras draws its
+    initializers' seeds from Python's random when a layer is constructed)."""
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((None,), dtype="int32"), L.Embedding(VOCAB, EMB, mask_zero=mask_zero)]
-                             + layers + [head or L.Dense(CLASSES)])
+                             + layers() + [head() if head else L.Dense(CLASSES)])
     return OL.perturb(model, seed + 1)
 
 
 def float_model(layers, seed):
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((None, F)), L.Masking(0.0)] + layers + [L.Dense(CLASSES)])
+    model = keras.Sequential([keras.Input((None, F)), L.Masking(0.0)] + layers() + [L.Dense(CLASSES)])
     return OL.perturb(model, seed + 1)
 
 
@@ -88,12 +90,12 @@ RECURRENT = {
 @functools.lru_cache(maxsize=None)
 def cached_token_model(name):
     """One model per architecture for both padding sides (and one compiled explainer)."""
-    return token_model(RECURRENT[name](), seed=len(name))
+    return token_model(RECURRENT[name], seed=len(name))
 
 
 @functools.lru_cache(maxsize=None)
 def cached_float_model(name):
-    return float_model(RECURRENT[name](), seed=len(name) + 20)
+    return float_model(RECURRENT[name], seed=len(name) + 20)
 
 
 @pytest.mark.parametrize("side", ["pre", "post"])
@@ -124,7 +126,7 @@ def test_masking_layer_non_zero_mask_value():
 
 def test_interior_masked_step_gets_zero_and_matches_oracle():
     """A 0 token inside the sentence is a masked step too."""
-    model = token_model([L.Bidirectional(L.GRU(2, return_sequences=True)), L.LSTM(2)], seed=5)
+    model = token_model(lambda: [L.Bidirectional(L.GRU(2, return_sequences=True)), L.LSTM(2)], seed=5)
     ids = np.random.default_rng(5).integers(1, VOCAB, (3, 6))
     ids[0, 2] = ids[1, 0] = ids[1, 5] = ids[2, 3] = 0
     e = OL.check_explain(model, ids, TARGETS, OL.Ctx(0.0, 1.0, "prop"))
@@ -133,7 +135,7 @@ def test_interior_masked_step_gets_zero_and_matches_oracle():
 
 
 def test_float32_pads_are_exactly_zero():
-    model = token_model([L.Bidirectional(L.LSTM(3))], seed=6)
+    model = token_model(lambda: [L.Bidirectional(L.LSTM(3))], seed=6)
     ids = pad(np.random.default_rng(6).integers(1, VOCAB, (3, N_REAL)), "pre")
     e = keras_lrp.explain(model, ids)
     assert e.relevance.dtype == np.float32
@@ -143,8 +145,8 @@ def test_float32_pads_are_exactly_zero():
 
 @functools.lru_cache(maxsize=None)
 def masked_tagger():
-    return token_model([L.Bidirectional(L.LSTM(2, return_sequences=True))], seed=7,
-                       head=L.TimeDistributed(L.Dense(CLASSES)))
+    return token_model(lambda: [L.Bidirectional(L.LSTM(2, return_sequences=True))], seed=7,
+                       head=lambda: L.TimeDistributed(L.Dense(CLASSES)))
 
 
 @pytest.mark.parametrize("side", ["pre", "post"])
@@ -161,7 +163,7 @@ def test_masked_tagger_timesteps_shift_with_padding(side):
 def test_no_mask_padding_is_ordinary_input():
     """Without a mask, pads are real inputs: the output keeps the padded length, every position
     lines up with its input (checked against the oracle) and pads may get relevance."""
-    model = token_model([L.LSTM(3)], seed=9, mask_zero=False)
+    model = token_model(lambda: [L.LSTM(3)], seed=9, mask_zero=False)
     ids = np.random.default_rng(9).integers(1, VOCAB, (3, N_REAL))
     padded = pad(ids, "pre")
     e = OL.check_explain(model, padded, TARGETS, OL.Ctx(0.01, 1.0, "all"))
@@ -173,12 +175,13 @@ def test_no_mask_padding_is_ordinary_input():
 
 def test_masked_global_average_pooling_excludes_pads():
     """GlobalAveragePooling1D after a return_sequences LSTM averages over the real steps only."""
-    model = token_model([L.LSTM(3, return_sequences=True), L.GlobalAveragePooling1D()], seed=10)
+    model = token_model(lambda: [L.LSTM(3, return_sequences=True), L.GlobalAveragePooling1D()], seed=10)
     ids = np.random.default_rng(10).integers(1, VOCAB, (3, N_REAL))
     e_pad = check_padding_invariance(model, ids, "post", OL.Ctx(0.0, 1.0, "all"))
     np.testing.assert_allclose(e_pad.relevance.sum((1, 2)) + e_pad.rest, e_pad.explained_score, atol=1e-10)
     # the same model without its mask averages over the pads too: different scores
-    nomask = token_model([L.LSTM(3, return_sequences=True), L.GlobalAveragePooling1D()], seed=10, mask_zero=False)
+    nomask = token_model(lambda: [L.LSTM(3, return_sequences=True), L.GlobalAveragePooling1D()], seed=10,
+                         mask_zero=False)
     nomask.set_weights(model.get_weights())
     e_nomask = keras_lrp.explain(nomask, pad(ids, "post"), TARGETS, dtype="float64")
     assert not np.allclose(e_nomask.scores, e_pad.scores)

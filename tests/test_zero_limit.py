@@ -126,7 +126,7 @@ def first_layer_sequence(model, x):
 def test_zero_terms_match_the_oracle_and_conserve(name, gate):
     if gate != "all" and not name.startswith(("lstm", "gru")):
         pytest.skip("gate rules vary on the recurrent models only")
-    model = OL.sequential_model(ORACLE_MODELS[name]() + [L.Dense(3)], 3, seed=len(name))
+    model = OL.sequential_model(lambda: ORACLE_MODELS[name]() + [L.Dense(3)], 3, seed=len(name))
     model = OL.perturb(model, len(name) + 1, scale=0.6)
     x = zero_step_sequences(len(name))
     # the case this test is about: the first layer's outputs are exactly 0 in places (relu), so relevance
