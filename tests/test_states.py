@@ -215,7 +215,7 @@ def bidirectional_states_oracle(model, xs, targets, ctx, step=None):
 
 def model_output(model, xs, step=None):
     xs = [np.asarray(x, dtype=i.dtype) for x, i in zip(xs, model.inputs)]
-    out = np.asarray(model(xs if len(xs) > 1 else xs[0]), np.float64)
+    out = np.asarray(ops.convert_to_numpy(model(xs if len(xs) > 1 else xs[0])), np.float64)
     return out if step is None else out[:, step]
 
 
