@@ -141,7 +141,8 @@ def get_target_activation(input_t, target_t, data) -> List[np.ndarray]:
             raise ValueError(f"data[{n}] has shape {a.shape} but input_t[{n}] expects {expected} "
                              "(None = any size).")
     fn = keras.Function(inputs if isinstance(input_t, (list, tuple)) else inputs[0], targets)
-    out = fn(feeds if isinstance(input_t, (list, tuple)) else feeds[0])
+    with backend.compute_scope():   # a float64 model stays float64 on JAX / torch
+        out = fn(feeds if isinstance(input_t, (list, tuple)) else feeds[0])
     return [np.asarray(keras.ops.convert_to_numpy(o), np.float64) for o in out]
 
 
@@ -379,4 +380,5 @@ def layer_activation(model: keras.Model, layer: Union[str, int], inputs) -> np.n
     """
     target_layer = model.get_layer(name=layer) if isinstance(layer, str) else model.layers[layer]
     sub = keras.Model(model.inputs, target_layer.output)
-    return keras.ops.convert_to_numpy(sub(np.asarray(inputs)))
+    with backend.compute_scope():
+        return keras.ops.convert_to_numpy(sub(np.asarray(inputs)))

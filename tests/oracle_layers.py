@@ -201,16 +201,26 @@ class Conv1D:
 
 class Pool1D:
     """MaxPooling1D (winner-take-all, the first maximum of the window) or AveragePooling1D
-    (mean over the window's real inputs: epsilon-rule with weights 1/n, share spread over the n)."""
+    (mean over the window's real inputs: epsilon-rule with weights 1/n, share spread over the n).
 
-    def __init__(self, kind, pool_size, strides, padding):
+    ``replicate_uneven``: Keras on torch pads an uneven "same" padding (left != right) with copies of the edge
+    step (``keras/src/backend/torch/nn.py``, ``_apply_same_padding``, mode "replicate") and averages over the
+    whole window, TensorFlow over the real inputs only: [5, 6] -> 5.5 on TensorFlow, [5, 6, 6] -> 5.667 on
+    torch. With it set, a window's padded positions are the edge step again (it gets their terms and shares)."""
+
+    def __init__(self, kind, pool_size, strides, padding, replicate_uneven=False):
         self.kind, self.k, self.s, self.padding = kind, pool_size, strides, padding
+        self.replicate_uneven = replicate_uneven
 
     def forward(self, x, mask):
         T, C = x.shape
         self.x = x
-        self.windows = [[q for q in win if 0 <= q < T]
-                        for win in conv_windows(T, self.k, self.s, self.padding)]
+        windows = conv_windows(T, self.k, self.s, self.padding)
+        total_padding = (len(windows) - 1) * self.s + self.k - T
+        if self.replicate_uneven and self.padding == "same" and total_padding % 2:
+            self.windows = [[min(max(q, 0), T - 1) for q in win] for win in windows]
+        else:
+            self.windows = [[q for q in win if 0 <= q < T] for win in windows]
         y = np.zeros((len(self.windows), C))
         for p, win in enumerate(self.windows):
             for c in range(C):
@@ -741,7 +751,7 @@ def from_keras(layer, is_output=False):
                       layer.strides[0], layer.padding, layer.dilation_rate[0], _act_name(layer), is_output)
     if isinstance(layer, (L.MaxPooling1D, L.AveragePooling1D)):
         return Pool1D("max" if isinstance(layer, L.MaxPooling1D) else "avg", layer.pool_size[0],
-                      layer.strides[0], layer.padding)
+                      layer.strides[0], layer.padding, replicate_uneven=keras.config.backend() == "torch")
     if isinstance(layer, L.GlobalMaxPooling1D):
         return GlobalPool1D("max")
     if isinstance(layer, L.GlobalAveragePooling1D):

@@ -26,6 +26,12 @@ TARGETS = np.array([0, 2, 1])
 SETTINGS = [(1e-3, 0.0), (0.0, 1.0), (0.01, 1.0)]
 
 
+def tensors(values):
+    """numpy arrays (None kept) as the backend's tensors, as the engine hands them to a propagator (a numpy
+    array times a torch tensor is a TypeError)."""
+    return [None if v is None else keras.ops.convert_to_tensor(v) for v in values]
+
+
 def x_float(seed=0, batch=3):
     return OL.random_sequences(seed, batch, T, F)
 
@@ -158,12 +164,12 @@ def test_masked_propagator_forward_and_relevance(name, causal):
     mask = IDS != 0
     ctx = Context("float64", Epsilon(0.01, 1.0), "all")
     prop = propagator_for(layer, ctx)
-    (y,), (out_mask,), cache = prop.forward([h, h], [mask, mask])
+    (y,), (out_mask,), cache = prop.forward(tensors([h, h]), tensors([mask, mask]))
     want = keras.ops.convert_to_numpy(model(IDS))
     np.testing.assert_allclose(to_numpy(y), want, rtol=0, atol=keras_float64_rtol(name) * np.abs(want).max())
-    np.testing.assert_array_equal(np.asarray(out_mask), mask)
+    np.testing.assert_array_equal(to_numpy(out_mask), mask)
     r = np.random.default_rng(3).standard_normal(y.shape)
-    r_ins, rest = prop.relevance(cache, [r])
+    r_ins, rest = prop.relevance(cache, tensors([r]))
     oracle = OA.from_keras(layer, causal=causal)
     oracle.ctx = OL.Ctx(0.01, 1.0, "all")
     for i in range(len(IDS)):
@@ -171,7 +177,7 @@ def test_masked_propagator_forward_and_relevance(name, causal):
         np.testing.assert_allclose(oracle.attend(h[i], h[i], None, mask[i], mask[i]), want[i], rtol=1e-10, atol=1e-12)
         r_v, rest_i = oracle.attend_backward(r[i])
         OL.assert_close_rel(got, r_v, 1e-10)
-        got_rest = 0.0 if rest is None else float(rest[i])
+        got_rest = 0.0 if rest is None else float(to_numpy(rest[i]))
         assert abs(got_rest - rest_i) <= 1e-10 * np.abs(r[i]).sum()
         # padded value positions get exactly nothing unless a query row has no allowed value
         if name != "mha" and not causal:
@@ -186,9 +192,9 @@ def test_masked_conservation(name):
     h = np.asarray(to_numpy(emb.embeddings), np.float64)[IDS]
     mask = IDS != 0
     prop = propagator_for(layer, Context("float64", Epsilon(0.0, 1.0), "all"))
-    (y,), _, cache = prop.forward([h, h], [mask, mask])
+    (y,), _, cache = prop.forward(tensors([h, h]), tensors([mask, mask]))
     r = to_numpy(y) * np.random.default_rng(4).uniform(0.5, 1.5, y.shape)
-    r_ins, rest = prop.relevance(cache, [r])
+    r_ins, rest = prop.relevance(cache, tensors([r]))
     total = (to_numpy(r_ins[0]) + to_numpy(r_ins[1])).sum(axis=(1, 2)) + (0.0 if rest is None else to_numpy(rest))
     np.testing.assert_allclose(total, r.sum(axis=(1, 2)), rtol=0, atol=1e-9 * np.abs(r).sum(axis=(1, 2)).max())
 
@@ -212,10 +218,10 @@ def test_separate_query_value_key(name):
     by_id = {id(qi): vals["q"], id(vi): vals["v"], id(ki): vals["k"]}
     node_inputs = layer._inbound_nodes[0].input_tensors
     prop = propagator_for(layer, Context("float64", Epsilon(0.0, 1.0), "all"))
-    (y,), _, cache = prop.forward([by_id[id(t)] for t in node_inputs], [None] * 3)
+    (y,), _, cache = prop.forward(tensors([by_id[id(t)] for t in node_inputs]), [None] * 3)
     want = keras.ops.convert_to_numpy(model([vals[n].astype("float32") for n in "qvk"]))
     np.testing.assert_allclose(to_numpy(y), want, rtol=0, atol=1e-5 * np.abs(want).max())   # Keras in float32
-    r_ins, _ = prop.relevance(cache, [to_numpy(y)])
+    r_ins, _ = prop.relevance(cache, [y])
     oracle = OA.from_keras(layer)
     oracle.ctx = OL.Ctx(0.0, 1.0, "all")
     for i in range(2):

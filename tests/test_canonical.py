@@ -13,6 +13,7 @@ import pytest
 from keras import layers as L, ops
 
 import keras_lrp
+from keras_lrp.backend import to_numpy
 import oracle_ops as OO
 
 RNG = np.random.default_rng(0)
@@ -31,7 +32,7 @@ def explain64(model, x, **kw):
 
 
 def model_output(model, x, output=0):
-    return np.asarray(keras.tree.flatten(model(x, training=False))[output])
+    return to_numpy(keras.tree.flatten(model(x, training=False))[output])
 
 
 def check(model, x, pads=None, output=None, index=0, timestep=None):
@@ -384,12 +385,12 @@ def test_multi_output_model_explains_the_chosen_output():
     with pytest.raises(ValueError, match="not an output"):
         keras_lrp.explain(model, x, output="nope")
     by_name = explain64(model, x, output="label")
-    np.testing.assert_allclose(by_name.scores, model(x)["label"], atol=1e-5)
+    np.testing.assert_allclose(by_name.scores, to_numpy(model(x)["label"]), atol=1e-5)
     np.testing.assert_allclose(by_name.total_relevance() + by_name.rest, by_name.explained_score, atol=1e-10)
     index = model.output_names.index("label")
     np.testing.assert_array_equal(explain64(model, x, output=index).relevance[0], by_name.relevance[0])
     tags = explain64(model, x, output="tags", timestep=4)
-    np.testing.assert_allclose(tags.scores, np.asarray(model(x)["tags"])[:, 4], atol=1e-5)
+    np.testing.assert_allclose(tags.scores, to_numpy(model(x)["tags"])[:, 4], atol=1e-5)
 
 
 def test_timestep_is_checked_against_the_chosen_outputs_length():
@@ -402,7 +403,7 @@ def test_timestep_is_checked_against_the_chosen_outputs_length():
     model = perturb(keras.Model([a, b], tags))
     x = [RNG.standard_normal((2, 3, 2)), RNG.standard_normal((2, 8, 2))]
     e = explain64(model, x, timestep=6)
-    np.testing.assert_allclose(e.scores, np.asarray(model(x))[:, 6], atol=1e-5)
+    np.testing.assert_allclose(e.scores, to_numpy(model(x))[:, 6], atol=1e-5)
     with pytest.raises(ValueError, match="has 8 steps"):
         keras_lrp.explain(model, x, timestep=8)
 

@@ -5,6 +5,7 @@ import pytest
 
 import oracle
 import keras_lrp
+from conftest import BACKEND, conditioned_bound
 
 FEATURES, UNITS, CLASSES = 7, 11, 3
 
@@ -82,6 +83,27 @@ def test_float32_agrees_with_float64():
     assert np.abs(e32.relevance - e64.relevance).max() <= 1e-5 * np.abs(e64.relevance).max()
 
 
+def assert_batch_independent(got, want, model, x, target):
+    """``got`` (a sample explained in one batch) equals ``want`` (in another) bit for bit. On torch within
+    the case's float64 rounding bound (``conditioned_bound``) instead: MKL's float64 matrix product there
+    rounds a row by its position in the block of rows (with an odd row length, rows 1, 3, 5 of 7 differ
+    from the same sample alone by 1e-17, 2e-15 relative, at BATCH_ROWS 4 and 8 alike; measured)."""
+    if BACKEND != "torch":
+        np.testing.assert_array_equal(got, want)
+        return
+    weights = model.get_weights()
+
+    def relevance(*arrays):
+        model.set_weights(arrays[:-1])
+        return keras_lrp.explain(model, arrays[-1], target, dtype="float64").relevance
+
+    try:
+        bound = conditioned_bound(relevance, weights + [x])
+    finally:
+        model.set_weights(weights)
+    assert np.abs(got - want).max() <= bound * np.abs(want).max()
+
+
 def test_targets_int_and_per_sample_and_batching():
     model = random_model("uni")
     x = np.random.default_rng(6).standard_normal((7, 4, FEATURES))
@@ -90,9 +112,9 @@ def test_targets_int_and_per_sample_and_batching():
     per = keras_lrp.explain(model, x, [2, 0, 1, 2, 0, 1, 2], dtype="float64")
     for i, t in enumerate([2, 0, 1, 2, 0, 1, 2]):
         one = keras_lrp.explain(model, x[i:i + 1], t, dtype="float64")
-        np.testing.assert_array_equal(per.relevance[i], one.relevance[0])
+        assert_batch_independent(per.relevance[i], one.relevance[0], model, x[i:i + 1], t)
     chunked = keras_lrp.explain(model, x, 2, dtype="float64", batch_size=3)
-    np.testing.assert_array_equal(chunked.relevance, all2.relevance)
+    assert_batch_independent(chunked.relevance, all2.relevance, model, x, 2)
     assert all2.word_relevance.shape == (7, 4)
     np.testing.assert_allclose(all2.word_relevance, all2.relevance.sum(-1))
 

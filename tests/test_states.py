@@ -16,6 +16,7 @@ import pytest
 from keras import ops
 
 import keras_lrp
+from keras_lrp.backend import to_numpy
 import oracle_attention as OA
 import oracle_layers as OL
 
@@ -215,7 +216,7 @@ def bidirectional_states_oracle(model, xs, targets, ctx, step=None):
 
 def model_output(model, xs, step=None):
     xs = [np.asarray(x, dtype=i.dtype) for x, i in zip(xs, model.inputs)]
-    out = np.asarray(model(xs if len(xs) > 1 else xs[0]), np.float64)
+    out = np.asarray(to_numpy(model(xs if len(xs) > 1 else xs[0])), np.float64)
     return out if step is None else out[:, step]
 
 

@@ -118,7 +118,7 @@ def first_layer_sequence(model, x):
         twin.build(x.shape)
         twin.set_weights(first.get_weights())
         first = twin
-    return np.asarray(first(x.astype("float32")))
+    return backend.to_numpy(first(x.astype("float32")))
 
 
 @pytest.mark.parametrize("gate", ["all", "half", "prop"])
@@ -175,6 +175,6 @@ def test_saturated_hard_sigmoid_h5_lstm_conserves(tmp_path):
     acts = keras_lrp.lstm_activations(model.layers[1].forward_layer, x)
     gates = acts["gates"]
     assert np.mean(gates == 0.0) > 0.05 and np.mean(gates == 1.0) > 0.05   # saturated both ways
-    np.testing.assert_allclose(np.asarray(model(x)), tfk.predict(x, verbose=0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(backend.to_numpy(model(x)), tfk.predict(x, verbose=0), rtol=0, atol=1e-5)
     e = keras_lrp.explain(model, x, eps=0.0, bias_factor=1.0, dtype="float64")
     np.testing.assert_allclose(e.convergence_delta, 0.0, atol=1e-10 * np.abs(e.explained_score).max())

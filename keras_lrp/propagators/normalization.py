@@ -85,8 +85,12 @@ class LayerNormalizationProp(_LastAxisNorm):
         _check_last_axis(layer, len(x.shape))
         gamma = ctx.weight(layer.gamma) if layer.scale else None
         beta = ctx.weight(layer.beta) if (layer.center and not layer.rms_scaling) else None
-        # the operations of keras.ops.layer_normalization, in the same order
-        mean, variance = ops.moments(x, axes=[-1], keepdims=True)
+        # the operations of keras.ops.layer_normalization, in the same order: its rms_scaling path takes
+        # ops.var (two-pass on every backend), the other ops.moments (E[x^2] - E[x]^2 on torch)
+        if layer.rms_scaling:
+            mean, variance = None, ops.var(x, axis=-1, keepdims=True)
+        else:
+            mean, variance = ops.moments(x, axes=[-1], keepdims=True)
         inv = ops.rsqrt(variance + ops.convert_to_tensor(layer.epsilon, x.dtype))   # 1 / std, held constant
         scale = inv if gamma is None else inv * gamma                     # gamma / std, broadcast
         if layer.rms_scaling:
