@@ -119,7 +119,7 @@ def bench_ratios(arch, T, units, batch=256, repeats=5):
     forward, gxi, xt = tf.function(model), gradient_x_input(model), tf.constant(x)
     explainer = keras_lrp.LRP(model)
     return medians([lambda: forward(xt).numpy(), lambda: gxi(xt).numpy(),
-                                lambda: explainer.attribute(x, batch_size=batch)], repeats)
+                    lambda: explainer.attribute(x, batch_size=batch)], repeats)
 
 
 def bench_latency(T=20, units=60, repeats=300):
@@ -135,7 +135,7 @@ def bench_dtypes(arch, T, units, batch=256, repeats=5):
     model, x = setting(arch, T, units, batch)
     e32, e64 = keras_lrp.LRP(model, dtype="float32"), keras_lrp.LRP(model, dtype="float64")
     return medians([lambda: e32.attribute(x, batch_size=batch),
-                                lambda: e64.attribute(x, batch_size=batch)], repeats)
+                    lambda: e64.attribute(x, batch_size=batch)], repeats)
 
 
 def bench_gradient_methods(arch, T, units, batch=256, repeats=5):
@@ -144,7 +144,7 @@ def bench_gradient_methods(arch, T, units, batch=256, repeats=5):
     gxi, xt = gradient_x_input(model), tf.constant(x)
     gi, sa = keras_lrp.Explainer(model, method="gi"), keras_lrp.Explainer(model, method="sa")
     return medians([lambda: gxi(xt).numpy(), lambda: gi.attribute(x, batch_size=batch),
-                                lambda: sa.attribute(x, batch_size=batch)], repeats)
+                    lambda: sa.attribute(x, batch_size=batch)], repeats)
 
 
 def main():
@@ -220,6 +220,11 @@ def table_dtypes(quick, repeats):
         print(f"{arch:>10} {T:>4} {units:>5} {t32:>10.4f} {t64:>10.4f} {t64 / t32:>6.2f}", flush=True)
 
 
+def static_rows(method, T, batch=256) -> int:
+    """The rows of a full compiled call: the whole batch for the gradient methods, LRP's chunk otherwise."""
+    return batch if method in ("gi", "sa") else min(batch, keras_lrp.Explainer._chunk_rows(T))
+
+
 def bench_static_batch(method, T, units, batch=256, repeats=5):
     """(hand-written gradient x input, explain with a dynamic batch axis, with a static one) median
     seconds at float32, one explainer swapping its compiled function."""
@@ -227,8 +232,7 @@ def bench_static_batch(method, T, units, batch=256, repeats=5):
     gxi, xt = gradient_x_input(model), tf.constant(x)
     explainer = keras_lrp.Explainer(model, method=method)
     dynamic = explainer._fn
-    rows = batch if method in ("gi", "sa") else min(batch, explainer._chunk_rows(T))   # rows of a full call
-    static = keras_lrp.backend.static_batch(dynamic, rows)
+    static = keras_lrp.backend.static_batch(dynamic, static_rows(method, T, batch))
 
     def explain_with(fn):
         def run():
@@ -248,8 +252,7 @@ def table_static_batch(quick, repeats):
     for method, T in [("gi", 20), ("lrp", 20)] if quick else [("gi", 20), ("gi", 100), ("lrp", 20), ("lrp", 100),
                                                                ("lrp", 200)]:
         t_hand, t_dyn, t_stat = bench_static_batch(method, T, 60, repeats=repeats)
-        rows = 256 if method == "gi" else min(256, keras_lrp.Explainer._chunk_rows(T))
-        print(f"{method:>6} {T:>4} {rows:>5} {t_hand:>10.4f} {t_dyn:>10.4f} {t_stat:>10.4f} {t_dyn / t_hand:>9.2f} "
+        print(f"{method:>6} {T:>4} {static_rows(method, T):>5} {t_hand:>10.4f} {t_dyn:>10.4f} {t_stat:>10.4f} {t_dyn / t_hand:>9.2f} "
               f"{t_stat / t_hand:>9.2f} {t_stat / t_dyn:>9.3f}", flush=True)
 
 

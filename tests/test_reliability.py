@@ -57,7 +57,6 @@ def test_bit_identical_across_runs_and_batch_sizes_float64(name):
         np.testing.assert_array_equal(e.rest, ref.rest)
 
 
-
 @pytest.mark.parametrize("method", ["gi", "sa"])
 def test_full_batches_on_their_own_trace_equal_samples_explained_alone_float64(method):
     """A full batch of the gradient methods runs on a trace with a static batch axis (TensorFlow,
