@@ -460,3 +460,12 @@ def test_baseline_unk_needs_text_and_an_unknown_word(files, call, tmp_path):
     r = call("explain", "i love it", "--model", str(files / "tokens.keras"), "--vocab", str(tmp_path / "tok.json"),
              "--method", "occlusion", "--baseline", "unk")
     assert r.returncode == 2 and "this vocabulary has no unknown-word token" in r.stderr, r.stderr
+
+
+def test_the_flags_are_the_options_of_the_baselines():
+    """The CLI's flag -> methods table (kept free of Keras, for the early checks) is keras_lrp.baselines.OPTIONS."""
+    from keras_lrp.baselines import OPTIONS
+    from keras_lrp.cli.method_options import TAKEN_BY
+
+    names = {name for options in OPTIONS.values() for name in options}
+    assert TAKEN_BY == {name: tuple(m for m in OPTIONS if name in OPTIONS[m]) for name in sorted(names)}
