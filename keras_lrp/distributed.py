@@ -451,12 +451,13 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
                    num_workers: int = 1, cpus_per_worker: float = 1, batch_size: int = 256,
                    shard_size: int = 4096, target=None, timestep=None, eps: float = 1e-3,
                    bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32", method: str = "lrp",
-                   method_options: Optional[dict] = None, embeddings: Optional[PathLike] = None, feature_relevance: bool = False, resume: bool = True,
+                   method_options: Optional[dict] = None, embeddings: Optional[PathLike] = None,
+                   feature_relevance: bool = False, resume: bool = True,
                    max_length: Optional[int] = None, quiet: bool = True, output: str = "jsonl",
                    records: Optional[Callable[[Iterator[Dict[str, Any]]], Iterator[Dict[str, Any]]]] = None,
                    _fail_after_shards: Optional[int] = None) -> CorpusResult:
-    """Explain a corpus with LRP (or a gradient baseline) on a pool of Ray Data actors; write one
-    JSON line (or Parquet row) per sequence.
+    """Explain a corpus with LRP (or a gradient or perturbation baseline) on a pool of Ray Data actors;
+    write one JSON line (or Parquet row) per sequence.
 
     Args:
         model_path: a model file ``keras_lrp.load_model`` reads (.keras, Keras 2 / tf.keras .h5);
@@ -550,7 +551,8 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
     with watch("hash"):
         config = {"format": _FORMAT, "keras_lrp": keras_lrp.__version__, "eps": float(eps),
                   "bias_factor": float(bias_factor), "rule": rule, "dtype": dtype, "method": method,
-                  "method_options": _options_record(method_options), "batch_size": int(batch_size), "shard_size": int(shard_size),
+                  "method_options": _options_record(method_options), "batch_size": int(batch_size),
+                  "shard_size": int(shard_size),
                   "feature_relevance": bool(feature_relevance), "n": corpus.n,
                   "model_sha256": _sha256_file(model_path), "inputs_sha256": _sha256_file(corpus.path),
                   "embeddings_sha256": None if embeddings is None else _sha256_file(embeddings),
