@@ -29,7 +29,8 @@ The baseline ``x'`` is zero by default, or a number, or an array broadcastable t
 tensor ((time, embedding_dim) for token inputs, e.g. (embedding_dim,) for one vector at every step).
 
 Cost in model evaluations per sample (T: time steps; the rows are evaluated as large batches):
-IG ``2 + steps`` (forward and backward), occlusion ``T + 2``, Shapley ``samples x (T + 1) + 2``.
+IG ``2 + steps`` (forward and backward), occlusion ``T + 2``, Shapley ``samples x (T - 1) + 2`` (each
+permutation's coalitions of 1..T-1 players; the empty and the full coalition are f(x') and f(x), once).
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ class Baseline:
             return self.steps + 2
         if self.method == "occlusion":
             return players + 2
-        return self._n_orders(players) * (players + 1) + 2
+        return self._n_orders(players) * (players - 1) + 2
 
     def _n_orders(self, players: int) -> int:
         return math.factorial(players) if self.samples == "all" else self.samples
@@ -162,7 +163,7 @@ class Baseline:
         elif self.method == "occlusion":
             relevance = self._occlusion(*args)
         else:
-            relevance = self._shapley(*args, *plan)
+            relevance = self._shapley(*args, f_ref, *plan)
         return relevance, scores, target, f_ref, timestep, model_out
 
     def _reference(self, start, k: int):
@@ -220,7 +221,7 @@ class Baseline:
             out[k] = _spread(value, starts[k])
         return out
 
-    def _shapley(self, xs, starts, refs, active, score, gradients, target, timestep, f_x, orders):
+    def _shapley(self, xs, starts, refs, active, score, gradients, target, timestep, f_x, f_ref, orders):
         n = ops.shape(target)[0]
         idx = [k for k, s in enumerate(starts) if s is not None]
         sizes = [ops.shape(active[k])[1] for k in idx]
@@ -230,9 +231,13 @@ class Baseline:
         position = ops.argsort(orders, axis=1)                        # (m, P): where each player comes
         earlier = ops.cast(position[:, None, :] < position[:, :, None], a.dtype)   # (m, P, P) [s, p, q]: q before p
         rank = ops.einsum("nq,mpq->nmp", a, earlier)                  # rank among the sample's unmasked players
-        k_coal = ops.cast(ops.arange(p + 1), a.dtype)[None, None, :, None]
-        inside = a[:, None, None, :] * ops.cast(rank[:, :, None, :] < k_coal, a.dtype)   # (n, m, P + 1, P)
-        rows = ops.repeat(ops.arange(n), m * (p + 1))
+        # Each permutation's chain of coalitions 0..P: only 1..P-1 are evaluated here. Coalition 0 (every
+        # player at baseline) is f(x') and coalition P (every player present) is f(x), the same rows for
+        # every permutation, evaluated once per sample by run(). (A sample with fewer unmasked players than
+        # P repeats f(x) at the end of its chain: those rows are still evaluated.)
+        k_coal = ops.cast(ops.arange(1, p), a.dtype)[None, None, :, None]
+        inside = a[:, None, None, :] * ops.cast(rank[:, :, None, :] < k_coal, a.dtype)   # (n, m, P - 1, P)
+        rows = ops.repeat(ops.arange(n), m * (p - 1))
         flat = ops.reshape(1 - a[:, None, None, :] + inside, (-1, p))  # keep: masked players and the coalition
         keep, begin = [None] * len(starts), 0
         for k, size in zip(idx, sizes):
@@ -240,7 +245,9 @@ class Baseline:
             begin += size
         f_c, _ = score(_rows(xs, rows), _mix(starts, refs, keep, rows), ops.take(target, rows, axis=0),
                        ops.take(timestep, rows, axis=0))
-        f_c = ops.reshape(f_c, (n, m, p + 1))
+        ends = ops.ones((n, m, 1), f_x.dtype)
+        f_c = ops.concatenate([f_ref[:, None, None] * ends, ops.reshape(f_c, (n, m, p - 1)), f_x[:, None, None] * ends],
+                              axis=2)                                 # (n, m, P + 1): the whole chain
         gain = f_c[:, :, 1:] - f_c[:, :, :-1]                        # (n, m, P): the (k+1)-th player's gain
         at = ops.cast(ops.minimum(rank, ops.cast(p - 1, rank.dtype)), "int32")
         value = ops.mean(ops.take_along_axis(gain, at, axis=2), axis=1) * a   # (n, P)

@@ -349,7 +349,8 @@ class _ShardExplainer:
     def __init__(self, model_path: str, corpus: _Corpus, shards_dir: str, fingerprint: str,
                  config: Dict[str, Any], target: Optional[np.ndarray], timestep: Optional[np.ndarray],
                  embeddings: Optional[str] = None, fail_after: Optional[int] = None,
-                 max_length: Optional[int] = None, backend: Optional[str] = None):
+                 max_length: Optional[int] = None, backend: Optional[str] = None,
+                 method_options: Optional[dict] = None):
         self.created = time.time()
         watch = _Stopwatch()
         with watch("import"):
@@ -363,6 +364,7 @@ class _ShardExplainer:
         with watch("compile"):
             self.explainer = keras_lrp.Explainer(model, eps=config["eps"], bias_factor=config["bias_factor"],
                                                  dtype=config["dtype"], rule=config["rule"], method=config["method"],
+                                                 method_options=method_options,
                                                  max_length=MAX_LENGTH if max_length is None else max_length)
         self.setup = watch.seconds
         self.corpus, self.shards_dir, self.fingerprint = corpus, pathlib.Path(shards_dir), fingerprint
@@ -449,12 +451,13 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
                    num_workers: int = 1, cpus_per_worker: float = 1, batch_size: int = 256,
                    shard_size: int = 4096, target=None, timestep=None, eps: float = 1e-3,
                    bias_factor: float = 0.0, rule: str = "all", dtype: str = "float32", method: str = "lrp",
-                   embeddings: Optional[PathLike] = None, feature_relevance: bool = False, resume: bool = True,
+                   method_options: Optional[dict] = None, embeddings: Optional[PathLike] = None,
+                   feature_relevance: bool = False, resume: bool = True,
                    max_length: Optional[int] = None, quiet: bool = True, output: str = "jsonl",
                    records: Optional[Callable[[Iterator[Dict[str, Any]]], Iterator[Dict[str, Any]]]] = None,
                    _fail_after_shards: Optional[int] = None) -> CorpusResult:
-    """Explain a corpus with LRP (or a gradient baseline) on a pool of Ray Data actors; write one
-    JSON line (or Parquet row) per sequence.
+    """Explain a corpus with LRP (or a gradient or perturbation baseline) on a pool of Ray Data actors;
+    write one JSON line (or Parquet row) per sequence.
 
     Args:
         model_path: a model file ``keras_lrp.load_model`` reads (.keras, Keras 2 / tf.keras .h5);
@@ -471,8 +474,9 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         cpus_per_worker: CPUs Ray reserves per actor.
         batch_size: samples per compiled call inside an actor.
         shard_size: sequences per shard, the unit of work, of output files and of resumption.
-        target, timestep, eps, bias_factor, rule, dtype, method: as for :func:`keras_lrp.explain`
-            (``target`` / ``timestep`` also one int per sequence).
+        target, timestep, eps, bias_factor, rule, dtype, method, method_options: as for
+            :func:`keras_lrp.explain` (``target`` / ``timestep`` also one int per sequence); every
+            worker gets the same ``method_options``, recorded in the manifest (arrays by digest).
         embeddings: for a model on embedding vectors (time, emb_dim): a .npy matrix (vocab, emb_dim);
             ``inputs`` are then token ids, looked up in it by the workers (as the CLI's shipped models).
         feature_relevance: write the full (time, features) relevance instead of per-timestep sums.
@@ -523,7 +527,8 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
 
     max_length = MAX_LENGTH if max_length is None else max_length
     explainer = keras_lrp.Explainer(keras_lrp.load_model(model_path), eps=eps, bias_factor=bias_factor,
-                                    dtype=dtype, rule=rule, method=method, max_length=max_length)
+                                    dtype=dtype, rule=rule, method=method, method_options=method_options,
+                                    max_length=max_length)
     spec = {**_input_spec(explainer), "max_length": max_length}
     if embeddings is not None:
         embeddings = os.path.abspath(os.fspath(embeddings))
@@ -546,7 +551,8 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
     with watch("hash"):
         config = {"format": _FORMAT, "keras_lrp": keras_lrp.__version__, "eps": float(eps),
                   "bias_factor": float(bias_factor), "rule": rule, "dtype": dtype, "method": method,
-                  "batch_size": int(batch_size), "shard_size": int(shard_size),
+                  "method_options": _options_record(method_options), "batch_size": int(batch_size),
+                  "shard_size": int(shard_size),
                   "feature_relevance": bool(feature_relevance), "n": corpus.n,
                   "model_sha256": _sha256_file(model_path), "inputs_sha256": _sha256_file(corpus.path),
                   "embeddings_sha256": None if embeddings is None else _sha256_file(embeddings),
@@ -570,7 +576,7 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
                          dict(model_path=model_path, corpus=corpus, shards_dir=str(shards_dir.resolve()),
                               fingerprint=fingerprint, config=config, target=target_arr, timestep=timestep_arr,
                               embeddings=embeddings, fail_after=_fail_after_shards, max_length=max_length,
-                              backend=keras_backend_name()),
+                              backend=keras_backend_name(), method_options=method_options),
                          quiet, on_shard=merge.complete)
     except BaseException:
         merge.abort()
@@ -579,6 +585,22 @@ def explain_corpus(model_path: PathLike, inputs, out_dir: PathLike, *, address: 
         path = merge.finish()
     return CorpusResult(path=path, n_sequences=corpus.n, n_shards=len(shards), computed=[s.index for s in todo],
                         reused=reused, seconds=time.time() - began, timings=watch.seconds)
+
+
+def _options_record(options: Optional[dict]) -> Optional[dict]:
+    """``method_options`` as JSON, for the manifest and the fingerprint: numbers as they are, arrays
+    by shape, dtype and SHA-256 of their bytes."""
+    def part(value):
+        if isinstance(value, (list, tuple)):
+            return [part(v) for v in value]
+        if isinstance(value, np.generic):
+            value = value.item()
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        a = np.ascontiguousarray(value)
+        return {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+
+    return None if not options else {str(k): part(v) for k, v in sorted(options.items())}
 
 
 def _array_digest(a: Optional[np.ndarray]) -> Optional[str]:

@@ -125,6 +125,64 @@ def test_shapley_sampling_equals_the_loop_over_the_same_permutations_and_is_effi
     assert np.abs(e.word_relevance).sum() > 0
 
 
+def _sampled_shapley(f, players, orders):
+    """Mean marginal contributions over ``orders`` (permutations of every position; the players in
+    their order), one plain loop per order: f(frozenset of players) -> score."""
+    phi = dict.fromkeys(players, 0.0)
+    for order in orders:
+        coalition = frozenset()
+        for q in (q for q in order if q in phi):
+            phi[q] += (f(coalition | {q}) - f(coalition)) / len(orders)
+            coalition = coalition | {q}
+    return phi
+
+
+@pytest.mark.parametrize("samples", ["all", 4])
+def test_shapley_evaluates_each_chain_end_once_and_stays_exact(samples):
+    """Baseline.run on a counting toy score (not additive in the steps): per sample, f(x), f(x') and
+    each permutation's coalitions of 1..P-1 players, m (P - 1) + 2 rows; the values equal the plain
+    loops (exact Shapley for "all", the same permutations when sampled), with masked steps (a sample
+    with fewer players than P) and efficiency f(x) - f(x') per sample."""
+    from keras import ops
+
+    from keras_lrp.baselines import make_baseline
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 2))
+    active = np.array([[1, 1, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1]], dtype="float64")
+    w = rng.standard_normal((4, 2))
+    rows = []
+
+    def toy(v):      # (rows, T, D) -> (rows,)
+        z = np.einsum("rtd,td->rt", v, w) if isinstance(v, np.ndarray) else ops.einsum("rtd,td->rt", v, w)
+        first, rest = z[:, 0], z[:, 1:]
+        return (np.tanh if isinstance(v, np.ndarray) else ops.tanh)(first + 2 * rest[:, 0]) * rest[:, 1] \
+            + rest[:, 2] ** 2
+
+    def score(xs, starts, target, timestep):
+        rows.append(int(ops.shape(starts[0])[0]))
+        f = toy(starts[0])
+        return f, (f[:, None], ops.zeros_like(target), timestep, f[:, None])
+
+    baseline = make_baseline("shapley", {"samples": samples, "seed": 5}, 1, "float64")
+    plan = baseline.plan(4)
+    relevance, _, _, f_ref, _, _ = baseline.run([None], [ops.convert_to_tensor(x)], [ops.convert_to_tensor(active)],
+                                                score, None, ops.zeros(3, "int32"), ops.zeros(3, "int32"), *plan)
+    value = ops.convert_to_numpy(ops.sum(relevance[0], axis=-1))     # (3, 4)
+    assert sum(rows) == 3 * baseline.rows_per_sample(4) == 3 * (len(plan[0]) * 3 + 2)
+    for i in range(3):
+        players = list(np.flatnonzero(active[i]))
+
+        def f(coalition):
+            kept = np.where(np.isin(np.arange(4), [p for p in players if p not in coalition])[:, None], 0.0, x[i])
+            return toy(kept[None])[0]
+
+        phi = _exact_shapley(f, players) if samples == "all" else _sampled_shapley(f, players, plan[0])
+        np.testing.assert_allclose(value[i], [phi.get(t, 0.0) for t in range(4)], rtol=1e-9, atol=1e-12)
+        assert abs(value[i].sum() - (f(frozenset(players)) - f(frozenset()))) <= 1e-12 * np.abs(value[i]).sum()
+        assert abs(ops.convert_to_numpy(f_ref)[i] - f(frozenset())) <= 1e-12
+
+
 def test_integrated_gradients_equals_the_loop_and_completeness_improves_with_steps(text_model):
     model, emb, score = text_model
     e = explain(model, IDS, method="ig", method_options={"steps": 16}, dtype="float64")
@@ -237,7 +295,7 @@ def test_explainer_class_text_and_json_round_trip(text_model, tmp_path):
     ({"baseline": [np.nan, 0, 0]}, "occlusion", "NaN or inf"),
     ({"baseline": np.zeros(4)}, "ig", "does not broadcast"),
     ({"samples": "all"}, "shapley", "9! permutations"),
-    ({"samples": 200_000}, "shapley", "Use a smaller samples"),
+    ({"samples": 300_000}, "shapley", "Use a smaller samples"),
     ({"steps": 4}, "lrp", "method_options are for the methods"),
     ("steps=4", "ig", "method_options must be a dict"),
 ])

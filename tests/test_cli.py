@@ -274,13 +274,14 @@ def test_argument_errors_are_answered_before_tensorflow(files, tmp_path):
              ["explain", "x", "--model", d + "/tokens.keras", "--vocab", d + "/nothere.json"],
              ["explain", "--npy", d + "/x.npy"], ["evaluate", "--methods", "lrp,nope"],
              ["evaluate", "--max-sentences", "0"], ["evaluate", "--data", d + "/missing.txt"],
+             ["explain", "x", "--steps", "4"], ["explain", "x", "--method", "ig", "--baseline", "y"],
              ["--version"], ["--help"], ["explain", "--help"], ["evaluate", "--help"], []]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     r = subprocess.run([sys.executable, "-c", f"ARGVS = {argvs!r}" + GUARD], capture_output=True, text=True,
                        env=env, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     codes = eval(r.stdout.split("CODES")[1])
-    assert codes == [2, 2, 2, 2, 2, 2, 1, 2, 2, 2, 2, 0, 0, 0, 0, 2], (codes, r.stderr)
+    assert codes == [2, 2, 2, 2, 2, 2, 1, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 2], (codes, r.stderr)
     assert "/proc/version" in r.stderr and "argument --eps: must be >= 0" in r.stderr
     assert not list(tmp_path.iterdir())                       # nothing written anywhere
 
@@ -374,3 +375,97 @@ def test_vocab_file_of_no_known_format(tmp_path, files, call):
     (tmp_path / "v.json").write_text(json.dumps({"words": ["a", "b"]}))
     r = call("explain", "x", "--model", str(files / "tokens.keras"), "--vocab", str(tmp_path / "v.json"))
     assert r.returncode == 1 and "Keras Tokenizer JSON" in r.stderr and "v.json" in r.stderr
+
+
+def test_baseline_options_reach_the_explainer_and_are_recorded(files, call, tmp_path):
+    """--steps / --window / --samples / --seed / --baseline give what explain_text gives with the same
+    method_options (--baseline unk: the Embedding's row of the unknown id 1); the JSON lines record
+    every option of the method, defaults included."""
+    import keras_lrp
+
+    model = keras_lrp.load_model(files / "tokens.keras")
+    unk = model.layers[0].embeddings.numpy()[1]
+    np.save(tmp_path / "base.npy", np.full(4, 0.25))
+    sentence = "i love the plot"
+    cases = [(["--method", "shapley", "--samples", "3", "--seed", "2", "--baseline", "unk"],
+              {"samples": 3, "seed": 2, "baseline": unk}, {"samples": 3, "seed": 2, "baseline": "unk"}),
+             (["--method", "ig", "--steps", "4", "--baseline", "0.5"],
+              {"steps": 4, "baseline": 0.5}, {"steps": 4, "baseline": "0.5"}),
+             (["--method", "occlusion", "--window", "2", "--baseline", str(tmp_path / "base.npy")],
+              {"window": 2, "baseline": np.full(4, 0.25)}, {"window": 2, "baseline": str(tmp_path / "base.npy")}),
+             (["--method", "shapley"], None, {"samples": 32, "seed": 0, "baseline": "zero"})]
+    for argv, options, recorded in cases:
+        r = call("explain", sentence, "--model", str(files / "tokens.keras"), "--vocab", str(files / "vocab.json"),
+                 "--float64", "--json", str(tmp_path / "out.jsonl"), *argv)
+        assert r.returncode == 0, (argv, r.stderr)
+        line = json.loads((tmp_path / "out.jsonl").read_text())
+        assert line["method_options"] == recorded
+        e = keras_lrp.explain_text(model, [sentence], vocab=Vocabulary.load(files / "vocab.json"), method=argv[1],
+                                   method_options=options, dtype="float64")
+        np.testing.assert_allclose(line["relevance"], e.word_relevance[0], rtol=1e-12, atol=1e-15)
+    # the default options differ from those given: the flags are not ignored
+    assert not np.allclose(json.loads((tmp_path / "out.jsonl").read_text())["relevance"],
+                           keras_lrp.explain_text(model, [sentence], vocab=Vocabulary.load(files / "vocab.json"),
+                                                  method="shapley", dtype="float64", method_options={
+                                                      "samples": 3, "seed": 2, "baseline": unk}).word_relevance[0])
+    r = call("explain", sentence, "--model", str(files / "tokens.keras"), "--vocab", str(files / "vocab.json"),
+             "--json", str(tmp_path / "lrp.jsonl"))
+    assert r.returncode == 0 and json.loads((tmp_path / "lrp.jsonl").read_text())["method_options"] is None
+
+
+def test_baseline_options_with_npy(files, call, tmp_path):
+    import keras_lrp
+
+    x = np.load(files / "x.npy")
+    r = call("explain", "--model", str(files / "series.keras"), "--npy", str(files / "x.npy"), "--out",
+             str(tmp_path / "r.npy"), "--method", "occlusion", "--window", "2", "--baseline", "-1", "--float64")
+    assert r.returncode == 0, r.stderr
+    e = keras_lrp.explain(keras_lrp.load_model(files / "series.keras"), x, method="occlusion", dtype="float64",
+                          method_options={"window": 2, "baseline": -1.0})
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), e.relevance, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--steps", "3"], "--steps is an option of --method ig, not of --method lrp"),
+    (["--method", "gi", "--window", "2"], "--window is an option of --method occlusion, not of --method gi"),
+    (["--method", "ig", "--samples", "all"], "--samples is an option of --method shapley, not of --method ig"),
+    (["--method", "occlusion", "--seed", "1"], "--seed is an option of --method shapley"),
+    (["--method", "sa", "--baseline", "0"], "--baseline is an option of --method ig / --method occlusion / "
+                                            "--method shapley, not of --method sa"),
+    (["--method", "ig", "--baseline", "nothing"], "argument --baseline: expected zero, unk, a number or a .npy"),
+    (["--method", "ig", "--baseline", "nan"], "argument --baseline: must be finite"),
+    (["--method", "shapley", "--samples", "0"], "argument --samples: must be >= 1 (or 'all')"),
+    (["--method", "shapley", "--samples", "some"], "argument --samples: expected an integer or 'all'"),
+    (["--method", "ig", "--steps", "0"], "argument --steps: must be >= 1"),
+    (["--method", "ig", "--baseline", "OBJECTS"], "holds Python objects"),
+    (["--method", "ig", "--baseline", "MATRIX3D"], "expected numbers of shape (features,) or (time, features)"),
+    (["--method", "ig", "--baseline", "WIDE"], "does not broadcast"),
+])
+def test_baseline_option_errors(files, call, tmp_path, extra, message):
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "matrix3d.npy", np.zeros((1, 2, 4)))
+    np.save(tmp_path / "wide.npy", np.zeros(5))
+    extra = [str(tmp_path / (e.lower() + ".npy")) if e in ("OBJECTS", "MATRIX3D", "WIDE") else e for e in extra]
+    r = call("explain", "i love it", "--model", str(files / "tokens.keras"), "--vocab", str(files / "vocab.json"),
+             *extra)
+    assert r.returncode in (1, 2) and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_baseline_unk_needs_text_and_an_unknown_word(files, call, tmp_path):
+    r = call("explain", "--model", str(files / "series.keras"), "--npy", str(files / "x.npy"), "--method", "ig",
+             "--baseline", "unk")
+    assert r.returncode == 2 and "--baseline unk is the unknown word's embedding, for text" in r.stderr
+    (tmp_path / "tok.json").write_text(json.dumps({"i": 1, "love": 2, "it": 3}))    # no <OOV> entry
+    r = call("explain", "i love it", "--model", str(files / "tokens.keras"), "--vocab", str(tmp_path / "tok.json"),
+             "--method", "occlusion", "--baseline", "unk")
+    assert r.returncode == 2 and "this vocabulary has no unknown-word token" in r.stderr, r.stderr
+
+
+def test_the_flags_are_the_options_of_the_baselines():
+    """The CLI's flag -> methods table (kept free of Keras, for the early checks) is keras_lrp.baselines.OPTIONS."""
+    from keras_lrp.baselines import OPTIONS
+    from keras_lrp.cli.method_options import TAKEN_BY
+
+    names = {name for options in OPTIONS.values() for name in options}
+    assert TAKEN_BY == {name: tuple(m for m in OPTIONS if name in OPTIONS[m]) for name in sorted(names)}

@@ -372,6 +372,35 @@ def test_cli_engine_ray_equals_local_engine(ray_instance, tmp_path):
     assert rows == local
 
 
+def test_cli_engine_ray_baseline_options_equal_local_engine(ray_instance, tmp_path, capsys):
+    """``--method shapley --samples 3 --seed 1 --baseline unk`` on Ray workers writes the local engine's
+    JSON lines (the options recorded in each); the manifest records them, so another --seed in the same
+    --out-dir is refused before any worker starts."""
+    from keras_lrp.cli import main
+    from keras_lrp.text import Vocabulary
+
+    Vocabulary(["good", "bad", "film", "plot"]).save(tmp_path / "vocab.json")
+    keras.utils.set_random_seed(4)
+    keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(6, 3, mask_zero=True),
+                      keras.layers.LSTM(2), keras.layers.Dense(2)]).save(tmp_path / "m.keras")
+    (tmp_path / "in.txt").write_text("good film\nbad plot , bad film\nfilm\n")
+    model = ["--model", str(tmp_path / "m.keras"), "--vocab", str(tmp_path / "vocab.json"), "--float64", "--quiet"]
+    options = ["--method", "shapley", "--samples", "3", "--seed", "1", "--baseline", "unk"]
+    ray_run = ["explain", "--input", str(tmp_path / "in.txt"), "--engine", "ray", "--out-dir", str(tmp_path / "run"),
+               "--shard-size", "2", *model]
+    assert main([*ray_run, *options]) == 0
+    assert main(["explain", "--input", str(tmp_path / "in.txt"), "--json", str(tmp_path / "local.jsonl"), *model,
+                 *options]) == 0
+    rows, local = read(tmp_path / "run" / "out.jsonl"), read(tmp_path / "local.jsonl")
+    assert rows == local
+    assert rows[0]["method_options"] == {"samples": 3, "seed": 1, "baseline": "unk"}
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["method_options"]["samples"] == 3 and len(manifest["method_options"]["baseline"]["sha256"]) == 64
+    other_seed = ["--method", "shapley", "--samples", "3", "--seed", "2", "--baseline", "unk"]
+    assert main([*ray_run, *other_seed]) == 1
+    assert "differs in: method_options" in capsys.readouterr().err
+
+
 def test_cli_engine_ray_prints_only_its_own_lines(tmp_path):
     """Ray's start-up lines, Ray Data's execution plan and the core worker's "E ... core_worker.cc"
     line are hidden: stderr holds the command's own lines only (a fresh process starting Ray)."""

@@ -74,6 +74,12 @@ examples:
   keras-lrp explain --model imdb.h5 --vocab tokenizer.json --padding post "a great film"
   keras-lrp explain --model reviews.keras "a great film"          # a model starting with TextVectorization
   keras-lrp explain --model series.keras --npy x.npy --out relevance.npy --png heatmap.png
+  keras-lrp explain --method shapley --samples 64 --seed 1 --baseline unk "a great film"
+  keras-lrp explain --method ig --steps 128 --input sentences.txt --json ig.jsonl
+  keras-lrp explain --method occlusion --window 2 --baseline 0.5 --model series.keras --npy x.npy
+
+baselines (--method ig / occlusion / shapley): the options above; each is refused with another method.
+The JSON lines record them (method_options: every option of the method, defaults included).
 
 exit codes: 0 ok, 1 runtime error, 2 usage error, 130 interrupted.
 """
@@ -95,6 +101,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     from ..experiments.evaluate import add_evaluate_parser, finite_float, int_at_least, nonnegative_float
+    from .method_options import add_method_option_arguments
 
     parser = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Explain Keras LSTM/GRU predictions with LRP "
@@ -127,8 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", default="all", choices=["all", "half", "prop"], help="gate rule (default all)")
     p.add_argument("--method", default="lrp", choices=["lrp", "gi", "sa", "ig", "occlusion", "shapley"],
                    help="lrp (default), gi = gradient x input, sa = sensitivity analysis, ig = Integrated "
-                        "Gradients (32 steps), occlusion (one step at a time), shapley (32 sampled permutations, "
-                        "seed 0); the baselines' options are in Python's explain(method_options=...)")
+                        "Gradients, occlusion, shapley = Shapley sampling (their options: see below)")
     p.add_argument("--float64", action="store_true", help="compute in float64")
     p.add_argument("--json", help="write JSON lines (one per sentence, in input order) to this file")
     p.add_argument("--html", help="write an HTML heatmap page to this file")
@@ -150,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks, every warning, and TensorFlow's "
                                                           "and Ray's logs")
+    add_method_option_arguments(p, int_at_least)
     add_evaluate_parser(sub)
     return parser
 

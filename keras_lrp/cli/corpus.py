@@ -53,12 +53,13 @@ def _model_files(job):
             os.path.normpath(os.path.join(base, meta["embeddings"])))
 
 
-def explain_text_corpus(job, text_model, front, target) -> int:
+def explain_text_corpus(job, text_model, front, target, options=None) -> int:
     """Encode the sentences (streamed) as the local engine does, write ``DIR/ids.jsonl`` (the ids) and
     ``DIR/texts.jsonl`` (text, tokens, unknown and left-out words), explain the ids on Ray Data workers
-    and write ``DIR/out.jsonl`` with the local ``--json`` lines (same fields, same order)."""
+    (``options``: the ``method_options``, the same on every worker) and write ``DIR/out.jsonl`` with the
+    local ``--json`` lines (same fields, same order)."""
     from ..distributed import explain_corpus
-    from .explain import encode_sentence, record
+    from .explain import encode_sentence, explain_kwargs, record
 
     args = job.args
     if front.vectorizes_inside:
@@ -95,9 +96,8 @@ def explain_text_corpus(job, text_model, front, target) -> int:
 
     result = explain_corpus(model_path, ids_path, args.out_dir, address=args.address, num_workers=args.workers,
                             shard_size=args.shard_size, batch_size=args.batch_size, target=target,
-                            eps=args.eps, bias_factor=args.bias_factor, rule=args.rule, method=args.method,
-                            dtype="float64" if args.float64 else "float32", embeddings=embeddings,
-                            max_length=front.max_length, quiet=not args.debug, records=as_cli_records)
+                            embeddings=embeddings, max_length=front.max_length, quiet=not args.debug,
+                            records=as_cli_records, **explain_kwargs(args, options))
     if not args.quiet:
         print(printable(f"{PROG}: wrote {result.n_sequences} explanations to {result.path} ({len(result.computed)} "
                         f"shards computed, {len(result.reused)} reused; skipped {skipped} sentences without tokens)"),

@@ -28,6 +28,8 @@ import numpy as np
 from ..npy import load_npy
 from ..quiet import SummableWarning
 from . import PROG, UsageError
+from .method_options import (check_method_options, load_baseline_file, method_options, recorded_options,
+                             unknown_word_vector)
 from ..safe_io import printable, quote
 from .outputs import Outputs
 
@@ -135,6 +137,7 @@ class ExplainJob:
     tokenizer: object = None
     embeddings: Optional[np.ndarray] = None        # --embeddings
     x: Optional[np.ndarray] = None                 # --npy: (batch, time, features)
+    baseline_file: Optional[np.ndarray] = None     # --baseline FILE.npy
     json_lines: int = 0                            # JSON lines written so far
 
 
@@ -159,6 +162,8 @@ def prepare_explain(args: argparse.Namespace) -> ExplainJob:
         UsageError, OutputError: the command line is wrong (exit code 2).
         OSError, ValueError: an input file cannot be read (exit code 1).
     """
+    check_method_options(args)
+    baseline_file = load_baseline_file(args)
     if args.npy:
         if args.model is None:
             raise UsageError("--npy needs --model (a time-series model taking (batch, time, features))")
@@ -175,7 +180,7 @@ def prepare_explain(args: argparse.Namespace) -> ExplainJob:
         if x.ndim != 3 or not np.issubdtype(x.dtype, np.number):
             raise ValueError(f"--npy {args.npy}: expected numbers of shape (batch, time, features) or "
                              f"(time, features), got {x.dtype} {x.shape}")
-        return ExplainJob(args, Outputs({"out": out, "png": args.png}), x=x)
+        return ExplainJob(args, Outputs({"out": out, "png": args.png}), x=x, baseline_file=baseline_file)
     if args.out:
         raise UsageError("--out is for --npy; for text use --json, --html or --png")
     if args.model is None and (args.padding or args.truncating or args.maxlen):
@@ -209,7 +214,7 @@ def prepare_explain(args: argparse.Namespace) -> ExplainJob:
         source.close()
         raise
     return ExplainJob(args, outputs, source=source, vocabulary=vocabulary, tokenizer=tokenizer,
-                      embeddings=embeddings)
+                      embeddings=embeddings, baseline_file=baseline_file)
 
 
 def _option(name: str) -> str:
@@ -312,9 +317,11 @@ def text_front_of(args, text_model: TextModel, max_length: int):
                       max_length=max_length)
 
 
-def _explain_kwargs(args) -> dict:
+def explain_kwargs(args, options: Optional[dict]) -> dict:
+    """The settings of :func:`keras_lrp.explain` (and the Ray engine's) for the command line;
+    ``options``: its ``method_options`` (:func:`.method_options.method_options`)."""
     return dict(eps=args.eps, bias_factor=args.bias_factor, rule=args.rule, method=args.method,
-                dtype="float64" if args.float64 else "float32")
+                dtype="float64" if args.float64 else "float32", method_options=options)
 
 
 def max_length_of(args) -> int:
@@ -351,9 +358,10 @@ def _explain_text(job: ExplainJob, chunk: int) -> int:
     tm = _load_text_model(job)
     target = _resolve_target(args.target, tm.class_names)
     front = text_front_of(args, tm, max_length_of(args))
+    options = method_options(args, job.baseline_file, lambda: unknown_word_vector(tm, front))
     if args.engine == "ray":
         from .corpus import explain_text_corpus
-        return explain_text_corpus(job, tm, front, target)
+        return explain_text_corpus(job, tm, front, target, options)
     progress = Progress(source.total_lines, enabled=not args.quiet and not source.single)
     sink = _TextSink(job, show=not args.quiet and not (args.json and not source.single), progress=progress)
     try:
@@ -364,7 +372,7 @@ def _explain_text(job: ExplainJob, chunk: int) -> int:
             front.warn(encoded)
             targets = None if target is None else np.full(len(encoded), target, dtype=np.int32)
             e = explain_encoded(front, encoded, targets, [s.text for s in sentences], batch_size=args.batch_size,
-                                verbose=False, **_explain_kwargs(args))
+                                verbose=False, **explain_kwargs(args, options))
             sink.add(_records(e, args, [x.dropped for x in encoded]))
             progress.update(source.lines_read, sink.n)
         progress.close()
@@ -486,14 +494,14 @@ def record(text: str, tokens: List[str], relevance: List[float], scores, target:
     """One JSON line of ``--json`` (and of ``--engine ray``'s ``out.jsonl``): the sentence, its tokens
     (padding shown as ``<pad>``), the relevance of each, the scores by class name, the prediction,
     the explained class (name and index), the unknown words, the words the tokenizer left out, and
-    the settings."""
+    the settings (``method_options``: :func:`.method_options.recorded_options`)."""
     pred = int(np.argmax(scores))
     return {"text": text, "tokens": tokens, "relevance": relevance,
             "scores": {n: float(s) for n, s in zip(names, scores)}, "prediction": names[pred],
             "target": names[target], "target_index": target,
             "oov_tokens": [t for t, o in zip(tokens, oov) if o], "dropped_tokens": list(dropped),
             "method": args.method, "rule": args.rule if args.method == "lrp" else None,
-            "eps": args.eps, "bias_factor": args.bias_factor}
+            "method_options": recorded_options(args), "eps": args.eps, "bias_factor": args.bias_factor}
 
 
 def _print_record(r, color, ansi_heatmap):
@@ -527,7 +535,7 @@ def _explain_numeric(job: ExplainJob) -> int:
     model = _load_model(args.model)
     target = _resolve_target(args.target, _class_names(args, model.output_shape[-1]))
     e = keras_lrp.explain(model, x, target, batch_size=args.batch_size, max_length=max_length,
-                          **_explain_kwargs(args))
+                          **explain_kwargs(args, method_options(args, job.baseline_file)))
     with job.outputs.open("out", "wb") as f:
         np.save(f, e.relevance)
     if "png" in job.outputs:
