@@ -201,7 +201,10 @@ def quiet_ray(debug: bool = False) -> Iterator[Callable[[], contextlib.AbstractC
     """Hide Ray's logs inside the block (Ray's and Ray Data's loggers at ERROR, the C++ core
     worker's at FATAL); restores them afterwards. Yields a context manager to wrap ``ray.init``
     in: it also sends the C++ start-up lines (which ignore the log level) to ``/dev/null``.
-    ``debug=True`` changes nothing."""
+    Two kinds of warnings that are about Ray's own code, not the user's, are ignored inside the
+    block: Ray's deprecation warnings (Ray Data sets its deprecated options itself), and JAX's
+    "os.fork() was called" (Ray starts its processes with ``subprocess``: the child only blocks a
+    signal and execs, taking none of JAX's locks). ``debug=True`` changes nothing."""
     if debug:
         yield contextlib.nullcontext
         return
@@ -213,7 +216,10 @@ def quiet_ray(debug: bool = False) -> Iterator[Callable[[], contextlib.AbstractC
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        yield stderr_to_devnull
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            yield stderr_to_devnull
     finally:
         for k, v in saved_env.items():
             if v is None:

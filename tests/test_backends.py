@@ -141,6 +141,33 @@ def test_cli_runs_on_another_backend_in_float64_without_tensorflow(backend, tmp_
         np.testing.assert_allclose(line["relevance"], tf_line["relevance"], rtol=0, atol=1e-9 * scale)
 
 
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="tests/test_distributed.py runs the Ray path on TensorFlow")
+def test_cli_engine_ray_runs_its_workers_on_this_backend(tmp_path):
+    """KERAS_BACKEND=jax / torch keras-lrp explain --engine ray --float64 (JAX_ENABLE_X64 unset: the CLI
+    enables it, for its workers too): the Ray workers run on the driver's backend and write the local
+    engine's JSON lines, and stderr holds only the command's own line (neither JAX's "os.fork() was
+    called" nor Ray Data's deprecation warnings)."""
+    pytest.importorskip("ray.data")
+    from keras_lrp.cli import main
+
+    (tmp_path / "in.txt").write_text("a fine film .\nthe plot is dull\ni hate it\n")
+    options = ["--input", str(tmp_path / "in.txt"), "--float64", "--eps", "0", "--bias-factor", "1"]
+    env = _env()
+    env.pop("JAX_ENABLE_X64", None)
+    run = subprocess.run([sys.executable, "-m", "keras_lrp.cli", "explain", *options, "--engine", "ray",
+                          "--out-dir", str(tmp_path / "run"), "--shard-size", "2"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("keras-lrp: wrote 3 explanations to "), run.stderr
+    assert main(["explain", *options, "--json", str(tmp_path / "local.jsonl"), "--quiet"]) == 0
+    rows, local = [[json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+                   for name in ("run/out.jsonl", "local.jsonl")]
+    assert [r["tokens"] for r in rows] == [["a", "fine", "film", "."], ["the", "plot", "is", "dull"],
+                                           ["i", "hate", "it"]]
+    assert rows == local     # shards of 2 hold the local run's batches (by length): the same rows, bit for bit
+
+
 @pytest.mark.skipif(_installed("torch"), reason="torch is installed: the case needs a missing backend")
 def test_cli_names_a_missing_backend_and_the_install_line():
     run = subprocess.run([sys.executable, "-m", "keras_lrp.cli", "explain", "a fine film ."], capture_output=True,
