@@ -21,6 +21,10 @@ Each timing is the median of --repeats calls after a warm-up call, the calls int
 change of machine load affects all alike: wall time, or with --cpu this process's CPU time
 (``time.process_time``; with --pin, the one core's work without the time other processes took it).
 
+--jit-compile explains with ``jit_compile=True`` (XLA) in tables 1, 2 and 4, and adds the same baselines
+compiled by XLA (``tf.function(..., jit_compile=True)``) beside the plain ones: each ratio is then given
+against both (a first call per shape compiles; the medians are of later calls).
+
 --pin runs the process on one core (``os.sched_setaffinity``, the highest-numbered core it may use,
 or --core) with one TensorFlow thread (intra- and inter-op), both set before TensorFlow starts: the
 explainer and its baselines then get the same single core, whatever else the machine runs, and table 1
@@ -62,6 +66,8 @@ if PINNED is not None:          # before TensorFlow's runtime starts (its first 
 
 #: the clock of every timing: wall time, or this process's CPU time with --cpu (set in main)
 CLOCK = time.perf_counter
+#: --jit-compile: the explainers compiled by XLA, and the baselines timed with XLA too (set in main)
+JIT = False
 
 
 def medians(fns, repeats):
@@ -94,16 +100,24 @@ def build_model(arch, units, features, classes):
                             + [keras.layers.Dense(classes, use_bias=False)])
 
 
-def gradient_x_input(model):
-    """The baseline: the Keras model's own gradient x input of the predicted class, compiled."""
-    @tf.function
+def gradient_x_input(model, jit_compile=False):
+    """The baseline: the Keras model's own gradient x input of the predicted class, compiled (by XLA with
+    ``jit_compile``)."""
     def gxi(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
             out = model(x)
             score = tf.reduce_sum(tf.gather(out, tf.argmax(out, axis=-1, output_type=tf.int32), batch_dims=1))
         return tape.gradient(score, x) * x
-    return gxi
+    return tf.function(gxi, jit_compile=jit_compile)
+
+
+def with_xla(fns, model, xt, baseline):
+    """``fns`` plus, with --jit-compile, ``baseline`` compiled by XLA (``forward`` or ``gxi``)."""
+    if not JIT:
+        return fns
+    xla = tf.function(model, jit_compile=True) if baseline == "forward" else gradient_x_input(model, True)
+    return fns + [lambda: xla(xt).numpy()]
 
 
 def setting(arch, T, units, batch, features=60, classes=5):
@@ -114,20 +128,21 @@ def setting(arch, T, units, batch, features=60, classes=5):
 
 
 def bench_ratios(arch, T, units, batch=256, repeats=5):
-    """(forward, gradient x input, explain) median seconds at float32."""
+    """(forward, gradient x input, explain[, gradient x input by XLA]) median seconds at float32."""
     model, x = setting(arch, T, units, batch)
     forward, gxi, xt = tf.function(model), gradient_x_input(model), tf.constant(x)
-    explainer = keras_lrp.LRP(model)
-    return medians([lambda: forward(xt).numpy(), lambda: gxi(xt).numpy(),
-                    lambda: explainer.attribute(x, batch_size=batch)], repeats)
+    explainer = keras_lrp.LRP(model, jit_compile=JIT)
+    return medians(with_xla([lambda: forward(xt).numpy(), lambda: gxi(xt).numpy(),
+                             lambda: explainer.attribute(x, batch_size=batch)], model, xt, "gxi"), repeats)
 
 
 def bench_latency(T=20, units=60, repeats=300):
-    """(forward, explain) median seconds for one sequence: the interactive case."""
+    """(forward, explain[, forward by XLA]) median seconds for one sequence: the interactive case."""
     model, x = setting("bilstm", T, units, 1)
     forward, xt = tf.function(model), tf.constant(x)
-    explainer = keras_lrp.LRP(model)
-    return medians([lambda: forward(xt).numpy(), lambda: explainer.attribute(x)], repeats)
+    explainer = keras_lrp.LRP(model, jit_compile=JIT)
+    return medians(with_xla([lambda: forward(xt).numpy(), lambda: explainer.attribute(x)], model, xt, "forward"),
+                   repeats)
 
 
 def bench_dtypes(arch, T, units, batch=256, repeats=5):
@@ -139,12 +154,13 @@ def bench_dtypes(arch, T, units, batch=256, repeats=5):
 
 
 def bench_gradient_methods(arch, T, units, batch=256, repeats=5):
-    """(hand-written gradient x input, method="gi", method="sa") median seconds at float32."""
+    """(hand-written gradient x input, method="gi", method="sa"[, gradient x input by XLA]) median seconds at
+    float32."""
     model, x = setting(arch, T, units, batch)
     gxi, xt = gradient_x_input(model), tf.constant(x)
-    gi, sa = keras_lrp.Explainer(model, method="gi"), keras_lrp.Explainer(model, method="sa")
-    return medians([lambda: gxi(xt).numpy(), lambda: gi.attribute(x, batch_size=batch),
-                    lambda: sa.attribute(x, batch_size=batch)], repeats)
+    gi, sa = (keras_lrp.Explainer(model, method=m, jit_compile=JIT) for m in ("gi", "sa"))
+    return medians(with_xla([lambda: gxi(xt).numpy(), lambda: gi.attribute(x, batch_size=batch),
+                             lambda: sa.attribute(x, batch_size=batch)], model, xt, "gxi"), repeats)
 
 
 def main():
@@ -156,9 +172,11 @@ def main():
     parser.add_argument("--core", type=int, help="the core for --pin (default: the highest-numbered usable)")
     parser.add_argument("--tables", default="1234", help="which tables to print (default 1234; 5: static batch)")
     parser.add_argument("--cpu", action="store_true", help="time in process CPU time, not wall time")
+    parser.add_argument("--jit-compile", action="store_true", help="explainers (and extra baselines) compiled by XLA")
     args = parser.parse_args()
-    global CLOCK
+    global CLOCK, JIT
     CLOCK = time.process_time if args.cpu else time.perf_counter
+    JIT = args.jit_compile
     settings = [("bilstm", 20, 60)] if args.quick else [
         ("bilstm", 20, 60), ("bilstm", 50, 60), ("bilstm", 100, 60), ("bilstm", 200, 60), ("bilstm", 100, 256),
         ("stack3", 50, 60), ("bigru", 50, 60), ("bilstm_mha", 50, 60)] + ([("bilstm", 500, 60)] if args.pin else [])
@@ -167,7 +185,8 @@ def main():
     pinned = (f"pinned to core {PINNED}, 1 TensorFlow thread" if PINNED is not None
               else f"{len(os.sched_getaffinity(0))} usable cores, TensorFlow's default threads")
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPUs, {cpu_name()}, {pinned}, "
-          f"load average {os.getloadavg()[0]:.1f}; times: {'process CPU' if args.cpu else 'wall'}")
+          f"load average {os.getloadavg()[0]:.1f}; times: {'process CPU' if args.cpu else 'wall'}"
+          + ("; explainers compiled by XLA (jit_compile=True)" if JIT else ""))
     print("bilstm = Bidirectional(LSTM(units)), stack3 = LSTM > Bidirectional(LSTM) > LSTM, bigru = "
           "Bidirectional(GRU(units)); bilstm_mha = Bidirectional(LSTM(units, return_sequences)) > "
           "MultiHeadAttention(2 heads, key_dim 16) > GlobalAveragePooling1D; each + Dense(5), 60 features, rule 'all'")
@@ -187,28 +206,31 @@ def main():
 def table_batch(settings, repeats):
     print("\n1. batch 256, float32")
     print(f"{'model':>10} {'T':>4} {'units':>5} {'forward s':>10} {'grad*in s':>10} {'explain s':>10} "
-          f"{'/forward':>9} {'/grad*in':>9} {'explain seq/s':>14}")
+          f"{'/forward':>9} {'/grad*in':>9} {'explain seq/s':>14}" + (f" {'XLA g*in s':>11} {'/XLA g*in':>10}" if JIT else ""))
     for arch, T, units in settings:
-        t_fwd, t_gxi, t_lrp = bench_ratios(arch, T, units, repeats=repeats)
+        t_fwd, t_gxi, t_lrp, *xla = bench_ratios(arch, T, units, repeats=repeats)
         print(f"{arch:>10} {T:>4} {units:>5} {t_fwd:>10.4f} {t_gxi:>10.4f} {t_lrp:>10.4f} {t_lrp / t_fwd:>9.2f} "
-              f"{t_lrp / t_gxi:>9.2f} {256 / t_lrp:>14.0f}", flush=True)
+              f"{t_lrp / t_gxi:>9.2f} {256 / t_lrp:>14.0f}" + "".join(f" {t:>11.4f} {t_lrp / t:>10.2f}" for t in xla),
+              flush=True)
 
 
 def table_gradients(settings, repeats):
     print("\n4. gradient baselines, batch 256, float32: method='gi' / 'sa' against the hand-written gradient x input")
-    print(f"{'model':>10} {'T':>4} {'units':>5} {'grad*in s':>10} {'gi s':>10} {'sa s':>10} {'gi/hand':>8} {'sa/hand':>8}")
+    print(f"{'model':>10} {'T':>4} {'units':>5} {'grad*in s':>10} {'gi s':>10} {'sa s':>10} {'gi/hand':>8} {'sa/hand':>8}"
+          + (f" {'XLA hand s':>11} {'gi/XLA':>7}" if JIT else ""))
     for arch, T, units in settings:
-        t_hand, t_gi, t_sa = bench_gradient_methods(arch, T, units, repeats=repeats)
+        t_hand, t_gi, t_sa, *xla = bench_gradient_methods(arch, T, units, repeats=repeats)
         print(f"{arch:>10} {T:>4} {units:>5} {t_hand:>10.4f} {t_gi:>10.4f} {t_sa:>10.4f} {t_gi / t_hand:>8.2f} "
-              f"{t_sa / t_hand:>8.2f}", flush=True)
+              f"{t_sa / t_hand:>8.2f}" + "".join(f" {t:>11.4f} {t_gi / t:>7.2f}" for t in xla), flush=True)
 
 
 def table_latency(quick):
     print("\n2. one sequence (batch 1), bilstm, units 60, float32")
-    print(f"{'T':>4} {'forward ms':>11} {'explain ms':>11} {'ratio':>6}")
+    print(f"{'T':>4} {'forward ms':>11} {'explain ms':>11} {'ratio':>6}" + (f" {'XLA fwd ms':>11} {'/XLA fwd':>9}" if JIT else ""))
     for T in [20] if quick else [20, 100]:
-        t_fwd, t_lrp = bench_latency(T, repeats=30 if quick else 300)
-        print(f"{T:>4} {1e3 * t_fwd:>11.3f} {1e3 * t_lrp:>11.3f} {t_lrp / t_fwd:>6.2f}", flush=True)
+        t_fwd, t_lrp, *xla = bench_latency(T, repeats=30 if quick else 300)
+        print(f"{T:>4} {1e3 * t_fwd:>11.3f} {1e3 * t_lrp:>11.3f} {t_lrp / t_fwd:>6.2f}"
+              + "".join(f" {1e3 * t:>11.3f} {t_lrp / t:>9.2f}" for t in xla), flush=True)
 
 
 def table_dtypes(quick, repeats):
@@ -220,19 +242,20 @@ def table_dtypes(quick, repeats):
         print(f"{arch:>10} {T:>4} {units:>5} {t32:>10.4f} {t64:>10.4f} {t64 / t32:>6.2f}", flush=True)
 
 
-def static_rows(method, T, batch=256) -> int:
+def static_rows(explainer, T, batch=256) -> int:
     """The rows of a full compiled call: the whole batch for the gradient methods, LRP's chunk otherwise."""
-    return batch if method in ("gi", "sa") else min(batch, keras_lrp.Explainer._chunk_rows(T))
+    return batch if explainer.method in ("gi", "sa") else min(batch, explainer._chunk_rows(T))
 
 
 def bench_static_batch(method, T, units, batch=256, repeats=5):
-    """(hand-written gradient x input, explain with a dynamic batch axis, with a static one) median
-    seconds at float32, one explainer swapping its compiled function."""
+    """(rows of a full call, then hand-written gradient x input, explain with a dynamic batch axis, with a
+    static one) median seconds at float32, one explainer swapping its compiled function."""
     model, x = setting("bilstm", T, units, batch)
     gxi, xt = gradient_x_input(model), tf.constant(x)
     explainer = keras_lrp.Explainer(model, method=method)
     dynamic = explainer._fn
-    static = keras_lrp.backend.static_batch(dynamic, static_rows(method, T, batch))
+    rows = static_rows(explainer, T, batch)
+    static = keras_lrp.backend.static_batch(dynamic, rows)
 
     def explain_with(fn):
         def run():
@@ -240,8 +263,8 @@ def bench_static_batch(method, T, units, batch=256, repeats=5):
             return explainer.attribute(x, batch_size=batch)
         return run
     # a wrapper without static_batch's cache: the explainer cannot swap in the static trace
-    return medians([lambda: gxi(xt).numpy(), explain_with(lambda *args: dynamic(*args)), explain_with(static)],
-                   repeats)
+    return (rows, *medians([lambda: gxi(xt).numpy(), explain_with(lambda *args: dynamic(*args)),
+                            explain_with(static)], repeats))
 
 
 def table_static_batch(quick, repeats):
@@ -251,8 +274,8 @@ def table_static_batch(quick, repeats):
           f"{'dyn/hand':>9} {'stat/hand':>9} {'stat/dyn':>9}")
     for method, T in [("gi", 20), ("lrp", 20)] if quick else [("gi", 20), ("gi", 100), ("lrp", 20), ("lrp", 100),
                                                                ("lrp", 200)]:
-        t_hand, t_dyn, t_stat = bench_static_batch(method, T, 60, repeats=repeats)
-        print(f"{method:>6} {T:>4} {static_rows(method, T):>5} {t_hand:>10.4f} {t_dyn:>10.4f} {t_stat:>10.4f} {t_dyn / t_hand:>9.2f} "
+        rows, t_hand, t_dyn, t_stat = bench_static_batch(method, T, 60, repeats=repeats)
+        print(f"{method:>6} {T:>4} {rows:>5} {t_hand:>10.4f} {t_dyn:>10.4f} {t_stat:>10.4f} {t_dyn / t_hand:>9.2f} "
               f"{t_stat / t_hand:>9.2f} {t_stat / t_dyn:>9.3f}", flush=True)
 
 

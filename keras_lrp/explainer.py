@@ -30,9 +30,9 @@ METHODS = ("lrp", "gi", "sa") + BASELINE_METHODS
 
 Target = Union[None, int, Sequence[int], np.ndarray]
 _DTYPES = ("float32", "float64")
-_ROWS = backend.BATCH_ROWS    # compiled calls see batches of a multiple of this many rows (see Explainer._call_padded)
-# Sequences longer than this many time steps are explained one row per call, so that one long
-# sample is not copied to _ROWS rows (see Explainer._rows_per_call).
+# Compiled calls see batches of a multiple of backend.BATCH_ROWS rows (backend.XLA_BATCH_ROWS with
+# jit_compile; see Explainer._call_padded). Sequences longer than this many time steps are explained
+# one row per call, so that one long sample is not copied to that many rows (Explainer._rows_per_call).
 _LONG_STEPS = 2048
 # Rows x time steps of one compiled call at most (adaptive chunking, Explainer._chunk_rows): keeps
 # the (time, rows, 4 units) tensors of long sequences cache- and allocator-friendly, and the peak
@@ -129,15 +129,31 @@ class Explainer:
             differently from Keras, when they disagree (:mod:`keras_lrp.selfcheck`). True by default.
         output: the output to explain, by name (``model.output_names``) or index, for models with
             several outputs; None for single-output models.
+        jit_compile: compile the explain function with XLA (TensorFlow), which compiles it again for
+            every new input shape (batch rows, time steps; a few seconds each): for inputs of few
+            shapes (fixed-length windows, one batch size, text in length buckets), where it runs
+            faster than TensorFlow's graph executor (README, Speed). JAX always compiles with XLA;
+            torch has no XLA compiler here (True is refused there). Results agree with the
+            default to rounding.
     """
 
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
                  dtype: str = "float32", rule: str = "all", method: str = "lrp",
                  layer_rules: Union[None, dict, Composite] = None, max_length: int = MAX_LENGTH,
                  self_check: bool = True, output: Union[None, int, str] = None,
-                 method_options: Optional[dict] = None):
-        if not isinstance(self_check, (bool, np.bool_)):
-            raise TypeError(f"self_check must be True or False, got {self_check!r}.")
+                 method_options: Optional[dict] = None, jit_compile: bool = False):
+        for name, flag in (("self_check", self_check), ("jit_compile", jit_compile)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {flag!r}.")
+        if jit_compile and not backend.JIT_COMPILES:
+            raise ValueError(f"jit_compile=True compiles with XLA, which keras-lrp uses on TensorFlow and JAX; "
+                             f"Keras runs on {backend.NAME} here: use jit_compile=False.")
+        #: whether the explain function is compiled by XLA (always on JAX)
+        self.jit_compile = bool(jit_compile) or backend.COMPILES_PER_SHAPE
+        #: whether the explain function is compiled again for every new input shape (XLA): callers then
+        #: keep the number of shapes small (``explain_text`` buckets lengths)
+        self.compiles_per_shape = self.jit_compile
+        self._rows = backend.XLA_BATCH_ROWS if self.jit_compile else backend.BATCH_ROWS
         #: whether the first attribute() call still has to compare the forward pass with the model's
         self._checked = not self_check
         if isinstance(max_length, (bool, np.bool_)) or not isinstance(max_length, (int, np.integer)) \
@@ -199,7 +215,8 @@ class Explainer:
         plan = [backend.TensorSpec((None, None), "int32")] if method == "shapley" else []   # Baseline.plan
         #: the explain function compiled for this backend: numpy (inputs, target, timestep) -> numpy
         #: outputs; the weights are read live (see keras_lrp.backend.compile_function)
-        self._fn = backend.compile_function(self._run, [specs, per_sample, per_sample] + plan, _variables(model, graph))
+        self._fn = backend.compile_function(self._run, [specs, per_sample, per_sample] + plan, _variables(model, graph),
+                                            jit_compile=self.jit_compile)
 
     @property
     def _probability_activation(self) -> Optional[str]:
@@ -328,7 +345,7 @@ class Explainer:
         """Compiled calls on chunks of the batch, each padded to a multiple of ``rows`` rows
         (copies of its last sample), sliced back. Matrix-product kernels round a row differently
         when it falls in a partial block of rows (and element-wise kernels at a tensor's ragged
-        end); with every call's row count a multiple of ``_ROWS`` (or exactly one row for long
+        end); with every call's row count a multiple of ``self._rows`` (or exactly one row for long
         sequences, see ``_rows_per_call``), each sample's result does not depend on the batch it
         was explained in, nor on its position there. ``x`` holds one array per model input; the
         batch is full when it has ``batch_size`` samples."""
@@ -346,7 +363,7 @@ class Explainer:
                 # Not for LRP: no faster there (bench/bench_explain.py --tables 5)
                 fn = backend.static_batch(fn, batch_size + (-batch_size % rows))
         if self._baseline is not None and rows > 1:   # each sample takes this many model evaluations
-            chunk = max(_ROWS, chunk // self._baseline.rows_per_sample(self._players(x)) // _ROWS * _ROWS)
+            chunk = max(self._rows, chunk // self._baseline.rows_per_sample(self._players(x)) // self._rows * self._rows)
         n = t.shape[0]
         if n <= chunk:
             return self._call_rows(x, t, steps, rows, fn)
@@ -355,20 +372,18 @@ class Explainer:
         return ([[np.concatenate([p[0][j] for p in parts]) for j in range(len(x))]]
                 + [np.concatenate([p[k] for p in parts]) for k in range(1, len(parts[0]))])
 
-    @staticmethod
-    def _rows_per_call(steps: int) -> int:
+    def _rows_per_call(self, steps: int) -> int:
         """Row granularity of each compiled call for sequences of ``steps`` time steps: a multiple
-        of ``_ROWS`` up to ``_LONG_STEPS`` steps, else exactly one, so that a single long sample is
-        never copied ``_ROWS`` times. (Not other row counts: a kernel rounds the rows of a partial
+        of ``self._rows`` up to ``_LONG_STEPS`` steps, else exactly one, so that a single long sample
+        is never copied that many times. (Not other row counts: a kernel rounds the rows of a partial
         block differently; a lone row is always the same partial block.)"""
-        return _ROWS if max(int(steps), 1) <= _LONG_STEPS else 1
+        return self._rows if max(int(steps), 1) <= _LONG_STEPS else 1
 
-    @staticmethod
-    def _chunk_rows(steps: int) -> int:
-        """Samples per compiled call for sequences of ``steps`` time steps: a multiple of ``_ROWS``
+    def _chunk_rows(self, steps: int) -> int:
+        """Samples per compiled call for sequences of ``steps`` time steps: a multiple of ``self._rows``
         with ``rows x steps <= _ROW_STEPS_PER_CALL`` (128 rows at 50 steps, 80 at 80), at least
         ``_MIN_CHUNK``. Smaller calls for longer sequences keep each whole-sequence tensor small."""
-        return max(_MIN_CHUNK, _ROW_STEPS_PER_CALL // max(int(steps), 1) // _ROWS * _ROWS)
+        return max(_MIN_CHUNK, _ROW_STEPS_PER_CALL // max(int(steps), 1) // self._rows * self._rows)
 
     def _call_rows(self, x, t, steps, rows: int, fn):
         """One compiled call of ``fn`` (``self._fn``, or its trace for this batch size) on the inputs
@@ -600,9 +615,11 @@ class LRP(Explainer):
 
     def __init__(self, model: keras.Model, eps: float = 1e-3, bias_factor: float = 0.0,
                  dtype: str = "float32", rule: str = "all", layer_rules: Union[None, dict, Composite] = None,
-                 max_length: int = MAX_LENGTH, self_check: bool = True, output: Union[None, int, str] = None):
+                 max_length: int = MAX_LENGTH, self_check: bool = True, output: Union[None, int, str] = None,
+                 jit_compile: bool = False):
         super().__init__(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method="lrp",
-                         layer_rules=layer_rules, max_length=max_length, self_check=self_check, output=output)
+                         layer_rules=layer_rules, max_length=max_length, self_check=self_check, output=output,
+                         jit_compile=jit_compile)
 
 
 # The most recently used explainers, so that repeated explain() calls reuse the compiled function.
@@ -616,7 +633,8 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
             batch_size: int = 256, method: str = "lrp",
             layer_rules: Union[None, dict, Composite] = None, verbose: Optional[bool] = None,
             max_length: int = MAX_LENGTH, self_check: bool = True,
-            output: Union[None, int, str] = None, method_options: Optional[dict] = None) -> Explanation:
+            output: Union[None, int, str] = None, method_options: Optional[dict] = None,
+            jit_compile: bool = False) -> Explanation:
     """Explain a model's outputs with LRP (Arras et al. 2017).
 
     Args:
@@ -644,6 +662,7 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
         self_check: compare the explainer's forward pass with the model's output on the first batch
             an explainer sees (see :class:`Explainer`).
         output: for models with several outputs, the one to explain (its name or index).
+        jit_compile: compile with XLA, once per input shape (see :class:`Explainer`).
 
     Returns:
         :class:`~keras_lrp.explanation.Explanation` with ``relevance``, ``word_relevance``
@@ -651,14 +670,15 @@ def explain(model: keras.Model, inputs, target: Target = None, *, timestep=None,
     """
     explainer = cached_explainer(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method=method,
                                  layer_rules=layer_rules, max_length=max_length, self_check=self_check, output=output,
-                                 method_options=method_options)
+                                 method_options=method_options, jit_compile=jit_compile)
     return explainer.attribute(inputs, target=target, timestep=timestep, batch_size=batch_size, verbose=verbose)
 
 
 def cached_explainer(model: keras.Model, *, eps: float = 1e-3, bias_factor: float = 0.0, rule: str = "all",
                      dtype: str = "float32", method: str = "lrp", layer_rules: Union[None, dict, Composite] = None,
                      max_length: int = MAX_LENGTH, self_check: bool = True,
-                     output: Union[None, int, str] = None, method_options: Optional[dict] = None) -> Explainer:
+                     output: Union[None, int, str] = None, method_options: Optional[dict] = None,
+                     jit_compile: bool = False) -> Explainer:
     """The :class:`Explainer` :func:`explain` uses for these arguments: one of the most recently used
     (its compiled function reused), or a new one."""
     composite = as_composite(layer_rules)
@@ -668,12 +688,12 @@ def cached_explainer(model: keras.Model, *, eps: float = 1e-3, bias_factor: floa
     elif method_options:
         raise ValueError(f"method_options are for the methods {', '.join(OPTIONS)}; method={method!r} takes none.")
     key = (id(model), Epsilon(eps=eps, bias_factor=bias_factor), dtype, rule, method, composite.key(), max_length,
-           bool(self_check), output, options)
+           bool(self_check), output, options, bool(jit_compile))
     explainer = _CACHE.get(key)
     if explainer is None or explainer.model is not model:
         explainer = Explainer(model, eps=eps, bias_factor=bias_factor, dtype=dtype, rule=rule, method=method,
                               layer_rules=composite, max_length=max_length, self_check=self_check,
-                              output=output, method_options=method_options)
+                              output=output, method_options=method_options, jit_compile=jit_compile)
     _CACHE[key] = explainer
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:

@@ -45,7 +45,7 @@ __all__ = ["explain_text", "text_front", "explain_encoded", "TextFront", "Encode
            "PAD_TOKEN"]
 
 TargetArg = Union[None, int, str, Sequence[Union[int, str]]]
-_EXPLAIN_KEYS = ("eps", "bias_factor", "rule", "dtype", "method", "method_options", "timestep")
+_EXPLAIN_KEYS = ("eps", "bias_factor", "rule", "dtype", "method", "method_options", "jit_compile", "timestep")
 _SIDES = ("pre", "post")
 #: How padding is shown among the tokens (the model sees id 0 there).
 PAD_TOKEN = "<pad>"
@@ -133,10 +133,11 @@ def explain_text(model: Any, texts: Union[str, Sequence[str]], tokenizer: Any = 
             a longer text raises a ValueError, found by tokenizing no further than that (with
             keras_lrp's tokenizers, or any whose ``tokenize`` takes ``max_tokens=``).
         bucket: pad texts to their length bucket (powers of two, at least 8) where the model masks
-            that padding so that nothing changes, bit for bit (see :func:`explain_encoded`); None: on
-            backends that compile once per input shape (JAX), so that a corpus compiles a few times.
+            that padding so that nothing changes, bit for bit (see :func:`explain_encoded`); None: where
+            the explainer compiles once per input shape (JAX, ``jit_compile=True``), so that a corpus
+            compiles a few times.
         **explain_kwargs: ``eps``, ``bias_factor``, ``rule``, ``dtype``, ``method``, ``method_options``,
-            ``timestep``, as in :func:`keras_lrp.explain`.
+            ``jit_compile``, ``timestep``, as in :func:`keras_lrp.explain`.
 
     Returns:
         An :class:`~keras_lrp.explanation.Explanation` in the order of ``texts`` with
@@ -192,9 +193,9 @@ def explain_encoded(front: "TextFront", encoded: Sequence[Encoded], targets: Opt
 
     Texts are explained in groups of one length. ``bucket``: group them by :func:`length_bucket`
     instead, each padded at its end with id 0 to its bucket's length, where the model masks that
-    padding so that nothing changes, bit for bit (``Explainer.post_padding_safe``): a backend that
-    compiles once per shape (JAX) then compiles a handful of times for a corpus, not once per
-    sentence length. None: on such backends."""
+    padding so that nothing changes, bit for bit (``Explainer.post_padding_safe``): an explainer that
+    compiles once per shape (JAX, or ``jit_compile=True``) then compiles a handful of times for a
+    corpus, not once per sentence length. None: for such explainers."""
     from .explainer import cached_explainer, length_bucket, progress_wanted
 
     front.refresh()
@@ -202,7 +203,7 @@ def explain_encoded(front: "TextFront", encoded: Sequence[Encoded], targets: Opt
     timestep = kwargs.pop("timestep", None)
     explainer = cached_explainer(front.model, max_length=front.max_length, **kwargs)
     if bucket is None:
-        from .backend import COMPILES_PER_SHAPE as bucket
+        bucket = explainer.compiles_per_shape
     bucket = bool(bucket) and explainer.post_padding_safe
     by_length: Dict[int, List[int]] = {}
     for i, e in enumerate(encoded):

@@ -91,6 +91,39 @@ def test_length_buckets_only_where_the_padding_is_masked():
                                   keras_lrp.explain_text(model, TEXTS, bucket=False, **kwargs).relevance)
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="jit_compile chooses XLA on TensorFlow (JAX always compiles so)")
+@pytest.mark.parametrize("method", ["lrp", "gi", "shapley"])
+def test_jit_compile_agrees_with_the_graph_and_keeps_samples_independent(method):
+    """jit_compile=True (XLA) explains as TensorFlow's graph does, to float64 rounding, LRP and the
+    differentiated / perturbed forward passes alike; each sample alone equals it in a batch of 24, bit for
+    bit (XLA rounds a row by its place in a block of 8: calls are padded to 8 rows; with 4, LRP fails
+    here); and explain_text then buckets lengths by default (XLA compiles once per shape)."""
+    model = _token_model(4)
+    ids = np.random.default_rng(4).integers(1, len(WORDS) + 2, (24, 6))
+    ids[3, 4:] = 0
+    kwargs = dict(dtype="float64", eps=0.0, bias_factor=1.0, method=method)
+    graph = keras_lrp.explain(model, ids, **kwargs)
+    xla = keras_lrp.explain(model, ids, jit_compile=True, **kwargs)
+    assert cached_explainer(model, jit_compile=True, **kwargs).compiles_per_shape
+    assert np.abs(xla.relevance - graph.relevance).max() <= 1e-12 * np.abs(graph.relevance).max()
+    np.testing.assert_allclose(xla.scores, graph.scores, rtol=1e-13)
+    for k in range(24):
+        alone = keras_lrp.explain(model, ids[k:k + 1], jit_compile=True, **kwargs)
+        np.testing.assert_array_equal(alone.relevance[0], xla.relevance[k])
+    if method == "lrp":
+        explainer = cached_explainer(model, jit_compile=True, **kwargs)
+        shapes, call = [], explainer._fn
+        explainer._fn = lambda x, *rest: shapes.append(x[0].shape) or call(x, *rest)
+        keras_lrp.explain_text(model, TEXTS, vocab=Vocabulary(WORDS), jit_compile=True, **kwargs)
+        assert sorted({s[1] for s in shapes}) == [8, 16]   # lengths 1, 2, 4, 4, 9 in two buckets
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the refusal is torch's")
+def test_jit_compile_is_refused_on_torch():
+    with pytest.raises(ValueError, match="jit_compile=True compiles with XLA.*Keras runs on torch here"):
+        keras_lrp.Explainer(_token_model(1), jit_compile=True)
+
+
 @pytest.mark.skipif(not _installed("jax"), reason="JAX is not installed (pip install 'keras-lrp[jax]')")
 def test_float64_on_jax_without_x64_is_refused_with_the_fix():
     code = ("import numpy as np, keras, keras_lrp\n"

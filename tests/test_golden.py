@@ -4,7 +4,7 @@ import keras
 import pytest
 
 import oracle
-from conftest import GOLDEN_WEIGHT_KEYS, conditioned_bound, golden_cases
+from conftest import BACKEND, GOLDEN_WEIGHT_KEYS, conditioned_bound, golden_cases
 
 import keras_lrp
 
@@ -45,13 +45,18 @@ def test_oracle_reproduces_golden(golden, weights):
         assert np.allclose(scores_o, scores, rtol=0, atol=1e-12), name
 
 
-def test_explain_float64_matches_golden(golden, weights):
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_explain_float64_matches_golden(golden, weights, jit_compile):
+    """Also compiled by XLA (``jit_compile=True``, TensorFlow; JAX always compiles so), on the first six
+    sentences' 12 cases (XLA compiles once per sentence length: ~4 s a sentence here)."""
+    if jit_compile and BACKEND != "tensorflow":
+        pytest.skip("JAX compiles with XLA either way; torch has no XLA compiler here")
     model = paper_model()
     model.set_weights(weights[:-1])
     cases = list(golden_cases(golden))
     assert len(cases) == 48
-    for name, x, target, eps, bf, scores, relevance, rest in cases:
-        e = keras_lrp.explain(model, x[None], target, eps=eps, bias_factor=bf, dtype="float64")
+    for name, x, target, eps, bf, scores, relevance, rest in cases[:12] if jit_compile else cases:
+        e = keras_lrp.explain(model, x[None], target, eps=eps, bias_factor=bf, dtype="float64", jit_compile=jit_compile)
         assert e.relevance.dtype == np.float64
         assert max_rel_err(e.relevance[0], relevance) <= 1e-8, name
         assert max_rel_err(e.word_relevance[0], relevance.sum(-1)) <= 1e-8, name

@@ -334,17 +334,17 @@ def test_long_sequences_use_fewer_rows_per_call_and_stay_batch_independent(model
         np.testing.assert_array_equal(e.relevance, ref.relevance, err_msg=f"batch_size={bs}")
         np.testing.assert_array_equal(e.rest, ref.rest)
     assert set(rows) == {1}
-    assert kex.Explainer._rows_per_call(19) == 4 and kex.Explainer._rows_per_call(20) == 1
+    assert explainer._rows_per_call(19) == 4 and explainer._rows_per_call(20) == 1
     monkeypatch.setattr(kex, "_LONG_STEPS", 2048)
-    assert kex.Explainer._rows_per_call(2048) == 4 and kex.Explainer._rows_per_call(2049) == 1
+    assert explainer._rows_per_call(2048) == 4 and explainer._rows_per_call(2049) == 1
 
 
 def test_longer_sequences_get_smaller_calls_and_stay_batch_independent(model):
     """Adaptive chunking: rows x steps of one call stay under 6,400 (128 rows at 50 steps, 80 at 80),
     but at least 64 rows."""
-    assert [kex.Explainer._chunk_rows(t) for t in (20, 50, 80, 200, 5000)] == [320, 128, 80, 64, 64]
     x = np.random.default_rng(5).standard_normal((100, 150, 3))
     explainer = keras_lrp.Explainer(model, dtype="float64")
+    assert [explainer._chunk_rows(t) for t in (20, 50, 80, 200, 5000)] == [320, 128, 80, 64, 64]
     rows = []
     real = explainer._fn
 

@@ -4,8 +4,8 @@ Every other module of keras_lrp computes with ``keras.ops`` and imports no backe
 holds the rest, for the backend Keras runs on (``KERAS_BACKEND``: "tensorflow", "jax" or "torch"):
 
 * :func:`compile_function`: the explain function compiled once and called many times
-  (``tf.function``; ``jax.jit`` with the weights passed as arguments, so that they are read live;
-  torch runs eagerly); :func:`static_batch`: the same function for one batch size (TensorFlow traces
+  (``tf.function``, or with ``jit_compile`` compiled by XLA; ``jax.jit`` with the weights passed as
+  arguments, so that they are read live; torch runs eagerly); :func:`static_batch`: the same function for one batch size (TensorFlow traces
   it again with that batch axis);
 * :func:`vjp` and :func:`value_and_gradient`: vector-Jacobian products of linear maps (the rules
   through convolutions, pooling, selections) and the gradient baselines (``GradientTape``,
@@ -28,7 +28,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import keras
 import numpy as np
 
-__all__ = ["NAME", "BACKENDS", "COMPILES_PER_SHAPE", "BATCH_ROWS", "compile_function", "static_batch", "to_numpy",
+__all__ = ["NAME", "BACKENDS", "COMPILES_PER_SHAPE", "BATCH_ROWS", "XLA_BATCH_ROWS", "JIT_COMPILES",
+           "compile_function", "static_batch", "to_numpy",
            "einsum", "vjp", "value_and_gradient", "time_loop", "available_devices",
            "device_scope", "device_exists", "check_float_dtype", "compute_scope", "TensorSpec", "Tensor"]
 
@@ -137,11 +138,16 @@ COMPILES_PER_SHAPE: bool = getattr(_impl, "COMPILES_PER_SHAPE", False)
 #: depend on the batch size or its position in the batch (kernels round a row by where it falls in a block
 #: of rows): 4 (TensorFlow, torch), 8 on JAX (XLA's CPU kernels round a row by its position in a block of 8)
 BATCH_ROWS: int = getattr(_impl, "BATCH_ROWS", 4)
+#: :data:`BATCH_ROWS` of a function compiled by XLA (``jit_compile=True`` on TensorFlow)
+XLA_BATCH_ROWS = 8
+#: whether :func:`compile_function` can compile with XLA (TensorFlow with ``jit_compile=True``; JAX always does)
+JIT_COMPILES: bool = NAME in ("tensorflow", "jax")
 
-#: ``compile_function(fn, specs, variables) -> call``: ``call(*arrays)`` runs ``fn`` on the numpy
-#: arrays (matching ``specs``, a :class:`TensorSpec` per argument; a list argument takes a list of
-#: specs) and returns its outputs as numpy arrays (same structure). ``fn`` may read the Keras
-#: ``variables`` (every variable it reads): each call uses their current values.
+#: ``compile_function(fn, specs, variables, jit_compile=False) -> call``: ``call(*arrays)`` runs ``fn`` on
+#: the numpy arrays (matching ``specs``, a :class:`TensorSpec` per argument; a list argument takes a list
+#: of specs) and returns its outputs as numpy arrays (same structure). ``fn`` may read the Keras
+#: ``variables`` (every variable it reads): each call uses their current values. ``jit_compile``:
+#: compiled by XLA, once per input shape (TensorFlow; JAX always compiles so, torch never).
 compile_function: Callable = _impl.compile_function
 
 #: ``to_numpy(tensor) -> np.ndarray``, to read (it may share the tensor's memory): ``np.asarray`` on TensorFlow

@@ -22,11 +22,11 @@ COMPILES_PER_SHAPE = True
 BATCH_ROWS = 8
 
 
-def compile_function(fn: Callable, specs, variables) -> Callable:
-    """``fn`` under ``jax.jit``, traced (and compiled by XLA) once per input shapes. The variables are
-    arguments of the compiled function, mapped onto the Keras variables while ``fn`` is traced
-    (``keras.StatelessScope``): every call passes their current values, so nothing is frozen into
-    the compiled code."""
+def compile_function(fn: Callable, specs, variables, jit_compile: bool = True) -> Callable:
+    """``fn`` under ``jax.jit``, traced (and compiled by XLA) once per input shapes, whatever
+    ``jit_compile`` says. The variables are arguments of the compiled function, mapped onto the Keras
+    variables while ``fn`` is traced (``keras.StatelessScope``): every call passes their current
+    values, so nothing is frozen into the compiled code."""
     variables = list(variables)
 
     def pure(values, args):

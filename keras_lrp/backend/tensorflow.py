@@ -13,25 +13,27 @@ __all__ = ["compile_function", "static_batch", "einsum", "vjp", "value_and_gradi
            "device_exists", "check_float_dtype"]
 
 
-def compile_function(fn: Callable, specs, variables) -> Callable:
+def compile_function(fn: Callable, specs, variables, jit_compile: bool = False) -> Callable:
     """``fn`` traced once for ``specs`` (axes of any length where a spec says None); the variables it
     reads are captured by reference, so a call reads their current values. A call skips
     ``tf.function``'s dispatch and the concrete function's argument binding (~0.4 ms: a fifth of a
     one-sentence explanation at T = 20) through ``ConcreteFunction._call_flat``, which is private;
     where a TensorFlow version lacks it, the public call is used. :func:`static_batch` gives the same
-    function traced for one batch size."""
+    function traced for one batch size. ``jit_compile``: the trace runs compiled by XLA, which
+    compiles it again for every new input shape (as on JAX)."""
     signature = _signature(list(specs))
-    call = _flat_call(_trace(fn, signature))
+    call = _flat_call(_trace(fn, signature, jit_compile))
     call.fn, call.signature, call.static, call.lock = fn, signature, {}, threading.Lock()
+    call.jit_compile = jit_compile
     return call
 
 
-def _trace(fn: Callable, signature):
+def _trace(fn: Callable, signature, jit_compile: bool):
     # Without autograph: the walk's Python control flow is on static values only, and an error raised
     # while tracing (a rule refusing a configuration) reaches the user as itself, not as a StagingError.
     # One tf.function per signature: a tf.function holding a trace for any batch size would serve a
     # fixed batch size with that one (its traces are looked up by supertype).
-    return tf.function(fn, input_signature=signature, autograph=False).get_concrete_function()
+    return tf.function(fn, input_signature=signature, autograph=False, jit_compile=jit_compile).get_concrete_function()
 
 
 def _flat_call(concrete) -> Callable:
@@ -59,13 +61,13 @@ def static_batch(call: Callable, rows: int) -> Callable:
     gradient (the broadcasts and reductions a ``GradientTape`` adds): method="gi" takes 3-9% less
     CPU time at B = 256, T = 20 (bench/bench_explain.py --pin --cpu --tables 5). ``call`` itself for
     a function without traces (a test's spy) or once :data:`STATIC_BATCHES` batch sizes are traced."""
-    if not hasattr(call, "static"):
+    if not hasattr(call, "static") or call.jit_compile:   # (XLA compiles every shape on its own)
         return call
     with call.lock:
         found = call.static.get(rows)
         if found is None and len(call.static) < STATIC_BATCHES:
             fixed = _map(lambda spec: tf.TensorSpec((rows,) + tuple(spec.shape[1:]), spec.dtype), call.signature)
-            found = call.static[rows] = _flat_call(_trace(call.fn, fixed))
+            found = call.static[rows] = _flat_call(_trace(call.fn, fixed, call.jit_compile))
     return found or call
 
 
@@ -112,7 +114,8 @@ def time_loop(step: Callable, elems: Dict[str, tf.Tensor], carry: Tuple[tf.Tenso
     place instead of first copying them into tensor lists: less memory traffic and fewer allocations
     per call. The forward loops are also differentiated (the gradient baselines): they read through
     tensor lists, whose gradients are one slice per step (a slice's gradient would be a full-size
-    tensor per step)."""
+    tensor per step). The loop's ``maximum_iterations`` is its length: XLA (``jit_compile``) needs the
+    bound to differentiate it."""
     steps = tf.shape(next(iter(elems.values())))[0]
     arrays = tuple(tf.TensorArray(carry[0].dtype, size=steps) for _ in range(n_out))
     if differentiable:
@@ -136,7 +139,7 @@ def time_loop(step: Callable, elems: Dict[str, tf.Tensor], carry: Tuple[tf.Tenso
         return t >= 0 if reverse else t < steps
 
     start = steps - 1 if reverse else tf.constant(0)
-    _, carry, arrays = tf.while_loop(cond, body, (start, tuple(carry), arrays))
+    _, carry, arrays = tf.while_loop(cond, body, (start, tuple(carry), arrays), maximum_iterations=steps)
     return carry, tuple(a.stack() for a in arrays)
 
 

@@ -15,9 +15,10 @@ __all__ = ["compile_function", "to_numpy", "vjp", "value_and_gradient", "availab
            "check_float_dtype"]
 
 
-def compile_function(fn: Callable, specs, variables) -> Callable:
+def compile_function(fn: Callable, specs, variables, jit_compile: bool = False) -> Callable:
     """``fn`` run eagerly on every call (the variables are read as they are), without recording
-    autograd graphs except where :func:`vjp` / :func:`value_and_gradient` ask for one."""
+    autograd graphs except where :func:`vjp` / :func:`value_and_gradient` ask for one. Nothing here
+    compiles with XLA: ``jit_compile=True`` is refused by the explainer before it gets here."""
     def call(*args):
         with torch.no_grad(), compute_scope():
             out = fn(*tree.map_structure(keras.ops.convert_to_tensor, list(args)))
