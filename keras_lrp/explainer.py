@@ -201,7 +201,7 @@ class Explainer:
                  for shape, ids in zip(self.input_shapes, self._ids)]
         per_sample = backend.TensorSpec((None,), "int32")
         plan = [backend.TensorSpec((None, None), "int32")] if method == "shapley" else []   # Baseline.plan
-        #: the explain function compiled for this backend: numpy (inputs, target, timestep) -> numpy
+        #: the explain function compiled for this backend: numpy (inputs, target, timestep, lengths) -> numpy
         #: outputs; the weights are read live (see keras_lrp.backend.compile_function)
         self._fn = backend.compile_function(self._run, [specs, per_sample, per_sample, per_sample] + plan,
                                             _variables(model, graph))
@@ -373,9 +373,8 @@ class Explainer:
         n = t.shape[0]
         if n <= chunk:
             return self._call_rows(x, t, steps, lengths, rows, fn)
-        parts = [self._call_rows([a[i:i + chunk] for a in x], t[i:i + chunk], steps[i:i + chunk], lengths[i:i + chunk],
-                                 rows, fn)
-                 for i in range(0, n, chunk)]
+        parts = [self._call_rows([a[i:i + chunk] for a in x], t[i:i + chunk], steps[i:i + chunk],
+                                 lengths[i:i + chunk], rows, fn) for i in range(0, n, chunk)]
         return ([[np.concatenate([p[0][j] for p in parts]) for j in range(len(x))]]
                 + [np.concatenate([p[k] for p in parts]) for k in range(1, len(parts[0]))])
 
@@ -396,8 +395,9 @@ class Explainer:
 
     def _call_rows(self, x, t, steps, lengths, rows: int, fn):
         """One compiled call of ``fn`` (``self._fn``, or its trace for this batch size) on the inputs
-        ``x`` (one array per model input) and per-sample ``t``, ``steps``, ``lengths``, padded to a multiple of ``rows`` rows (copies of the last
-        sample), sliced back: ``[relevances], scores, ...``."""
+        ``x`` (one array per model input) and the per-sample ``t``, ``steps`` and ``lengths``, padded
+        to a multiple of ``rows`` rows (copies of the last sample), sliced back: ``[relevances],
+        scores, ...``."""
         n = t.shape[0]
         pad = -n % rows
 
