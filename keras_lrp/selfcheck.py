@@ -135,23 +135,33 @@ def self_check(walk, model, xs: List, explained_output, multi_input: bool, outpu
     ``output_index`` of ``model(xs)`` (stateful RNNs from the zero state); raise
     :class:`SelfCheckError` naming the first call that disagrees, or warn when none does (rounding).
     ``lengths``: per sample, its steps of the one float input, the rest padding the explainer masked
-    (``Explainer.attribute(lengths=)``): compared with the model on each sample's unpadded steps."""
+    (``Explainer.attribute(lengths=)``): compared with the model on each sample's steps only
+    (:func:`_model_output`)."""
     with _from_zero_state(model):
         _self_check(walk, model, xs, explained_output, multi_input, output_index, lengths)
 
 
 def _model_output(model, xs: List, multi_input: bool, output_index: int, lengths: Optional[np.ndarray]):
-    """Output ``output_index`` of the model on ``xs``, as numpy; with ``lengths``, per sample on its
-    first ``lengths`` steps (one call per length, so each sees no padding at all)."""
+    """Output ``output_index`` of the model on ``xs``, as numpy; with ``lengths``, as if each sample had
+    only its first ``lengths`` steps: a functional or Sequential model called with the mask ``step <
+    length`` on its input (one call on the batch as the explainer saw it), any other model (whose
+    ``call`` may ignore ``mask=``) once per length on the unpadded samples."""
+    import keras
     from keras import tree
+    from keras.src.models.functional import Functional
 
     from . import backend
 
-    def run(inputs):
-        out = model(list(inputs) if multi_input else inputs[0], training=False)
+    def run(inputs, mask=None):
+        with warnings.catch_warnings():   # Keras: the model's output "does not support masking"
+            warnings.filterwarnings("ignore", message=".*does not support masking")
+            out = model(list(inputs) if multi_input else inputs[0], training=False,
+                        **({} if mask is None else {"mask": mask}))
         return backend.to_numpy(tree.flatten(out)[output_index])
     if lengths is None or np.all(lengths == xs[0].shape[1]):
         return run(xs)
+    if isinstance(model, (Functional, keras.Sequential)):
+        return run(xs, np.arange(xs[0].shape[1])[None, :] < lengths[:, None])
     rows = {int(n): np.flatnonzero(lengths == n) for n in np.unique(lengths)}
     parts = {n: run([x[r, :n] for x in xs]) for n, r in rows.items()}
     out = np.empty((len(lengths),) + next(iter(parts.values())).shape[1:], next(iter(parts.values())).dtype)
