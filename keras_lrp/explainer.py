@@ -209,14 +209,18 @@ class Explainer:
         #: whether id-0 steps appended to a token sequence leave its explanation unchanged, bit for bit
         #: (:meth:`keras_lrp.walk.Walk.post_padding_safe`): lengths may then be bucketed
         self.post_padding_safe = self._walk.post_padding_safe()
+        #: whether steps appended to a float sequence leave its explanation unchanged, bit for bit, when
+        #: ``attribute`` is given the sequences' ``lengths`` (:meth:`keras_lrp.walk.Walk.vector_padding_safe`;
+        #: LRP only): lengths may then be bucketed
+        self.vector_padding_safe = method == "lrp" and self._walk.vector_padding_safe()
         specs = [backend.TensorSpec((None,) + tuple(shape[1:]), "int32" if ids else dtype)
                  for shape, ids in zip(self.input_shapes, self._ids)]
         per_sample = backend.TensorSpec((None,), "int32")
         plan = [backend.TensorSpec((None, None), "int32")] if method == "shapley" else []   # Baseline.plan
-        #: the explain function compiled for this backend: numpy (inputs, target, timestep) -> numpy
+        #: the explain function compiled for this backend: numpy (inputs, target, timestep, lengths) -> numpy
         #: outputs; the weights are read live (see keras_lrp.backend.compile_function)
-        self._fn = backend.compile_function(self._run, [specs, per_sample, per_sample] + plan, _variables(model, graph),
-                                            jit_compile=self.jit_compile)
+        self._fn = backend.compile_function(self._run, [specs, per_sample, per_sample, per_sample] + plan,
+                                            _variables(model, graph), jit_compile=self.jit_compile)
 
     @property
     def _probability_activation(self) -> Optional[str]:
@@ -236,7 +240,15 @@ class Explainer:
         """target, the predicted class where it is negative."""
         return ops.where(target < 0, ops.cast(ops.argmax(scores, axis=-1), "int32"), target)
 
-    def _run(self, xs, target, timestep, *plan):
+    def _step_masks(self, xs, lengths) -> Optional[list]:
+        """The Keras mask (batch, time) of the float input, True on each sequence's first ``lengths``
+        steps, where the explainer masks padding by length (:attr:`vector_padding_safe`), else None."""
+        if not self.vector_padding_safe:
+            return None
+        steps = ops.arange(ops.shape(xs[0])[1], dtype="int32")
+        return [ops.less(steps[None, :], lengths[:, None])]
+
+    def _run(self, xs, target, timestep, lengths, *plan):
         if self._baseline is not None:
             starts = self._walk.embed(xs)
             relevance, *rest = self._baseline.run(xs, starts, active_steps(self._walk, xs, starts), self._forward_score,
@@ -244,7 +256,7 @@ class Explainer:
             return (self._fill(relevance, rest[0]), *rest)
         if self.method != "lrp":
             return self._run_gradient(xs, target, timestep)
-        out, starts, caches = self._walk.forward(xs)
+        out, starts, caches = self._walk.forward(xs, input_masks=self._step_masks(xs, lengths))
         scores, timestep = self._scores(out, timestep)
         target = self._targets(scores, target)
         r_scores = ops.one_hot(target, self.n_outputs, dtype=scores.dtype) * scores
@@ -295,14 +307,20 @@ class Explainer:
         return self._fill(relevance, scores), scores, target, ops.zeros_like(scores[:, 0]), timestep, model_out
 
     def attribute(self, inputs, target: Target = None, timestep=None, batch_size: int = 256,
-                  verbose: Optional[bool] = None) -> Explanation:
+                  verbose: Optional[bool] = None, lengths=None) -> Explanation:
         """Explain ``inputs`` for ``target`` (None = predicted class, an int, or one int per
         sample), at output ``timestep`` (an int or one per sample; only for models whose output
         has a time axis), ``batch_size`` samples per compiled call.
 
         ``verbose``: True shows one ``keras.utils.Progbar`` over the samples, False never; None
         (default) shows it only when the inputs take more than one batch and stdout is a
-        terminal or a Jupyter kernel (see :func:`progress_wanted`)."""
+        terminal or a Jupyter kernel (see :func:`progress_wanted`).
+
+        ``lengths``: one int per sample, its number of time steps where the rest of the (batch, time,
+        features) input is padding appended to it (any values, zero vectors included): the padding is
+        masked by length, so each sample's explanation is the one of its unpadded sequence, bit for
+        bit, and the padded steps get exactly 0. Only where the model skips such masked steps
+        (:attr:`vector_padding_safe`). None: every step is the sequence's."""
         xs = [self._check_inputs(x, i) for i, x in enumerate(self._split_inputs(inputs))]
         n = xs[0].shape[0]
         if any(x.shape[0] != n for x in xs):
@@ -310,6 +328,7 @@ class Explainer:
                              + ", ".join(f"{name!r}: {x.shape[0]}" for name, x in zip(self.input_names, xs)) + ".")
         t = self._check_target(target, n)
         steps = self._check_timestep(timestep, n, xs)
+        lengths = self._check_lengths(lengths, n, xs)
         if self._baseline is not None:
             self._baseline.check_inputs(self._start_shapes([x.shape for x in xs]))
             self._baseline.check_size(self._players(xs), max(x.shape[1] if x.ndim > 1 else 1 for x in xs))
@@ -321,10 +340,13 @@ class Explainer:
         parts = []
         for i in range(0, n, batch_size):
             batch = [x[i:i + batch_size] for x in xs]
-            parts.append(self._call_padded(batch, t[i:i + batch_size], steps[i:i + batch_size], batch_size))
+            parts.append(self._call_padded(batch, t[i:i + batch_size], steps[i:i + batch_size],
+                                           lengths[i:i + batch_size], batch_size))
             if not self._checked:
                 with backend.compute_scope():
-                    self_check(self._walk, self.model, batch, parts[-1][5], self.multi_input, self.output_index)
+                    padding = {"lengths": lengths[i:i + batch_size]} if self.vector_padding_safe else {}
+                    self_check(self._walk, self.model, batch, parts[-1][5], self.multi_input, self.output_index,
+                               **padding)
                 self._checked = True
             if bar is not None:
                 bar.update(min(i + batch_size, n), finalize=i + batch_size >= n)
@@ -341,7 +363,7 @@ class Explainer:
                            timestep=step_out.astype(np.int64) if self.has_time_axis else None,
                            method=self.method, output_activation=self._probability_activation)
 
-    def _call_padded(self, x, t, steps, batch_size: int):
+    def _call_padded(self, x, t, steps, lengths, batch_size: int):
         """Compiled calls on chunks of the batch, each padded to a multiple of ``rows`` rows
         (copies of its last sample), sliced back. Matrix-product kernels round a row differently
         when it falls in a partial block of rows (and element-wise kernels at a tensor's ragged
@@ -366,9 +388,9 @@ class Explainer:
             chunk = max(self._rows, chunk // self._baseline.rows_per_sample(self._players(x)) // self._rows * self._rows)
         n = t.shape[0]
         if n <= chunk:
-            return self._call_rows(x, t, steps, rows, fn)
-        parts = [self._call_rows([a[i:i + chunk] for a in x], t[i:i + chunk], steps[i:i + chunk], rows, fn)
-                 for i in range(0, n, chunk)]
+            return self._call_rows(x, t, steps, lengths, rows, fn)
+        parts = [self._call_rows([a[i:i + chunk] for a in x], t[i:i + chunk], steps[i:i + chunk],
+                                 lengths[i:i + chunk], rows, fn) for i in range(0, n, chunk)]
         return ([[np.concatenate([p[0][j] for p in parts]) for j in range(len(x))]]
                 + [np.concatenate([p[k] for p in parts]) for k in range(1, len(parts[0]))])
 
@@ -385,17 +407,18 @@ class Explainer:
         ``_MIN_CHUNK``. Smaller calls for longer sequences keep each whole-sequence tensor small."""
         return max(_MIN_CHUNK, _ROW_STEPS_PER_CALL // max(int(steps), 1) // self._rows * self._rows)
 
-    def _call_rows(self, x, t, steps, rows: int, fn):
+    def _call_rows(self, x, t, steps, lengths, rows: int, fn):
         """One compiled call of ``fn`` (``self._fn``, or its trace for this batch size) on the inputs
-        ``x`` (one array per model input) padded to a multiple of ``rows`` rows (copies of the last
-        sample), sliced back: ``[relevances], scores, ...``."""
+        ``x`` (one array per model input) and the per-sample ``t``, ``steps`` and ``lengths``, padded
+        to a multiple of ``rows`` rows (copies of the last sample), sliced back: ``[relevances],
+        scores, ...``."""
         n = t.shape[0]
         pad = -n % rows
 
         def padded(a):
             return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a
         plan = self._baseline.plan(self._players(x)) if self._baseline is not None else []
-        relevance, *rest = fn([padded(a) for a in x], padded(t), padded(steps), *plan)
+        relevance, *rest = fn([padded(a) for a in x], padded(t), padded(steps), padded(lengths), *plan)
         return [[r[:n] for r in relevance]] + [a[:n] for a in rest]
 
     def _start_shapes(self, shapes: list) -> list:
@@ -512,6 +535,22 @@ class Explainer:
                              f"{'' if self.output_name is None else repr(self.output_name) + ' '}has {steps} steps "
                              f"(valid 0..{steps - 1}, or negative from the end).")
         return t.astype(np.int32)
+
+    def _check_lengths(self, lengths, batch: int, xs: list) -> np.ndarray:
+        """Per sample, its number of time steps (int32): ``lengths``, or the input's time axis for None."""
+        steps = xs[0].shape[1] if xs[0].ndim > 1 else 1
+        if lengths is None:
+            return np.full(batch, steps, np.int32)
+        if not self.vector_padding_safe:
+            raise ValueError("lengths= is for models that skip the padded steps of a float sequence input "
+                             "(one (batch, time, features) input, per-step layers and recurrent layers that "
+                             "skip masked steps, no mask of its own, an output without time axis; LRP): "
+                             f"model {self.model.name!r} is not one. Explain each sequence without padding.")
+        n = _per_sample_ints(lengths, "lengths", batch)   # int64, exact
+        if np.any(n < 1) or np.any(n > steps):
+            raise ValueError(f"lengths must be in 1..{steps} (the inputs' time steps), got values from "
+                             f"{n.min()} to {n.max()}.")
+        return n.astype(np.int32)
 
     def _output_steps(self, input_shapes) -> int:
         """Length of the explained output's time axis for inputs of ``input_shapes`` (one per model

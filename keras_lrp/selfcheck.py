@@ -75,17 +75,20 @@ def _describe(op) -> str:
     return f"layer {op.name!r} ({type(op).__name__})"
 
 
-def first_disagreeing_call(walk, xs: List) -> Optional[Disagreement]:
-    """Run the explainer's forward pass on ``xs`` (one array per model input), then every call once
+def first_disagreeing_call(walk, xs: List, input_masks: Optional[List] = None) -> Optional[Disagreement]:
+    """Run the explainer's forward pass on ``xs`` (one array per model input; ``input_masks``: the
+    Keras masks they carry, as :meth:`~keras_lrp.walk.Walk.forward` takes them), then every call once
     more as Keras runs it (its ``__call__``, with the masks Keras's own calls attached to their
     outputs) on the explainer's inputs to that call; the first, in call order, whose outputs differ,
     or None."""
     from keras import ops
 
     from . import backend
-    _, _, caches = walk.forward([ops.convert_to_tensor(x) for x in xs])
+    input_masks = None if input_masks is None else [None if m is None else ops.convert_to_tensor(m)
+                                                    for m in input_masks]
+    _, _, caches = walk.forward([ops.convert_to_tensor(x) for x in xs], input_masks=input_masks)
     values = caches["values"]
-    keras_masks = {}   # the masks as Keras's own calls compute them
+    keras_masks = walk.given_masks(input_masks)   # the masks as Keras's own calls compute them
     for step in walk.steps:
         node = step.node
         masks = walk._input_masks(node, values, keras_masks)
@@ -126,25 +129,56 @@ def _from_zero_state(model):
             layer.stateful = True
 
 
-def self_check(walk, model, xs: List, explained_output, multi_input: bool, output_index: int = 0) -> None:
+def self_check(walk, model, xs: List, explained_output, multi_input: bool, output_index: int = 0,
+               lengths: Optional[np.ndarray] = None) -> None:
     """Compare ``explained_output`` (the explainer's model output for the batch ``xs``) with output
     ``output_index`` of ``model(xs)`` (stateful RNNs from the zero state); raise
-    :class:`SelfCheckError` naming the first call that disagrees, or warn when none does (rounding)."""
+    :class:`SelfCheckError` naming the first call that disagrees, or warn when none does (rounding).
+    ``lengths``: per sample, its steps of the one float input, the rest padding the explainer masked
+    (``Explainer.attribute(lengths=)``): compared with the model on each sample's steps only
+    (:func:`_model_output`)."""
     with _from_zero_state(model):
-        _self_check(walk, model, xs, explained_output, multi_input, output_index)
+        _self_check(walk, model, xs, explained_output, multi_input, output_index, lengths)
 
 
-def _self_check(walk, model, xs: List, explained_output, multi_input: bool, output_index: int) -> None:
+def _model_output(model, xs: List, multi_input: bool, output_index: int, lengths: Optional[np.ndarray]):
+    """Output ``output_index`` of the model on ``xs``, as numpy; with ``lengths``, as if each sample had
+    only its first ``lengths`` steps: a functional or Sequential model called with the mask ``step <
+    length`` on its input (one call on the batch as the explainer saw it), any other model (whose
+    ``call`` may ignore ``mask=``) once per length on the unpadded samples."""
+    import keras
     from keras import tree
+    from keras.src.models.functional import Functional
 
     from . import backend
-    reference = model(list(xs) if multi_input else xs[0], training=False)
-    reference = backend.to_numpy(tree.flatten(reference)[output_index])
+
+    def run(inputs, mask=None):
+        with warnings.catch_warnings():   # Keras: the model's output "does not support masking"
+            warnings.filterwarnings("ignore", message=".*does not support masking")
+            out = model(list(inputs) if multi_input else inputs[0], training=False,
+                        **({} if mask is None else {"mask": mask}))
+        return backend.to_numpy(tree.flatten(out)[output_index])
+    if lengths is None or np.all(lengths == xs[0].shape[1]):
+        return run(xs)
+    if isinstance(model, (Functional, keras.Sequential)):
+        return run(xs, np.arange(xs[0].shape[1])[None, :] < lengths[:, None])
+    rows = {int(n): np.flatnonzero(lengths == n) for n in np.unique(lengths)}
+    parts = {n: run([x[r, :n] for x in xs]) for n, r in rows.items()}
+    out = np.empty((len(lengths),) + next(iter(parts.values())).shape[1:], next(iter(parts.values())).dtype)
+    for n, r in rows.items():
+        out[r] = parts[n]
+    return out
+
+
+def _self_check(walk, model, xs: List, explained_output, multi_input: bool, output_index: int,
+                lengths: Optional[np.ndarray] = None) -> None:
+    reference = _model_output(model, xs, multi_input, output_index, lengths)
     if _agree(explained_output, reference):
         return
     diff = max_difference(explained_output, reference)
     scale = _scale(reference)
-    found = first_disagreeing_call(walk, xs)
+    masks = None if lengths is None else [np.arange(xs[0].shape[1])[None, :] < lengths[:, None]]
+    found = first_disagreeing_call(walk, xs, masks)
     if found is None:
         warnings.warn(f"the explainer's forward pass differs from the model's output by up to {diff:.3g} "
                       f"(outputs up to {scale:.3g}), although every layer agrees with Keras on its own inputs: "

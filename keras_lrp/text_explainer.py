@@ -193,9 +193,11 @@ def explain_encoded(front: "TextFront", encoded: Sequence[Encoded], targets: Opt
 
     Texts are explained in groups of one length. ``bucket``: group them by :func:`length_bucket`
     instead, each padded at its end with id 0 to its bucket's length, where the model masks that
-    padding so that nothing changes, bit for bit (``Explainer.post_padding_safe``): an explainer that
-    compiles once per shape (JAX, or ``jit_compile=True``) then compiles a handful of times for a
-    corpus, not once per sentence length. None: for such explainers."""
+    padding so that nothing changes, bit for bit: a token model's ``Embedding(mask_zero=True)``
+    (``Explainer.post_padding_safe``), or, for a model that reads the embedding vectors, the explainer
+    masking them by each text's length (``Explainer.vector_padding_safe``). An explainer that compiles
+    once per shape (JAX, or ``jit_compile=True``) then compiles a handful of times for a corpus, not
+    once per sentence length. None: for such explainers."""
     from .explainer import cached_explainer, length_bucket, progress_wanted
 
     front.refresh()
@@ -204,7 +206,8 @@ def explain_encoded(front: "TextFront", encoded: Sequence[Encoded], targets: Opt
     explainer = cached_explainer(front.model, max_length=front.max_length, **kwargs)
     if bucket is None:
         bucket = explainer.compiles_per_shape
-    bucket = bool(bucket) and explainer.post_padding_safe
+    by_lengths = bool(bucket) and explainer.vector_padding_safe   # padding masked by each text's length
+    bucket = bool(bucket) and (explainer.post_padding_safe or by_lengths)
     by_length: Dict[int, List[int]] = {}
     for i, e in enumerate(encoded):
         by_length.setdefault(length_bucket(len(e.ids)) if bucket else len(e.ids), []).append(i)
@@ -220,8 +223,10 @@ def explain_encoded(front: "TextFront", encoded: Sequence[Encoded], targets: Opt
             chunk = rows[start:start + batch_size]
             ids = np.stack([np.pad(encoded[i].ids, (0, length - len(encoded[i].ids))) for i in chunk])
             t = None if targets is None else targets[chunk]
-            e = explainer.attribute(front.inputs(ids), t, timestep=timestep, batch_size=batch_size, verbose=False)
-            e.lengths = np.array([len(encoded[i].ids) for i in chunk], dtype=np.int64)
+            lengths = np.array([len(encoded[i].ids) for i in chunk], dtype=np.int64)
+            e = explainer.attribute(front.inputs(ids), t, timestep=timestep, batch_size=batch_size, verbose=False,
+                                    lengths=lengths if by_lengths else None)
+            e.lengths = lengths
             parts.append(e)
             order.extend(chunk)
             done += len(chunk)

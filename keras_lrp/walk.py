@@ -125,9 +125,38 @@ class Walk:
         recurrent layer that skips the masked steps (:attr:`Propagator.post_padding_safe`). Decided
         from the graph only; anything else (convolutions, pooling, attention, op nodes over time)
         is not."""
-        graph = self.graph
-        if len(graph.inputs) != 1 or self.embeddings[0] is None or not self.embeddings[0].mask_zero:
+        if len(self.graph.inputs) != 1 or self.embeddings[0] is None or not self.embeddings[0].mask_zero:
             return False
+        return self._time_calls_safe(lambda step: getattr(step.prop, "post_padding_safe", False))
+
+    def vector_padding_safe(self) -> bool:
+        """Whether steps appended to the end of the float sequence input change nothing, bit for bit, in
+        the explanation of the steps before them, and get exactly 0 relevance, when :meth:`forward` is
+        given their mask (``input_masks``: True on the steps of the sequence, False on the padding),
+        whatever the padding's values: one float input of shape (batch, time, features) and no mask
+        in the model's graph (no ``Masking``, no ``mask=``), an output without a time axis, and every
+        call on a tensor with a time axis either per time step or a recurrent layer that skips the
+        steps its sequence's Keras mask masks, with that mask carried to it from the input as Keras
+        carries masks (layers that support masking pass it on; op nodes drop it). Decided from the
+        graph only, as :meth:`post_padding_safe`."""
+        graph = self.graph
+        if (len(graph.inputs) != 1 or self.starts[0] != graph.inputs[0] or len(graph.input_shapes[0]) != 3
+                or graph.input_shapes[0][1] is not None):
+            return False
+        if graph.carried_mask_shapes or any(m is not None for n in graph.nodes for m in n.masks):
+            return False
+        carried = self._mask_carriers(graph.inputs[0])
+
+        def safe(step: _Step) -> bool:
+            if getattr(step.prop, "skips_carried_mask", False):
+                return step.node.inputs[step.prop.layout.sequence] in carried
+            return getattr(step.prop, "post_padding_safe", False)
+        return self._time_calls_safe(safe)
+
+    def _time_calls_safe(self, safe) -> bool:
+        """Whether the output has no time axis and ``safe(step)`` holds for every call that reads or
+        writes a tensor with a time axis (mask plumbing aside)."""
+        graph = self.graph
         if _has_time(graph.output_shape):
             return False
         for step in self.steps:
@@ -135,10 +164,31 @@ class Walk:
                     self.graph.is_padding_mask(k) for k in step.node.outputs):
                 continue
             keys = list(step.node.inputs) + list(step.node.outputs)
-            if any(_has_time(graph.shape_of(k)) for k in keys) and not getattr(step.prop, "post_padding_safe",
-                                                                                 False):
+            if any(_has_time(graph.shape_of(k)) for k in keys) and not safe(step):
                 return False
         return True
+
+    def _mask_carriers(self, key: int) -> set:
+        """The tensors that carry a (batch, time) Keras mask given to tensor ``key``, as :meth:`forward`
+        carries it: a layer that ``supports_masking`` gives its outputs the masks its ``compute_mask``
+        gives (evaluated on symbolic tensors), an op node none."""
+        carried = {key}
+        for step in self.steps:
+            node, layer = step.node, step.node.op
+            if (is_op(layer) or not getattr(layer, "supports_masking", False)
+                    or not any(k in carried for k in node.inputs)):
+                continue
+            try:
+                xs = [keras.KerasTensor(self.graph.shape_of(k), dtype=self.graph.dtypes.get(k) or "float32")
+                      for k in node.inputs]
+                masks = [keras.KerasTensor(self.graph.shape_of(k)[:2], dtype="bool") if k in carried else None
+                         for k in node.inputs]
+                out = layer.compute_mask(xs[0], masks[0]) if len(xs) == 1 else layer.compute_mask(xs, masks)
+            except Exception:  # noqa: BLE001 - a mask Keras cannot tell symbolically: taken as dropped
+                continue
+            out = tree.flatten(out) if isinstance(out, (list, tuple)) else [out] * len(node.outputs)
+            carried.update(k for k, m in zip(node.outputs, out) if m is not None)
+        return carried
 
     def is_relevant(self, key: int) -> bool:
         """Whether tensor ``key`` carries relevance (a float tensor computed from a start tensor)."""
@@ -245,6 +295,10 @@ class Walk:
                 set_keras_mask(values[key], None)
         return [ops.cast(o, self.ctx.dtype) if _is_float(o.dtype) else o for o in outs], out_masks
 
+    def given_masks(self, input_masks: Optional[List]) -> Dict[int, Tensor]:
+        """The masks ``input_masks`` (per model input, a Keras mask or None; or None) by tensor key."""
+        return {k: m for k, m in zip(self.graph.inputs, input_masks or ()) if m is not None}
+
     @staticmethod
     def _input_masks(node: Node, values: Dict, mask_of: Dict) -> List:
         """The mask each input of a call sees: the one passed explicitly (``mask=``), else the Keras
@@ -253,9 +307,12 @@ class Walk:
         arguments (``mask``, or ``query_mask`` / ``value_mask`` / ``key_mask``)."""
         return [values[m] if m is not None else mask_of.get(k) for k, m in zip(node.inputs, node.masks)]
 
-    def forward(self, xs: List, starts: Optional[List] = None) -> Tuple[Tensor, List, Dict]:
+    def forward(self, xs: List, starts: Optional[List] = None,
+                input_masks: Optional[List] = None) -> Tuple[Tensor, List, Dict]:
         """Returns ``(output, starts, caches)``: the model output (pre-activation), the tensors relevance
-        is computed for (one per input, see :meth:`embed`; ``starts`` if given), and the caches."""
+        is computed for (one per input, see :meth:`embed`; ``starts`` if given), and the caches.
+        ``input_masks``: per model input, a Keras mask (batch, time) bool it carries, or None (as
+        ``model(xs, mask=input_masks)``)."""
         starts = self.embed(xs) if starts is None else starts
         values: Dict[int, Tensor] = dict(zip(self.graph.inputs, xs))
         for key, s in zip(self.starts, starts):
@@ -263,7 +320,7 @@ class Walk:
                 values[key] = s
         # Keras masks by tensor key, propagated at run time as Keras propagates them (a layer's
         # compute_mask; keras.ops calls drop them), so every layer sees the masks Keras gives it
-        mask_of: Dict[int, Tensor] = {}
+        mask_of: Dict[int, Tensor] = self.given_masks(input_masks)
         caches = []
         for step in self.steps:
             node, cache = step.node, None

@@ -124,6 +124,124 @@ def test_jit_compile_is_refused_on_torch():
         keras_lrp.Explainer(_token_model(1), jit_compile=True)
 
 
+def _vector_model(seed: int, kind: str) -> keras.Model:
+    """A model on (batch, time, 4) vectors, built as users write them."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((None, 4))
+    if kind == "bilstm":
+        x = L.Bidirectional(L.LSTM(3, return_sequences=True))(L.Dense(4)(inp))
+        x = L.GRU(3)(L.LayerNormalization()(x))
+    elif kind == "lstm":
+        x = L.LSTM(3)(inp)
+    elif kind == "gru_backwards":
+        x = L.GRU(3, go_backwards=True)(inp)
+    elif kind == "conv":                       # sees the padding: a convolution over time
+        x = L.LSTM(3)(L.Conv1D(4, 2, padding="same")(inp))
+    elif kind == "op_node":                    # a keras.ops call drops the mask before the LSTM
+        x = L.LSTM(3)(keras.ops.multiply(inp, 2.0))
+    elif kind == "masking":                    # masks by value itself
+        x = L.LSTM(3)(L.Masking()(inp))
+    elif kind == "time_output":                # an output with a time axis
+        return keras.Model(inp, L.Dense(2)(L.LSTM(3, return_sequences=True)(inp)))
+    return keras.Model(inp, L.Dense(2)(x))
+
+
+def _padded_lengths_seen(monkeypatch) -> list:
+    """The time axis of every compiled explain call from now on."""
+    seen, call_rows = [], keras_lrp.explainer.Explainer._call_rows
+
+    def spy(self, x, *rest):
+        seen.append(int(x[0].shape[1]))
+        return call_rows(self, x, *rest)
+    monkeypatch.setattr(keras_lrp.explainer.Explainer, "_call_rows", spy)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru_backwards"])
+def test_vector_padding_masked_by_length_changes_nothing_bit_for_bit_float64(kind):
+    """Steps appended to a float sequence and masked by lengths= (whatever their values) explain exactly as
+    the sequence alone, the padding getting exactly 0; a zero vector inside a sequence (a deleted word) is
+    still the model's input, not masked."""
+    model = _vector_model(4, kind)
+    kwargs = dict(eps=0.0, bias_factor=1.0, dtype="float64")
+    explainer = cached_explainer(model, **kwargs)
+    assert explainer.vector_padding_safe and not explainer.post_padding_safe
+    rng = np.random.default_rng(4)
+    lengths = [2, 5, 8]
+    x = rng.standard_normal((3, 8, 4))        # the padding: random values, not zeros
+    x[1, 3] = 0.0                             # a deleted word: fed to the model (alone, nothing is masked)
+    padded = explainer.attribute(x, lengths=lengths)
+    for i, n in enumerate(lengths):
+        alone = explainer.attribute(x[i:i + 1, :n])
+        np.testing.assert_array_equal(padded.relevance[i, :n], alone.relevance[0])
+        np.testing.assert_array_equal(padded.scores[i], alone.scores[0])
+        np.testing.assert_array_equal(padded.rest[i], alone.rest[0])
+        assert np.all(padded.relevance[i, n:] == 0)
+    with pytest.raises(ValueError, match="lengths must be in 1..8"):
+        explainer.attribute(x, lengths=[2, 9, 1])
+
+
+def test_vector_models_bucket_in_explain_text_bit_for_bit_float64(monkeypatch):
+    """A model reading embedding vectors (an object with .embeddings, as the shipped SST models) is bucketed
+    by explain_text: the texts padded to buckets 8 and 16, masked by length, explain exactly as unpadded."""
+    from types import SimpleNamespace
+
+    vocab = Vocabulary(WORDS)
+    embeddings = np.random.default_rng(5).standard_normal((len(vocab), 4))   # the padding id 0: not a zero vector
+    embeddings[vocab.token_to_id("plot")] = 0.0                                   # a deleted word stays in
+    obj = SimpleNamespace(model=_vector_model(5, "bilstm"), vocabulary=vocab, embeddings=embeddings,
+                          class_names=["no", "yes"])
+    kwargs = dict(eps=0.0, bias_factor=1.0, dtype="float64")
+    seen = _padded_lengths_seen(monkeypatch)
+    plain = keras_lrp.explain_text(obj, TEXTS, bucket=False, **kwargs)
+    assert sorted(set(seen)) == [1, 2, 4, 9]
+    seen.clear()
+    bucketed = keras_lrp.explain_text(obj, TEXTS, bucket=True, **kwargs)
+    assert sorted(set(seen)) == [8, 16]
+    np.testing.assert_array_equal(bucketed.relevance, plain.relevance)
+    np.testing.assert_array_equal(bucketed.scores, plain.scores)
+    np.testing.assert_array_equal(bucketed.rest, plain.rest)
+    for r, n in zip(bucketed.relevance, bucketed.lengths):
+        assert np.all(r[n:] == 0)
+
+
+def test_the_shipped_sst5_model_is_bucketed_bit_for_bit_float64(monkeypatch):
+    """The shipped SST-5 Bi-LSTM reads embedding vectors without a mask: explain_text buckets it (one compiled
+    shape per bucket, not per sentence length) with the relevance of the unpadded sentences, bit for bit."""
+    sst = keras_lrp.load_pretrained("sst5")
+    texts = ["a fine film .", "the plot is dull", "a good cast , a sharp script and a great deal of fun"]
+    assert cached_explainer(sst.model, dtype="float64").vector_padding_safe
+    seen = _padded_lengths_seen(monkeypatch)
+    plain = keras_lrp.explain_text(sst, texts, bucket=False, dtype="float64")
+    assert sorted(set(seen)) == sorted(set(plain.lengths.tolist())) == [4, 13]
+    seen.clear()
+    bucketed = keras_lrp.explain_text(sst, texts, bucket=True, dtype="float64")
+    assert sorted(set(seen)) == [8, 16]
+    np.testing.assert_array_equal(bucketed.relevance, plain.relevance)
+    np.testing.assert_array_equal(bucketed.scores, plain.scores)
+    np.testing.assert_array_equal(bucketed.rest, plain.rest)
+
+
+@pytest.mark.filterwarnings("ignore:Layer .conv1d")
+def test_vector_models_that_see_the_padding_are_not_bucketed(monkeypatch):
+    """A convolution over time, a keras.ops call that drops the mask before the LSTM, a Masking layer of the
+    model's own, or an output with a time axis: the padding would change the explanation, so explain_text
+    never pads, and lengths= is refused with the reason."""
+    from types import SimpleNamespace
+
+    for kind in ("conv", "op_node", "masking", "time_output"):
+        explainer = cached_explainer(_vector_model(6, kind), dtype="float64")
+        assert not explainer.vector_padding_safe, kind
+        with pytest.raises(ValueError, match="lengths= is for models that skip the padded steps"):
+            explainer.attribute(np.ones((1, 3, 4)), lengths=[2], **({"timestep": 0} if kind == "time_output" else {}))
+    vocab = Vocabulary(WORDS)
+    obj = SimpleNamespace(model=_vector_model(6, "conv"), vocabulary=vocab,
+                          embeddings=np.random.default_rng(6).standard_normal((len(vocab), 4)))
+    seen = _padded_lengths_seen(monkeypatch)
+    keras_lrp.explain_text(obj, TEXTS[:2], bucket=True, dtype="float64")
+    assert sorted(set(seen)) == [1, 2]
+
+
 @pytest.mark.skipif(not _installed("jax"), reason="JAX is not installed (pip install 'keras-lrp[jax]')")
 def test_float64_on_jax_without_x64_is_refused_with_the_fix():
     code = ("import numpy as np, keras, keras_lrp\n"

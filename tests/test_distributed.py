@@ -333,7 +333,8 @@ MULTI_DEVICE = textwrap.dedent("""
     assert len(multi.devices) == 2 == len(available_devices()), multi.devices
     for device, explainer in zip(multi.devices, multi.explainers):   # each function runs on its device
         with tf.device(device):   # as MultiDeviceExplainer.attribute calls it (keras_lrp.backend.device_scope)
-            out = explainer._fn.concrete_function([tf.constant(x[:32])], tf.fill([32], -1), tf.zeros([32], tf.int32))
+            out = explainer._fn.concrete_function([tf.constant(x[:32])], tf.fill([32], -1), tf.zeros([32], tf.int32),
+                                                   tf.fill([32], 6))
         assert out[0][0].device.endswith(device[-5:]), (out[0][0].device, device)
     a = multi.attribute(x, target=np.arange(70) % 3, batch_size=16)   # 5 chunks over 2 devices
     b = keras_lrp.LRP(model, eps=0.0, bias_factor=1.0, dtype="float64").attribute(

@@ -322,9 +322,9 @@ def test_long_sequences_use_fewer_rows_per_call_and_stay_batch_independent(model
     rows = []
     real = explainer._fn
 
-    def spy(x_, t_, s_):                      # x_: one tensor per model input
+    def spy(x_, *per_sample):                 # x_: one tensor per model input
         rows.append(int(x_[0].shape[0]))
-        return real(x_, t_, s_)
+        return real(x_, *per_sample)
 
     explainer._fn = spy
     ref = explainer.attribute(x, 1, batch_size=7)
@@ -348,9 +348,9 @@ def test_longer_sequences_get_smaller_calls_and_stay_batch_independent(model):
     rows = []
     real = explainer._fn
 
-    def spy(x_, t_, s_):
+    def spy(x_, *per_sample):
         rows.append(int(x_[0].shape[0]))
-        return real(x_, t_, s_)
+        return real(x_, *per_sample)
 
     explainer._fn = spy
     e = explainer.attribute(x, 1, batch_size=256)

@@ -114,7 +114,8 @@ def test_flat_call_equals_the_public_call_and_reads_weights_live():
     concrete = explainer._fn.concrete_function
     if not hasattr(concrete, "_call_flat"):
         pytest.skip("this TensorFlow has no ConcreteFunction._call_flat: explain uses the public call")
-    args = ([np.concatenate([x, x[-3:]]) for x in xs], np.full(8, 1, np.int32), np.zeros(8, np.int32))  # 8 rows
+    args = ([np.concatenate([x, x[-3:]]) for x in xs], np.full(8, 1, np.int32), np.zeros(8, np.int32),
+            np.full(8, 7, np.int32))  # 8 rows
     flat = explainer._fn(*args)                                             # through _call_flat
     public = concrete(*tf.nest.map_structure(tf.constant, args))
     for got, want in zip(tf.nest.flatten(flat), tf.nest.flatten(public)):

@@ -71,3 +71,38 @@ def test_rounding_that_no_layer_explains_is_a_warning(monkeypatch):
 def test_self_check_argument_is_validated():
     with pytest.raises(TypeError, match="self_check"):
         keras_lrp.LRP(masked_attention_model(), self_check="no")
+
+
+class _SubclassedLSTM(keras.Model):
+    """A subclassed vector model whose call takes no mask: checked once per length, unpadded."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.out = L.LSTM(3, name="lstm"), L.Dense(2)
+
+    def call(self, x):
+        return self.out(self.lstm(x))
+
+
+@pytest.mark.parametrize("subclassed", [False, True])
+def test_padding_masked_by_length_is_checked_against_the_unpadded_model(subclassed, monkeypatch):
+    """With lengths=, the explained outputs are compared with the model on each sample's steps only (a
+    functional model called with the mask, any other on its unpadded samples): a recurrent rule that
+    ignored the mask would explain the padding too, and is refused naming the layer."""
+    from keras_lrp.propagators.recurrent import RecurrentProp
+
+    keras.utils.set_random_seed(7)
+    if subclassed:
+        model = _SubclassedLSTM()
+        model(np.zeros((1, 2, 4)))
+    else:
+        inp = keras.Input((None, 4))
+        model = keras.Model(inp, L.Dense(2)(L.LSTM(3, name="lstm")(inp)))
+    x = np.random.default_rng(7).standard_normal((3, 6, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keras_lrp.LRP(model, dtype="float64").attribute(x, lengths=[2, 4, 6])
+    forward = RecurrentProp.forward
+    monkeypatch.setattr(RecurrentProp, "forward", lambda self, inputs, masks: forward(self, inputs, [None] * len(masks)))
+    with pytest.raises(selfcheck.SelfCheckError, match=r"layer 'lstm' \(LSTM\)"):
+        keras_lrp.LRP(model, dtype="float64").attribute(x, lengths=[2, 4, 6])

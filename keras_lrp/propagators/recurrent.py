@@ -307,9 +307,12 @@ class RecurrentProp(Propagator):
         # it skips the steps its sequence's Keras mask masks (and keeps the others in their places)
         masked = (node.inputs[sequence] in walk.graph.carried_mask_shapes if not given
                   else walk.graph.is_padding_mask(node.masks[given[0]]))
-        self.post_padding_safe = (self.layout.mask == sequence and masked and not states
-                                  and not (self.merge_mode == "single" and self.return_sequences
-                                           and self.directions[0].go_backwards))
+        in_place = not states and not (self.merge_mode == "single" and self.return_sequences
+                                       and self.directions[0].go_backwards)
+        self.post_padding_safe = self.layout.mask == sequence and masked and in_place
+        #: it skips the steps its sequence's Keras mask masks, whichever mask that tensor carries at run
+        #: time (also one the walk gives a float input: :meth:`keras_lrp.walk.Walk.vector_padding_safe`)
+        self.skips_carried_mask = self.layout.mask == sequence and not self.layout.mask_given and in_place
         if given:
             self._check_mask_rank(walk.graph.shape_of(node.masks[given[0]]))
         elif self.layout.mask == sequence:
