@@ -335,7 +335,7 @@ class Walk:
                 values[node.outputs[0]] = mask_of.get(node.inputs[0])
                 caches.append(cache)
                 continue
-            if step.prop is None:
+            if step.prop is None or step.prop.runs_as_keras:
                 outs, out_masks = self._generic(node, values, masks)
             else:
                 outs, out_masks, cache = step.prop.forward([values[k] for k in node.inputs], masks)

@@ -151,6 +151,51 @@ def test_zero_denominator_gives_no_nan():
     assert np.all(e.relevance == 0)
 
 
+@pytest.mark.parametrize("method", ["gi", "sa", "occlusion"])
+def test_gradient_and_perturbation_walks_run_recurrent_layers_as_keras(method, monkeypatch):
+    """Without a relevance pass (the gradient and perturbation baselines), recurrent and attention layers
+    computing in the explainer's dtype run as Keras runs them (a float64 model explained in float64: masks,
+    go_backwards, a returned sequence, an initial state from another layer, masked self-attention): the same
+    values as through keras_lrp's own forward passes, to float64 rounding. A float32 model explained in
+    float64, a stateful layer and LRP keep the own ones."""
+    from keras_lrp.propagators.attention import MultiHeadAttentionProp
+    from keras_lrp.propagators.base import Propagator
+    from keras_lrp.propagators.recurrent import RecurrentProp
+
+    L = keras.layers
+    keras.utils.set_random_seed(7)
+    ids = keras.Input((None,), dtype="int32")
+    x = L.Embedding(12, 5, mask_zero=True, dtype="float64")(ids)
+    seq, h, c = L.LSTM(4, return_sequences=True, return_state=True, dtype="float64")(x)
+    y = L.Bidirectional(L.GRU(3, dtype="float64"), dtype="float64")(seq)
+    z = L.LSTM(3, go_backwards=True, dtype="float64")(seq, initial_state=[L.Dense(3, dtype="float64")(h), c[:, :3]])
+    a = L.GlobalAveragePooling1D(dtype="float64")(L.MultiHeadAttention(2, 3, dtype="float64")(seq, seq))
+    model = keras.Model(ids, L.Dense(2, dtype="float64")(L.Concatenate(dtype="float64")([y, z, a])))
+    tokens = np.random.default_rng(7).integers(1, 12, (5, 6))
+    tokens[2, 4:] = 0
+    kwargs = dict(method=method, dtype="float64", eps=0.0, bias_factor=1.0)
+    as_keras = keras_lrp.Explainer(model, **kwargs)
+    props = [s.prop for s in as_keras._walk.steps if isinstance(s.prop, (RecurrentProp, MultiHeadAttentionProp))]
+    assert len(props) == 4 and all(p.runs_as_keras for p in props)
+    got = as_keras.attribute(tokens, 1)
+    with monkeypatch.context() as m:
+        m.setattr(Propagator, "runs_as_keras", property(lambda self: False))
+        own = keras_lrp.Explainer(model, **kwargs).attribute(tokens, 1)
+    # The same function in another order of operations (Keras's attention masks its softmax by adding a large
+    # negative number, its loops and projections differ): measured 1.8e-12 of the largest relevance here, so
+    # 1e-9 leaves 500x for other CPUs; a step or mask applied differently errs at the relevance's own scale.
+    # On JAX, Keras's own MultiHeadAttention is less exact in float64: 6.0e-9 apart (its recurrent layers: 1e-16).
+    bound = 1e-7 if BACKEND == "jax" else 1e-9
+    np.testing.assert_allclose(got.relevance, own.relevance, rtol=0, atol=bound * np.abs(own.relevance).max())
+    np.testing.assert_allclose(got.scores, own.scores, rtol=0, atol=bound * np.abs(own.scores).max())
+    assert not any(isinstance(s.prop, RecurrentProp) and s.prop.runs_as_keras
+                   for s in keras_lrp.Explainer(random_model("bidi"), method=method, dtype="float64")._walk.steps)
+    keras.utils.set_random_seed(8)
+    stateful = keras.Sequential([keras.Input((4, 3), batch_size=2), L.LSTM(3, stateful=True), L.Dense(2)])
+    for explainer in (keras_lrp.Explainer(stateful, method=method), keras_lrp.LRP(model, dtype="float64")):
+        assert not any(getattr(s.prop, "runs_as_keras", False) for s in explainer._walk.steps)
+
+
 @pytest.mark.parametrize("kind", ["uni", "bidi"])
 def test_gradient_baselines_match_finite_differences(kind):
     """method="gi" / "sa": gradient of the pre-activation target score, checked numerically."""

@@ -178,6 +178,7 @@ class AttentionProp(Propagator):
     def __init__(self, layer, ctx, is_output=False):
         super().__init__(layer, ctx, is_output)
         self.additive = isinstance(layer, keras.layers.AdditiveAttention)
+        self._as_keras = self._keras_may_run([layer])
 
     def _scores(self, q, k):
         layer, w = self.layer, self.ctx.weight
@@ -247,6 +248,7 @@ class MultiHeadAttentionProp(Propagator):
             if dense.equation != eq:
                 raise UnsupportedLayerError(layer, f"unexpected projection {dense.equation!r}; inputs must be "
                                                    "(batch, time, features).")
+        self._as_keras = self._keras_may_run([layer])
 
     def _project(self, dense, x, eq):
         w = self.ctx.weight(dense.kernel)

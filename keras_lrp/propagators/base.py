@@ -95,9 +95,25 @@ class Propagator:
     #: steps before them unchanged, bit for bit, and get no relevance: a per-time-step (or element-wise)
     #: layer, or a recurrent layer that skips masked steps (see :meth:`keras_lrp.walk.Walk.post_padding_safe`)
     post_padding_safe = False
+    #: see :attr:`runs_as_keras` (a propagator sets it with :meth:`_keras_may_run`)
+    _as_keras = False
 
     def __init__(self, layer, ctx: Context, is_output: bool = False):
         self.layer, self.ctx, self.is_output = layer, ctx, is_output
+
+    @property
+    def runs_as_keras(self) -> bool:
+        """Whether the walk runs this call as Keras runs it: in a walk without a relevance pass (the
+        gradient and perturbation baselines) the same function, where Keras's own code is cheaper to
+        differentiate than the propagator's forward pass (recurrences, attention; :meth:`_keras_may_run`)."""
+        return self._as_keras
+
+    def _keras_may_run(self, layers) -> bool:
+        """Whether a walk without caches may run this call as Keras does: no relevance pass follows, it
+        is not the explained output (whose pre-activation the propagator gives), and every one of
+        ``layers`` computes in the explainer's dtype."""
+        return not self.ctx.caches and not self.is_output and all(
+            str(sub.compute_dtype) == self.ctx.dtype == str(sub.variable_dtype) for sub in layers)
 
     @classmethod
     def handles(cls, layer) -> bool:

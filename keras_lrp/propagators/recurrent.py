@@ -271,6 +271,11 @@ class RecurrentProp(Propagator):
         self.n_sequence_outputs = 2 if self.merge_mode is None else 1
         self.n_outputs = self.n_sequence_outputs + (len(self.directions) * self.n_states if self.return_state else 0)
         self.layout = _PLAIN_CALL
+        # The gradient through Keras's own loop is cheaper than through ours (method="gi" / hand-written
+        # gradient x input, Bi-LSTM(60), one core: 1.21 -> 0.89 at T = 20, 1.33 -> 1.02 at T = 100). Not a
+        # stateful layer: Keras would start from (and update) the states it holds; explanations start from 0.
+        self._as_keras = self._keras_may_run([layer] + self.directions) and not any(
+            getattr(rnn, "stateful", False) for rnn in self.directions)
 
     def bind(self, node, walk) -> None:
         """Called by the walk with this call's graph node: where the sequence, the initial states (node
