@@ -9,7 +9,6 @@ loaded. The JSON lines record the options used (:func:`recorded_options`).
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Callable, Optional
 
 import numpy as np
@@ -39,14 +38,15 @@ def _samples(text: str):
 
 def _baseline(text: str) -> str:
     """An argparse ``type``: ``zero``, ``unk``, a finite number, or a path ending in ``.npy``."""
+    from ..experiments.evaluate import finite_float
+
     if text in ("zero", "unk") or text.lower().endswith(".npy"):
         return text
     try:
-        value = float(text)
+        float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected zero, unk, a number or a .npy file, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    finite_float(text)
     return text
 
 
