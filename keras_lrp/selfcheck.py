@@ -161,7 +161,7 @@ def _model_output(model, xs: List, multi_input: bool, output_index: int, lengths
     if lengths is None or np.all(lengths == xs[0].shape[1]):
         return run(xs)
     if isinstance(model, (Functional, keras.Sequential)):
-        return run(xs, np.arange(xs[0].shape[1])[None, :] < lengths[:, None])
+        return run(xs, keras.ops.convert_to_tensor(np.arange(xs[0].shape[1])[None, :] < lengths[:, None]))
     rows = {int(n): np.flatnonzero(lengths == n) for n in np.unique(lengths)}
     parts = {n: run([x[r, :n] for x in xs]) for n, r in rows.items()}
     out = np.empty((len(lengths),) + next(iter(parts.values())).shape[1:], next(iter(parts.values())).dtype)
