@@ -150,9 +150,6 @@ class Explainer:
                              f"Keras runs on {backend.NAME} here: use jit_compile=False.")
         #: whether the explain function is compiled by XLA (always on JAX)
         self.jit_compile = bool(jit_compile) or backend.COMPILES_PER_SHAPE
-        #: whether the explain function is compiled again for every new input shape (XLA): callers then
-        #: keep the number of shapes small (``explain_text`` buckets lengths)
-        self.compiles_per_shape = self.jit_compile
         self._rows = backend.XLA_BATCH_ROWS if self.jit_compile else backend.BATCH_ROWS
         #: whether the first attribute() call still has to compare the forward pass with the model's
         self._checked = not self_check
@@ -221,6 +218,12 @@ class Explainer:
         #: outputs; the weights are read live (see keras_lrp.backend.compile_function)
         self._fn = backend.compile_function(self._run, [specs, per_sample, per_sample, per_sample] + plan,
                                             _variables(model, graph), jit_compile=self.jit_compile)
+
+    @property
+    def compiles_per_shape(self) -> bool:
+        """Whether the explain function is compiled again for every new input shape (XLA: :attr:`jit_compile`):
+        callers then keep the number of shapes small (``explain_text`` buckets lengths)."""
+        return self.jit_compile
 
     @property
     def _probability_activation(self) -> Optional[str]:

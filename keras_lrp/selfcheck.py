@@ -141,6 +141,11 @@ def self_check(walk, model, xs: List, explained_output, multi_input: bool, outpu
         _self_check(walk, model, xs, explained_output, multi_input, output_index, lengths)
 
 
+def _length_mask(xs: List, lengths: np.ndarray) -> np.ndarray:
+    """(batch, time) bool: True on each sample's first ``lengths`` steps of the float input ``xs[0]``."""
+    return np.arange(xs[0].shape[1])[None, :] < lengths[:, None]
+
+
 def _model_output(model, xs: List, multi_input: bool, output_index: int, lengths: Optional[np.ndarray]):
     """Output ``output_index`` of the model on ``xs``, as numpy; with ``lengths``, as if each sample had
     only its first ``lengths`` steps: a functional or Sequential model called with the mask ``step <
@@ -161,7 +166,7 @@ def _model_output(model, xs: List, multi_input: bool, output_index: int, lengths
     if lengths is None or np.all(lengths == xs[0].shape[1]):
         return run(xs)
     if isinstance(model, (Functional, keras.Sequential)):
-        return run(xs, keras.ops.convert_to_tensor(np.arange(xs[0].shape[1])[None, :] < lengths[:, None]))
+        return run(xs, keras.ops.convert_to_tensor(_length_mask(xs, lengths)))
     rows = {int(n): np.flatnonzero(lengths == n) for n in np.unique(lengths)}
     parts = {n: run([x[r, :n] for x in xs]) for n, r in rows.items()}
     out = np.empty((len(lengths),) + next(iter(parts.values())).shape[1:], next(iter(parts.values())).dtype)
@@ -177,7 +182,7 @@ def _self_check(walk, model, xs: List, explained_output, multi_input: bool, outp
         return
     diff = max_difference(explained_output, reference)
     scale = _scale(reference)
-    masks = None if lengths is None else [np.arange(xs[0].shape[1])[None, :] < lengths[:, None]]
+    masks = None if lengths is None else [_length_mask(xs, lengths)]
     found = first_disagreeing_call(walk, xs, masks)
     if found is None:
         warnings.warn(f"the explainer's forward pass differs from the model's output by up to {diff:.3g} "

@@ -5,8 +5,8 @@ holds the rest, for the backend Keras runs on (``KERAS_BACKEND``: "tensorflow", 
 
 * :func:`compile_function`: the explain function compiled once and called many times
   (``tf.function``, or with ``jit_compile`` compiled by XLA; ``jax.jit`` with the weights passed as
-  arguments, so that they are read live; torch runs eagerly); :func:`static_batch`: the same function for one batch size (TensorFlow traces
-  it again with that batch axis);
+  arguments, so that they are read live; torch runs eagerly); :func:`static_batch`: the same function
+  for one batch size (TensorFlow traces it again with that batch axis);
 * :func:`vjp` and :func:`value_and_gradient`: vector-Jacobian products of linear maps (the rules
   through convolutions, pooling, selections) and the gradient baselines (``GradientTape``,
   ``jax.vjp`` / ``jax.grad``, ``torch.autograd``);
